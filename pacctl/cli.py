@@ -1,0 +1,51 @@
+"""`pacctl`: the controller. Finds the daemons, profiles them, plans the job and drives it.
+
+Each sub-command lives in its own module under `pacctl/commands/`; this file only assembles them.
+Errors a person can act on are raised as `click.ClickException` (one line, exit code 1); a traceback
+is printed only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# Modules under pacctl/commands that each define `command` (a click.Command or click.Group).
+COMMAND_MODULES = [
+    "finetune",
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Print full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """PAC controller: fine-tune a household's language model on the devices it owns."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+for _name in COMMAND_MODULES:
+    _module = importlib.import_module(f"pacctl.commands.{_name}")
+    cli.add_command(_module.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="pacctl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
