@@ -32,3 +32,18 @@ demo:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Generated gRPC stubs: proto/pac/v1/*.proto -> pac/v1/*_pb2*.py(i), committed. See docs/api.md.
+PROTOC := $(PY) -m grpc_tools.protoc -Iproto
+PROTO_OUT = --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1)
+
+proto:
+	$(PROTOC) $(call PROTO_OUT,.) proto/pac/v1/*.proto
+
+# Regenerate into a temporary directory and fail on any difference (stale, missing or edited stubs).
+proto-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PROTOC) $(call PROTO_OUT,$$tmp) proto/pac/v1/*.proto && \
+	diff -r --exclude=__init__.py --exclude=__pycache__ "$$tmp/pac/v1" pac/v1 \
+	  && echo "proto-check: generated stubs are up to date" \
+	  || { echo "proto-check: pac/v1 differs from proto/pac/v1/*.proto; run 'make proto' and commit" >&2; exit 1; }
