@@ -1,0 +1,53 @@
+"""Who takes part in an AllReduce: a job-scoped group, each member's rank and the ring order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pac.collective.errors import InvalidGroup
+
+
+@dataclass(frozen=True)
+class RingGroup:
+    """One rank's view of an AllReduce group; every member holds the same group_id, members and timeout."""
+
+    group_id: str  # job-scoped name, e.g. "<job_id>/stage0"; ops of different groups never mix
+    rank: int  # this member's position in `members`
+    members: tuple[str, ...]  # ring order: addresses "host:port" of the daemons; rank r sends to r+1
+    step_timeout_s: float = 60.0  # deadline of one AllReduce operation (one training step), seconds
+    segment_bytes: int = 1024 * 1024  # bytes per ring message; smaller pipelines better, larger costs less CPU
+    bucket_bytes: int = 32 * 1024 * 1024  # small tensors are packed into flat buckets of at most this size
+
+    def __post_init__(self) -> None:
+        if not self.group_id:
+            raise InvalidGroup("AllReduce group: group_id is empty")
+        if not self.members:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: members is empty")
+        if len(set(self.members)) != len(self.members):
+            raise InvalidGroup(f"AllReduce group {self.group_id}: a member appears twice in {list(self.members)}")
+        if not 0 <= self.rank < len(self.members):
+            raise InvalidGroup(
+                f"AllReduce group {self.group_id}: rank {self.rank} is outside 0..{len(self.members) - 1}"
+            )
+        if self.step_timeout_s <= 0:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: step_timeout_s must be > 0")
+        if not 0 < self.segment_bytes <= 4 * 1024 * 1024 - 4096:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: segment_bytes must be in 1..4190208")
+        if self.bucket_bytes < 1:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: bucket_bytes must be >= 1")
+
+    @property
+    def world_size(self) -> int:
+        return len(self.members)
+
+    @property
+    def next_rank(self) -> int:
+        return (self.rank + 1) % self.world_size
+
+    @property
+    def prev_rank(self) -> int:
+        return (self.rank - 1) % self.world_size
+
+    def describe(self, rank: int | None = None) -> str:
+        rank = self.rank if rank is None else rank
+        return f"rank {rank} ({self.members[rank]})"

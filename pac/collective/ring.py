@@ -1,0 +1,170 @@
+"""Ring AllReduce (reduce-scatter, then all-gather) of flat buffers over a RingLink.
+
+Each step's chunk is cut into segments; a rank forwards a segment as soon as it has reduced (or, in the
+all-gather, received) it, so sending and receiving overlap across the whole operation instead of meeting
+at a barrier after every step. `allreduce` is the entry point: it buckets the tensors, runs the ring per
+bucket under the group's deadline, and turns a missed deadline or a broken neighbour into one clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack
+from pac.collective.errors import CollectiveError, CollectiveTimeout, GroupMismatch
+from pac.collective.group import RingGroup
+from pac.collective.schedule import partition, ring_steps, segments
+from pac.collective.transport import RingLink, RingMessage, RingTransport
+
+REDUCIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass
+class Progress:
+    """Where an operation is, so that a timeout can say who it was waiting for."""
+
+    bucket: int = 0
+    step: int = 0
+    waiting_for: str = "connecting to the next rank"
+    started: float = field(default_factory=time.monotonic)
+
+
+def _bytes_of(view: torch.Tensor) -> bytes:
+    if view.numel() == 0:
+        return b""
+    return view.view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_of(payload, dtype: torch.dtype, count: int) -> torch.Tensor:
+    if count == 0:
+        return torch.empty(0, dtype=dtype)
+    with warnings.catch_warnings():  # read-only payloads are only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(payload, dtype=dtype, count=count)
+
+
+async def ring_allreduce_flat(
+    flat: torch.Tensor, group: RingGroup, link: RingLink, bucket: int, progress: Progress
+) -> None:
+    """Sum `flat` (1-D, contiguous, CPU) in place across the group."""
+    n = group.world_size
+    if n == 1:
+        return
+    itemsize = flat.element_size()
+    per_segment = max(1, group.segment_bytes // itemsize)
+    chunks = partition(flat.numel(), n)
+    steps = ring_steps(group.rank, n)
+    last = steps[-1].index
+    ready: asyncio.Queue[bytes] = asyncio.Queue()  # payloads to forward, in the order the sender needs
+
+    async def sender() -> None:
+        first = steps[0]
+        for k, (a, b) in enumerate(segments(*chunks[first.send_chunk], per_segment)):
+            await link.send(RingMessage(bucket, first.index, k, _bytes_of(flat[a:b])))
+        for step in steps[1:]:
+            for k in range(len(segments(*chunks[step.send_chunk], per_segment))):
+                payload = await ready.get()
+                await link.send(RingMessage(bucket, step.index, k, payload))
+
+    async def receiver() -> None:
+        for step in steps:
+            progress.step = step.index
+            for k, (a, b) in enumerate(segments(*chunks[step.recv_chunk], per_segment)):
+                progress.waiting_for = f"data from {group.describe(group.prev_rank)}"
+                message = await link.recv()
+                progress.waiting_for = "local work"
+                if (message.bucket, message.step, message.segment) != (bucket, step.index, k):
+                    raise GroupMismatch(
+                        f"{group.describe()} expected bucket {bucket} step {step.index} segment {k} from "
+                        f"{group.describe(group.prev_rank)}, got bucket {message.bucket} step {message.step} "
+                        f"segment {message.segment}; members disagree on the tensors or segment size"
+                    )
+                if len(message.payload) != (b - a) * itemsize:
+                    raise GroupMismatch(
+                        f"{group.describe()}: segment of {len(message.payload)} bytes from "
+                        f"{group.describe(group.prev_rank)}, expected {(b - a) * itemsize}"
+                    )
+                incoming = _tensor_of(message.payload, flat.dtype, b - a)
+                if step.reduce:
+                    flat[a:b].add_(incoming)
+                    if step.index < last:
+                        ready.put_nowait(_bytes_of(flat[a:b]))
+                else:
+                    flat[a:b].copy_(incoming)
+                    if step.index < last:
+                        ready.put_nowait(message.payload)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(sender())
+        tasks.create_task(receiver())
+
+
+def layout_fingerprint(plans: list[BucketPlan]) -> str:
+    """Short digest of the bucket layout; members compare it before exchanging any value."""
+    text = ";".join(f"{plan.dtype}:{plan.numel}:{len(plan.slots)}" for plan in plans)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def allreduce(
+    tensors: list[torch.Tensor], group: RingGroup, op_id: int, transport: RingTransport
+) -> list[torch.Tensor]:
+    """Sum every tensor elementwise across the group; returns new tensors shaped and placed like the inputs.
+
+    Every member calls this with the same group (its own rank), the same op_id and tensors of the same
+    dtypes and sizes in the same order. Raises CollectiveTimeout when the group's step deadline passes and
+    PeerFailed when a neighbour breaks off; never waits longer than the deadline.
+    """
+    for index, tensor in enumerate(tensors):
+        if tensor.dtype not in REDUCIBLE_DTYPES:
+            raise GroupMismatch(f"tensor {index} has dtype {tensor.dtype}; AllReduce sums floating-point tensors")
+    plans = plan_buckets(tensors, group.bucket_bytes)
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    if group.world_size == 1:
+        return [t.detach().clone() for t in tensors]
+    progress = Progress()
+    where = f"AllReduce op {op_id} of group {group.group_id} ({group.describe()}, world size {group.world_size})"
+    link: RingLink | None = None
+    try:
+        async with asyncio.timeout(group.step_timeout_s):
+            link = await transport.open(group, op_id, layout_fingerprint(plans))
+            for index, plan in enumerate(plans):
+                progress.bucket = index
+                flat = pack(tensors, plan)
+                await ring_allreduce_flat(flat, group, link, index, progress)
+                unpack(flat, plan, out, tensors)
+            progress.waiting_for = f"{group.describe(group.next_rank)} to take the last data"
+            await link.finish()
+    except BaseException as raw:
+        exc = _first_error(raw)
+        if link is not None:
+            await _abort_quietly(link, f"{group.describe()} failed: {exc}")
+        if isinstance(exc, TimeoutError) and not isinstance(exc, CollectiveError):
+            raise CollectiveTimeout(
+                f"{where} missed its {group.step_timeout_s:g} s deadline at bucket {progress.bucket} step "
+                f"{progress.step} while waiting for {progress.waiting_for}: that member died or stalled, or "
+                "the network is slower than the deadline allows"
+            ) from None
+        if isinstance(exc, CollectiveError | asyncio.CancelledError):
+            raise exc from None
+        raise CollectiveError(f"{where} failed: {exc}") from exc
+    return out  # type: ignore[return-value]
+
+
+async def _abort_quietly(link: RingLink, reason: str) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await link.abort(reason)
+    except Exception:  # the operation already failed; telling the neighbours is best effort
+        pass

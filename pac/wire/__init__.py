@@ -1,0 +1,26 @@
+"""Tensors on the wire: a header, a codec, and chunks of at most 4 MiB.
+
+Pure logic, no grpc: `encode` turns a tensor into a `TensorHeader` and a payload, `chunks` cuts the payload,
+`decode` turns header + payload back into a tensor. The gRPC edges (pac/net, pacd/services/tensor.py) only
+move these bytes.
+"""
+
+from pac.wire.codecs import CODECS, Codec, codec_for, decode, encode, int8_error_bound
+from pac.wire.errors import WireError
+from pac.wire.header import DTYPES, MAX_CHUNK_BYTES, TensorHeader, TensorKind, chunks, dtype_name
+
+__all__ = [
+    "CODECS",
+    "DTYPES",
+    "MAX_CHUNK_BYTES",
+    "Codec",
+    "TensorHeader",
+    "TensorKind",
+    "WireError",
+    "chunks",
+    "codec_for",
+    "decode",
+    "dtype_name",
+    "encode",
+    "int8_error_bound",
+]
