@@ -1,0 +1,213 @@
+"""A frozen Hugging Face backbone seen as stacks of layers whose hidden states the side network taps.
+
+`Backbone.run` executes the model once with no autograd graph and returns, per stack (one for
+encoder-only and decoder-only models; encoder then decoder for encoder-decoder models), the hidden
+states h_0 (the input of the first layer) .. h_L (the output of each layer), plus the final hidden state
+(after the model's final norm, if it has one) on which the head is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+
+from pac.errors import ModelNotFoundError
+from pac.models.registry import ModelSource, resolve_model
+from pac.models.tiny import ByteTokenizer, tiny_config
+from pac.models.tokenizer import HFTokenizer
+
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "xlm-roberta", "mpnet", "deberta", "deberta-v2"}
+
+# model_type -> dotted paths of the layer lists, in execution order.
+LAYER_PATHS = {
+    "bert": ["encoder.layer"],
+    "roberta": ["encoder.layer"],
+    "xlm-roberta": ["encoder.layer"],
+    "electra": ["encoder.layer"],
+    "distilbert": ["transformer.layer"],
+    "gpt2": ["transformer.h"],
+    "t5": ["encoder.block", "decoder.block"],
+    "bart": ["model.encoder.layers", "model.decoder.layers"],
+}
+DECODER_DEFAULT_PATH = ["model.layers"]  # llama, qwen2, mistral, gemma, phi3, ...
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def family_of(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if config.model_type in ENCODER_TYPES:
+        return "encoder"
+    return "decoder"
+
+
+@dataclass
+class BackboneOutput:
+    taps: list[list[torch.Tensor]]  # per stack: [h_0, h_1, ..., h_L]
+    final: torch.Tensor  # last stack's output after the final norm: the head's input
+    encoder_final: torch.Tensor | None = None  # encoder output (encoder-decoder only)
+
+
+class Backbone:
+    """A frozen transformers model, its tokenizer and the facts the side network is built from."""
+
+    def __init__(self, name: str, model: nn.Module, tokenizer, source: ModelSource | None = None) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.source = source
+        self.config = model.config
+        self.family = family_of(self.config)
+        self.model_type = self.config.model_type
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        paths = LAYER_PATHS.get(self.model_type, DECODER_DEFAULT_PATH)
+        self.stacks: list[nn.ModuleList] = [_get(self.model, path) for path in paths]
+        self._fingerprint: str | None = None
+
+    # ---- shape facts -------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        c = self.config
+        return getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or c.n_embd
+
+    @property
+    def num_heads(self) -> int:
+        c = self.config
+        for key in ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"):
+            if getattr(c, key, None):
+                return getattr(c, key)
+        raise ValueError(f"cannot tell the number of attention heads of {self.model_type}")
+
+    @property
+    def num_layers(self) -> int:
+        return sum(len(stack) for stack in self.stacks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """A digest of every weight and the tokenizer: identifies this exact backbone."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.model_type.encode())
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            digest.update(self.tokenizer.fingerprint().encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # ---- execution ---------------------------------------------------------------------------
+    def run(self, batch: dict[str, torch.Tensor]) -> BackboneOutput:
+        """One forward pass with no autograd graph; returns every tapped hidden state.
+
+        `torch.no_grad()` rather than `inference_mode()`: both record nothing for backward, but
+        inference tensors may not be saved by the side network's autograd graph, which reads them.
+        """
+        taps: list[list[torch.Tensor]] = [[] for _ in self.stacks]
+        handles = []
+        for index, stack in enumerate(self.stacks):
+            handles.append(stack[0].register_forward_pre_hook(_capture_input(taps[index]), with_kwargs=True))
+            for layer in stack:
+                handles.append(layer.register_forward_hook(_capture_output(taps[index])))
+        try:
+            with torch.no_grad():
+                final, encoder_final = self._forward(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return BackboneOutput(taps=taps, final=final, encoder_final=encoder_final)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.family == "encoder-decoder":
+            encoder_out = self.model.get_encoder()(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+            decoder_out = self.model.get_decoder()(
+                input_ids=batch["decoder_input_ids"],
+                attention_mask=batch["decoder_attention_mask"],
+                encoder_hidden_states=encoder_out,
+                encoder_attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).last_hidden_state
+            return decoder_out, encoder_out
+        base = self.model.base_model if self.family == "decoder" else self.model
+        kwargs = {"use_cache": False} if self.family == "decoder" else {}
+        out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+        return out.last_hidden_state, None
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The backbone's own (frozen) language-model head applied to final hidden states."""
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{self.name} has no language-model head; use a classification head")
+        if self.model_type == "t5" and getattr(self.config, "tie_word_embeddings", True):
+            hidden = hidden * (self.config.d_model**-0.5)
+        logits = head(hidden)
+        bias = getattr(self.model, "final_logits_bias", None)
+        return logits + bias if bias is not None else logits
+
+    @property
+    def has_lm_head(self) -> bool:
+        return self.family != "encoder" and self.model.get_output_embeddings() is not None
+
+
+def _first_tensor(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _capture_input(store: list):
+    def hook(_module, args, kwargs):
+        store.append(args[0] if args else kwargs["hidden_states"])
+
+    return hook
+
+
+def _capture_output(store: list):
+    def hook(_module, _args, output):
+        store.append(_first_tensor(output))
+
+    return hook
+
+
+def _model_class(config):
+    family = family_of(config)
+    if family == "encoder":
+        return transformers.AutoModel
+    if family == "encoder-decoder":
+        return transformers.AutoModelForSeq2SeqLM
+    return transformers.AutoModelForCausalLM
+
+
+def load_backbone(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                  seed: int = 0) -> Backbone:
+    """Load a backbone by name ("minilm", "smollm2-135m", "tiny-llama", ...) or local path."""
+    source = resolve_model(spec)
+    transformers.utils.logging.disable_progress_bar()
+    if source.tiny:
+        config = tiny_config(source.tiny)
+        torch.manual_seed(seed)
+        model = _model_class(config).from_config(config)
+        tokenizer = ByteTokenizer()
+    else:
+        kwargs = {"local_files_only": True}
+        if source.gguf_file:
+            kwargs["gguf_file"] = source.gguf_file
+        try:
+            config = transformers.AutoConfig.from_pretrained(source.directory, **kwargs)
+            model = _model_class(config).from_pretrained(source.directory, dtype=dtype, **kwargs)
+            tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(source.directory, **kwargs))
+        except OSError as error:
+            raise ModelNotFoundError(f"cannot load model from {source.directory}: {error}") from error
+    model = model.to(device=device, dtype=dtype)
+    return Backbone(source.name, model, tokenizer, source)

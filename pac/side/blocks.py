@@ -1,0 +1,111 @@
+"""The side network's building blocks: a transformer block of the backbone's own kind, r wide."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pac.side.weights import BlockStyle
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+
+
+def make_norm(style: BlockStyle, width: int) -> nn.Module:
+    return RMSNorm(width, style.norm_eps) if style.norm == "rms" else nn.LayerNorm(width, eps=style.norm_eps)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class SideAttention(nn.Module):
+    """Multi-head attention of width r; rotary positions with the frequencies kept by pruning."""
+
+    def __init__(self, width: int, heads: int, head_dim: int, bias: bool, rope: bool) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.q = nn.Linear(width, inner, bias=bias)
+        self.k = nn.Linear(width, inner, bias=bias)
+        self.v = nn.Linear(width, inner, bias=bias)
+        self.o = nn.Linear(inner, width, bias=bias)
+        # Per-head inverse frequencies of the rotary pairs this side head kept (set by pruning).
+        self.register_buffer("inv_freq", torch.ones(heads, head_dim // 2) if rope else None)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.to(x.dtype)[None, None, :, None] * self.inv_freq.to(x.dtype)[None, :, None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        return x * angles.cos() + rotate_half(x) * angles.sin()
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        source = x if memory is None else memory
+        q, k, v = self._split(self.q(x)), self._split(self.k(source)), self._split(self.v(source))
+        if self.inv_freq is not None and memory is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+            q, k = self._rotate(q, positions), self._rotate(k, positions)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if memory is None else memory_mask)
+        return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+class SideMLP(nn.Module):
+    def __init__(self, width: int, inner: int, style: BlockStyle, bias: bool) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, inner, bias=bias)
+        self.gate = nn.Linear(width, inner, bias=bias) if style.gated_mlp else None
+        self.down = nn.Linear(inner, width, bias=bias)
+        self.act = ACTIVATIONS[style.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.gate(x)) * self.up(x) if self.gate is not None else self.act(self.up(x))
+        return self.down(hidden)
+
+
+class SideBlock(nn.Module):
+    """a_i = block(mu_i * Down_i(h_i) + (1 - mu_i) * a_{i-1}), a pruned copy of backbone layer i."""
+
+    def __init__(self, hidden: int, width: int, heads: int, head_dim: int, mlp_inner: int,
+                 style: BlockStyle, bias: bool, cross_attention: bool) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, width, bias=False)
+        self.gate = nn.Parameter(torch.zeros(()))  # mu = sigmoid(gate) = 0.5 at start
+        self.pre_norm = style.pre_norm
+        self.attention = SideAttention(width, heads, head_dim, bias, rope=style.rope_theta is not None)
+        self.cross = SideAttention(width, heads, head_dim, bias, rope=False) if cross_attention else None
+        self.mlp = SideMLP(width, mlp_inner, style, bias)
+        self.norms = nn.ModuleList(make_norm(style, width) for _ in range(3 if cross_attention else 2))
+
+    def _sublayer(self, x, norm, fn) -> torch.Tensor:
+        return x + fn(norm(x)) if self.pre_norm else norm(x + fn(x))
+
+    def forward(self, hidden, previous, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        mu = torch.sigmoid(self.gate)
+        x = mu * self.down(hidden) + (1 - mu) * previous
+        x = self._sublayer(x, self.norms[0], lambda y: self.attention(y, mask))
+        if self.cross is not None:
+            x = self._sublayer(x, self.norms[1], lambda y: self.cross(y, None, memory, memory_mask))
+        return self._sublayer(x, self.norms[-1], self.mlp)

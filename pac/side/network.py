@@ -1,0 +1,147 @@
+"""Parallel Adapters: the side network that reads the frozen backbone's hidden states (paper §4.1).
+
+    a_0 = Down_0(h_0);   a_i = f_i(mu_i * Down_i(h_i) + (1 - mu_i) * a_{i-1});   out = Up(norm(a_L))
+
+`SideSpec` holds every shape fact, so a side network can be rebuilt from a saved adapter or trained
+from cached hidden states without the backbone in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pac.errors import ConfigError
+from pac.side.blocks import SideBlock, make_norm
+from pac.side.weights import BlockStyle, block_style
+
+
+@dataclass(frozen=True)
+class SideConfig:
+    """What the user chooses about the side network."""
+
+    reduction_factor: int = 8  # k: every width of the side network is the backbone's divided by k
+    layers: tuple[int, ...] | None = None  # backbone layers (0-based, across stacks) with a side block; None: all
+
+    def __post_init__(self) -> None:
+        if self.reduction_factor < 1:
+            raise ConfigError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
+
+
+@dataclass(frozen=True)
+class SideSpec:
+    """Every shape fact of a side network; JSON-serialisable (saved with the adapter)."""
+
+    family: str
+    hidden_size: int  # d, the backbone width
+    width: int  # r = d / k
+    heads: int
+    head_dim: int
+    mlp_inner: int
+    bias: bool
+    style: BlockStyle
+    stack_sizes: tuple[int, ...]  # backbone layers per stack (encoder, [decoder])
+    taps: tuple[tuple[int, ...], ...]  # per stack, indices i in 1..L of h_i followed by a side block
+
+    @property
+    def causal_stacks(self) -> tuple[bool, ...]:
+        if self.family == "decoder":
+            return (True,)
+        if self.family == "encoder-decoder":
+            return (False, True)
+        return (False,)
+
+    def needed_taps(self) -> tuple[tuple[int, ...], ...]:
+        """Per stack, which hidden states h_i the side network reads (always h_0)."""
+        return tuple((0, *stack) for stack in self.taps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SideSpec:
+        data = dict(data)
+        data["style"] = BlockStyle(**data["style"])
+        data["stack_sizes"] = tuple(data["stack_sizes"])
+        data["taps"] = tuple(tuple(t) for t in data["taps"])
+        return cls(**data)
+
+
+def _side_heads(heads: int, width: int, rope: bool) -> tuple[int, int]:
+    """Keep as many heads as the backbone when the width allows, else the most that divide it."""
+    for count in range(min(heads, width), 0, -1):
+        head_dim = width // count
+        if width % count == 0 and head_dim >= 2 and (not rope or head_dim % 2 == 0):
+            return count, head_dim
+    raise ConfigError(f"side width {width} cannot be split into attention heads")
+
+
+def side_spec(backbone, config: SideConfig) -> SideSpec:
+    from pac.side.weights import layer_weights
+
+    k = config.reduction_factor
+    d = backbone.hidden_size
+    width = max(2, d // k)
+    style = block_style(backbone.model_type, backbone.family, backbone.config, backbone.num_heads, d)
+    heads, head_dim = _side_heads(style.num_heads, width, style.rope_theta is not None)
+    width = heads * head_dim
+    first = layer_weights(backbone.model_type, backbone.stacks[0][0])
+    stack_sizes = tuple(len(stack) for stack in backbone.stacks)
+    chosen = set(range(sum(stack_sizes))) if config.layers is None else set(config.layers)
+    bad = sorted(i for i in chosen if not 0 <= i < sum(stack_sizes))
+    if bad:
+        raise ConfigError(f"side layers {bad} out of range: the backbone has {sum(stack_sizes)} layers (0-based)")
+    taps, offset = [], 0
+    for size in stack_sizes:
+        taps.append(tuple(i - offset + 1 for i in range(offset, offset + size) if i in chosen))
+        offset += size
+    return SideSpec(
+        family=backbone.family, hidden_size=d, width=width, heads=heads, head_dim=head_dim,
+        mlp_inner=max(1, first.mlp_in.weight.shape[0] // k), bias=first.self_attention.q.bias is not None,
+        style=style, stack_sizes=stack_sizes, taps=tuple(taps),
+    )
+
+
+class SideNetwork(nn.Module):
+    def __init__(self, spec: SideSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        s = spec
+        self.entry = nn.ModuleList(nn.Linear(s.hidden_size, s.width, bias=False) for _ in s.stack_sizes)
+        self.stacks = nn.ModuleList(
+            nn.ModuleList(
+                SideBlock(s.hidden_size, s.width, s.heads, s.head_dim, s.mlp_inner, s.style, s.bias,
+                          cross_attention=(stack_index == 1))
+                for _ in s.taps[stack_index]
+            )
+            for stack_index in range(len(s.stack_sizes))
+        )
+        self.final_norm = make_norm(s.style, s.width) if s.style.pre_norm else nn.Identity()
+        self.up = nn.Linear(s.width, s.hidden_size, bias=False)
+        nn.init.zeros_(self.up.weight)  # step 0 equals the backbone
+
+    def forward(self, taps: list[list[torch.Tensor | None]], masks: list[torch.Tensor]) -> torch.Tensor:
+        """taps[s][i] = h_i of stack s (entries not in needed_taps may be None); masks[s]: [batch, len]."""
+        memory = memory_mask = None
+        a = None
+        for stack_index, blocks in enumerate(self.stacks):
+            states = taps[stack_index]
+            mask = attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index])
+            a = self.entry[stack_index](states[0])
+            for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):
+                a = block(states[layer], a, mask, memory, memory_mask)
+            memory, memory_mask = a, masks[stack_index].bool()[:, None, None, :]
+        return self.up(self.final_norm(a))
+
+
+def attention_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Boolean [batch, 1, len, len] mask: True where a query may attend to a key."""
+    keys = padding.bool()[:, None, None, :]
+    if not causal:
+        return keys
+    length = padding.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=padding.device).tril()
+    return keys & lower[None, None]

@@ -1,0 +1,149 @@
+"""Build the trainable model of each technique around a loaded backbone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pac.errors import ConfigError
+from pac.heads import Head, HeadConfig, HeadOutput
+from pac.side.network import SideConfig, SideNetwork, side_spec
+from pac.side.pruning import init_by_pruning
+
+TECHNIQUES = ("parallel", "full", "lora", "adapters")
+
+
+@dataclass(frozen=True)
+class TechniqueConfig:
+    name: str = "parallel"  # parallel | full | lora | adapters
+    reduction_factor: int = 8  # k for the side network; also the Houlsby bottleneck is d / k
+    side_layers: tuple[int, ...] | None = None  # backbone layers followed by a side block (None: all)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+
+    def __post_init__(self) -> None:
+        if self.name not in TECHNIQUES:
+            raise ConfigError(f"technique must be one of {', '.join(TECHNIQUES)}, got {self.name!r}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
+
+
+def model_masks(batch: dict[str, torch.Tensor], family: str) -> list[torch.Tensor]:
+    if family == "encoder-decoder":
+        return [batch["attention_mask"], batch["decoder_attention_mask"]]
+    return [batch["attention_mask"]]
+
+
+class ParallelAdaptersModel(nn.Module):
+    """Frozen backbone (not a submodule: never trained, never saved) + side network + head."""
+
+    def __init__(self, backbone, side: SideNetwork, head: Head) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.side = side
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
+        out = self.backbone.run(batch)
+        return self.forward_from_states(out.taps, out.final, batch)
+
+    def forward_from_states(self, taps, final: torch.Tensor, batch: dict[str, torch.Tensor]) -> HeadOutput:
+        """Side network and head only: what an epoch from the activation cache runs."""
+        delta = self.side(taps, model_masks(batch, self.side.spec.family))
+        return self.head(final + delta, batch)
+
+
+class TunedBackboneModel(nn.Module):
+    """full / lora / adapters: the backbone is inside the autograd graph."""
+
+    def __init__(self, backbone, head: Head, extra: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model  # registered, so its trainable weights are parameters of this module
+        self.extra = extra
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
+        final, _ = self.backbone._forward(batch)
+        return self.head(final, batch)
+
+
+class BottleneckAdapter(nn.Module):
+    """Houlsby adapter: x + Up(act(Down(x))), Up starting at zero."""
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.nn.functional.gelu(self.down(x)))
+
+
+# Per model type: module name suffixes (inside one layer) of the sublayer output projections.
+ADAPTER_SITES = {
+    "bert": ("attention.output.dense", "output.dense"),
+    "gpt2": ("attn.c_proj", "mlp.c_proj"),
+    "t5": ("SelfAttention.o", "EncDecAttention.o", "DenseReluDense.wo"),
+    "bart": ("self_attn.out_proj", "encoder_attn.out_proj", "fc2"),
+}
+DEFAULT_ADAPTER_SITES = ("self_attn.o_proj", "mlp.down_proj")
+LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "t5": ["q", "v"]}
+DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
+
+
+def _add_houlsby(backbone, config: TechniqueConfig) -> nn.ModuleList:
+    sites = ADAPTER_SITES.get(backbone.model_type, DEFAULT_ADAPTER_SITES)
+    adapters = nn.ModuleList()
+    width = backbone.hidden_size
+    for stack in backbone.stacks:
+        for layer in stack:
+            for name, module in layer.named_modules():
+                if name and any(name == s or name.endswith("." + s) for s in sites):
+                    adapter = BottleneckAdapter(width, max(1, width // config.reduction_factor))
+                    adapter.to(next(backbone.model.parameters()).dtype)
+                    module.register_forward_hook(lambda _m, _i, out, a=adapter: a(out))
+                    adapters.append(adapter)
+    if not adapters:
+        raise ConfigError(f"no adapter sites found in a {backbone.model_type} backbone")
+    return adapters
+
+
+def _add_lora(backbone, config: TechniqueConfig) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+        target_modules=LORA_TARGETS.get(backbone.model_type, DEFAULT_LORA_TARGETS),
+        fan_in_fan_out=backbone.model_type == "gpt2",
+    )
+    inject_adapter_in_model(lora, backbone.model)
+    for name, parameter in backbone.model.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+
+
+def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -> nn.Module:
+    lm = backbone.lm_logits if head_config.task == "lm" else None
+    head = Head(head_config, backbone.hidden_size, backbone.family, lm)
+    head.to(next(backbone.model.parameters()).dtype)
+    if technique.name == "parallel":
+        spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers))
+        side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)
+        return ParallelAdaptersModel(backbone, side, head.to(backbone.device))
+    if technique.name == "full":
+        for parameter in backbone.model.parameters():
+            parameter.requires_grad_(True)
+        return TunedBackboneModel(backbone, head.to(backbone.device))
+    if technique.name == "lora":
+        _add_lora(backbone, technique)
+        return TunedBackboneModel(backbone, head.to(backbone.device))
+    adapters = _add_houlsby(backbone, technique)
+    return TunedBackboneModel(backbone, head.to(backbone.device), extra=adapters.to(backbone.device))
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
