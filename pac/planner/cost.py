@@ -1,0 +1,233 @@
+"""The cost model every planner, baseline and the simulator share: who computes how much of a micro-batch,
+how long a stage, a boundary transfer and an AllReduce take, and (as matrices, for the DP) which layer
+ranges a group of devices can hold.
+
+Times come from the device profiles; the one rule added here is how a micro-batch of b samples is split
+inside a group: sample by sample, each to the device that would finish its share of the whole model first
+(so a twice-as-fast device gets about twice the samples). Numbers are cached per CostModel; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from pac.planner.job import TrainingJob
+from pac.planner.memory import (
+    MemoryUse,
+    boundary_bytes_per_sample,
+    hidden_bytes_per_sample,
+    stage_memory,
+)
+from pac.planner.profile import HomeProfile, interpolation_weights
+
+INF = math.inf
+NO_LIMIT = 1 << 30  # "any number of micro-batches in flight fits"
+
+
+class CostModel:
+    """Cached costs for one (home, job). Devices are referred to by their index in `home.devices`."""
+
+    def __init__(self, home: HomeProfile, job: TrainingJob) -> None:
+        self.home = home
+        self.job = job
+        self.model = home.model
+        self.num_layers = home.model.num_layers
+        self.num_devices = len(home.devices)
+        self._times: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[tuple[int, str], np.ndarray] = {}
+        self._model_times: dict[tuple[int, int], float] = {}
+        self._groups: dict[tuple[tuple[int, ...], int], tuple[np.ndarray, np.ndarray]] = {}
+        self._shares: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+        self._matrices: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._links: dict[tuple[int, int], tuple[float, float]] = {}
+        forward, backward = boundary_bytes_per_sample(self.model, job)
+        self.forward_bytes_per_sample = forward
+        self.backward_bytes_per_sample = backward
+
+    # ---- per-device layer times -------------------------------------------------------------------
+    def layer_times(self, device: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Forward and backward seconds of each layer on `device` at `batch` samples."""
+        key = (device, batch)
+        if key not in self._times:
+            self._times[key] = (self._interpolate(device, batch, "forward_s"),
+                                self._interpolate(device, batch, "backward_s"))
+        return self._times[key]
+
+    def _interpolate(self, device: int, batch: int, table: str) -> np.ndarray:
+        """`profile.interpolate` for every layer at once (all layers share the measured batch sizes)."""
+        profile = self.home.devices[device]
+        key = (device, table)
+        if key not in self._tables:
+            self._tables[key] = np.asarray(getattr(profile, table), dtype=float)
+        ys = self._tables[key]
+        i, weight, scale = interpolation_weights(profile.batch_sizes, batch)
+        if scale is not None:
+            return np.maximum(ys[:, 0] * scale, 0.0)
+        value = ys[:, i] + weight * (ys[:, i + 1] - ys[:, i])
+        if batch < profile.batch_sizes[0]:
+            value = np.maximum(value, ys[:, 0] * batch / profile.batch_sizes[0])
+        return np.maximum(value, 0.0)
+
+    def model_time(self, device: int, batch: int) -> float:
+        """Forward + backward of the whole model on `device` at `batch` samples."""
+        key = (device, batch)
+        if key not in self._model_times:
+            forward, backward = self.layer_times(device, batch)
+            self._model_times[key] = float(forward.sum() + backward.sum())
+        return self._model_times[key]
+
+    def shares(self, group: Sequence[int], batch: int) -> tuple[int, ...]:
+        """Samples of a `batch`-sample micro-batch each device of `group` computes (sums to `batch`)."""
+        key = (tuple(group), batch)
+        if key not in self._shares:
+            counts = [0] * len(group)
+            for _ in range(batch):
+                finish = [self.model_time(d, counts[i] + 1) for i, d in enumerate(group)]
+                best = min(range(len(group)), key=lambda i: (finish[i], i))
+                counts[best] += 1
+            self._shares[key] = tuple(counts)
+        return self._shares[key]
+
+    # ---- one stage ---------------------------------------------------------------------------------
+    def stage_times(self, group: Sequence[int], batch: int, start: int, stop: int) -> tuple[float, float]:
+        """(forward, backward) seconds of one micro-batch on the stage: its slowest device decides."""
+        forward_max, backward_max = 0.0, 0.0
+        for device, share in zip(group, self.shares(group, batch), strict=True):
+            forward, backward = self.layer_times(device, share)
+            forward_max = max(forward_max, float(forward[start:stop].sum()))
+            backward_max = max(backward_max, float(backward[start:stop].sum()))
+        return forward_max, backward_max
+
+    def stage_cost(self, group: Sequence[int], batch: int, start: int, stop: int, in_flight: int) -> float:
+        """Eq. 3: max over the group of forward + backward of layers [start, stop); +inf if any device OOMs."""
+        worst = 0.0
+        for device, share in zip(group, self.shares(group, batch), strict=True):
+            use = self.stage_memory(device, share, start, stop, in_flight)
+            if use.total > self.home.devices[device].memory_budget_bytes:
+                return INF
+            forward, backward = self.layer_times(device, share)
+            worst = max(worst, float(forward[start:stop].sum() + backward[start:stop].sum()))
+        return worst
+
+    def stage_memory(self, device: int, share: int, start: int, stop: int, in_flight: int) -> MemoryUse:
+        return stage_memory(self.model, self.home.devices[device], self.job, start, stop, share, in_flight)
+
+    # ---- links -------------------------------------------------------------------------------------
+    def link(self, a: int, b: int) -> tuple[float, float]:
+        """(bandwidth bytes/s, latency s) between devices a and b."""
+        key = (min(a, b), max(a, b))
+        if key not in self._links:
+            link = self.home.link(self.home.devices[a].name, self.home.devices[b].name)
+            self._links[key] = (link.bandwidth_bytes_per_s, link.latency_s)
+        return self._links[key]
+
+    def transfer(self, a: int, b: int, nbytes: float) -> float:
+        if nbytes <= 0 or a == b:
+            return 0.0
+        bandwidth, latency = self.link(a, b)
+        return latency + nbytes / bandwidth
+
+    def boundary_pairs(self, sender: Sequence[int], receiver: Sequence[int], batch: int
+                       ) -> list[tuple[int, int, int]]:
+        """(sender device, receiver device, samples) for one micro-batch crossing a stage boundary.
+
+        Both groups hold the micro-batch's samples as contiguous ranges in group order; each sender
+        ships each receiver the samples their ranges share.
+        """
+        out = []
+        send_ranges = _ranges(self.shares(sender, batch))
+        recv_ranges = _ranges(self.shares(receiver, batch))
+        for (s_lo, s_hi), a in zip(send_ranges, sender, strict=True):
+            for (r_lo, r_hi), b in zip(recv_ranges, receiver, strict=True):
+                overlap = min(s_hi, r_hi) - max(s_lo, r_lo)
+                if overlap > 0:
+                    out.append((a, b, overlap))
+        return out
+
+    def boundary_times(self, sender: Sequence[int], receiver: Sequence[int], batch: int) -> tuple[float, float]:
+        """(forward, backward) seconds to move one micro-batch across a boundary; pairs move in parallel."""
+        forward, backward = 0.0, 0.0
+        for a, b, samples in self.boundary_pairs(sender, receiver, batch):
+            forward = max(forward, self.transfer(a, b, samples * self.forward_bytes_per_sample))
+            backward = max(backward, self.transfer(b, a, samples * self.backward_bytes_per_sample))
+        return forward, backward
+
+    def allreduce(self, group: Sequence[int], nbytes: float) -> float:
+        """Ring AllReduce of `nbytes` in `group`: 2(n-1)/n * bytes / slowest ring link + 2(n-1) latencies."""
+        n = len(group)
+        if n <= 1 or nbytes <= 0:
+            return 0.0
+        ring = [self.link(group[i], group[(i + 1) % n]) for i in range(n)]
+        bandwidth = min(b for b, _ in ring)
+        latency = max(lat for _, lat in ring)
+        return 2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
+
+    def stage_gradient_bytes(self, start: int, stop: int) -> float:
+        from pac.planner.memory import side_extra_share
+
+        params = sum(self.model.side_layer_params[start:stop]) + side_extra_share(self.model, start, stop)
+        return params * self.job.gradient_bytes_per_param
+
+    # ---- matrices for the dynamic programme -------------------------------------------------------
+    def device_matrices(self, device: int, share: int) -> tuple[np.ndarray, np.ndarray]:
+        """For layers [x, y): seconds (inf where y <= x) and the most micro-batches in flight that fit."""
+        key = (device, share)
+        if key in self._matrices:
+            return self._matrices[key]
+        model, job, profile = self.model, self.job, self.home.devices[device]
+        n = self.num_layers
+        forward, backward = self.layer_times(device, share)
+        prefix = np.concatenate([[0.0], np.cumsum(forward + backward)])
+        time = prefix[None, :] - prefix[:, None]
+        upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
+        time = np.where(upper, time, INF)
+
+        def span(values: Sequence[float]) -> np.ndarray:
+            p = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
+            return p[None, :] - p[:, None]
+
+        first = np.zeros((n + 1, 1))
+        first[0, 0] = 1.0
+        last = np.zeros((1, n + 1))
+        last[0, n] = 1.0
+        params = span(model.layer_params) + model.embedding_params * first + model.head_params * last
+        side = span(model.side_layer_params) + model.side_extra_params / 2 * (first + last)
+        layers = span([1.0] * n) + first
+        forward_b, backward_b = boundary_bytes_per_sample(model, job)
+        static = (params * job.weight_bytes_per_param + side * job.side_state_bytes_per_param
+                  + share * model.transient_bytes_per_sample
+                  + share * (2 * forward_b + 2 * backward_b + layers * hidden_bytes_per_sample(model, job.cache_bytes))
+                  + profile.runtime_overhead_bytes)
+        per_flight = share * span(model.activation_bytes_per_sample)
+        room = profile.memory_budget_bytes - static
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flights = np.where(per_flight > 0, np.floor(room / np.where(per_flight > 0, per_flight, 1.0)),
+                               np.where(room >= 0, NO_LIMIT, -1))
+        flights = np.where(room >= 0, np.minimum(flights, NO_LIMIT), -1)
+        self._matrices[key] = (time, flights)
+        return time, flights
+
+    def group_matrices(self, group: Sequence[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 3 as a matrix over (first layer, end layer): the group's time and micro-batches that fit."""
+        key = (tuple(group), batch)
+        if key in self._groups:
+            return self._groups[key]
+        time, flights = None, None
+        for device, share in zip(group, self.shares(group, batch), strict=True):
+            t, f = self.device_matrices(device, share)
+            time = t if time is None else np.maximum(time, t)
+            flights = f if flights is None else np.minimum(flights, f)
+        assert time is not None and flights is not None
+        self._groups[key] = (time, flights)
+        return time, flights
+
+
+def _ranges(shares: Sequence[int]) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for share in shares:
+        out.append((start, start + share))
+        start += share
+    return out

@@ -1,0 +1,102 @@
+"""The memory model: what one device holds while it runs one stage (phase 1) or the side network (phase 2).
+
+Phase 1, a device running layers [start, stop) of an L-layer model with `share` samples of each micro-batch,
+while `in_flight` micro-batches have run forward but not yet backward (1F1B: min(stages from here to the
+end, micro-batches)):
+
+    weights      backbone layers at the job's quantisation (+ embeddings on the first stage, head on the last)
+    side state   side-block parameters, gradients and optimiser state (side_state_bytes_per_param each)
+    activations  in_flight * share * side activations kept for backward
+    transient    share * one backbone layer's peak scratch (the backbone keeps nothing for backward)
+    buffers      share * (h, a) in and out of the stage on the wire, and the cache write buffer for the
+                 micro-batch's hidden states of these layers
+    overhead     the device's measured runtime overhead
+
+Phase 2 holds no backbone: the whole side network, one micro-batch of activations and its cache reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pac.planner.job import TrainingJob
+from pac.planner.profile import DeviceProfile, ModelProfile
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Peak bytes one device needs, by kind."""
+
+    weights: float
+    side_state: float
+    activations: float
+    transient: float
+    buffers: float
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.side_state + self.activations + self.transient + self.buffers + self.overhead
+
+
+def hidden_bytes_per_sample(model: ModelProfile, dtype_bytes: int) -> float:
+    """One hidden state h_i of one sample."""
+    return float(model.seq_len * model.hidden_size * dtype_bytes)
+
+
+def boundary_bytes_per_sample(model: ModelProfile, job: TrainingJob) -> tuple[float, float]:
+    """Bytes per sample crossing a stage boundary: forward (h_y, a_y), backward grad of a_y only."""
+    forward = model.seq_len * (model.hidden_size + model.side_size) * job.wire_bytes
+    backward = model.seq_len * model.side_size * job.wire_bytes
+    return float(forward), float(backward)
+
+
+def side_extra_share(model: ModelProfile, start: int, stop: int) -> float:
+    """Down_0 lives with the first stage and Up/side head with the last: half of the extras each."""
+    share = 0.0
+    if start == 0:
+        share += model.side_extra_params / 2
+    if stop == model.num_layers:
+        share += model.side_extra_params / 2
+    return share
+
+
+def stage_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, start: int, stop: int,
+                 share: int, in_flight: int) -> MemoryUse:
+    """Peak memory of `device` running layers [start, stop) in phase 1 (see the module docstring)."""
+    layers = range(start, stop)
+    params = sum(model.layer_params[i] for i in layers)
+    if start == 0:
+        params += model.embedding_params
+    if stop == model.num_layers:
+        params += model.head_params
+    side = sum(model.side_layer_params[i] for i in layers) + side_extra_share(model, start, stop)
+    kept = sum(model.activation_bytes_per_sample[i] for i in layers)
+    forward, backward = boundary_bytes_per_sample(model, job)
+    cache = hidden_bytes_per_sample(model, job.cache_bytes) * (stop - start + (1 if start == 0 else 0))
+    return MemoryUse(
+        weights=params * job.weight_bytes_per_param,
+        side_state=side * job.side_state_bytes_per_param,
+        activations=in_flight * share * kept,
+        transient=share * model.transient_bytes_per_sample,
+        buffers=share * (2 * forward + 2 * backward + cache),
+        overhead=float(device.runtime_overhead_bytes),
+    )
+
+
+def phase2_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, share: int) -> MemoryUse:
+    """Peak memory of `device` training the whole side network on `share` cached samples per step."""
+    cache = hidden_bytes_per_sample(model, job.cache_bytes) * (model.num_layers + 1)
+    return MemoryUse(
+        weights=0.0,
+        side_state=model.side_params * job.side_state_bytes_per_param,
+        activations=share * sum(model.activation_bytes_per_sample),
+        transient=0.0,
+        buffers=share * cache,
+        overhead=float(device.runtime_overhead_bytes),
+    )
+
+
+def cache_bytes_per_sample(model: ModelProfile, job: TrainingJob) -> float:
+    """Disk for one sample's cached hidden states h_0..h_L."""
+    return hidden_bytes_per_sample(model, job.cache_bytes) * (model.num_layers + 1)

@@ -1,0 +1,114 @@
+"""Synthetic homes for tests and the benchmark: paper-like devices (4 GB and 8 GB boards of unequal speed)
+on 1 Gbit/s links, and a transformer-shaped model of any depth. Deterministic for a given seed.
+
+The numbers are modelled, not measured: per-layer forward time is proportional to the layer's FLOPs over
+the device's effective FLOP/s, plus a fixed per-call overhead; backward runs only the side block.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pac.planner.profile import DeviceProfile, HomeProfile, LinkProfile, ModelProfile
+
+GIB = 1 << 30
+GBIT_PER_S = 125e6  # bytes per second
+MEASURED_BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """A kind of edge device: its usable memory and its effective throughput."""
+
+    name: str
+    memory_budget_bytes: int
+    tflops: float  # effective fp16 TFLOP/s on transformer layers
+    overhead_s: float = 0.002  # fixed cost of one layer call
+
+
+# Jetson-class boards as in the paper's testbed: memory after the OS, effective (not peak) throughput.
+NANO = DeviceKind("nano-4g", int(3.2 * GIB), 0.12)
+TX2 = DeviceKind("tx2-8g", int(6.5 * GIB), 0.20)
+NX = DeviceKind("nx-8g", int(6.5 * GIB), 0.45)
+PALETTE = (NANO, TX2, NX)
+
+
+def transformer_model(num_layers: int, hidden: int = 1024, reduction: int = 8, seq_len: int = 128,
+                      heads: int = 16, name: str | None = None) -> ModelProfile:
+    """A BART/T5-Large-like stack of `num_layers` layers of width `hidden` with a side network of d/k."""
+    side = hidden // reduction
+    layer = 12 * hidden * hidden
+    side_layer = 12 * side * side + hidden * side  # side block + its Down_i projection
+    kept = 4 * seq_len * (20 * side) + 4 * (heads // 2) * seq_len * seq_len  # fp32 side activations
+    transient = 2 * seq_len * 4 * hidden + 2 * heads * seq_len * seq_len
+    return ModelProfile(
+        name=name or f"synthetic-{num_layers}x{hidden}",
+        hidden_size=hidden, side_size=side, seq_len=seq_len,
+        layer_params=(layer,) * num_layers,
+        side_layer_params=(side_layer,) * num_layers,
+        activation_bytes_per_sample=(float(kept),) * num_layers,
+        embedding_params=32000 * hidden, head_params=hidden * hidden,
+        side_extra_params=2 * hidden * side,
+        transient_bytes_per_sample=float(transient),
+    )
+
+
+def device_for(model: ModelProfile, kind: DeviceKind, name: str, speed: float = 1.0,
+               disk_budget_bytes: int = 32 * GIB) -> DeviceProfile:
+    """Profile of one device of `kind` (times scaled by 1/speed) for `model`."""
+    flops_per_sample = [2.0 * p * model.seq_len for p in model.layer_params]
+    side_flops = [2.0 * p * model.seq_len for p in model.side_layer_params]
+    rate = kind.tflops * 1e12 * speed
+    forward, backward = [], []
+    for f, sf in zip(flops_per_sample, side_flops, strict=True):
+        # Small batches use the device less well: (b + 0.5) sample-equivalents of work.
+        forward.append(tuple(kind.overhead_s + (f + sf) * (b + 0.5) / rate for b in MEASURED_BATCHES))
+        backward.append(tuple(kind.overhead_s / 2 + 2 * sf * (b + 0.5) / rate for b in MEASURED_BATCHES))
+    side_sample = sum(3 * sf for sf in side_flops) / rate + kind.overhead_s * model.num_layers / 8
+    return DeviceProfile(
+        name=name, memory_budget_bytes=kind.memory_budget_bytes, disk_budget_bytes=disk_budget_bytes,
+        batch_sizes=MEASURED_BATCHES, forward_s=tuple(forward), backward_s=tuple(backward),
+        side_sample_s=side_sample, runtime_overhead_bytes=300 << 20, cache_read_bytes_per_s=400e6,
+    )
+
+
+def synthetic_home(num_layers: int, num_devices: int, seed: int = 0, *, kinds: Sequence[DeviceKind] = PALETTE,
+                   bandwidth_bytes_per_s: float = GBIT_PER_S, latency_s: float = 0.001,
+                   hidden: int = 1024) -> HomeProfile:
+    """A heterogeneous home: each device a random kind with +-15% speed, all pairs on one kind of link."""
+    rng = random.Random(seed)
+    model = transformer_model(num_layers, hidden=hidden)
+    devices = []
+    for i in range(num_devices):
+        kind = kinds[i % len(kinds)] if i < len(kinds) else rng.choice(list(kinds))
+        speed = round(rng.uniform(0.85, 1.15), 2)
+        devices.append(device_for(model, kind, f"{kind.name}-{i}", speed))
+    return HomeProfile(model=model, devices=tuple(devices),
+                       default_link=LinkProfile("*", "**", bandwidth_bytes_per_s, latency_s))
+
+
+def tiny_home(layer_seconds: Sequence[Sequence[float]], memory_budget_bytes: Sequence[int] | None = None, *,
+              backward_fraction: float = 0.5, bandwidth_bytes_per_s: float = 1e12, latency_s: float = 0.0,
+              layer_params: int = 1000, activation_bytes: float = 100.0, side_sample_s: float = 0.01,
+              disk_budget_bytes: int = 1 << 40) -> HomeProfile:
+    """A small exact home for tests: device i runs layer l in layer_seconds[i][l] seconds per sample
+    (forward; backward is `backward_fraction` of it), time exactly proportional to batch size."""
+    num_layers = len(layer_seconds[0])
+    model = ModelProfile(
+        name="tiny", hidden_size=8, side_size=1, seq_len=1,
+        layer_params=(layer_params,) * num_layers, side_layer_params=(10,) * num_layers,
+        activation_bytes_per_sample=(activation_bytes,) * num_layers,
+    )
+    budgets = memory_budget_bytes or [1 << 40] * len(layer_seconds)
+    devices = tuple(
+        DeviceProfile(
+            name=f"d{i}", memory_budget_bytes=int(budgets[i]), disk_budget_bytes=disk_budget_bytes,
+            batch_sizes=(1,), forward_s=tuple((t,) for t in row),
+            backward_s=tuple((t * backward_fraction,) for t in row), side_sample_s=side_sample_s,
+        )
+        for i, row in enumerate(layer_seconds)
+    )
+    return HomeProfile(model=model, devices=devices,
+                       default_link=LinkProfile("*", "**", bandwidth_bytes_per_s, latency_s))
