@@ -1,0 +1,77 @@
+"""Save a trained Parallel Adapter alone (safetensors) and re-attach it to its backbone.
+
+The file holds the side network and head weights, plus metadata: the format version, the backbone's
+name and weight fingerprint, the side network's shape (SideSpec) and the head's config. Loading refuses
+an adapter whose backbone fingerprint differs from the backbone it is attached to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from pac.errors import AdapterMismatchError
+from pac.heads import Head, HeadConfig
+from pac.side.network import SideNetwork, SideSpec
+from pac.techniques.build import ParallelAdaptersModel
+
+FORMAT = "pac-parallel-adapter/1"
+
+
+def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"side.{k}": v.detach().cpu().contiguous() for k, v in model.side.state_dict().items()}
+    tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})
+    metadata = {
+        "format": FORMAT,
+        "backbone_name": model.backbone.name,
+        "backbone_fingerprint": model.backbone.fingerprint(),
+        "side_spec": json.dumps(model.side.spec.to_dict()),
+        "head_config": json.dumps(dataclasses.asdict(model.head.config)),
+        "extra": json.dumps(extra or {}),
+    }
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)  # never leave a half-written adapter behind
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise AdapterMismatchError(f"{path}: not a PAC adapter (format {metadata.get('format')!r})")
+    return metadata
+
+
+def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
+    metadata = read_metadata(path)
+    if metadata["backbone_fingerprint"] != backbone.fingerprint():
+        raise AdapterMismatchError(
+            f"{path} was trained on backbone {metadata['backbone_name']!r} "
+            f"(fingerprint {metadata['backbone_fingerprint'][:12]}), not on {backbone.name!r} "
+            f"(fingerprint {backbone.fingerprint()[:12]})"
+        )
+    spec = SideSpec.from_dict(json.loads(metadata["side_spec"]))
+    head_config = HeadConfig(**json.loads(metadata["head_config"]))
+    tensors = load_file(str(path))
+    side = SideNetwork(spec)
+    side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
+    lm = backbone.lm_logits if head_config.task == "lm" else None
+    head = Head(head_config, backbone.hidden_size, backbone.family, lm)
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    dtype = next(backbone.model.parameters()).dtype
+    return ParallelAdaptersModel(backbone, side.to(backbone.device, dtype), head.to(backbone.device, dtype))
+
+
+def adapter_extra(path: str | Path) -> dict:
+    return json.loads(read_metadata(path).get("extra", "{}"))
+
+

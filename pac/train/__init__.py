@@ -1,0 +1,1 @@
+"""Single-device training and evaluation of every technique."""

@@ -1,0 +1,87 @@
+"""One single-device fine-tuning job: load, encode, train, evaluate, save. Used by the CLI and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pac.adapter import save_adapter
+from pac.data.batching import encode_example
+from pac.data.readers import infer_task, read_examples
+from pac.errors import ConfigError
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.techniques.build import ParallelAdaptersModel, TechniqueConfig, build_model, trainable_parameters
+from pac.train.loop import TrainConfig, evaluate, train
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    model: str  # a known name or a local model directory
+    train_file: str
+    eval_file: str | None = None
+    task: str | None = None  # classification | regression | lm (None: inferred from the data)
+    num_labels: int | None = None  # None: inferred from the data
+    technique: TechniqueConfig = field(default_factory=TechniqueConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seq_len: int = 128
+    train_limit: int | None = None  # use only the first N training examples (after a seeded shuffle)
+    eval_limit: int | None = None
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 4:
+            raise ConfigError(f"seq_len must be >= 4, got {self.seq_len}")
+
+
+def _subset(examples: list, limit: int | None, seed: int) -> list:
+    if limit is None or limit >= len(examples):
+        return examples
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:limit]
+
+
+def run_job(job: FinetuneJob, log=print) -> dict:
+    torch.manual_seed(job.train.seed)
+    backbone = load_backbone(job.model, seed=job.train.seed)
+    train_examples = _subset(read_examples(job.train_file), job.train_limit, job.train.seed)
+    eval_examples = _subset(read_examples(job.eval_file), job.eval_limit, job.train.seed) if job.eval_file else []
+    task = job.task or infer_task(train_examples)
+    labels = {e.label for e in train_examples if e.label is not None}
+    num_labels = job.num_labels or (max(labels) + 1 if labels else 2)
+    encode = lambda examples: [  # noqa: E731
+        encode_example(e, backbone.tokenizer, task, backbone.family, job.seq_len, i) for i, e in enumerate(examples)
+    ]
+    train_items, eval_items = encode(train_examples), encode(eval_examples)
+    model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=num_labels))
+    n_trainable = sum(p.numel() for p in trainable_parameters(model))
+    log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
+        f"examples, {n_trainable:,} trainable parameters")
+
+    def on_step(info) -> None:
+        if info.step % 20 == 0 or info.step == info.total_steps:
+            log(f"  epoch {info.epoch + 1} step {info.step}/{info.total_steps} loss {info.loss:.4f} "
+                f"{info.samples_per_s:.1f} samples/s")
+
+    result = train(model, train_items, task, backbone.tokenizer.pad_token_id, job.train,
+                   evaluate_on=eval_items or None, on_step=on_step)
+    final = evaluate(model, eval_items, task, backbone.tokenizer.pad_token_id) if eval_items else {}
+    metrics = {
+        "job": {**asdict(job), "technique": asdict(job.technique), "train": asdict(job.train)},
+        "task": task, "trainable_params": n_trainable, "train_examples": len(train_items),
+        "eval_examples": len(eval_items), "epoch_times_s": result.epoch_times_s,
+        "final_loss": result.losses[-1], "eval_history": result.eval_history, "eval": final,
+    }
+    if job.output_dir:
+        out = Path(job.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, ParallelAdaptersModel):
+            save_adapter(model, out / "adapter.safetensors", extra={"task": task})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["model"] = model
+    return metrics

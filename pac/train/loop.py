@@ -1,0 +1,123 @@
+"""The single-device training loop: AdamW, linear warm-up and decay, evaluation, greedy generation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from pac.data.batching import Encoded, collate, to_device
+from pac.errors import ConfigError
+from pac.metrics import classification_metrics, regression_metrics
+from pac.techniques.build import trainable_parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.06  # of all steps, linear warm-up then linear decay to zero
+    seed: int = 0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class StepInfo:
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    epoch_times_s: list[float] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+
+
+def batches(items: list[Encoded], batch_size: int, generator: torch.Generator | None) -> list[list[Encoded]]:
+    order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
+    ordered = [items[i] for i in order]
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def make_optimizer(model, config: TrainConfig, total_steps: int):
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    warmup = max(1, int(total_steps * config.warmup_fraction))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConfig,
+          evaluate_on: list[Encoded] | None = None,
+          on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
+    device = next(iter(trainable_parameters(model))).device
+    result = TrainResult()
+    step = 0
+    for epoch in range(config.epochs):
+        model.train()
+        started = time.perf_counter()
+        for group in batches(items, config.batch_size, generator):
+            batch = to_device(collate(group, pad_id, task), device)
+            tick = time.perf_counter()
+            loss = model(batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            result.losses.append(loss.item())
+            if on_step:
+                on_step(StepInfo(epoch, step, steps_per_epoch * config.epochs, loss.item(),
+                                 len(group) / (time.perf_counter() - tick)))
+        result.epoch_times_s.append(time.perf_counter() - started)
+        if evaluate_on:
+            result.eval_history.append({"epoch": epoch + 1, **evaluate(model, evaluate_on, task, pad_id)})
+    return result
+
+
+@torch.no_grad()
+def evaluate(model, items: list[Encoded], task: str, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    model.eval()
+    device = next(model.parameters()).device
+    predictions, targets, losses, tokens = [], [], 0.0, 0
+    for group in batches(items, batch_size, None):
+        batch = to_device(collate(group, pad_id, task), device)
+        out = model(batch)
+        if task == "lm":
+            count = out.logits.shape[0]
+            losses += out.loss.item() * count
+            tokens += count
+            continue
+        predictions += (out.logits.argmax(-1) if task == "classification" else out.logits).tolist()
+        targets += batch["labels"].tolist()
+    if task == "lm":
+        mean = losses / max(1, tokens)
+        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+    return classification_metrics(predictions, targets) if task == "classification" else \
+        regression_metrics(predictions, targets)
