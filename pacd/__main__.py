@@ -1,0 +1,5 @@
+import sys
+
+from pacd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""The controller's client for a daemon: every call has a deadline; errors come back as DaemonError."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from pac.errors import PacError
+from pac.security import Identity, authority, node_name, pairing, secure_channel
+from pac.security.home import load_authority
+from pac.v1 import daemon_pb2, daemon_pb2_grpc, pairing_pb2, pairing_pb2_grpc
+from pacd import convert
+
+INFO_TIMEOUT_S = 5.0
+PAIR_TIMEOUT_S = 15.0
+
+
+class DaemonError(PacError):
+    """A call to a daemon failed; the message names the daemon and what it answered."""
+
+    def __init__(self, address: str, error: grpc.aio.AioRpcError):
+        self.code = error.code()
+        super().__init__(f"{address}: {error.code().name}: {error.details()}")
+
+
+@dataclass
+class DaemonClient:
+    """Calls to one daemon as `identity` (None: insecure loopback development)."""
+
+    address: str
+    identity: Identity | None
+    peer_node_id: str | None = None
+
+    async def __aenter__(self) -> DaemonClient:
+        self._channel = grpc.aio.insecure_channel(self.address) if self.identity is None \
+            else secure_channel(self.address, self.identity, self.peer_node_id)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._channel.close()
+
+    async def _call(self, stub_method, request, timeout: float):
+        try:
+            return await stub_method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise DaemonError(self.address, error) from error
+
+    async def info(self) -> dict[str, Any]:
+        reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo,
+                                 daemon_pb2.GetInfoRequest(), INFO_TIMEOUT_S)
+        return convert.info_to_dict(reply)
+
+    async def profile(self, model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 0,
+                      refresh: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
+        request = daemon_pb2.ProfileRequest(model=model, batch_sizes=batch_sizes, seq_len=seq_len,
+                                            reduction_factor=reduction_factor, refresh=refresh)
+        reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).Profile, request, timeout)
+        return {**convert.profile_from_proto(reply.profile), "from_store": reply.from_store,
+                "elapsed_s": reply.elapsed_s}
+
+    async def probe(self, address: str, peer_node_id: str = "", payload_bytes: int = 0, rounds: int = 0,
+                    timeout: float = 60.0) -> dict[str, Any]:
+        request = daemon_pb2.ProbePeerRequest(address=address, peer_node_id=peer_node_id,
+                                              payload_bytes=payload_bytes, rounds=rounds)
+        reply = await self._call(daemon_pb2_grpc.LinkStub(self._channel).ProbePeer, request, timeout)
+        return convert.link_to_dict(reply)
+
+
+def fetch_server_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
+    """The certificate an (unpaired) daemon serves, unverified: pairing verifies it through the code."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+async def pair(host: str, port: int, home, ask_code, controller_name: str = "pacctl") -> dict[str, Any]:
+    """Pair the daemon at host:port with the controller's cluster. `ask_code(info) -> str` asks the person."""
+    ca_key, ca_cert, cluster_id = load_authority(home)
+    served = fetch_server_certificate(host, port)
+    node_id = authority.describe(x509.load_pem_x509_certificate(served)).node_id
+    address = f"{host}:{port}"
+    credentials = grpc.ssl_channel_credentials(root_certificates=served)
+    options = [("grpc.ssl_target_name_override", node_name(node_id))]
+    async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
+        stub = pairing_pb2_grpc.PairingStub(channel)
+        try:
+            begun = await stub.BeginPairing(pairing_pb2.BeginPairingRequest(controller_name=controller_name),
+                                            timeout=PAIR_TIMEOUT_S)
+            csr = x509.load_pem_x509_csr(begun.csr_pem)
+            if not authority.same_public_key(csr.public_key(), x509.load_pem_x509_certificate(served).public_key()):
+                raise PacError(f"{address}: the pairing request is not for the key the device serves; "
+                               "someone may be in the middle; pairing stopped")
+            code = ask_code(convert.info_to_dict(begun.info))
+            cert = authority.cert_pem(authority.issue(ca_key, ca_cert, csr, cluster_id, "device"))
+            ca_pem = authority.cert_pem(ca_cert)
+            digest = pairing.transcript(salt=begun.salt, node_id=node_id, csr_pem=begun.csr_pem,
+                                        server_cert_pem=served, cluster_id=cluster_id, certificate_pem=cert,
+                                        ca_certificate_pem=ca_pem)
+            key = pairing.derive_key(code, begun.salt)
+            done = await stub.CompletePairing(pairing_pb2.CompletePairingRequest(
+                cluster_id=cluster_id, certificate_pem=cert, ca_certificate_pem=ca_pem,
+                proof=pairing.proof(key, "controller", digest)), timeout=PAIR_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            raise DaemonError(address, error) from error
+    if not pairing.check(key, "daemon", digest, done.proof):
+        raise PacError(f"{address}: the device's answer does not prove it knows the code; do not trust it")
+    return convert.info_to_dict(done.info)

@@ -1,0 +1,130 @@
+"""The daemon's configuration: /etc/pacd/pacd.toml (or --config), then command-line flags on top.
+
+Example file (every key optional):
+
+    host = "0.0.0.0"            # address to listen on
+    port = 7443                 # 0 picks a free port
+    state_dir = "/var/lib/pacd" # node id, certificates, stored profiles
+    memory_budget = "4GiB"      # memory offered to jobs; default half of physical memory
+    mdns = true                 # advertise as _pacd._tcp.local.
+    mdns_interfaces = []        # addresses of the interfaces to advertise on; empty: all
+    insecure = false            # loopback development only: no TLS, no pairing
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pac.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/pacd/pacd.toml")
+DEFAULT_PORT = 7443
+MiB = 1024 * 1024
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": MiB,
+          "GIB": 1024**3, "TIB": 1024**4}
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    host: str = "0.0.0.0"  # address to bind; a loopback address for insecure development
+    port: int = DEFAULT_PORT  # TCP port; 0 lets the kernel pick (the bound port is printed)
+    state_dir: Path = Path("/var/lib/pacd")  # persistent node id, TLS identity, stored profiles
+    memory_budget_bytes: int = 0  # memory offered to jobs; 0 means half of physical memory
+    mdns: bool = True  # advertise over mDNS
+    mdns_interfaces: tuple[str, ...] = ()  # interface addresses for mDNS; empty means all
+    insecure: bool = False  # no TLS and no pairing; loopback only, warns loudly
+    max_message_bytes: int = 8 * MiB  # largest gRPC message accepted or sent (tensor chunks are 4 MiB)
+    shutdown_grace_s: float = 5.0  # time in-flight calls get to finish on SIGTERM
+    port_file: Path | None = None  # where to write the bound port once listening
+    log_level: str = "info"  # debug, info, warning, error
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.memory_budget_bytes < 0:
+            raise ConfigError(f"memory_budget must be positive, got {self.memory_budget_bytes}")
+        if not MiB <= self.max_message_bytes <= 256 * MiB:
+            raise ConfigError(f"max_message_bytes must be 1 MiB..256 MiB, got {self.max_message_bytes}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.insecure and not is_loopback(self.host):
+            raise ConfigError(f"insecure mode listens on loopback only, not {self.host!r}; "
+                              "pair the device instead (see docs/security.md)")
+
+    @property
+    def memory_budget(self) -> int:
+        return self.memory_budget_bytes or psutil.virtual_memory().total // 2
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_size(value: Any, key: str = "memory_budget") -> int:
+    """Bytes from an int or a string like "512MiB", "4 GiB", "2GB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).upper() not in _UNITS:
+        raise ConfigError(f"{key}: cannot read {value!r} as a size (write e.g. 4GiB, 512MiB or bytes)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DaemonConfig)}
+_ALIASES = {"memory_budget": "memory_budget_bytes", "max_message_size": "max_message_bytes"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    name = _ALIASES.get(key, key)
+    if name not in _FIELDS:
+        known = ", ".join(sorted(set(_FIELDS) | set(_ALIASES)))
+        raise ConfigError(f"unknown configuration key {key!r} (known: {known})")
+    if name in ("memory_budget_bytes", "max_message_bytes"):
+        return name, parse_size(value, key)
+    if name in ("state_dir", "port_file"):
+        return name, Path(value) if value is not None else None
+    if name == "mdns_interfaces":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of addresses, got {value!r}")
+        return name, tuple(value)
+    expected = {"host": str, "port": int, "mdns": bool, "insecure": bool, "shutdown_grace_s": (int, float),
+                "log_level": str}[name]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} has the wrong type: {value!r}")
+    return name, value
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+    """Read `path` (the default path may be absent; an explicit one must exist), then apply overrides."""
+    values: dict[str, Any] = {}
+    source = path or DEFAULT_CONFIG_PATH
+    if path is not None or source.exists():
+        try:
+            values = tomllib.loads(source.read_text())
+        except FileNotFoundError as error:
+            raise ConfigError(f"configuration file {source} does not exist") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{source}: {error}") from error
+        values = values.get("pacd", values)  # accept a [pacd] table or top-level keys
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return DaemonConfig(**dict(_coerce(k, v) for k, v in values.items()))
+
+
+def config_with(config: DaemonConfig, **changes: Any) -> DaemonConfig:
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["DaemonConfig", "load_config", "parse_size", "is_loopback", "DEFAULT_CONFIG_PATH"]

@@ -1,0 +1,174 @@
+"""The device daemon: owns the gRPC server, mDNS registration and every long-lived task.
+
+Lifecycle: start server -> print the bound port -> sd_notify READY -> advertise -> wait for SIGTERM /
+SIGINT (or a restart after pairing) -> sd_notify STOPPING -> health NOT_SERVING -> withdraw mDNS ->
+stop the server (in-flight calls get `shutdown_grace_s`, then are cancelled with a status) -> cancel tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from pac.discovery.mdns import Advertiser
+from pac.discovery.records import DeviceRecord
+from pac.security import Identity, is_paired, load_identity, secure_channel
+from pacd import notify, server
+from pacd.config import DaemonConfig
+from pacd.pairing import PairingSession
+from pacd.state import StateDir
+from pacd.sysinfo import accelerator, cpu_count, software_version, total_memory
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """What services see: identity, configuration, peers' channels, and a home for background work."""
+
+    def __init__(self, config: DaemonConfig, out: Callable[[str], None] = print):
+        self.config = config
+        self.state = StateDir.open(config.state_dir)
+        self.node_id = self.state.node_id()
+        self.memory_budget = config.memory_budget
+        self.accelerator = accelerator()
+        self.identity: Identity | None = None
+        self.pairing: PairingSession | None = None
+        self.port = config.port
+        self.service_names: list[str] = []
+        self._out = out
+        self._tasks: set[asyncio.Task] = set()
+        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._wake = asyncio.Event()
+        self._reason = ""
+        self._refresh_mode()
+
+    # -- what services use -------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """"insecure" (loopback development), "pairing" (waiting for a controller) or "secure"."""
+        return self._mode
+
+    @property
+    def cluster_id(self) -> str:
+        return self.identity.cluster_id if self.identity else ""
+
+    def channel(self, target: str, peer_node_id: str | None = None) -> grpc.aio.Channel:
+        """A channel to another daemon: mutual TLS as this node, or plaintext in insecure mode."""
+        size = self.config.max_message_bytes
+        options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+        if self.mode == "insecure":
+            return grpc.aio.insecure_channel(target, options=options)
+        if self.identity is None:
+            raise PermissionError("this device is not paired: it cannot call other devices yet")
+        return secure_channel(target, self.identity, peer_node_id, options)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """Run long-lived work owned by the daemon; it is cancelled at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._shutdown_hooks.append(hook)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self._reason = self._reason or reason
+        self._wake.set()
+
+    def restart_secure(self) -> None:
+        """After pairing: serve again, now in mutual TLS, on the same port."""
+        self._reason = "restart"
+        self._wake.set()
+
+    def facts(self) -> dict[str, Any]:
+        """What NodeInfo reports (pacd/convert.py makes the message)."""
+        return dict(node_id=self.node_id, cluster_id=self.cluster_id, memory_budget_bytes=self.memory_budget,
+                    total_memory_bytes=total_memory(), accelerator=self.accelerator, cpu_count=cpu_count(),
+                    hostname=socket.gethostname(), paired=bool(self.cluster_id),
+                    insecure=self.mode == "insecure", software_version=software_version())
+
+    def record(self) -> DeviceRecord:
+        return DeviceRecord(self.node_id, self.cluster_id, self.config.host, self.port,
+                            memory_budget_bytes=self.memory_budget, accelerator=self.accelerator,
+                            hostname=socket.gethostname())
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _refresh_mode(self) -> None:
+        if self.config.insecure:
+            self._mode = "insecure"
+        elif is_paired(self.state.root):
+            self._mode, self.identity, self.pairing = "secure", load_identity(self.state.root), None
+        else:
+            self._mode, self.pairing = "pairing", PairingSession(self.state.root, self.node_id, self._out)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+        advertiser = Advertiser(self.config.mdns_interfaces) if self.config.mdns else None
+        first = True
+        try:
+            while True:
+                grpc_server, health_servicer, self.port = server.build(self, self.port)
+                await grpc_server.start()
+                await server.mark_serving(health_servicer, self.service_names, True)
+                if first:
+                    self._announce()
+                    first = False
+                if advertiser:
+                    await advertiser.update(self.record(), self._advertised_host())
+                await self._wake.wait()
+                if self._reason != "restart":
+                    break
+                log.info("paired with cluster %s: restarting in mutual TLS", self._peek_cluster())
+                await grpc_server.stop(self.config.shutdown_grace_s)
+                self._reason, self._wake = "", asyncio.Event()
+                self._refresh_mode()
+            await self._shutdown(grpc_server, health_servicer, advertiser)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    def _announce(self) -> None:
+        if self.mode == "insecure":
+            log.warning("INSECURE MODE: no TLS, no authentication; any local process can call this "
+                        "daemon. For development on loopback only.")
+        if self.config.port_file:
+            self.config.port_file.write_text(f"{self.port}\n")
+        self._out(f"pacd listening on {self.config.host}:{self.port}")
+        log.info("node %s listening on %s:%d (%s)", self.node_id, self.config.host, self.port, self.mode)
+        if self.pairing:
+            self.pairing.show_code()
+        notify.ready(f"serving on port {self.port} ({self.mode})")
+
+    def _advertised_host(self) -> str | None:
+        host = self.config.host
+        return host if host not in ("0.0.0.0", "::", "") else None
+
+    def _peek_cluster(self) -> str:
+        return load_identity(self.state.root).cluster_id
+
+    async def _shutdown(self, grpc_server, health_servicer, advertiser: Advertiser | None) -> None:
+        log.info("shutting down (%s)", self._reason)
+        notify.stopping(self._reason)
+        await server.mark_serving(health_servicer, self.service_names, False)
+        if advertiser:
+            await advertiser.close()
+        await grpc_server.stop(self.config.shutdown_grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self._shutdown_hooks:
+            try:
+                await hook()
+            except Exception:  # one failing hook must not keep the others from running
+                log.exception("shutdown hook failed")
+        log.info("stopped")
