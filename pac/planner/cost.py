@@ -41,7 +41,7 @@ class CostModel:
         self._model_times: dict[tuple[int, int], float] = {}
         self._groups: dict[tuple[tuple[int, ...], int], tuple[np.ndarray, np.ndarray]] = {}
         self._shares: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
-        self._matrices: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._matrices: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._links: dict[tuple[int, int], tuple[float, float]] = {}
         forward, backward = boundary_bytes_per_sample(self.model, job)
         self.forward_bytes_per_sample = forward
@@ -102,11 +102,15 @@ class CostModel:
         return forward_max, backward_max
 
     def stage_cost(self, group: Sequence[int], batch: int, start: int, stop: int, in_flight: int) -> float:
-        """Eq. 3: max over the group of forward + backward of layers [start, stop); +inf if any device OOMs."""
+        """Eq. 3: max over the group of forward + backward of layers [start, stop); +inf if any device runs
+        out of memory (or of disk for its phase-1 cache)."""
         worst = 0.0
         for device, share in zip(group, self.shares(group, batch), strict=True):
             use = self.stage_memory(device, share, start, stop, in_flight)
-            if use.total > self.home.devices[device].memory_budget_bytes:
+            profile = self.home.devices[device]
+            if use.total > profile.memory_budget_bytes:
+                return INF
+            if self.phase1_disk_bytes(share, batch, start, stop) > profile.disk_budget_bytes:
                 return INF
             forward, backward = self.layer_times(device, share)
             worst = max(worst, float(forward[start:stop].sum() + backward[start:stop].sum()))
@@ -172,9 +176,19 @@ class CostModel:
         return params * self.job.gradient_bytes_per_param
 
     # ---- matrices for the dynamic programme -------------------------------------------------------
-    def device_matrices(self, device: int, share: int) -> tuple[np.ndarray, np.ndarray]:
+    def phase1_cached_samples(self, share: int, batch: int) -> int:
+        """Samples of the epoch a device computes (and caches) taking `share` of each `batch`-sample micro-batch."""
+        return -(-self.job.samples * share // batch)
+
+    def phase1_disk_bytes(self, share: int, batch: int, start: int, stop: int) -> float:
+        """Cache a device writes in phase 1 for layers [start, stop) (the first stage also keeps h_0)."""
+        layers = stop - start + (1 if start == 0 else 0)
+        return self.phase1_cached_samples(share, batch) * layers * hidden_bytes_per_sample(self.model,
+                                                                                           self.job.cache_bytes)
+
+    def device_matrices(self, device: int, share: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """For layers [x, y): seconds (inf where y <= x) and the most micro-batches in flight that fit."""
-        key = (device, share)
+        key = (device, share, batch)
         if key in self._matrices:
             return self._matrices[key]
         model, job, profile = self.model, self.job, self.home.devices[device]
@@ -203,6 +217,9 @@ class CostModel:
                   + profile.runtime_overhead_bytes)
         per_flight = share * span(model.activation_bytes_per_sample)
         room = profile.memory_budget_bytes - static
+        # The device caches its share of every sample's hidden states of these layers on its disk.
+        disk = self.phase1_cached_samples(share, batch) * layers * hidden_bytes_per_sample(model, job.cache_bytes)
+        room = np.where(disk <= profile.disk_budget_bytes, room, -1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             flights = np.where(per_flight > 0, np.floor(room / np.where(per_flight > 0, per_flight, 1.0)),
                                np.where(room >= 0, NO_LIMIT, -1))
@@ -217,7 +234,7 @@ class CostModel:
             return self._groups[key]
         time, flights = None, None
         for device, share in zip(group, self.shares(group, batch), strict=True):
-            t, f = self.device_matrices(device, share)
+            t, f = self.device_matrices(device, share, batch)
             time = t if time is None else np.maximum(time, t)
             flights = f if flights is None else np.minimum(flights, f)
         assert time is not None and flights is not None

@@ -29,7 +29,7 @@ class DeviceKind:
 
 
 # Jetson-class boards as in the paper's testbed: memory after the OS, effective (not peak) throughput.
-NANO = DeviceKind("nano-4g", int(3.2 * GIB), 0.12)
+NANO = DeviceKind("nano-4g", int(2.8 * GIB), 0.12)
 TX2 = DeviceKind("tx2-8g", int(6.5 * GIB), 0.20)
 NX = DeviceKind("nx-8g", int(6.5 * GIB), 0.45)
 PALETTE = (NANO, TX2, NX)

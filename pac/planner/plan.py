@@ -1,0 +1,131 @@
+"""The plan: what `pacctl plan` prints and writes and `pacctl train` reads. JSON with a version field.
+
+Devices are named (not indexed) so a plan stays meaningful next to the profile it came from; layers are
+half-open ranges [first_layer, end_layer) of the backbone's transformer layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pac.planner.errors import ProfileError
+from pac.planner.job import TrainingJob
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One pipeline stage: layers [first_layer, end_layer) replicated on `devices`."""
+
+    first_layer: int
+    end_layer: int
+    devices: tuple[str, ...]
+    shares: tuple[int, ...]  # samples of each micro-batch each device computes
+
+
+@dataclass(frozen=True)
+class Phase1Plan:
+    """Epoch 1: hybrid pipeline and data parallelism."""
+
+    micro_batches: int  # M per mini-batch
+    micro_batch_size: int  # samples per micro-batch
+    stages: tuple[StagePlan, ...]
+    bottleneck_s: float  # Eq. 2: the slowest stage's forward + backward of one micro-batch
+    estimated_minibatch_s: float  # Eq. 4–6 (generalised)
+    minibatch_s: float  # simulated
+    epoch_s: float  # simulated mini-batch time * mini-batches per epoch
+    bubble_fraction: float  # simulated idle share of the stages
+
+
+@dataclass(frozen=True)
+class Move:
+    """A bulk transfer between the phases."""
+
+    source: str
+    destination: str
+    nbytes: float
+    what: str  # "cache": hidden states; "side": side-network parameters and optimiser state
+
+
+@dataclass(frozen=True)
+class Phase2Plan:
+    """Epochs 2..: data parallelism over the activation cache."""
+
+    step_shares: dict[str, int]  # samples per device in a full step
+    epoch_samples: dict[str, int]  # samples per device per epoch
+    moves: tuple[Move, ...]
+    moved_bytes: float
+    redistribution_s: float  # simulated
+    epoch_s: float  # simulated
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """Peak memory and disk of one device against its budgets."""
+
+    device: str
+    memory_budget_bytes: int
+    phase1_peak_bytes: float  # 0 when the device sits out phase 1
+    phase2_peak_bytes: float  # 0 when it sits out phase 2 (or there is no phase 2)
+    disk_budget_bytes: int
+    disk_bytes: float  # the larger of its phase-1 and phase-2 cache
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete plan for one job on one home."""
+
+    strategy: str  # "pac", "pipeline-only", "data-only", "single-device"
+    model: str
+    devices: tuple[str, ...]  # every device of the home, in profile order
+    job: TrainingJob
+    phase1: Phase1Plan
+    phase2: Phase2Plan | None  # None when there is one epoch, or for baselines that have no cache
+    usage: tuple[DeviceUse, ...]
+    total_s: float  # phase 1 + redistribution + the phase-2 epochs (baselines: every epoch as phase 1)
+    reason: str  # why this plan, against the runner-up
+    version: int = PLAN_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Plan:
+        try:
+            version = data.get("version")
+            if version != PLAN_FORMAT_VERSION:
+                raise ProfileError(f"plan version is {version!r}; this reader knows {PLAN_FORMAT_VERSION}")
+            p1 = dict(data["phase1"])
+            p1["stages"] = tuple(StagePlan(s["first_layer"], s["end_layer"], tuple(s["devices"]),
+                                           tuple(s["shares"])) for s in p1["stages"])
+            phase2 = None
+            if data.get("phase2") is not None:
+                p2 = dict(data["phase2"])
+                p2["moves"] = tuple(Move(**m) for m in p2["moves"])
+                phase2 = Phase2Plan(**p2)
+            return Plan(
+                strategy=data["strategy"], model=data["model"], devices=tuple(data["devices"]),
+                job=TrainingJob(**data["job"]), phase1=Phase1Plan(**p1), phase2=phase2,
+                usage=tuple(DeviceUse(**u) for u in data["usage"]), total_s=data["total_s"],
+                reason=data["reason"], version=version,
+            )
+        except (KeyError, TypeError) as error:
+            raise ProfileError(f"not a plan: missing or bad field ({error})") from error
+
+    @staticmethod
+    def load(path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            return Plan.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, ProfileError) as error:
+            raise ProfileError(f"{path}: {error}") from error

@@ -1,0 +1,170 @@
+"""Plan a job: phase 1 (search + simulation of the best candidates), phase 2, and the explanation.
+
+`plan_job` is the one entry point the CLI and the benchmark use. Pure: no I/O, deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pac.planner.baselines import STRATEGIES, candidates
+from pac.planner.cost import CostModel
+from pac.planner.errors import InfeasibleError
+from pac.planner.job import TrainingJob
+from pac.planner.memory import cache_bytes_per_sample, phase2_memory
+from pac.planner.phase1 import Partition, estimate
+from pac.planner.phase2 import Phase2Assignment, plan_phase2
+from pac.planner.plan import DeviceUse, Move, Phase1Plan, Phase2Plan, Plan, StagePlan
+from pac.planner.profile import HomeProfile
+from pac.planner.simulator import (
+    Phase1Simulation,
+    simulate_phase1,
+    simulate_phase2_epoch,
+    simulate_transfers,
+)
+
+SIMULATED_CANDIDATES = 6  # the best candidates by the Eq. 4–6 estimate that are simulated to pick one
+GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The chosen plan, the runner-up it beat, and what the search looked at."""
+
+    plan: Plan
+    runner_up: Plan | None
+    candidates: int  # DP-optimal partitions considered
+    partition: Partition  # the chosen phase-1 partition, by device index
+    simulation: Phase1Simulation  # its simulated mini-batch (events for the Gantt chart)
+
+
+def plan_job(home: HomeProfile, job: TrainingJob, strategy: str = "pac") -> PlanResult:
+    """The best plan of `strategy` for `job` on `home`; InfeasibleError says what would make it fit."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {STRATEGIES}")
+    cost = CostModel(home, job)
+    found = candidates(cost, strategy)
+    if not found:
+        raise InfeasibleError(explain_infeasible(home, job, strategy))
+    simulated = [(simulate_phase1(cost, p), i, p) for i, p in enumerate(found[:SIMULATED_CANDIDATES])]
+    simulated.sort(key=lambda t: (t[0].minibatch_s, t[1]))
+    sim, _, best = simulated[0]
+    runner = simulated[1] if len(simulated) > 1 else None
+    use_cache = strategy == "pac" and job.epochs > 1
+    runner_plan = _build(cost, runner[2], runner[0], strategy, use_cache, "") if runner else None
+    plan = _build(cost, best, sim, strategy, use_cache, "")
+    plan = dataclasses.replace(plan, reason=_reason(cost, plan, runner_plan, len(found)))
+    return PlanResult(plan, runner_plan, len(found), best, sim)
+
+
+def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strategy: str, use_cache: bool,
+           reason: str) -> Plan:
+    home, job = cost.home, cost.job
+    names = [d.name for d in home.devices]
+    batch = partition.micro_batch_size
+    stages = tuple(StagePlan(x, y, tuple(names[d] for d in g), cost.shares(g, batch))
+                   for x, y, g in partition.stages)
+    epoch1 = sim.minibatch_s * job.minibatches_per_epoch
+    phase1 = Phase1Plan(partition.micro_batches, batch, stages, partition.bottleneck_s,
+                        estimate(cost, partition).minibatch_s, sim.minibatch_s, epoch1, sim.bubble_fraction)
+    phase2, assignment = None, None
+    total = epoch1 * job.epochs
+    if use_cache:
+        assignment = plan_phase2(cost, partition)
+        redistribution, _ = simulate_transfers(cost, [(a, b, n) for a, b, n, _ in assignment.moves])
+        epoch2, _ = simulate_phase2_epoch(cost, assignment.devices, assignment.step_shares)
+        phase2 = Phase2Plan(
+            step_shares={names[d]: assignment.step_shares[0][d] for d in assignment.devices},
+            epoch_samples={names[d]: assignment.epoch_samples[d] for d in assignment.devices},
+            moves=tuple(Move(names[a], names[b], n, what) for a, b, n, what in assignment.moves),
+            moved_bytes=assignment.moved_bytes, redistribution_s=redistribution, epoch_s=epoch2)
+        total = epoch1 + redistribution + (job.epochs - 1) * epoch2
+    usage = _usage(cost, partition, sim, assignment)
+    return Plan(strategy, home.model.name, tuple(names), job, phase1, phase2, usage, total, reason)
+
+
+def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,
+           assignment: Phase2Assignment | None) -> tuple[DeviceUse, ...]:
+    batch = partition.micro_batch_size
+    disk1: dict[int, float] = {}
+    for x, y, group in partition.stages:
+        for device, share in zip(group, cost.shares(group, batch), strict=True):
+            disk1[device] = cost.phase1_disk_bytes(share, batch, x, y)
+    out = []
+    per_sample = cache_bytes_per_sample(cost.model, cost.job)
+    for i, device in enumerate(cost.home.devices):
+        peak2, disk2 = 0.0, 0.0
+        if assignment is not None and assignment.epoch_samples[i]:
+            share = max(step[i] for step in assignment.step_shares)
+            peak2 = phase2_memory(cost.model, device, cost.job, share).total
+            disk2 = assignment.epoch_samples[i] * per_sample
+        out.append(DeviceUse(device.name, device.memory_budget_bytes, sim.peak_memory_bytes.get(device.name, 0.0),
+                             peak2, device.disk_budget_bytes, max(disk1.get(i, 0.0), disk2)))
+    return tuple(out)
+
+
+def describe_stages(plan: Plan) -> str:
+    p1 = plan.phase1
+    groups = "+".join(str(len(s.devices)) for s in p1.stages)
+    return (f"{len(p1.stages)} stage(s) on {groups} device(s), {p1.micro_batches} micro-batch(es) of "
+            f"{p1.micro_batch_size}")
+
+
+def _reason(cost: CostModel, plan: Plan, runner: Plan | None, considered: int) -> str:
+    p1 = plan.phase1
+    text = (f"{describe_stages(plan)}: {p1.minibatch_s:.3f} s per mini-batch simulated "
+            f"(Eq. 4-6 estimate {p1.estimated_minibatch_s:.3f} s, slowest stage {p1.bottleneck_s:.3f} s per "
+            f"micro-batch, bubbles {p1.bubble_fraction:.0%})")
+    if runner is None:
+        return text + f"; the only feasible candidate of {considered}."
+    r1 = runner.phase1
+    gain = r1.minibatch_s / p1.minibatch_s - 1 if p1.minibatch_s > 0 else 0.0
+    why = []
+    if len(r1.stages) > len(p1.stages):
+        why.append("fewer stages mean fewer pipeline bubbles and boundary transfers")
+    elif len(r1.stages) < len(p1.stages):
+        why.append("more stages spread the layers so no device is the bottleneck or out of memory")
+    if r1.micro_batches != p1.micro_batches:
+        why.append(f"{p1.micro_batches} micro-batches balance bubbles against per-call overhead better than "
+                   f"{r1.micro_batches}")
+    if r1.bottleneck_s > p1.bottleneck_s:
+        why.append(f"its slowest stage is faster ({p1.bottleneck_s:.3f} s against {r1.bottleneck_s:.3f} s)")
+    if not why:
+        why.append("a better split of layers and devices")
+    return (text + f". Runner-up of {considered} candidates: {describe_stages(runner)} at {r1.minibatch_s:.3f} s "
+            f"({gain:+.1%} slower): " + "; ".join(why) + ".")
+
+
+def explain_infeasible(home: HomeProfile, job: TrainingJob, strategy: str) -> str:
+    """One line: why nothing fits, and which change (quantisation, batch size, more memory) would."""
+    model = home.model
+    weights = sum(model.layer_params) + model.embedding_params + model.head_params
+    need = weights * job.weight_bytes_per_param + model.side_params * job.side_state_bytes_per_param
+    offered = sum(max(d.memory_budget_bytes - d.runtime_overhead_bytes, 0) for d in home.devices)
+    largest = max(home.devices, key=lambda d: d.memory_budget_bytes)
+    head = (f"no {strategy} plan fits: {model.name} needs {need / GIB:.2f} GiB for {job.weight_bits}-bit weights "
+            f"and side-network state before activations; the {len(home.devices)} device(s) offer "
+            f"{offered / GIB:.2f} GiB (largest {largest.name}: {largest.memory_budget_bytes / GIB:.2f} GiB)")
+    fixes = []
+    for bits in (8, 4):
+        if bits < job.weight_bits and _fits(home, dataclasses.replace(job, weight_bits=bits), strategy):
+            fixes.append(f"--weight-bits {bits}")
+            break
+    batch = job.batch_size // 2
+    while batch >= 1 and not fixes:
+        smaller = dataclasses.replace(job, batch_size=batch, micro_batches=None)
+        if _fits(home, smaller, strategy):
+            fixes.append(f"--batch-size {batch}")
+        batch //= 2
+    if strategy != "pac" and _fits(home, job, "pac"):
+        fixes.append("the pac strategy (fewer layers per device)")
+    if fixes:
+        return head + "; it fits with " + " or ".join(fixes)
+    short = max(need - offered, 0.0)
+    more = f"at least {short / GIB:.2f} GiB more" if short > 0 else "more"
+    return head + f"; add devices with {more} memory, use --weight-bits 4, or a smaller model"
+
+
+def _fits(home: HomeProfile, job: TrainingJob, strategy: str) -> bool:
+    return bool(candidates(CostModel(home, job), strategy))
