@@ -1,0 +1,126 @@
+"""plan_job end to end on synthetic homes: budgets, determinism, JSON, phase 2, errors, profile files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pac.planner.cost import CostModel
+from pac.planner.errors import InfeasibleError, ProfileError
+from pac.planner.job import TrainingJob
+from pac.planner.phase1 import Partition
+from pac.planner.phase2 import plan_phase2
+from pac.planner.plan import Plan
+from pac.planner.planner import plan_job
+from pac.planner.profile import home_from_dict, interpolate, load_home
+from pac.planner.synthetic import synthetic_home, tiny_home
+
+
+@pytest.mark.parametrize("layers,devices,seed", [(12, 3, 0), (24, 4, 1), (24, 6, 2)])
+@pytest.mark.parametrize("strategy", ["pac", "pipeline-only", "single-device"])
+def test_budgets_are_never_exceeded(layers: int, devices: int, seed: int, strategy: str) -> None:
+    home = synthetic_home(layers, devices, seed=seed)
+    job = TrainingJob(samples=256, batch_size=8, epochs=3)
+    try:
+        plan = plan_job(home, job, strategy).plan
+    except InfeasibleError:
+        return
+    for use in plan.usage:
+        assert use.phase1_peak_bytes <= use.memory_budget_bytes
+        assert use.phase2_peak_bytes <= use.memory_budget_bytes
+        assert use.disk_bytes <= use.disk_budget_bytes
+    layers_covered = [(s.first_layer, s.end_layer) for s in plan.phase1.stages]
+    assert layers_covered[0][0] == 0 and layers_covered[-1][1] == layers
+    assert all(a[1] == b[0] for a, b in zip(layers_covered, layers_covered[1:], strict=False))
+
+
+def test_same_input_same_plan() -> None:
+    job = TrainingJob(samples=300, batch_size=8, epochs=2)
+    first = plan_job(synthetic_home(24, 5, seed=3), job).plan.to_json()
+    second = plan_job(synthetic_home(24, 5, seed=3), job).plan.to_json()
+    assert first == second
+
+
+def test_plan_json_round_trip(tmp_path) -> None:
+    plan = plan_job(synthetic_home(12, 3, seed=4), TrainingJob(samples=100, batch_size=4)).plan
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    again = Plan.load(path)
+    assert again == plan
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_pac_is_no_slower_than_its_baselines() -> None:
+    home = synthetic_home(24, 4, seed=5)
+    job = TrainingJob(samples=256, batch_size=8)
+    ours = plan_job(home, job).plan.phase1.minibatch_s
+    for strategy in ("pipeline-only", "single-device"):
+        try:
+            other = plan_job(home, job, strategy).plan.phase1.minibatch_s
+        except InfeasibleError:
+            continue
+        assert ours <= other + 1e-9
+
+
+def test_infeasible_job_says_what_would_fit() -> None:
+    # 4 layers of 1000 params: 8000 bytes at 16-bit, 4000 at 8-bit; two devices of 3000 bytes each.
+    home = tiny_home([[1.0] * 4, [1.0] * 4], [3_000, 3_000])
+    with pytest.raises(InfeasibleError, match="--weight-bits 8"):
+        plan_job(home, TrainingJob(samples=8, batch_size=2))
+    with pytest.raises(InfeasibleError, match="add devices"):
+        plan_job(tiny_home([[1.0] * 4], [100]), TrainingJob(samples=8, batch_size=2))
+
+
+def test_phase2_shares_follow_side_speed_and_keep_cache_local() -> None:
+    # Two equal devices in one data-parallel stage: phase 2 splits the same way, so no cache moves.
+    home = tiny_home([[1.0, 1.0], [1.0, 1.0]])
+    cost = CostModel(home, TrainingJob(samples=10, batch_size=2))
+    partition = Partition(((0, 2, (0, 1)),), 1, 2, 3.0)
+    assignment = plan_phase2(cost, partition)
+    assert assignment.epoch_samples == (5, 5)
+    assert [m for m in assignment.moves if m[3] == "cache"] == []
+    # A pipeline: every device must fetch the other stage's layers for its own samples.
+    partition = Partition(((0, 1, (0,)), (1, 2, (1,))), 1, 2, 3.0)
+    assignment = plan_phase2(cost, partition)
+    cache = {(a, b): n for a, b, n, what in assignment.moves if what == "cache"}
+    per_layer = 8 * 2  # seq 1 x hidden 8 x 2 bytes
+    assert cache == {(0, 1): 5 * 2 * per_layer, (1, 0): 5 * 1 * per_layer}  # stage 0 also holds h_0
+
+
+def test_phase2_faster_device_trains_more() -> None:
+    home = tiny_home([[1.0], [1.0]])
+    fast = home.devices[0].__class__(**{**home.devices[0].__dict__, "side_sample_s": 0.005})
+    home = home.__class__(home.model, (fast, home.devices[1]), default_link=home.default_link)
+    cost = CostModel(home, TrainingJob(samples=30, batch_size=3))
+    assignment = plan_phase2(cost, Partition(((0, 1, (0, 1)),), 1, 3, 1.0))
+    assert assignment.epoch_samples == (20, 10)
+
+
+def test_interpolation_between_and_beyond_measurements() -> None:
+    assert interpolate([1, 4], [1.0, 4.0], 2) == pytest.approx(2.0)
+    assert interpolate([2, 4], [2.0, 3.0], 8) == pytest.approx(5.0)
+    assert interpolate([4], [2.0], 2) == pytest.approx(1.0)
+    assert interpolate([1, 2], [1.0, 1.5], 0) == 0.0
+
+
+def test_profile_file_round_trip_and_errors(tmp_path) -> None:
+    home = synthetic_home(4, 2, seed=6)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(home.to_dict()))
+    assert load_home(path) == home
+    data = home.to_dict()
+    data["devices"][1]["forward_s"] = data["devices"][1]["forward_s"][:3]
+    with pytest.raises(ProfileError, match="backward_s: has 4 layers but forward_s has 3"):
+        home_from_dict(data)
+    data = home.to_dict()
+    del data["default_link"]
+    with pytest.raises(ProfileError, match="no link for 1 device pairs"):
+        home_from_dict(data)
+    data = home.to_dict()
+    data["devices"][0]["memory_budget_bytes"] = -1
+    with pytest.raises(ProfileError, match="memory_budget_bytes"):
+        home_from_dict(data)
+    path.write_text("{not json")
+    with pytest.raises(ProfileError, match="not JSON"):
+        load_home(path)
