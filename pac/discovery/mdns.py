@@ -41,20 +41,27 @@ class Advertiser:
 
     def _info_for(self, record: DeviceRecord, host: str | None) -> AsyncServiceInfo:
         addresses = [socket.inet_aton(host)] if host else _local_addresses(self._interfaces)
-        return AsyncServiceInfo(SERVICE_TYPE, instance_name(record.node_id), port=record.port,
+        return AsyncServiceInfo(SERVICE_TYPE, instance_name(record), port=record.port,
                                 properties=to_txt(record), addresses=addresses,
                                 server=f"pacd-{record.node_id}.local.")
 
     async def start(self, record: DeviceRecord, host: str | None = None) -> None:
         self._zc = _zeroconf(self._interfaces)
         self._info = self._info_for(record, host)
-        await self._zc.async_register_service(self._info, allow_name_change=False)
+        wanted = self._info.name
+        await self._zc.async_register_service(self._info, allow_name_change=True)
+        if self._info.name != wanted:  # someone else advertises our node id: a copied state directory
+            log.warning("another device already advertises node %s; advertising as %r so the controller "
+                        "can report the duplicate", record.node_id, self._info.name)
         log.info("advertising %s on mDNS", self._info.name)
 
     async def update(self, record: DeviceRecord, host: str | None = None) -> None:
         if self._zc is None:
             return await self.start(record, host)
+        name = self._info.name if self._info else None
         self._info = self._info_for(record, host)
+        if name:
+            self._info.name = name  # keep a name changed to settle a conflict
         await self._zc.async_update_service(self._info)
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -35,8 +36,11 @@ class DeviceRecord:
         return bool(self.cluster_id)
 
 
-def instance_name(node_id: str) -> str:
-    return f"pacd-{node_id}.{SERVICE_TYPE}"
+def instance_name(record: DeviceRecord) -> str:
+    """Node id, host name and port: stable for a device, and distinct for a copy of its state directory
+    running elsewhere, so both stay visible and the controller can report the duplicate."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", record.hostname)[:24] or "host"
+    return f"pacd-{record.node_id}-{host}-{record.port}.{SERVICE_TYPE}"
 
 
 def to_txt(record: DeviceRecord) -> dict[str, str]:

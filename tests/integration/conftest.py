@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # failed handshakes while a daemon restarts are expected
 import shutil
 import signal
 import subprocess
