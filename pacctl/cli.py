@@ -14,7 +14,12 @@ import click
 
 # Modules under pacctl/commands that each define `command` (a click.Command or click.Group).
 COMMAND_MODULES = [
+    "demo",
     "finetune",
+    "init",
+    "pair",
+    "devices",
+    "profile",
 ]
 
 

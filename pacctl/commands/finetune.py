@@ -1,0 +1,53 @@
+"""`pacctl finetune`: fine-tune a backbone on this device with one technique and evaluate it."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pac.errors import PacError
+
+
+@click.command("finetune")
+@click.option("--model", default="minilm", show_default=True,
+              help="Backbone: minilm, smollm2-135m, tiny-* or a local model directory.")
+@click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
+              help="Training data (.jsonl, .csv or .tsv).")
+@click.option("--eval", "eval_file", type=click.Path(dir_okay=False), help="Evaluation data.")
+@click.option("--technique", type=click.Choice(["parallel", "lora", "adapters", "full"]), default="parallel",
+              show_default=True)
+@click.option("--task", type=click.Choice(["classification", "regression", "lm"]),
+              help="Default: inferred from the data's columns.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=None,
+              help="Learning rate [default: 1e-3 parallel, 5e-4 lora/adapters, 3e-5 full].")
+@click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
+@click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
+@click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "output_dir", type=click.Path(file_okay=False),
+              help="Write adapter.safetensors (parallel) and metrics.json here.")
+def command(model, train_file, eval_file, technique, task, epochs, batch_size, seq_len, learning_rate,
+            reduction_factor, train_limit, eval_limit, seed, output_dir) -> None:
+    """Fine-tune on this device and report the evaluation metrics."""
+    from pac.techniques.build import TechniqueConfig
+    from pac.train.job import FinetuneJob, run_job
+    from pac.train.loop import TrainConfig
+
+    defaults = {"parallel": 1e-3, "lora": 5e-4, "adapters": 5e-4, "full": 3e-5}
+    try:
+        job = FinetuneJob(
+            model=model, train_file=train_file, eval_file=eval_file, task=task,
+            technique=TechniqueConfig(technique, reduction_factor=reduction_factor),
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
+                              learning_rate=learning_rate or defaults[technique]),
+            seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
+        )
+        metrics = run_job(job, log=lambda line: click.echo(line, err=True))
+    except PacError as error:
+        raise click.ClickException(str(error)) from error
+    metrics.pop("model")
+    click.echo(json.dumps({"eval": metrics["eval"], "epoch_times_s": metrics["epoch_times_s"]}, indent=2))
