@@ -39,6 +39,7 @@ class CostModel:
         self._times: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._tables: dict[tuple[int, str], np.ndarray] = {}
         self._model_times: dict[tuple[int, int], float] = {}
+        self._spans: tuple[np.ndarray, ...] | None = None
         self._groups: dict[tuple[tuple[int, ...], int], tuple[np.ndarray, np.ndarray]] = {}
         self._shares: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
         self._matrices: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -192,30 +193,16 @@ class CostModel:
         if key in self._matrices:
             return self._matrices[key]
         model, job, profile = self.model, self.job, self.home.devices[device]
-        n = self.num_layers
+        params, side, layers, kept, upper = self._layer_spans()
         forward, backward = self.layer_times(device, share)
         prefix = np.concatenate([[0.0], np.cumsum(forward + backward)])
-        time = prefix[None, :] - prefix[:, None]
-        upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
-        time = np.where(upper, time, INF)
-
-        def span(values: Sequence[float]) -> np.ndarray:
-            p = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
-            return p[None, :] - p[:, None]
-
-        first = np.zeros((n + 1, 1))
-        first[0, 0] = 1.0
-        last = np.zeros((1, n + 1))
-        last[0, n] = 1.0
-        params = span(model.layer_params) + model.embedding_params * first + model.head_params * last
-        side = span(model.side_layer_params) + model.side_extra_params / 2 * (first + last)
-        layers = span([1.0] * n) + first
+        time = np.where(upper, prefix[None, :] - prefix[:, None], INF)
         forward_b, backward_b = boundary_bytes_per_sample(model, job)
         static = (params * job.weight_bytes_per_param + side * job.side_state_bytes_per_param
                   + share * model.transient_bytes_per_sample
                   + share * (2 * forward_b + 2 * backward_b + layers * hidden_bytes_per_sample(model, job.cache_bytes))
                   + profile.runtime_overhead_bytes)
-        per_flight = share * span(model.activation_bytes_per_sample)
+        per_flight = share * kept
         room = profile.memory_budget_bytes - static
         # The device caches its share of every sample's hidden states of these layers on its disk.
         disk = self.phase1_cached_samples(share, batch) * layers * hidden_bytes_per_sample(model, job.cache_bytes)
@@ -226,6 +213,27 @@ class CostModel:
         flights = np.where(room >= 0, np.minimum(flights, NO_LIMIT), -1)
         self._matrices[key] = (time, flights)
         return time, flights
+
+    def _layer_spans(self) -> tuple[np.ndarray, ...]:
+        """Per layer range [x, y): backbone params (+ embeddings/head), side params, cached layers,
+        kept activation bytes per sample, and the mask y > x. Independent of device and share."""
+        if self._spans is None:
+            model, n = self.model, self.num_layers
+
+            def span(values: Sequence[float]) -> np.ndarray:
+                p = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
+                return p[None, :] - p[:, None]
+
+            first = np.zeros((n + 1, 1))
+            first[0, 0] = 1.0
+            last = np.zeros((1, n + 1))
+            last[0, n] = 1.0
+            params = span(model.layer_params) + model.embedding_params * first + model.head_params * last
+            side = span(model.side_layer_params) + model.side_extra_params / 2 * (first + last)
+            layers = span([1.0] * n) + first
+            upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
+            self._spans = (params, side, layers, span(model.activation_bytes_per_sample), upper)
+        return self._spans
 
     def group_matrices(self, group: Sequence[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 3 as a matrix over (first layer, end layer): the group's time and micro-batches that fit."""

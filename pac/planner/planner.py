@@ -47,15 +47,33 @@ def plan_job(home: HomeProfile, job: TrainingJob, strategy: str = "pac") -> Plan
     found = candidates(cost, strategy)
     if not found:
         raise InfeasibleError(explain_infeasible(home, job, strategy))
-    simulated = [(simulate_phase1(cost, p), i, p) for i, p in enumerate(found[:SIMULATED_CANDIDATES])]
+    shortlist = found[:SIMULATED_CANDIDATES]
+    if strategy == "pac":
+        # The baselines' best plans are in our search space; simulating them too guarantees that the
+        # plan chosen is never slower than they are, even where the estimate ranks them wrongly.
+        shortlist += [p for p in candidates(cost, "pipeline-only")[:1] + candidates(cost, "data-only")[:1]
+                      if p not in shortlist]
+    simulated = [(simulate_phase1(cost, p), i, p) for i, p in enumerate(shortlist)]
     simulated.sort(key=lambda t: (t[0].minibatch_s, t[1]))
     sim, _, best = simulated[0]
-    runner = simulated[1] if len(simulated) > 1 else None
+    # The runner-up is the best plan of a different shape (stage count, group sizes, micro-batches):
+    # swapping two alike devices is not an alternative worth explaining.
+    others = [t for t in simulated if _shape(t[2]) != _shape(best)]
+    seen = {_shape(t[2]) for t in simulated}
+    for i, p in enumerate(found[SIMULATED_CANDIDATES:], start=len(shortlist)):
+        if _shape(p) not in seen:
+            others.append((simulate_phase1(cost, p), i, p))
+            break
+    runner = min(others, key=lambda t: (t[0].minibatch_s, t[1])) if others else None
     use_cache = strategy == "pac" and job.epochs > 1
     runner_plan = _build(cost, runner[2], runner[0], strategy, use_cache, "") if runner else None
     plan = _build(cost, best, sim, strategy, use_cache, "")
     plan = dataclasses.replace(plan, reason=_reason(cost, plan, runner_plan, len(found)))
     return PlanResult(plan, runner_plan, len(found), best, sim)
+
+
+def _shape(partition: Partition) -> tuple:
+    return (tuple(len(g) for _, _, g in partition.stages), partition.micro_batches)
 
 
 def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strategy: str, use_cache: bool,
@@ -115,7 +133,7 @@ def _reason(cost: CostModel, plan: Plan, runner: Plan | None, considered: int) -
     p1 = plan.phase1
     text = (f"{describe_stages(plan)}: {p1.minibatch_s:.3f} s per mini-batch simulated "
             f"(Eq. 4-6 estimate {p1.estimated_minibatch_s:.3f} s, slowest stage {p1.bottleneck_s:.3f} s per "
-            f"micro-batch, bubbles {p1.bubble_fraction:.0%})")
+            f"micro-batch, stages idle {p1.bubble_fraction:.0%} of the time)")
     if runner is None:
         return text + f"; the only feasible candidate of {considered}."
     r1 = runner.phase1

@@ -1,0 +1,108 @@
+"""`pacctl plan`: plan a fine-tuning job on the home's devices from their profiles, explain it, save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pac.errors import PacError
+from pac.planner.baselines import STRATEGIES
+from pac.planner.job import TrainingJob
+from pac.planner.plan import Plan
+from pac.planner.planner import plan_job
+from pac.planner.profile import load_home
+
+GIB = float(1 << 30)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / GIB:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.2f} s"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def render(plan: Plan) -> str:
+    """The plan as text a person can read."""
+    p1, job = plan.phase1, plan.job
+    out = [f"plan ({plan.strategy}) for {plan.model}: {job.samples} samples, {job.epochs} epoch(s), "
+           f"mini-batch {job.batch_size} = {p1.micro_batches} micro-batch(es) of {p1.micro_batch_size}, "
+           f"{job.weight_bits}-bit backbone", ""]
+    rows = [[str(i), f"{s.first_layer}-{s.end_layer - 1}", str(s.end_layer - s.first_layer),
+             ", ".join(f"{d} ({n})" for d, n in zip(s.devices, s.shares, strict=True))]
+            for i, s in enumerate(p1.stages)]
+    out += ["phase 1 (epoch 1): pipeline stages", _table(["stage", "layers", "count", "devices (samples per "
+                                                          "micro-batch)"], rows), ""]
+    out.append(f"  mini-batch {p1.minibatch_s:.3f} s simulated (estimate {p1.estimated_minibatch_s:.3f} s), "
+               f"stages idle {p1.bubble_fraction:.0%} (bubbles, transfers, AllReduce), epoch 1: {_duration(p1.epoch_s)}")
+    if plan.phase2 is not None:
+        p2 = plan.phase2
+        out.append(f"phase 2 (epochs 2-{job.epochs}): data parallel over the cache, "
+                   f"{_duration(p2.epoch_s)} per epoch after moving {p2.moved_bytes / 1e6:.1f} MB "
+                   f"in {_duration(p2.redistribution_s)}")
+    out.append(f"  total: {_duration(plan.total_s)}")
+    out.append("")
+    rows = []
+    for use in plan.usage:
+        p2 = plan.phase2.step_shares.get(use.device, 0) if plan.phase2 else 0
+        rows.append([use.device, _gib(use.phase1_peak_bytes) if use.phase1_peak_bytes else "-",
+                     _gib(use.phase2_peak_bytes) if use.phase2_peak_bytes else "-",
+                     _gib(use.memory_budget_bytes), f"{use.disk_bytes / GIB:.2f}/{_gib(use.disk_budget_bytes)}",
+                     str(p2) if plan.phase2 else "-"])
+    out.append(_table(["device", "phase-1 GiB", "phase-2 GiB", "budget GiB", "disk GiB", "phase-2 samples/step"],
+                      rows))
+    out += ["", "why: " + plan.reason]
+    return "\n".join(out)
+
+
+@click.command("plan")
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Profile JSON of the model, devices and links (see docs/planner.md).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Samples per mini-batch (one optimiser step).")
+@click.option("--micro-batches", default=None, type=click.IntRange(min=1),
+              help="Micro-batches per mini-batch (must divide the batch size); chosen if not given.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--samples", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Samples in the training set.")
+@click.option("--weight-bits", default=16, show_default=True, type=click.Choice(["16", "8", "4"]),
+              help="Quantisation of the frozen backbone's weights.")
+@click.option("--strategy", default="pac", show_default=True, type=click.Choice(list(STRATEGIES)),
+              help="pac, or a baseline to compare with.")
+@click.option("--out", "out_path", default="plan.json", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Where to write the plan for `pacctl train`.")
+@click.option("--gantt", "gantt_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw one simulated mini-batch as a Gantt chart (PNG).")
+def command(profile_path: Path, batch_size: int, micro_batches: int | None, epochs: int, samples: int,
+            weight_bits: str, strategy: str, out_path: Path, gantt_path: Path | None) -> None:
+    """Plan a fine-tuning job from device profiles: print it, explain it, write it as JSON."""
+    try:
+        home = load_home(profile_path)
+        job = TrainingJob(samples=samples, batch_size=batch_size, epochs=epochs, micro_batches=micro_batches,
+                          weight_bits=int(weight_bits))
+        result = plan_job(home, job, strategy)
+    except PacError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(render(result.plan))
+    try:
+        result.plan.save(out_path)
+        if gantt_path is not None:
+            from pac.planner.gantt import draw_gantt
+
+            draw_gantt(result.simulation, gantt_path, title=f"{home.model.name}: one phase-1 mini-batch")
+    except OSError as error:
+        raise click.ClickException(f"cannot write {error.filename}: {error.strerror}") from error
+    click.echo(f"\nwrote {out_path}" + (f" and {gantt_path}" if gantt_path else ""))
