@@ -23,7 +23,7 @@ from pacd import notify, server
 from pacd.config import DaemonConfig
 from pacd.pairing import PairingSession
 from pacd.state import StateDir
-from pacd.sysinfo import accelerator, cpu_count, software_version, total_memory
+from pacd.sysinfo import accelerator, cpu_count, disk_free, software_version, total_memory
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class Daemon:
         return dict(node_id=self.node_id, cluster_id=self.cluster_id, memory_budget_bytes=self.memory_budget,
                     total_memory_bytes=total_memory(), accelerator=self.accelerator, cpu_count=cpu_count(),
                     hostname=socket.gethostname(), paired=bool(self.cluster_id),
-                    insecure=self.mode == "insecure", software_version=software_version())
+                    insecure=self.mode == "insecure", software_version=software_version(),
+                    disk_free_bytes=disk_free(self.state.root))
 
     def record(self) -> DeviceRecord:
         return DeviceRecord(self.node_id, self.cluster_id, self.config.host, self.port,

@@ -36,3 +36,7 @@ def software_version() -> str:
         return version("pac")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def disk_free(path) -> int:
+    return psutil.disk_usage(str(path)).free

