@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 
-.PHONY: install test test-all lint proto proto-check demo clean
+.PHONY: install test lint proto proto-check demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,6 @@ install: $(PY)
 	@echo "installed into $(VENV)"
 
 test:
-	$(PY) -m pytest -q -m "not slow"
-
-test-all:
 	$(PY) -m pytest -q
 
 lint:
