@@ -12,6 +12,7 @@ pac/planner/simulator.py; the modelled numbers are not measurements of real boar
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench/results/planner.json"))
     parser.add_argument("--png", type=Path, default=None, help="chart (default: --json with .png)")
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()
     rows = []
     for layers in args.layers:
         for devices in args.devices:
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"data-only {row['data_only_epoch_time_s']}", flush=True)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "png")}
     config["home"] = "pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links"
+    # Planning times are wall times on a shared machine: record how busy it was.
+    config["load_average_1_5_15_at_start"] = [round(x, 2) for x in load_at_start]
+    config["load_average_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
     config["batch_size"] = "devices * batch_per_device (paper §6: batch size equals the number of devices)"
     write_report(args.json, "planner", config, rows)
     draw(rows, args.png or args.json.with_suffix(".png"))
