@@ -1,0 +1,137 @@
+"""Measure a model on this device, for the planner: per-layer backbone forward time, side-block forward
+and backward time at several batch sizes, and the bytes of parameters and activations per layer.
+
+Times are medians of `repeats` runs after one warm-up, taken with hooks around each layer of a real
+forward (and backward) pass on a batch of `seq_len` tokens. Layers are numbered across stacks
+(encoder then decoder for encoder-decoder models).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.techniques.build import TechniqueConfig, build_model, model_masks
+
+
+@dataclass(frozen=True)
+class ModelMeasurement:
+    model: str
+    family: str
+    hidden_size: int  # d
+    side_size: int  # r
+    seq_len: int
+    batch_sizes: tuple[int, ...]
+    param_dtype_bytes: int
+    forward_s: dict[int, list[float]]  # batch size -> per layer: backbone layer forward
+    side_forward_s: dict[int, list[float]]  # batch size -> per layer: side block forward
+    side_backward_s: dict[int, list[float]]  # batch size -> per layer: side block backward
+    param_bytes: list[int]  # per layer: backbone weights
+    side_param_bytes: list[int]  # per layer: side block weights (fp32, trainable)
+    activation_bytes_per_sample: list[float]  # per layer: side activations kept for backward
+    hidden_bytes_per_sample: float  # one h_i (what a stage sends forward, with a_i)
+    embedding_param_bytes: int
+    head_param_bytes: int
+    side_extra_param_bytes: int  # Down_0, Up, final norm and head
+    transient_bytes_per_sample: float  # a backbone layer's scratch memory during its forward
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+class _LayerTimer:
+    """Forward (and optionally backward) wall time of each module in a list, via hooks."""
+
+    def __init__(self, modules, backward: bool = False) -> None:
+        self.forward = [0.0] * len(modules)
+        self.backward = [0.0] * len(modules)
+        self._start: dict[int, float] = {}
+        self._handles = []
+        for index, module in enumerate(modules):
+            self._handles.append(module.register_forward_pre_hook(self._begin(index, "f")))
+            self._handles.append(module.register_forward_hook(self._end(index, "f")))
+            if backward:
+                self._handles.append(module.register_full_backward_pre_hook(self._begin(index, "b")))
+                self._handles.append(module.register_full_backward_hook(self._end(index, "b")))
+
+    def _begin(self, index, kind):
+        def hook(*_):
+            self._start[(index, kind)] = time.perf_counter()
+        return hook
+
+    def _end(self, index, kind):
+        def hook(*_):
+            elapsed = time.perf_counter() - self._start.pop((index, kind))
+            (self.forward if kind == "f" else self.backward)[index] += elapsed
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _batch(backbone, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    vocab = backbone.config.vocab_size
+    ids = torch.randint(3, vocab, (batch_size, seq_len), generator=generator).to(backbone.device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(batch_size, dtype=torch.long)}
+    if backbone.family == "encoder-decoder":
+        batch["decoder_input_ids"], batch["decoder_attention_mask"] = ids, torch.ones_like(ids)
+    return batch
+
+
+def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 8,
+            repeats: int = 2) -> ModelMeasurement:
+    backbone = load_backbone(model)
+    pa = build_model(backbone, TechniqueConfig("parallel", reduction_factor=reduction_factor), HeadConfig())
+    layers = [layer for stack in backbone.stacks for layer in stack]
+    blocks = [block for stack in pa.side.stacks for block in stack]
+    forward, side_forward, side_backward = {}, {}, {}
+    for batch_size in sorted(batch_sizes):
+        batch = _batch(backbone, batch_size, seq_len)
+        runs = []
+        for _ in range(repeats + 1):
+            backbone_timer, side_timer = _LayerTimer(layers), _LayerTimer(blocks, backward=True)
+            out = backbone.run(batch)
+            delta = pa.side(out.taps, model_masks(batch, backbone.family))
+            pa.head(out.final + delta, batch).loss.backward()
+            backbone_timer.close()
+            side_timer.close()
+            runs.append((backbone_timer.forward, side_timer.forward, side_timer.backward))
+            pa.zero_grad(set_to_none=True)
+        runs = runs[1:]  # the first run warms up
+        median = lambda k: [statistics.median(r[k][i] for r in runs) for i in range(len(runs[0][k]))]  # noqa: E731
+        forward[batch_size], side_forward[batch_size], side_backward[batch_size] = median(0), median(1), median(2)
+    spec = pa.side.spec
+    element = next(backbone.model.parameters()).element_size()
+    hidden_bytes = seq_len * spec.hidden_size * element
+    # Side activations kept for backward per block: roughly the inputs of its linear layers,
+    # attention probabilities and the MLP's inner width, in fp32.
+    side_act = 4 * seq_len * (8 * spec.width + 2 * spec.mlp_inner + spec.heads * seq_len)
+    side_by_layer = iter(_nbytes(block) for block in blocks)
+    taps = {(s, i) for s, stack in enumerate(spec.taps) for i in stack}
+    side_param_bytes = [next(side_by_layer) if (s, i + 1) in taps else 0
+                        for s, stack in enumerate(backbone.stacks) for i in range(len(stack))]
+    embeddings = backbone.model.get_input_embeddings()
+    total = _nbytes(backbone.model)
+    return ModelMeasurement(
+        model=model, family=backbone.family, hidden_size=spec.hidden_size, side_size=spec.width,
+        seq_len=seq_len, batch_sizes=tuple(sorted(batch_sizes)), param_dtype_bytes=element,
+        forward_s=forward, side_forward_s=side_forward, side_backward_s=side_backward,
+        param_bytes=[_nbytes(layer) for layer in layers], side_param_bytes=side_param_bytes,
+        activation_bytes_per_sample=[float(side_act) if b else 0.0 for b in side_param_bytes],
+        hidden_bytes_per_sample=float(hidden_bytes),
+        embedding_param_bytes=_nbytes(embeddings),
+        head_param_bytes=max(0, total - _nbytes(embeddings) - sum(_nbytes(layer) for layer in layers)),
+        side_extra_param_bytes=_nbytes(pa.side) - sum(side_param_bytes) + _nbytes(pa.head),
+        transient_bytes_per_sample=float(4 * hidden_bytes + backbone.num_heads * seq_len * seq_len * element),
+    )
