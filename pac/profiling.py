@@ -79,6 +79,10 @@ class _LayerTimer:
             handle.remove()
 
 
+def _median(runs: list, kind: int) -> list[float]:
+    return [statistics.median(run[kind][i] for run in runs) for i in range(len(runs[0][kind]))]
+
+
 def _batch(backbone, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     vocab = backbone.config.vocab_size
@@ -109,8 +113,8 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
             runs.append((backbone_timer.forward, side_timer.forward, side_timer.backward))
             pa.zero_grad(set_to_none=True)
         runs = runs[1:]  # the first run warms up
-        median = lambda k: [statistics.median(r[k][i] for r in runs) for i in range(len(runs[0][k]))]  # noqa: E731
-        forward[batch_size], side_forward[batch_size], side_backward[batch_size] = median(0), median(1), median(2)
+        forward[batch_size], side_forward[batch_size], side_backward[batch_size] = (
+            _median(runs, 0), _median(runs, 1), _median(runs, 2))
     spec = pa.side.spec
     element = next(backbone.model.parameters()).element_size()
     hidden_bytes = seq_len * spec.hidden_size * element
