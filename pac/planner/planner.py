@@ -146,7 +146,13 @@ def _reason(cost: CostModel, plan: Plan, runner: Plan | None, considered: int) -
     if r1.micro_batches != p1.micro_batches:
         why.append(f"{p1.micro_batches} micro-batches balance bubbles against per-call overhead better than "
                    f"{r1.micro_batches}")
-    if r1.bottleneck_s > p1.bottleneck_s:
+    used, r_used = sum(len(x.devices) for x in p1.stages), sum(len(x.devices) for x in r1.stages)
+    if used < r_used:
+        why.append(f"{used} devices rather than {r_used}: the extra devices' AllReduce and transfers cost more "
+                   "than their share of the compute saves")
+    elif used > r_used:
+        why.append(f"{used} devices rather than {r_used}: more devices share the compute")
+    if r1.bottleneck_s > p1.bottleneck_s * 1.01:
         why.append(f"its slowest stage is faster ({p1.bottleneck_s:.3f} s against {r1.bottleneck_s:.3f} s)")
     if not why:
         why.append("a better split of layers and devices")
