@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "pair",
     "devices",
     "profile",
+    "plan",
 ]
 
 
