@@ -4,10 +4,10 @@ Pure logic, no grpc: the ring talks to a `RingTransport` (pac/collective/transpo
 the gRPC one, tests use the in-memory one.
 """
 
-from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack
+from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack, unpack_into
 from pac.collective.errors import CollectiveError, CollectiveTimeout, GroupMismatch, InvalidGroup, PeerFailed
 from pac.collective.group import RingGroup
-from pac.collective.ring import allreduce, layout_fingerprint, ring_allreduce_flat
+from pac.collective.ring import allreduce, allreduce_, layout_fingerprint, ring_allreduce_flat
 from pac.collective.schedule import bus_bytes, partition, ring_steps, segments
 from pac.collective.transport import MemoryHub, RingLink, RingMessage, RingOpen, RingTransport, check_open
 
@@ -25,6 +25,7 @@ __all__ = [
     "RingOpen",
     "RingTransport",
     "allreduce",
+    "allreduce_",
     "bus_bytes",
     "check_open",
     "layout_fingerprint",
@@ -35,4 +36,5 @@ __all__ = [
     "ring_steps",
     "segments",
     "unpack",
+    "unpack_into",
 ]

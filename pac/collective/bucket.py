@@ -62,9 +62,19 @@ def pack(tensors: list[torch.Tensor], plan: BucketPlan) -> torch.Tensor:
     return flat
 
 
-def unpack(flat: torch.Tensor, plan: BucketPlan, out: list[torch.Tensor | None], like: list[torch.Tensor]) -> None:
-    """Fill out[i] for every slot of the plan with its part of `flat`, shaped and placed like like[i]."""
-    for slot in plan.slots:
-        source = like[slot.tensor_index]
-        part = flat[slot.offset : slot.offset + slot.numel].reshape(source.shape)
-        out[slot.tensor_index] = part.to(source.device, copy=True)
+def unpack(flat: torch.Tensor, plan: BucketPlan, like: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """New tensors, shaped and placed like like[i], holding each slot's part of `flat`; keyed by i."""
+    return {
+        slot.tensor_index: flat[slot.offset : slot.offset + slot.numel]
+        .reshape(like[slot.tensor_index].shape)
+        .to(like[slot.tensor_index].device, copy=True)
+        for slot in plan.slots
+    }
+
+
+def unpack_into(flat: torch.Tensor, plan: BucketPlan, tensors: list[torch.Tensor]) -> None:
+    """Copy each slot's part of `flat` back into its tensor, in place."""
+    with torch.no_grad():
+        for slot in plan.slots:
+            target = tensors[slot.tensor_index]
+            target.copy_(flat[slot.offset : slot.offset + slot.numel].reshape(target.shape))

@@ -17,6 +17,7 @@ class RingGroup:
     step_timeout_s: float = 60.0  # deadline of one AllReduce operation (one training step), seconds
     segment_bytes: int = 1024 * 1024  # bytes per ring message; smaller pipelines better, larger costs less CPU
     bucket_bytes: int = 32 * 1024 * 1024  # small tensors are packed into flat buckets of at most this size
+    streams: int = 2  # parallel streams per ring link: gRPC's asyncio writes wait a round trip each
 
     def __post_init__(self) -> None:
         if not self.group_id:
@@ -33,6 +34,8 @@ class RingGroup:
             raise InvalidGroup(f"AllReduce group {self.group_id}: step_timeout_s must be > 0")
         if not 0 < self.segment_bytes <= 4 * 1024 * 1024 - 4096:
             raise InvalidGroup(f"AllReduce group {self.group_id}: segment_bytes must be in 1..4190208")
+        if not 1 <= self.streams <= 16:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: streams must be in 1..16")
         if self.bucket_bytes < 1:
             raise InvalidGroup(f"AllReduce group {self.group_id}: bucket_bytes must be >= 1")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack
+from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack_into
 from pac.collective.errors import CollectiveError, CollectiveTimeout, GroupMismatch
 from pac.collective.group import RingGroup
 from pac.collective.schedule import partition, ring_steps, segments
@@ -120,19 +120,28 @@ def _first_error(exc: BaseException) -> BaseException:
 async def allreduce(
     tensors: list[torch.Tensor], group: RingGroup, op_id: int, transport: RingTransport
 ) -> list[torch.Tensor]:
-    """Sum every tensor elementwise across the group; returns new tensors shaped and placed like the inputs.
+    """Sum every tensor elementwise across the group; returns new tensors, the inputs stay as they were.
 
     Every member calls this with the same group (its own rank), the same op_id and tensors of the same
     dtypes and sizes in the same order. Raises CollectiveTimeout when the group's step deadline passes and
     PeerFailed when a neighbour breaks off; never waits longer than the deadline.
     """
+    copies = [tensor.detach().clone() for tensor in tensors]
+    await allreduce_(copies, group, op_id, transport)
+    return copies
+
+
+async def allreduce_(tensors: list[torch.Tensor], group: RingGroup, op_id: int, transport: RingTransport) -> None:
+    """In-place `allreduce`: each tensor ends up holding the group's sum (like torch.distributed.all_reduce).
+
+    A contiguous CPU tensor that fills a bucket alone is reduced where it lies; smaller ones are packed.
+    """
     for index, tensor in enumerate(tensors):
         if tensor.dtype not in REDUCIBLE_DTYPES:
             raise GroupMismatch(f"tensor {index} has dtype {tensor.dtype}; AllReduce sums floating-point tensors")
-    plans = plan_buckets(tensors, group.bucket_bytes)
-    out: list[torch.Tensor | None] = [None] * len(tensors)
     if group.world_size == 1:
-        return [t.detach().clone() for t in tensors]
+        return
+    plans = plan_buckets(tensors, group.bucket_bytes)
     progress = Progress()
     where = f"AllReduce op {op_id} of group {group.group_id} ({group.describe()}, world size {group.world_size})"
     link: RingLink | None = None
@@ -141,9 +150,13 @@ async def allreduce(
             link = await transport.open(group, op_id, layout_fingerprint(plans))
             for index, plan in enumerate(plans):
                 progress.bucket = index
-                flat = pack(tensors, plan)
+                flat = _direct_view(tensors, plan)
+                packed = flat is None
+                if packed:
+                    flat = pack(tensors, plan)
                 await ring_allreduce_flat(flat, group, link, index, progress)
-                unpack(flat, plan, out, tensors)
+                if packed:
+                    unpack_into(flat, plan, tensors)
             progress.waiting_for = f"{group.describe(group.next_rank)} to take the last data"
             await link.finish()
     except BaseException as raw:
@@ -159,7 +172,16 @@ async def allreduce(
         if isinstance(exc, CollectiveError | asyncio.CancelledError):
             raise exc from None
         raise CollectiveError(f"{where} failed: {exc}") from exc
-    return out  # type: ignore[return-value]
+
+
+def _direct_view(tensors: list[torch.Tensor], plan: BucketPlan) -> torch.Tensor | None:
+    """A flat view of the bucket's only tensor when it can be reduced in place, else None."""
+    if len(plan.slots) != 1:
+        return None
+    tensor = tensors[plan.slots[0].tensor_index]
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.requires_grad:
+        return None
+    return tensor.view(-1)
 
 
 async def _abort_quietly(link: RingLink, reason: str) -> None:

@@ -24,6 +24,8 @@ class RingOpen:
     world_size: int
     layout: str  # fingerprint of the bucket layout (dtypes and sizes); all members must agree
     timeout_s: float  # the sender's deadline for the whole operation
+    stream: int = 0  # which parallel stream of the link this opens
+    streams: int = 1  # data message i of the link travels on stream i % streams
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ def check_open(group: RingGroup, op_id: int, layout: str, received: RingOpen) ->
         raise GroupMismatch(
             f"{where}: got a stream from rank {received.from_rank}, expected rank {group.prev_rank}; "
             "members disagree on the ring order"
+        )
+    if received.streams != group.streams:
+        raise GroupMismatch(
+            f"{where}: {group.describe(received.from_rank)} uses {received.streams} streams per link, this rank "
+            f"{group.streams}; every member must be given the same group settings"
         )
     if received.layout != layout:
         raise GroupMismatch(
@@ -108,7 +115,10 @@ class MemoryTransport:
 
     async def open(self, group: RingGroup, op_id: int, layout: str) -> MemoryLink:
         link = MemoryLink(self.hub, group, op_id, layout)
-        await link.send(RingOpen(group.group_id, op_id, group.rank, group.world_size, layout, group.step_timeout_s))
+        opening = RingOpen(
+            group.group_id, op_id, group.rank, group.world_size, layout, group.step_timeout_s, 0, group.streams
+        )
+        await link.send(opening)
         return link
 
 

@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pac/v1/collective.proto\x12\x06pac.v1\"u\n\x08RingOpen\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05op_id\x18\x02 \x01(\x04\x12\x11\n\tfrom_rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\"J\n\x08RingData\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"X\n\tRingFrame\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x10.pac.v1.RingOpenH\x00\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x10.pac.v1.RingDataH\x00\x42\x07\n\x05\x66rame\"\x19\n\x07RingAck\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\"\x81\x01\n\tGroupSpec\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x16\n\x0estep_timeout_s\x18\x04 \x01(\x01\x12\x15\n\rsegment_bytes\x18\x05 \x01(\r\x12\x14\n\x0c\x62ucket_bytes\x18\x06 \x01(\x04\":\n\x0cInlineTensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\">\n\x10SyntheticTensors\x12\r\n\x05numel\x18\x01 \x01(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xc2\x01\n\x10\x41llReduceRequest\x12 \n\x05group\x18\x01 \x01(\x0b\x32\x11.pac.v1.GroupSpec\x12\r\n\x05op_id\x18\x02 \x01(\x04\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.pac.v1.InlineTensor\x12+\n\tsynthetic\x18\x04 \x01(\x0b\x32\x18.pac.v1.SyntheticTensors\x12\x12\n\niterations\x18\x05 \x01(\r\x12\x15\n\rreturn_result\x18\x06 \x01(\x08\"Y\n\x0e\x41llReduceReply\x12$\n\x06result\x18\x01 \x03(\x0b\x32\x14.pac.v1.InlineTensor\x12\x0f\n\x07seconds\x18\x02 \x03(\x01\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x01\x32}\n\nCollective\x12\x30\n\x08RingPush\x12\x11.pac.v1.RingFrame\x1a\x0f.pac.v1.RingAck(\x01\x12=\n\tAllReduce\x12\x18.pac.v1.AllReduceRequest\x1a\x16.pac.v1.AllReduceReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pac/v1/collective.proto\x12\x06pac.v1\"\x96\x01\n\x08RingOpen\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05op_id\x18\x02 \x01(\x04\x12\x11\n\tfrom_rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x0e\n\x06stream\x18\x07 \x01(\r\x12\x0f\n\x07streams\x18\x08 \x01(\r\"J\n\x08RingData\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"X\n\tRingFrame\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x10.pac.v1.RingOpenH\x00\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x10.pac.v1.RingDataH\x00\x42\x07\n\x05\x66rame\"\x19\n\x07RingAck\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\"\x92\x01\n\tGroupSpec\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x16\n\x0estep_timeout_s\x18\x04 \x01(\x01\x12\x15\n\rsegment_bytes\x18\x05 \x01(\r\x12\x14\n\x0c\x62ucket_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07streams\x18\x07 \x01(\r\":\n\x0cInlineTensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\">\n\x10SyntheticTensors\x12\r\n\x05numel\x18\x01 \x01(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xc2\x01\n\x10\x41llReduceRequest\x12 \n\x05group\x18\x01 \x01(\x0b\x32\x11.pac.v1.GroupSpec\x12\r\n\x05op_id\x18\x02 \x01(\x04\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.pac.v1.InlineTensor\x12+\n\tsynthetic\x18\x04 \x01(\x0b\x32\x18.pac.v1.SyntheticTensors\x12\x12\n\niterations\x18\x05 \x01(\r\x12\x15\n\rreturn_result\x18\x06 \x01(\x08\"Y\n\x0e\x41llReduceReply\x12$\n\x06result\x18\x01 \x03(\x0b\x32\x14.pac.v1.InlineTensor\x12\x0f\n\x07seconds\x18\x02 \x03(\x01\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x01\x32}\n\nCollective\x12\x30\n\x08RingPush\x12\x11.pac.v1.RingFrame\x1a\x0f.pac.v1.RingAck(\x01\x12=\n\tAllReduce\x12\x18.pac.v1.AllReduceRequest\x1a\x16.pac.v1.AllReduceReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pac.v1.collective_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RINGOPEN']._serialized_start=35
-  _globals['_RINGOPEN']._serialized_end=152
-  _globals['_RINGDATA']._serialized_start=154
-  _globals['_RINGDATA']._serialized_end=228
-  _globals['_RINGFRAME']._serialized_start=230
-  _globals['_RINGFRAME']._serialized_end=318
-  _globals['_RINGACK']._serialized_start=320
-  _globals['_RINGACK']._serialized_end=345
-  _globals['_GROUPSPEC']._serialized_start=348
-  _globals['_GROUPSPEC']._serialized_end=477
-  _globals['_INLINETENSOR']._serialized_start=479
-  _globals['_INLINETENSOR']._serialized_end=537
-  _globals['_SYNTHETICTENSORS']._serialized_start=539
-  _globals['_SYNTHETICTENSORS']._serialized_end=601
-  _globals['_ALLREDUCEREQUEST']._serialized_start=604
-  _globals['_ALLREDUCEREQUEST']._serialized_end=798
-  _globals['_ALLREDUCEREPLY']._serialized_start=800
-  _globals['_ALLREDUCEREPLY']._serialized_end=889
-  _globals['_COLLECTIVE']._serialized_start=891
-  _globals['_COLLECTIVE']._serialized_end=1016
+  _globals['_RINGOPEN']._serialized_start=36
+  _globals['_RINGOPEN']._serialized_end=186
+  _globals['_RINGDATA']._serialized_start=188
+  _globals['_RINGDATA']._serialized_end=262
+  _globals['_RINGFRAME']._serialized_start=264
+  _globals['_RINGFRAME']._serialized_end=352
+  _globals['_RINGACK']._serialized_start=354
+  _globals['_RINGACK']._serialized_end=379
+  _globals['_GROUPSPEC']._serialized_start=382
+  _globals['_GROUPSPEC']._serialized_end=528
+  _globals['_INLINETENSOR']._serialized_start=530
+  _globals['_INLINETENSOR']._serialized_end=588
+  _globals['_SYNTHETICTENSORS']._serialized_start=590
+  _globals['_SYNTHETICTENSORS']._serialized_end=652
+  _globals['_ALLREDUCEREQUEST']._serialized_start=655
+  _globals['_ALLREDUCEREQUEST']._serialized_end=849
+  _globals['_ALLREDUCEREPLY']._serialized_start=851
+  _globals['_ALLREDUCEREPLY']._serialized_end=940
+  _globals['_COLLECTIVE']._serialized_start=942
+  _globals['_COLLECTIVE']._serialized_end=1067
 # @@protoc_insertion_point(module_scope)

@@ -7,20 +7,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RingOpen(_message.Message):
-    __slots__ = ("group_id", "op_id", "from_rank", "world_size", "layout", "timeout_s")
+    __slots__ = ("group_id", "op_id", "from_rank", "world_size", "layout", "timeout_s", "stream", "streams")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     op_id: int
     from_rank: int
     world_size: int
     layout: str
     timeout_s: float
-    def __init__(self, group_id: _Optional[str] = ..., op_id: _Optional[int] = ..., from_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., layout: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    stream: int
+    streams: int
+    def __init__(self, group_id: _Optional[str] = ..., op_id: _Optional[int] = ..., from_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., layout: _Optional[str] = ..., timeout_s: _Optional[float] = ..., stream: _Optional[int] = ..., streams: _Optional[int] = ...) -> None: ...
 
 class RingData(_message.Message):
     __slots__ = ("bucket", "step", "segment", "payload")
@@ -49,20 +53,22 @@ class RingAck(_message.Message):
     def __init__(self, frames: _Optional[int] = ...) -> None: ...
 
 class GroupSpec(_message.Message):
-    __slots__ = ("group_id", "rank", "members", "step_timeout_s", "segment_bytes", "bucket_bytes")
+    __slots__ = ("group_id", "rank", "members", "step_timeout_s", "segment_bytes", "bucket_bytes", "streams")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     rank: int
     members: _containers.RepeatedScalarFieldContainer[str]
     step_timeout_s: float
     segment_bytes: int
     bucket_bytes: int
-    def __init__(self, group_id: _Optional[str] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., step_timeout_s: _Optional[float] = ..., segment_bytes: _Optional[int] = ..., bucket_bytes: _Optional[int] = ...) -> None: ...
+    streams: int
+    def __init__(self, group_id: _Optional[str] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., step_timeout_s: _Optional[float] = ..., segment_bytes: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., streams: _Optional[int] = ...) -> None: ...
 
 class InlineTensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")

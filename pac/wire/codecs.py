@@ -23,14 +23,14 @@ from pac.wire.header import DTYPES, FLOAT_DTYPES, TensorHeader, TensorKind, dtyp
 FP16_MAX = 65504.0
 
 
-def _as_bytes(tensor: torch.Tensor) -> memoryview:
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
     return memoryview(flat.view(torch.uint8).cpu().numpy()).cast("B")
 
 
-def _from_bytes(payload: bytes | bytearray | memoryview, dtype: torch.dtype, count: int) -> torch.Tensor:
+def tensor_from_bytes(payload: bytes | bytearray | memoryview, dtype: torch.dtype, count: int) -> torch.Tensor:
     if count == 0:
         return torch.empty(0, dtype=dtype)
     with warnings.catch_warnings():  # read-only bytes are fine: the result is copied or only read
@@ -75,10 +75,10 @@ class NoneCodec(Codec):
         return math.prod(shape) * DTYPES[dtype].itemsize
 
     def encode(self, tensor: torch.Tensor) -> memoryview:
-        return _as_bytes(tensor)
+        return tensor_bytes(tensor)
 
     def decode(self, payload, dtype, shape):
-        return _from_bytes(payload, DTYPES[dtype], math.prod(shape)).reshape(shape)
+        return tensor_from_bytes(payload, DTYPES[dtype], math.prod(shape)).reshape(shape)
 
 
 class Fp16Codec(Codec):
@@ -96,10 +96,10 @@ class Fp16Codec(Codec):
                     f"codec fp16 cannot carry values of magnitude {peak:g} (float16 max is {FP16_MAX:g}); "
                     "use codec none or int8 for this job"
                 )
-        return _as_bytes(tensor.detach().to(torch.float16))
+        return tensor_bytes(tensor.detach().to(torch.float16))
 
     def decode(self, payload, dtype, shape):
-        half = _from_bytes(payload, torch.float16, math.prod(shape))
+        half = tensor_from_bytes(payload, torch.float16, math.prod(shape))
         return half.to(DTYPES[dtype]).reshape(shape)
 
 
@@ -126,7 +126,7 @@ class Int8Codec(Codec):
 
     def decode(self, payload, dtype, shape):
         rows, length = _rows(shape)
-        raw = _from_bytes(payload, torch.uint8, rows * 4 + rows * length)
+        raw = tensor_from_bytes(payload, torch.uint8, rows * 4 + rows * length)
         scale = raw[: rows * 4].view(torch.float32)
         quantised = raw[rows * 4 :].view(torch.int8).reshape(rows, length)
         return (quantised.float() * scale[:, None]).to(DTYPES[dtype]).reshape(shape)

@@ -88,10 +88,11 @@ class CollectiveServicer(collective_pb2_grpc.CollectiveServicer):
         try:
             for iteration in range(iterations):
                 op_id = request.op_id + 2 * iteration
+                result = [t.clone() for t in tensors]
                 if iterations > 1 or request.synthetic.numel:
-                    await self.node.allreduce(barrier, group, op_id + 1)
+                    await self.node.allreduce_(barrier, group, op_id + 1)
                 started = time.perf_counter()
-                result = await self.node.allreduce(tensors, group, op_id)
+                await self.node.allreduce_(result, group, op_id)
                 seconds.append(time.perf_counter() - started)
         except CollectiveError as error:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(error, TimeoutError) else grpc.StatusCode.ABORTED

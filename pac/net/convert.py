@@ -1,0 +1,146 @@
+"""All protobuf <-> domain conversion for tensor streaming and collectives (pac.v1 tensor/collective)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pac.collective import RingGroup, RingMessage, RingOpen
+from pac.collective.bucket import DEFAULT_BUCKET_BYTES
+from pac.v1 import collective_pb2, tensor_pb2
+from pac.wire import DTYPES, TensorHeader, TensorKind, WireError, dtype_name
+from pac.wire.codecs import tensor_bytes, tensor_from_bytes
+
+
+def header_to_proto(header: TensorHeader) -> tensor_pb2.TensorHeader:
+    return tensor_pb2.TensorHeader(
+        job_id=header.job_id,
+        step=header.step,
+        micro_batch=header.micro_batch,
+        kind=str(header.kind),
+        dtype=header.dtype,
+        shape=list(header.shape),
+        codec=header.codec,
+        payload_bytes=header.payload_bytes,
+    )
+
+
+def header_from_proto(message: tensor_pb2.TensorHeader) -> TensorHeader:
+    """A validated TensorHeader; WireError naming the field otherwise."""
+    try:
+        kind = TensorKind(message.kind)
+    except ValueError:
+        raise WireError(
+            f"unknown tensor kind {message.kind!r}; supported: {', '.join(k.value for k in TensorKind)}"
+        ) from None
+    return TensorHeader(
+        job_id=message.job_id,
+        step=message.step,
+        micro_batch=message.micro_batch,
+        kind=kind,
+        dtype=message.dtype,
+        shape=tuple(message.shape),
+        codec=message.codec or "none",
+        payload_bytes=message.payload_bytes,
+    )
+
+
+def key_to_proto(job_id: str, step: int, micro_batch: int, kind: str) -> tensor_pb2.TensorKey:
+    return tensor_pb2.TensorKey(job_id=job_id, step=step, micro_batch=micro_batch, kind=str(kind))
+
+
+def key_from_proto(message: tensor_pb2.TensorKey) -> tuple[str, int, int, str]:
+    if not message.job_id:
+        raise WireError("tensor key has an empty job_id")
+    try:
+        kind = TensorKind(message.kind)
+    except ValueError:
+        raise WireError(f"unknown tensor kind {message.kind!r}") from None
+    return (message.job_id, message.step, message.micro_batch, str(kind))
+
+
+def group_to_proto(group: RingGroup) -> collective_pb2.GroupSpec:
+    return collective_pb2.GroupSpec(
+        group_id=group.group_id,
+        rank=group.rank,
+        members=list(group.members),
+        step_timeout_s=group.step_timeout_s,
+        segment_bytes=group.segment_bytes,
+        bucket_bytes=group.bucket_bytes,
+        streams=group.streams,
+    )
+
+
+def group_from_proto(message: collective_pb2.GroupSpec) -> RingGroup:
+    return RingGroup(
+        group_id=message.group_id,
+        rank=message.rank,
+        members=tuple(message.members),
+        step_timeout_s=message.step_timeout_s or 60.0,
+        segment_bytes=message.segment_bytes or 1024 * 1024,
+        bucket_bytes=message.bucket_bytes or DEFAULT_BUCKET_BYTES,
+        streams=message.streams or 2,
+    )
+
+
+def open_to_proto(value: RingOpen) -> collective_pb2.RingFrame:
+    return collective_pb2.RingFrame(
+        open=collective_pb2.RingOpen(
+            group_id=value.group_id,
+            op_id=value.op_id,
+            from_rank=value.from_rank,
+            world_size=value.world_size,
+            layout=value.layout,
+            timeout_s=value.timeout_s,
+            stream=value.stream,
+            streams=value.streams,
+        )
+    )
+
+
+def open_from_proto(message: collective_pb2.RingOpen) -> RingOpen:
+    return RingOpen(
+        group_id=message.group_id,
+        op_id=message.op_id,
+        from_rank=message.from_rank,
+        world_size=message.world_size,
+        layout=message.layout,
+        timeout_s=message.timeout_s,
+        stream=message.stream,
+        streams=message.streams,
+    )
+
+
+def data_to_proto(value: RingMessage) -> collective_pb2.RingFrame:
+    return collective_pb2.RingFrame(
+        data=collective_pb2.RingData(
+            bucket=value.bucket, step=value.step, segment=value.segment, payload=bytes(value.payload)
+        )
+    )
+
+
+def data_from_proto(message: collective_pb2.RingData) -> RingMessage:
+    return RingMessage(bucket=message.bucket, step=message.step, segment=message.segment, payload=message.payload)
+
+
+def inline_to_proto(tensor: torch.Tensor) -> collective_pb2.InlineTensor:
+    return collective_pb2.InlineTensor(
+        dtype=dtype_name(tensor.dtype), shape=list(tensor.shape), data=bytes(tensor_bytes(tensor.cpu()))
+    )
+
+
+def inline_from_proto(message: collective_pb2.InlineTensor) -> torch.Tensor:
+    if message.dtype not in DTYPES:
+        raise WireError(f"inline tensor has unknown dtype {message.dtype!r}")
+    dtype = DTYPES[message.dtype]
+    shape = tuple(message.shape)
+    if any(d < 0 for d in shape):
+        raise WireError(f"inline tensor has a negative dimension in {list(shape)}")
+    count = math.prod(shape)
+    if len(message.data) != count * dtype.itemsize:
+        raise WireError(
+            f"inline tensor {message.dtype} {list(shape)} needs {count * dtype.itemsize} bytes, "
+            f"got {len(message.data)}"
+        )
+    return tensor_from_bytes(message.data, dtype, count).reshape(shape).clone()
