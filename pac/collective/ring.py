@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack_into
@@ -47,6 +48,29 @@ def _tensor_of(payload, dtype: torch.dtype, count: int) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only payloads are only read
         warnings.simplefilter("ignore", UserWarning)
         return torch.frombuffer(payload, dtype=dtype, count=count)
+
+
+# numpy for the hot loop where it can: torch would hand 1 MiB adds to its OpenMP pool, whose idle workers
+# then spin on the cores that the network I/O (here and in the other daemons on the machine) needs.
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
+
+
+def _accumulate(target: torch.Tensor, payload) -> None:
+    if target.numel() == 0:
+        return
+    numpy_dtype = _NUMPY_DTYPES.get(target.dtype)
+    if numpy_dtype is None:
+        target.add_(_tensor_of(payload, target.dtype, target.numel()))
+        return
+    values = target.numpy()
+    values += np.frombuffer(payload, dtype=numpy_dtype, count=target.numel())
+
+
+def _overwrite(target: torch.Tensor, payload) -> None:
+    if target.numel() == 0:
+        return
+    raw = target.view(torch.uint8).numpy()
+    raw[:] = np.frombuffer(payload, dtype=np.uint8, count=raw.size)
 
 
 async def ring_allreduce_flat(
@@ -90,13 +114,12 @@ async def ring_allreduce_flat(
                         f"{group.describe()}: segment of {len(message.payload)} bytes from "
                         f"{group.describe(group.prev_rank)}, expected {(b - a) * itemsize}"
                     )
-                incoming = _tensor_of(message.payload, flat.dtype, b - a)
                 if step.reduce:
-                    flat[a:b].add_(incoming)
+                    _accumulate(flat[a:b], message.payload)
                     if step.index < last:
                         ready.put_nowait(_bytes_of(flat[a:b]))
                 else:
-                    flat[a:b].copy_(incoming)
+                    _overwrite(flat[a:b], message.payload)
                     if step.index < last:
                         ready.put_nowait(message.payload)
 

@@ -29,7 +29,7 @@ class DevDaemon:
     def __init__(self, credentials: grpc.ChannelCredentials | None) -> None:
         self._credentials = credentials
 
-    def peer_channel(self, address: str) -> grpc.aio.Channel:
+    def channel(self, address: str) -> grpc.aio.Channel:
         if self._credentials is None:
             return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         options = (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", SERVER_NAME))
@@ -149,7 +149,7 @@ class DevCluster:
         )
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        return DevDaemon(self.credentials()).peer_channel(address)
+        return DevDaemon(self.credentials()).channel(address)
 
     def kill(self, index: int) -> None:
         self.processes[index].kill()

@@ -116,13 +116,16 @@ _NODES: weakref.WeakKeyDictionary[object, PeerNode] = weakref.WeakKeyDictionary(
 def node_for(daemon: object) -> PeerNode:
     """The PeerNode of a daemon, made on first use with the daemon's way of opening peer channels.
 
-    The daemon's `peer_channel(address) -> grpc.aio.Channel` is used when it has one (mutual TLS);
-    otherwise plain-text channels (loopback development).
+    The daemon's `channel(address) -> grpc.aio.Channel` (pacd.daemon.Daemon: mutual TLS as this node, to
+    any device of its cluster) is used when it has one; otherwise plain-text channels (tests).
     """
     node = _NODES.get(daemon)
     if node is None:
-        factory = getattr(daemon, "peer_channel", None) or insecure_channel
+        factory = getattr(daemon, "channel", None) or insecure_channel
         node = _NODES[daemon] = PeerNode(factory)
+        on_shutdown = getattr(daemon, "on_shutdown", None)
+        if on_shutdown is not None:
+            on_shutdown(node.close)
     return node
 
 
