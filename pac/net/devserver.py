@@ -178,3 +178,51 @@ def _read_line(process, timeout_s: float) -> str:
     if not ready:
         raise RuntimeError(f"dev server {process.args} printed nothing within the start timeout")
     return process.stdout.readline().strip()
+
+
+class LocalServers:
+    """In-process servers (one event loop) hosting TensorStream and Collective on 127.0.0.1 port 0.
+
+        async with LocalServers(3) as servers:
+            servers.nodes[0]      # the PeerNode behind servers.addresses[0]
+    """
+
+    def __init__(self, count: int, receive_buffer_bytes: int | None = None) -> None:
+        self.count = count
+        self.receive_buffer_bytes = receive_buffer_bytes
+        self.servers: list[grpc.aio.Server] = []
+        self.daemons: list[DevDaemon] = []
+        self.addresses: list[str] = []
+
+    @property
+    def nodes(self):
+        return [node_for(daemon) for daemon in self.daemons]
+
+    async def __aenter__(self) -> LocalServers:
+        from pac.net.node import NodeConfig, PeerNode, attach_node
+        from pacd.services import collective, tensor
+
+        try:
+            for _ in range(self.count):
+                server = grpc.aio.server(options=CHANNEL_OPTIONS)
+                daemon = DevDaemon(None)
+                if self.receive_buffer_bytes is not None:
+                    config = NodeConfig(receive_buffer_bytes=self.receive_buffer_bytes)
+                    attach_node(daemon, PeerNode(daemon.channel, config))
+                tensor.register(server, daemon)
+                collective.register(server, daemon)
+                port = server.add_insecure_port("127.0.0.1:0")
+                await server.start()
+                self.servers.append(server)
+                self.daemons.append(daemon)
+                self.addresses.append(f"127.0.0.1:{port}")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for daemon in self.daemons:
+            await node_for(daemon).close()
+        for server in self.servers:
+            await server.stop(None)

@@ -129,6 +129,11 @@ def node_for(daemon: object) -> PeerNode:
     return node
 
 
+def attach_node(daemon: object, node: PeerNode) -> None:
+    """Give a daemon a PeerNode made with a non-default NodeConfig, before its services register."""
+    _NODES[daemon] = node
+
+
 class SyncPeer:
     """Blocking wrappers around a PeerNode for code that runs in a worker thread, not on the event loop."""
 

@@ -1,7 +1,8 @@
 """Codecs: how a tensor's values become payload bytes, one small class each.
 
 - none: the tensor's own bytes (any dtype), exact.
-- fp16: floats cast to float16 on the wire and back to their dtype on arrival; relative error <= 2**-11,
+- fp16: floats cast to float16 on the wire and back to their dtype on arrival; relative error <= 2**-11
+  (absolute <= 2**-25 below float16's normal range),
   values beyond float16's range (|x| > 65504) are refused rather than turned into inf.
 - int8: floats quantised per row (the last dimension) to int8 with one float32 scale per row,
   scale = max|row| / 127; every element comes back within max|row| / 254 of its value (see
