@@ -64,7 +64,7 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
     tensors = load_file(str(path))
     side = SideNetwork(spec)
     side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
-    lm = backbone.lm_logits if head_config.task == "lm" else None
+    lm = backbone.lm_head() if head_config.task == "lm" else None
     head = Head(head_config, backbone.hidden_size, backbone.family, lm)
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     dtype = next(backbone.model.parameters()).dtype

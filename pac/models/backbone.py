@@ -146,20 +146,40 @@ class Backbone:
         out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
         return out.last_hidden_state, None
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The backbone's own (frozen) language-model head applied to final hidden states."""
+    def lm_head(self) -> FrozenLMHead:
+        """The backbone's own language-model head, apart from the rest of the backbone."""
         head = self.model.get_output_embeddings()
         if head is None:
             raise ValueError(f"{self.name} has no language-model head; use a classification head")
+        scale = None
         if self.model_type == "t5" and getattr(self.config, "tie_word_embeddings", True):
-            hidden = hidden * (self.config.d_model**-0.5)
-        logits = head(hidden)
-        bias = getattr(self.model, "final_logits_bias", None)
-        return logits + bias if bias is not None else logits
+            scale = self.config.d_model**-0.5
+        return FrozenLMHead(head.weight.detach(), getattr(self.model, "final_logits_bias", None), scale)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The backbone's own (frozen) language-model head applied to final hidden states."""
+        return self.lm_head()(hidden)
 
     @property
     def has_lm_head(self) -> bool:
         return self.family != "encoder" and self.model.get_output_embeddings() is not None
+
+
+class FrozenLMHead:
+    """The frozen LM head's weights (shared with the backbone, not copied) as a plain callable.
+
+    Not an nn.Module on purpose: it is never trained or saved with an adapter, and holding it keeps
+    only the head's weights alive, not the whole backbone.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: float | None) -> None:
+        self.weight, self.bias, self.scale = weight, None if bias is None else bias.detach(), scale
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            hidden = hidden * self.scale
+        logits = torch.nn.functional.linear(hidden, self.weight)
+        return logits + self.bias if self.bias is not None else logits
 
 
 def _first_tensor(value):

@@ -127,7 +127,7 @@ def _add_lora(backbone, config: TechniqueConfig) -> None:
 
 
 def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -> nn.Module:
-    lm = backbone.lm_logits if head_config.task == "lm" else None
+    lm = backbone.lm_head() if head_config.task == "lm" else None
     head = Head(head_config, backbone.hidden_size, backbone.family, lm)
     head.to(next(backbone.model.parameters()).dtype)
     if technique.name == "parallel":
