@@ -59,7 +59,7 @@ class BlockStyle:
 
 
 def _linear(module: nn.Module) -> Projection:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or hasattr(module, "qweight"):  # nn.Linear or pac.quant.QuantizedLinear
         return Projection(module.weight.detach(), None if module.bias is None else module.bias.detach())
     # transformers' Conv1D (GPT-2): weight is [in, out]
     return Projection(module.weight.detach().t(), module.bias.detach())

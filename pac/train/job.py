@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,12 +11,16 @@ from pathlib import Path
 import torch
 
 from pac.adapter import save_adapter
+from pac.cache import ActivationCache
+from pac.cache.codec import check_precision
 from pac.data.batching import encode_example
 from pac.data.readers import infer_task, read_examples
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
+from pac.quant import QUANTIZATIONS, quantize_backbone
 from pac.techniques.build import ParallelAdaptersModel, TechniqueConfig, build_model, trainable_parameters
+from pac.train.cached import CachedStates, cache_key_for
 from pac.train.loop import TrainConfig, evaluate, train
 
 
@@ -32,10 +37,24 @@ class FinetuneJob:
     train_limit: int | None = None  # use only the first N training examples (after a seeded shuffle)
     eval_limit: int | None = None
     output_dir: str | None = None
+    quantization: str = "none"  # of the frozen backbone's linear layers: none | int8 | int4
+    cache_precision: str | None = None  # activation cache: fp32 | fp16 | bf16 | int8; None: no cache
+    cache_dir: str | None = None  # default: $PAC_CACHE_DIR or ~/.cache/pac/activations
+    keep_cache: bool = False  # keep the cache after the job (a later job on the same data reuses it)
 
     def __post_init__(self) -> None:
         if self.seq_len < 4:
             raise ConfigError(f"seq_len must be >= 4, got {self.seq_len}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.cache_precision is not None:
+            check_precision(self.cache_precision)
+            if self.technique.name != "parallel":
+                raise ConfigError("the activation cache needs technique 'parallel' (others train the backbone)")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PAC_CACHE_DIR") or Path.home() / ".cache" / "pac" / "activations")
 
 
 def _subset(examples: list, limit: int | None, seed: int) -> list:
@@ -46,9 +65,16 @@ def _subset(examples: list, limit: int | None, seed: int) -> list:
     return shuffled[:limit]
 
 
+def _load(job: FinetuneJob):
+    backbone = load_backbone(job.model, seed=job.train.seed)
+    fingerprint = backbone.fingerprint() if job.cache_precision else None  # of the unquantised weights
+    quantize_backbone(backbone, job.quantization)
+    return backbone, fingerprint
+
+
 def run_job(job: FinetuneJob, log=print) -> dict:
     torch.manual_seed(job.train.seed)
-    backbone = load_backbone(job.model, seed=job.train.seed)
+    backbone, fingerprint = _load(job)
     train_examples = _subset(read_examples(job.train_file), job.train_limit, job.train.seed)
     eval_examples = _subset(read_examples(job.eval_file), job.eval_limit, job.train.seed) if job.eval_file else []
     task = job.task or infer_task(train_examples)
@@ -68,14 +94,30 @@ def run_job(job: FinetuneJob, log=print) -> dict:
             log(f"  epoch {info.epoch + 1} step {info.step}/{info.total_steps} loss {info.loss:.4f} "
                 f"{info.samples_per_s:.1f} samples/s")
 
-    result = train(model, train_items, task, backbone.tokenizer.pad_token_id, job.train,
-                   evaluate_on=eval_items or None, on_step=on_step)
-    final = evaluate(model, eval_items, task, backbone.tokenizer.pad_token_id) if eval_items else {}
+    states = cache = None
+    if job.cache_precision:
+        key = cache_key_for(backbone, model.side.spec, job.quantization, fingerprint)
+        cache = ActivationCache(job.cache_dir or default_cache_dir(), key, job.cache_precision, keep=job.keep_cache)
+        states = CachedStates(cache, load_backbone=lambda: _load(job)[0])
+        log(f"activation cache {cache.directory} ({job.cache_precision}, {len(cache)} records found)")
+    pad_id = backbone.tokenizer.pad_token_id
+    del backbone  # the model holds it while it is needed; from the cache it is released
+    try:
+        result = train(model, train_items, task, pad_id, job.train, evaluate_on=eval_items or None,
+                       on_step=on_step, states=states)
+        final = evaluate(model, eval_items, task, pad_id, states=states) if eval_items else {}
+        cache_info = None if cache is None else {**cache.manifest(), "backbone_runs": states.backbone_runs,
+                                                 "cache_batches": states.cache_reads,
+                                                 "corrupt_records": cache.corrupt_found}
+    finally:
+        if cache is not None:
+            cache.close()
     metrics = {
         "job": {**asdict(job), "technique": asdict(job.technique), "train": asdict(job.train)},
         "task": task, "trainable_params": n_trainable, "train_examples": len(train_items),
         "eval_examples": len(eval_items), "epoch_times_s": result.epoch_times_s,
         "final_loss": result.losses[-1], "eval_history": result.eval_history, "eval": final,
+        "cache": cache_info,
     }
     if job.output_dir:
         out = Path(job.output_dir)

@@ -70,7 +70,9 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
 
 def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConfig,
           evaluate_on: list[Encoded] | None = None,
-          on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+          on_step: Callable[[StepInfo], None] | None = None, states=None) -> TrainResult:
+    """Train `model`; with `states` (a pac.train.cached.CachedStates) Parallel Adapters read the
+    activation cache, and the backbone is released once every training sample is cached."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
@@ -81,10 +83,12 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
     for epoch in range(config.epochs):
         model.train()
         started = time.perf_counter()
+        if states is not None and model.backbone is not None and states.all_cached(items):
+            states.release_backbone(model)
         for group in batches(items, config.batch_size, generator):
             batch = to_device(collate(group, pad_id, task), device)
             tick = time.perf_counter()
-            loss = model(batch).loss
+            loss = (states.forward(model, group, batch) if states is not None else model(batch)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
@@ -97,18 +101,20 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
                                  len(group) / (time.perf_counter() - tick)))
         result.epoch_times_s.append(time.perf_counter() - started)
         if evaluate_on:
-            result.eval_history.append({"epoch": epoch + 1, **evaluate(model, evaluate_on, task, pad_id)})
+            result.eval_history.append({"epoch": epoch + 1, **evaluate(model, evaluate_on, task, pad_id,
+                                                                       states=states)})
     return result
 
 
 @torch.no_grad()
-def evaluate(model, items: list[Encoded], task: str, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model, items: list[Encoded], task: str, pad_id: int, batch_size: int = 64,
+             states=None) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     predictions, targets, losses, tokens = [], [], 0.0, 0
     for group in batches(items, batch_size, None):
         batch = to_device(collate(group, pad_id, task), device)
-        out = model(batch)
+        out = states.forward(model, group, batch) if states is not None else model(batch)
         if task == "lm":
             count = out.logits.shape[0]
             losses += out.loss.item() * count

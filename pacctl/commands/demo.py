@@ -34,8 +34,10 @@ def command(model, epochs, learning_rate, questions, output_dir) -> None:
         result = run_job(job, log=lambda line: click.echo(line, err=True))
     except PacError as error:
         raise click.ClickException(str(error)) from error
+    from pac.models.backbone import load_backbone
+
     tuned = result["model"]
-    backbone = tuned.backbone
+    backbone = tuned.backbone or load_backbone(model)  # released after epoch 1 when training from the cache
     scores = {"untuned": 0, "tuned": 0}
     asked = heldout_questions(questions)
     rows = []
