@@ -80,10 +80,11 @@ def run_job(job: FinetuneJob, log=print) -> dict:
     task = job.task or infer_task(train_examples)
     labels = {e.label for e in train_examples if e.label is not None}
     num_labels = job.num_labels or (max(labels) + 1 if labels else 2)
-    encode = lambda examples: [  # noqa: E731
-        encode_example(e, backbone.tokenizer, task, backbone.family, job.seq_len, i) for i, e in enumerate(examples)
-    ]
-    train_items, eval_items = encode(train_examples), encode(eval_examples)
+    tokenizer, family = backbone.tokenizer, backbone.family
+    train_items, eval_items = (
+        [encode_example(e, tokenizer, task, family, job.seq_len, i) for i, e in enumerate(examples)]
+        for examples in (train_examples, eval_examples)
+    )
     model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=num_labels))
     n_trainable = sum(p.numel() for p in trainable_parameters(model))
     log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
@@ -100,7 +101,7 @@ def run_job(job: FinetuneJob, log=print) -> dict:
         cache = ActivationCache(job.cache_dir or default_cache_dir(), key, job.cache_precision, keep=job.keep_cache)
         states = CachedStates(cache, load_backbone=lambda: _load(job)[0])
         log(f"activation cache {cache.directory} ({job.cache_precision}, {len(cache)} records found)")
-    pad_id = backbone.tokenizer.pad_token_id
+    pad_id = tokenizer.pad_token_id
     del backbone  # the model holds it while it is needed; from the cache it is released
     try:
         result = train(model, train_items, task, pad_id, job.train, evaluate_on=eval_items or None,
