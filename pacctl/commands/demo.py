@@ -28,7 +28,8 @@ def command(model, epochs, learning_rate, questions, output_dir) -> None:
 
     started = time.perf_counter()
     job = FinetuneJob(model=model, train_file=str(TRAIN_FILE), task="lm", seq_len=96,
-                      technique=TechniqueConfig("parallel"), output_dir=output_dir,
+                      technique=TechniqueConfig("parallel"), output_dir=output_dir, cache_precision="fp16",
+                      cache_dir=str(Path(output_dir) / "cache"),
                       train=TrainConfig(epochs=epochs, batch_size=8, learning_rate=learning_rate))
     try:
         result = run_job(job, log=lambda line: click.echo(line, err=True))

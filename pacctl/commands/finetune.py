@@ -27,11 +27,19 @@ from pac.errors import PacError
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
 @click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
 @click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
+@click.option("--quantization", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="Weight-only quantisation of the frozen backbone's linear layers.")
+@click.option("--cache", "cache_precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+              help="Activation cache precision (parallel only): epochs after the first skip the backbone.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where the cache lives [default: $PAC_CACHE_DIR or ~/.cache/pac/activations].")
+@click.option("--keep-cache", is_flag=True, help="Keep the cache after the job, for later jobs on the same data.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, technique, task, epochs, batch_size, seq_len, learning_rate,
-            reduction_factor, train_limit, eval_limit, seed, output_dir) -> None:
+            reduction_factor, train_limit, eval_limit, quantization, cache_precision, cache_dir, keep_cache,
+            seed, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
@@ -45,9 +53,14 @@ def command(model, train_file, eval_file, technique, task, epochs, batch_size, s
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique]),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
+            quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
         )
         metrics = run_job(job, log=lambda line: click.echo(line, err=True))
     except PacError as error:
         raise click.ClickException(str(error)) from error
     metrics.pop("model")
-    click.echo(json.dumps({"eval": metrics["eval"], "epoch_times_s": metrics["epoch_times_s"]}, indent=2))
+    summary = {"eval": metrics["eval"], "epoch_times_s": metrics["epoch_times_s"]}
+    if metrics["cache"]:
+        summary["cache"] = {k: metrics["cache"][k] for k in ("records", "record_bytes", "backbone_runs",
+                                                             "cache_batches", "corrupt_records")}
+    click.echo(json.dumps(summary, indent=2))
