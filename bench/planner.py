@@ -4,14 +4,17 @@ pipeline-only (like Eco-FL) and data-only (like EDDL) on synthetic paper-like ho
     .venv/bin/python -m bench.planner --layers 24,48,96 --devices 4,8,16 --json bench/results/planner.json
 
 Homes: mixes of 4 GB and 8 GB Jetson-class boards of unequal speed on 1 Gbit/s links
-(pac/planner/synthetic.py); the mini-batch holds as many samples as there are devices, as in the paper's
-scaling experiment (§6). Epoch times are phase 1 (epoch 1, no cache) for every strategy, simulated by
+(pac/planner/synthetic.py: batch-1 layer times modelled, their growth with the batch measured on real
+layers). Every home is planned at each mini-batch size of --batch-sizes: "n" is as many samples as devices
+(the paper's §6.4 comparison with Eco-FL, the headline), integers are fixed sizes (the paper's other
+experiments use 16). Epoch times are phase 1 (epoch 1, no cache) for every strategy, simulated by
 pac/planner/simulator.py; the modelled numbers are not measurements of real boards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -21,11 +24,25 @@ from bench.common import write_report
 from pac.planner.errors import InfeasibleError
 from pac.planner.job import TrainingJob
 from pac.planner.planner import plan_job
-from pac.planner.synthetic import synthetic_home
+from pac.planner.synthetic import BATCH_SCALING, MEASURED_BATCHES, synthetic_home
+
+PAPER_SPEEDUP = 1.4  # the paper's smallest throughput gain over Eco-FL (§6.4: 1.40x to 1.85x)
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _batches(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    for value in values:
+        if value != "n" and not (value.isdigit() and int(value) > 0):
+            raise argparse.ArgumentTypeError(f"batch size {value!r}: a positive integer or n (= devices)")
+    return values
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def _epoch(home, job, strategy: str) -> float | None:
@@ -35,30 +52,40 @@ def _epoch(home, job, strategy: str) -> float | None:
         return None
 
 
-def run_case(layers: int, devices: int, seed: int, args: argparse.Namespace) -> dict:
+def run_case(layers: int, devices: int, seed: int, batch: str, args: argparse.Namespace) -> dict:
     home = synthetic_home(layers, devices, seed=seed, latency_s=args.latency_s)
-    job = TrainingJob(samples=args.samples, batch_size=devices * args.batch_per_device, epochs=args.epochs)
-    times = []
+    batch_size = devices if batch == "n" else int(batch)
+    job = TrainingJob(samples=args.samples, batch_size=batch_size, epochs=args.epochs)
+    times, cpu_times = [], []
     result = None
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = plan_job(home, job)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     assert result is not None
     plan = result.plan
     pipeline = _epoch(home, job, "pipeline-only")
+    best_order = _epoch(home, job, "pipeline-best-order")
+    data = _epoch(home, job, "data-only")
     row = {
         "layers": layers, "devices": devices, "seed": seed,
         "device_kinds": sorted(d.name.rsplit("-", 1)[0] for d in home.devices),
-        "batch_size": job.batch_size,
+        "batch_setting": batch, "batch_size": job.batch_size,
         "plan_time_s": min(times),
         "plan_time_median_s": statistics.median(times),
+        # CPU seconds of the planning run (single-threaded): what it costs without other processes.
+        "plan_cpu_time_s": min(cpu_times),
         "epoch_time_s": plan.phase1.epoch_s,
         "pipeline_only_epoch_time_s": pipeline,
-        "pipeline_best_order_epoch_time_s": _epoch(home, job, "pipeline-best-order"),
-        "data_only_epoch_time_s": _epoch(home, job, "data-only"),
+        "pipeline_best_order_epoch_time_s": best_order,
+        "data_only_epoch_time_s": data,
         "single_device_epoch_time_s": _epoch(home, job, "single-device"),
-        "speedup_vs_pipeline_only": pipeline / plan.phase1.epoch_s if pipeline else None,
+        "speedup_vs_pipeline_only": _ratio(pipeline, plan.phase1.epoch_s),
+        "speedup_vs_pipeline_best_order": _ratio(best_order, plan.phase1.epoch_s),
+        "speedup_vs_data_only": _ratio(data, plan.phase1.epoch_s),
+        # Share of our simulated mini-batch spent after the last backward, in side-gradient AllReduce.
+        "allreduce_tail_fraction": _allreduce_tail(result),
         "estimated_minibatch_s": plan.phase1.estimated_minibatch_s,
         "simulated_minibatch_s": plan.phase1.minibatch_s,
         "total_time_s": plan.total_s,
@@ -69,7 +96,35 @@ def run_case(layers: int, devices: int, seed: int, args: argparse.Namespace) -> 
     return row
 
 
-def draw(rows: list[dict], path: Path) -> None:
+def _allreduce_tail(result) -> float:
+    events = result.simulation.events
+    end = result.simulation.minibatch_s
+    compute_end = max((e.end for e in events if e.kind in ("F", "B")), default=0.0)
+    return (end - compute_end) / end if end > 0 else 0.0
+
+
+def summarise(rows: list[dict], batches: list[str]) -> dict:
+    """Per mini-batch setting: speedups over homes (mean, min, max) and the slowest planning time."""
+    out = {}
+    for batch in batches:
+        mine = [r for r in rows if r["batch_setting"] == batch]
+        entry: dict = {"homes": len(mine)}
+        for key in ("speedup_vs_pipeline_only", "speedup_vs_pipeline_best_order", "allreduce_tail_fraction"):
+            values = [r[key] for r in mine if r[key] is not None]
+            if values:
+                entry[key] = {"mean": round(statistics.mean(values), 3), "min": round(min(values), 3),
+                              "max": round(max(values), 3)}
+        big = [r for r in mine if (r["layers"], r["devices"]) == (96, 16)]
+        entry["slowest_plan_time_s"] = round(max(r["plan_time_s"] for r in mine), 3)
+        entry["slowest_plan_cpu_time_s"] = round(max(r["plan_cpu_time_s"] for r in mine), 3)
+        if big:
+            entry["plan_time_96_layers_16_devices_s"] = round(max(r["plan_time_s"] for r in big), 3)
+            entry["plan_cpu_time_96_layers_16_devices_s"] = round(max(r["plan_cpu_time_s"] for r in big), 3)
+        out[batch] = entry
+    return out
+
+
+def draw(rows: list[dict], batches: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,30 +132,50 @@ def draw(rows: list[dict], path: Path) -> None:
 
     cases = sorted({(r["layers"], r["devices"]) for r in rows})
     labels = [f"{layer}L/{dev}D" for layer, dev in cases]
+    headline = batches[0]
+
+    def of(case: tuple[int, int], batch: str) -> list[dict]:
+        return [r for r in rows if (r["layers"], r["devices"]) == case and r["batch_setting"] == batch]
 
     def mean(key: str, case: tuple[int, int]) -> float:
-        values = [r[key] for r in rows if (r["layers"], r["devices"]) == case and r[key] is not None]
+        values = [r[key] for r in of(case, headline) if r[key] is not None]
         return statistics.mean(values) if values else 0.0
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    x = range(len(cases))
-    left.bar(x, [max(r["plan_time_s"] for r in rows if (r["layers"], r["devices"]) == c) for c in cases],
-             color="#4C72B0")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 4.8))
+    x = list(range(len(cases)))
+    for k, (key, name) in enumerate([("plan_time_s", "wall (shared CPU)"), ("plan_cpu_time_s", "CPU")]):
+        left.bar([i + (k - 0.5) * 0.4 for i in x],
+                 [max(r[key] for r in rows if (r["layers"], r["devices"]) == c) for c in cases], 0.4, label=name)
     left.axhline(1.0, color="#C44E52", linestyle="--", label="1 s target")
-    left.set_xticks(list(x), labels, rotation=45)
-    left.set_ylabel("planning wall time, s (worst home)")
+    left.set_xticks(x, labels, rotation=45)
+    left.set_ylabel("planning time, s (worst home and batch)")
     left.set_title("planning time")
     left.legend()
     width = 0.27
     for k, (key, name, colour) in enumerate([("epoch_time_s", "PAC plan", "#4C72B0"),
                                               ("pipeline_only_epoch_time_s", "pipeline-only", "#DD8452"),
                                               ("data_only_epoch_time_s", "data-only (0 = OOM)", "#55A868")]):
-        right.bar([i + (k - 1) * width for i in x], [mean(key, c) / 60 for c in cases], width, label=name,
-                  color=colour)
-    right.set_xticks(list(x), labels, rotation=45)
-    right.set_ylabel("simulated epoch-1 time, min (mean over homes)")
-    right.set_title("epoch time on synthetic heterogeneous homes")
-    right.legend()
+        middle.bar([i + (k - 1) * width for i in x], [mean(key, c) / 60 for c in cases], width, label=name,
+                   color=colour)
+    middle.set_xticks(x, labels, rotation=45)
+    middle.set_ylabel("simulated epoch-1 time, min (mean over homes)")
+    middle.set_title(f"epoch time, mini-batch = {'devices' if headline == 'n' else headline}")
+    middle.legend()
+    width = 0.8 / len(batches)
+    for k, batch in enumerate(batches):
+        values = [[r["speedup_vs_pipeline_only"] for r in of(c, batch) if r["speedup_vs_pipeline_only"]]
+                  for c in cases]
+        centre = [statistics.mean(v) if v else 0.0 for v in values]
+        low = [m - min(v) if v else 0.0 for m, v in zip(centre, values, strict=True)]
+        high = [max(v) - m if v else 0.0 for m, v in zip(centre, values, strict=True)]
+        right.bar([i + (k - (len(batches) - 1) / 2) * width for i in x], centre, width, yerr=[low, high],
+                  capsize=2, label=f"mini-batch {'= devices' if batch == 'n' else batch}")
+    right.axhline(PAPER_SPEEDUP, color="#C44E52", linestyle="--", label=f"{PAPER_SPEEDUP}x (paper, vs Eco-FL)")
+    right.axhline(1.0, color="black", linewidth=0.8)
+    right.set_xticks(x, labels, rotation=45)
+    right.set_ylabel("throughput vs pipeline-only (mean, min-max)")
+    right.set_title("speedup over pipeline-only")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -113,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="homes per (layers, devices) case")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-per-device", type=int, default=1)
+    parser.add_argument("--batch-sizes", type=_batches, default=["n", "16", "32"],
+                        help="mini-batch sizes, n = as many as devices; the first is the headline")
     parser.add_argument("--latency-s", type=float, default=0.002, help="per-message link latency")
     parser.add_argument("--repeat", type=int, default=3, help="planning runs per home (the minimum is kept)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/planner.json"))
@@ -121,26 +197,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load_at_start = os.getloadavg()
     rows = []
-    for layers in args.layers:
-        for devices in args.devices:
-            for seed in range(args.seeds):
-                row = run_case(layers, devices, seed, args)
-                rows.append(row)
-                print(f"{layers:3d} layers {devices:2d} devices seed {seed}: plan {row['plan_time_s']:.3f} s, "
-                      f"epoch {row['epoch_time_s']:.0f} s vs pipeline-only {row['pipeline_only_epoch_time_s']} "
-                      f"data-only {row['data_only_epoch_time_s']}", flush=True)
+    for batch in args.batch_sizes:
+        for layers in args.layers:
+            for devices in args.devices:
+                for seed in range(args.seeds):
+                    row = run_case(layers, devices, seed, batch, args)
+                    rows.append(row)
+                    print(f"batch {row['batch_size']:2d} {layers:3d} layers {devices:2d} devices seed {seed}: plan "
+                          f"{row['plan_time_s']:.3f} s, epoch {row['epoch_time_s']:.0f} s, "
+                          f"x{row['speedup_vs_pipeline_only']:.2f} vs pipeline-only "
+                          f"({row['pipeline_only_epoch_time_s']:.0f} s)", flush=True)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "png")}
-    config["home"] = "pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links"
+    config["home"] = ("pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links, "
+                      "16-bit backbone, fp32 side-network gradients AllReduced every mini-batch")
+    config["batch_scaling"] = {"batches": list(MEASURED_BATCHES), **BATCH_SCALING,
+                               "source": 'time(b)/time(1) of pac.profiling.measure("minilm", ..., 128), '
+                                         "medians of 3 CPU runs (see pac/planner/synthetic.py)"}
+    config["batch_sizes_meaning"] = ("n = devices (paper §6.4, the comparison with Eco-FL; headline); "
+                                     "integers are fixed mini-batch sizes (paper §3-§6.3 use 16)")
     # Planning times are wall times on a shared machine: record how busy it was.
     config["load_average_1_5_15_at_start"] = [round(x, 2) for x in load_at_start]
     config["load_average_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    config["batch_size"] = "devices * batch_per_device (paper §6: batch size equals the number of devices)"
-    write_report(args.json, "planner", config, rows)
-    draw(rows, args.png or args.json.with_suffix(".png"))
-    speedups = [r["speedup_vs_pipeline_only"] for r in rows if r["speedup_vs_pipeline_only"]]
-    worst = max(r["plan_time_s"] for r in rows)
-    print(f"mean speedup vs pipeline-only {statistics.mean(speedups):.2f}x over {len(speedups)} homes "
-          f"(min {min(speedups):.2f}, max {max(speedups):.2f}); slowest planning {worst:.3f} s")
+    summary = summarise(rows, args.batch_sizes)
+    report = write_report(args.json, "planner", config, rows)
+    report["summary"] = summary
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    draw(rows, args.batch_sizes, args.png or args.json.with_suffix(".png"))
+    for batch, entry in summary.items():
+        speed = entry.get("speedup_vs_pipeline_only", {})
+        print(f"mini-batch {'= devices' if batch == 'n' else batch}: speedup vs pipeline-only mean "
+              f"{speed.get('mean')}x (min {speed.get('min')}, max {speed.get('max')}) over {entry['homes']} homes; "
+              f"planning 96 layers x 16 devices {entry.get('plan_time_96_layers_16_devices_s')} s wall, "
+              f"{entry.get('plan_cpu_time_96_layers_16_devices_s')} s CPU (slowest of all: "
+              f"{entry['slowest_plan_time_s']} s wall, {entry['slowest_plan_cpu_time_s']} s CPU)")
     return 0
 
 

@@ -124,3 +124,51 @@ def test_profile_file_round_trip_and_errors(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ProfileError, match="not JSON"):
         load_home(path)
+
+
+def test_synthetic_times_grow_with_the_batch_as_measured() -> None:
+    from pac.planner.synthetic import BATCH_SCALING, MEASURED_BATCHES, NANO, device_for, transformer_model
+
+    model = transformer_model(2)
+    device = device_for(model, NANO, "nano")
+    assert device.batch_sizes == MEASURED_BATCHES
+    for shape in BATCH_SCALING.values():
+        assert len(shape) == len(MEASURED_BATCHES) and shape[0] == 1.0
+        assert all(a < b for a, b in zip(shape, shape[1:], strict=False))
+    backward = device.backward_s[0]
+    assert [b / backward[0] for b in backward] == pytest.approx(BATCH_SCALING["side_backward"])
+    # Forward is backbone + side block: its growth lies between theirs, dominated by the backbone.
+    forward = [f / device.forward_s[0][0] for f in device.forward_s[0]]
+    for ratio, a, b in zip(forward, BATCH_SCALING["backbone_forward"], BATCH_SCALING["side_forward"], strict=True):
+        assert min(a, b) - 1e-9 <= ratio <= max(a, b) + 1e-9
+        assert abs(ratio - a) < abs(ratio - b) or a == b
+    # Batch 1 is FLOPs over the device's rate at 1.5 sample-equivalents, plus the per-call overhead.
+    flops = 2.0 * (model.layer_params[0] + model.side_layer_params[0]) * model.seq_len
+    assert device.forward_s[0][0] == pytest.approx(NANO.overhead_s + 1.5 * flops / (NANO.tflops * 1e12))
+
+
+def test_chosen_plan_is_the_fastest_simulated_of_the_shortlist() -> None:
+    from pac.planner.baselines import candidates
+    from pac.planner.planner import SIMULATED_CANDIDATES
+    from pac.planner.simulator import simulate_phase1
+
+    home = synthetic_home(24, 4, seed=0)
+    job = TrainingJob(samples=256, batch_size=32)
+    cost = CostModel(home, job)
+    shortlist = candidates(cost, "pac")[:SIMULATED_CANDIDATES]
+    assert len(shortlist) == SIMULATED_CANDIDATES
+    best = min(simulate_phase1(cost, p).minibatch_s for p in shortlist)
+    assert plan_job(home, job).plan.phase1.minibatch_s <= best + 1e-12
+
+
+@pytest.mark.parametrize("layers,devices,seed,batch", [(24, 4, 0, 32), (24, 8, 1, 8), (48, 6, 2, 12)])
+def test_pac_never_loses_to_the_simulated_baselines(layers: int, devices: int, seed: int, batch: int) -> None:
+    home = synthetic_home(layers, devices, seed=seed)
+    job = TrainingJob(samples=256, batch_size=batch)
+    ours = plan_job(home, job).plan.phase1.minibatch_s
+    for strategy in ("pipeline-only", "data-only"):
+        try:
+            other = plan_job(home, job, strategy).plan.phase1.minibatch_s
+        except InfeasibleError:
+            continue
+        assert ours <= other + 1e-12

@@ -1,0 +1,42 @@
+"""bench.planner: mini-batch settings, the per-setting summary, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from bench import planner as bench
+
+
+def test_batch_sizes_parse_n_and_integers() -> None:
+    assert bench._batches("n, 16,32") == ["n", "16", "32"]
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integer or n"):
+        bench._batches("n,0")
+
+
+def test_summary_per_batch_setting() -> None:
+    def row(batch: str, speedup: float, layers: int = 96, devices: int = 16) -> dict:
+        return {"batch_setting": batch, "layers": layers, "devices": devices, "plan_time_s": 0.5,
+                "plan_cpu_time_s": 0.4, "speedup_vs_pipeline_only": speedup,
+                "speedup_vs_pipeline_best_order": None, "allreduce_tail_fraction": 0.1}
+
+    summary = bench.summarise([row("n", 1.0), row("n", 1.5, 24, 4), row("16", 2.0)], ["n", "16"])
+    assert summary["n"]["speedup_vs_pipeline_only"] == {"mean": 1.25, "min": 1.0, "max": 1.5}
+    assert summary["n"]["homes"] == 2 and summary["16"]["homes"] == 1
+    assert summary["n"]["plan_cpu_time_96_layers_16_devices_s"] == 0.4
+    assert "speedup_vs_pipeline_best_order" not in summary["n"]
+
+
+def test_tiny_run_writes_report_and_chart(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "planner.json"
+    assert bench.main(["--layers", "4", "--devices", "2", "--seeds", "1", "--repeat", "1",
+                       "--batch-sizes", "n,4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["batch_size"] for r in report["rows"]] == [2, 4]
+    assert set(report["summary"]) == {"n", "4"}
+    assert report["config"]["batch_scaling"]["batches"] == [1, 2, 4, 8, 16, 32]
+    assert all(r["speedup_vs_pipeline_only"] >= 1.0 - 1e-9 for r in report["rows"])
+    assert out.with_suffix(".png").exists()
