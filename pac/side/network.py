@@ -70,13 +70,15 @@ class SideSpec:
         return cls(**data)
 
 
-def _side_heads(heads: int, width: int, rope: bool) -> tuple[int, int]:
-    """Keep as many heads as the backbone when the width allows, else the most that divide it."""
-    for count in range(min(heads, width), 0, -1):
-        head_dim = width // count
-        if width % count == 0 and head_dim >= 2 and (not rope or head_dim % 2 == 0):
-            return count, head_dim
-    raise ConfigError(f"side width {width} cannot be split into attention heads")
+def _side_heads(heads: int, head_dim: int, width: int, rope: bool) -> tuple[int, int]:
+    """Structural pruning keeps whole heads: as few as hold the width with at most the backbone's head
+    dimension (fewer, wider heads also run far faster than many 2-8 wide ones)."""
+    fewest = max(1, -(-width // head_dim))
+    for count in range(fewest, max(fewest, min(heads, width)) + 1):
+        side_dim = width // count
+        if width % count == 0 and side_dim >= 2 and (not rope or side_dim % 2 == 0):
+            return count, side_dim
+    raise ConfigError(f"side width {width} cannot be split into attention heads of at most {head_dim}")
 
 
 def side_spec(backbone, config: SideConfig) -> SideSpec:
@@ -86,7 +88,7 @@ def side_spec(backbone, config: SideConfig) -> SideSpec:
     d = backbone.hidden_size
     width = max(2, d // k)
     style = block_style(backbone.model_type, backbone.family, backbone.config, backbone.num_heads, d)
-    heads, head_dim = _side_heads(style.num_heads, width, style.rope_theta is not None)
+    heads, head_dim = _side_heads(style.num_heads, style.head_dim, width, style.rope_theta is not None)
     width = heads * head_dim
     first = layer_weights(backbone.model_type, backbone.stacks[0][0])
     stack_sizes = tuple(len(stack) for stack in backbone.stacks)
