@@ -12,7 +12,9 @@ whole peak. On CUDA, `torch.cuda.max_memory_allocated` is reported instead.
 
 Classification rows use a sequence-classification head on MRPC sentence pairs; with --lm-rows, rows
 for the language-model head on the built-in chat data follow, where the frozen LM head is applied only
-at the positions that carry loss. Batches are padded to exactly --seq-len tokens.
+at the positions that carry loss. Every sample is exactly --seq-len real tokens (bench/samples.py).
+Times are wall-clock; `cpu_time_per_sample_s` (process CPU time) is reported beside them because a
+shared machine inflates wall time unevenly.
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ from pathlib import Path
 from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes, write_report
 
 DEFAULT_CLASSIFICATION_DATA = "../shared/data/mrpc/train.tsv"
-CHAT_DATA = str(Path(__file__).resolve().parent.parent / "pac" / "data" / "household_train.jsonl")
 
 
 def worker(args) -> dict:
     after_imports_pre = rss_bytes()
     import torch
 
-    from pac.data.batching import collate, encode_example, to_device
-    from pac.data.readers import Example, read_examples
+    from bench.samples import chat_samples, classification_samples
+    from pac.data.batching import collate, to_device
     from pac.heads import HeadConfig
     from pac.models.backbone import load_backbone
     from pac.techniques.build import TechniqueConfig, build_model, trainable_parameters
@@ -45,16 +46,11 @@ def worker(args) -> dict:
     device = "cuda" if args.device == "cuda" else "cpu"
     backbone = load_backbone(args.model, device=device)
     head = args.head
+    needed = args.batch_size * (args.steps + 1)
     if head == "lm":
-        examples = read_examples(CHAT_DATA)
-    elif Path(args.data).is_file():
-        examples = read_examples(args.data)
-    else:  # no corpus beside the project: synthetic sentences, same shapes
-        examples = [Example(text=f"sentence {i} " * 20, text_pair=f"other {i} " * 20, label=i % 2) for i in range(64)]
-    items = [encode_example(e, backbone.tokenizer, head if head == "lm" else "classification", backbone.family,
-                            args.seq_len, i) for i, e in enumerate(examples[: args.batch_size * (args.steps + 1)])]
-    while len(items) < args.batch_size * (args.steps + 1):
-        items = items + items
+        items = chat_samples(backbone.tokenizer, args.seq_len, needed)
+    else:
+        items = classification_samples(backbone.tokenizer, backbone.family, args.seq_len, needed, args.data)
     model = build_model(backbone, TechniqueConfig(args.technique), HeadConfig(task=head))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -74,10 +70,12 @@ def worker(args) -> dict:
             torch.cuda.synchronize()
         return value, time.perf_counter() - start
 
+    cpu_start = None
     for step in range(args.steps + 1):
+        if step == 1:
+            cpu_start = time.process_time()
         group = items[step * args.batch_size:(step + 1) * args.batch_size]
-        batch = to_device(collate(group, backbone.tokenizer.pad_token_id, head if head == "lm" else
-                                  "classification", pad_to=args.seq_len), device)
+        batch = to_device(collate(group, backbone.tokenizer.pad_token_id, head), device)
         model.train()
         loss, f = timed(lambda: model(batch).loss)  # noqa: B023
         optimizer.zero_grad(set_to_none=True)
@@ -86,11 +84,13 @@ def worker(args) -> dict:
         if step > 0:  # step 0 warms up (allocator, kernels, optimizer state)
             forward_s, backward_s, step_s = forward_s + f, backward_s + b, step_s + s
     samples = args.steps * args.batch_size
+    cpu_per_sample = (time.process_time() - cpu_start) / samples
     row = {
         "technique": args.technique, "model": args.model, "head": head, "device": device,
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
         "time_per_sample_s": (forward_s + backward_s + step_s) / samples,
         "forward_s": forward_s / samples, "backward_s": backward_s / samples, "optimizer_s": step_s / samples,
+        "cpu_time_per_sample_s": cpu_per_sample,
         "trainable_params": sum(p.numel() for p in params),
         "rss_after_imports_bytes": after_imports, "rss_before_torch_bytes": after_imports_pre,
     }
