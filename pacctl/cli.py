@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "devices",
     "profile",
     "plan",
+    "job",
 ]
 
 
