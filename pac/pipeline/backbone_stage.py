@@ -20,9 +20,7 @@ from torch import nn
 from pac.models.backbone import Backbone, _first_tensor
 from pac.pipeline.errors import PipelineError
 from pac.pipeline.layers import LayerSlice, Segment
-
-HIDDEN = "hidden"  # h of the stage's last layer, when the next stage continues the same stack
-ENCODER_HIDDEN = "encoder_hidden"  # the backbone encoder's final state, which decoder layers cross-attend to
+from pac.pipeline.messages import ENCODER_HIDDEN, HIDDEN
 
 
 class _StopStack(Exception):

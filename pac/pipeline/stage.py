@@ -1,0 +1,147 @@
+"""One replica of one pipeline stage: its backbone slice, its side slice and (last stage) the head.
+
+This is what the daemon's Stage service holds. Per micro-batch it runs `forward` (receiving what the
+previous stage sent) and later `backward` (receiving the gradients the next stage sent); gradients
+accumulate over the mini-batch's micro-batches; then `gradients()` go to the group's AllReduce, the
+pipeline-wide gradient norm is clipped, and `step()` updates the weights.
+
+Loss scaling: the last stage multiplies each micro-batch's mean loss by (its samples or answer tokens) /
+(those of the whole mini-batch), so the sum over micro-batches and replicas (AllReduce sums, it does not
+average) is exactly the gradient of the single-process mini-batch mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pac.heads import Head
+from pac.pipeline.backbone_stage import BackboneStage, StageStates
+from pac.pipeline.errors import PipelineError
+from pac.pipeline.messages import BACKWARD
+from pac.pipeline.side_stage import DELTA, SideSlice
+from pac.pipeline.split import loss_count
+from pac.techniques.build import model_masks
+from pac.train.loop import TrainConfig, make_optimizer
+
+AllReduce = Callable[[list[torch.Tensor]], None]  # in place: each tensor becomes the group's sum
+
+
+class TrainableSlice(nn.Module):
+    """The trained part of a stage, named like `ParallelAdaptersModel` ("side.*", "head.*")."""
+
+    def __init__(self, side: SideSlice, head: Head | None) -> None:
+        super().__init__()
+        self.side, self.head = side, head
+
+
+@dataclass
+class _Pending:
+    """A micro-batch between its forward and its backward."""
+
+    inputs: dict[str, torch.Tensor]  # received tensors that need a gradient (leaves)
+    outputs: dict[str, torch.Tensor]  # sent tensors, still attached to the graph
+    loss: torch.Tensor | None  # last stage: the scaled loss
+
+
+class StageWorker:
+    def __init__(self, backbone: BackboneStage, side: SideSlice, head: Head | None, task: str,
+                 on_states: Callable[[int, Mapping, StageStates], None] | None = None) -> None:
+        if backbone.layers != side.layers:
+            raise PipelineError(f"backbone layers {backbone.layers} and side layers {side.layers} differ")
+        if backbone.layers.is_last and head is None:
+            raise PipelineError("the last stage needs the head")
+        self.backbone, self.task = backbone, task
+        self.module = TrainableSlice(side, head if backbone.layers.is_last else None)
+        self.on_states = on_states  # e.g. write the activation cache: (micro, batch, states)
+        self.pending: dict[int, _Pending] = {}
+        self.optimizer = self.scheduler = None
+
+    @property
+    def layers(self):
+        return self.backbone.layers
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def start(self, config: TrainConfig, total_steps: int) -> None:
+        """AdamW and the learning-rate schedule of pac.train.loop, over this stage's parameters."""
+        torch.manual_seed(config.seed)
+        self.optimizer, self.scheduler = make_optimizer(self.module, config, total_steps)
+        self.module.train()
+
+    def forward(self, micro: int, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
+                loss_total: int) -> dict[str, torch.Tensor]:
+        """Run micro-batch `micro` (this replica's rows); returns what to send on (detached), or on the
+        last stage {"loss": the scaled loss}. `loss_total`: samples or answer tokens of the mini-batch."""
+        if micro in self.pending:
+            raise PipelineError(f"micro-batch {micro} went forward twice before its backward")
+        states = self.backbone.run(batch, inbound)
+        if self.on_states is not None:
+            self.on_states(micro, batch, states)
+        leaves = {k: v.detach().requires_grad_() for k, v in inbound.items() if k in BACKWARD}
+        side_out = self.module.side(states.taps, model_masks(batch, self.module.side.spec.family), leaves)
+        if self.layers.is_last:
+            loss = self._scaled_loss(states.final + side_out[DELTA], batch, loss_total)
+            self.pending[micro] = _Pending(leaves, {}, loss)
+            return {"loss": loss.detach()}
+        outputs = {k: v.view_as(v) if v.grad_fn is None else v for k, v in side_out.items()}
+        self.pending[micro] = _Pending(leaves, outputs, None)
+        return {**states.outbound, **{k: v.detach() for k, v in outputs.items()}}
+
+    def _scaled_loss(self, hidden: torch.Tensor, batch, loss_total: int) -> torch.Tensor:
+        count = loss_count(batch, self.task, self.module.head.family)
+        if count == 0:  # nothing to learn from these rows; keep the graph for the backward pass
+            return hidden.sum() * 0.0
+        return self.module.head(hidden, batch).loss * (count / loss_total)
+
+    def backward(self, micro: int, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Backward of micro-batch `micro` given the gradients of what it sent (none on the last stage);
+        accumulates parameter gradients and returns the gradients to send to the previous stage."""
+        pending = self.pending.pop(micro, None)
+        if pending is None:
+            raise PipelineError(f"backward of micro-batch {micro}, which has not gone forward on this stage")
+        if pending.loss is not None:
+            pending.loss.backward()
+        else:
+            missing = sorted(set(pending.outputs) - set(grads))
+            if missing:
+                raise PipelineError(f"backward of micro-batch {micro} lacks the gradient of {missing}")
+            names = list(pending.outputs)
+            torch.autograd.backward([pending.outputs[k] for k in names], [grads[k] for k in names])
+        return {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in pending.inputs.items()}
+
+    def gradients(self) -> list[torch.Tensor]:
+        """Every parameter's gradient in a fixed order (zeros where a replica had no rows): AllReduce them."""
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in self.parameters()]
+
+    def reduce_gradients(self, allreduce: AllReduce) -> None:
+        allreduce(self.gradients())
+
+    def grad_square_norm(self) -> float:
+        """This stage's share of the squared global gradient norm (after the AllReduce)."""
+        return float(sum(g.double().pow(2).sum() for g in self.gradients()))
+
+    def step(self, clip_coefficient: float = 1.0) -> None:
+        """Scale the gradients (global norm clipping), step AdamW and the schedule, clear the gradients."""
+        if self.optimizer is None:
+            raise PipelineError("stage.start(config, total_steps) must run before the first step")
+        if self.pending:
+            raise PipelineError(f"step with micro-batches {sorted(self.pending)} still waiting for backward")
+        for g in self.gradients():
+            g.mul_(clip_coefficient)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def clip_coefficient(square_norms: list[float], max_norm: float) -> float:
+    """torch.nn.utils.clip_grad_norm_'s factor from every stage's squared norm."""
+    total = sum(square_norms) ** 0.5
+    return min(1.0, max_norm / (total + 1e-6))
