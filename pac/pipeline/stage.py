@@ -59,6 +59,7 @@ class StageWorker:
         self.on_states = on_states  # e.g. write the activation cache: (micro, batch, states)
         self.pending: dict[int, _Pending] = {}
         self.optimizer = self.scheduler = None
+        self.started = False
 
     @property
     def layers(self):
@@ -70,8 +71,10 @@ class StageWorker:
     def start(self, config: TrainConfig, total_steps: int) -> None:
         """AdamW and the learning-rate schedule of pac.train.loop, over this stage's parameters."""
         torch.manual_seed(config.seed)
-        self.optimizer, self.scheduler = make_optimizer(self.module, config, total_steps)
+        if self.parameters():  # a stage whose layers have no side block trains nothing
+            self.optimizer, self.scheduler = make_optimizer(self.module, config, total_steps)
         self.module.train()
+        self.started = True
 
     def forward(self, micro: int, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
                 loss_total: int) -> dict[str, torch.Tensor]:
@@ -130,10 +133,12 @@ class StageWorker:
 
     def step(self, clip_coefficient: float = 1.0) -> None:
         """Scale the gradients (global norm clipping), step AdamW and the schedule, clear the gradients."""
-        if self.optimizer is None:
+        if not self.started:
             raise PipelineError("stage.start(config, total_steps) must run before the first step")
         if self.pending:
             raise PipelineError(f"step with micro-batches {sorted(self.pending)} still waiting for backward")
+        if self.optimizer is None:
+            return
         for g in self.gradients():
             g.mul_(clip_coefficient)
         self.optimizer.step()

@@ -1,0 +1,106 @@
+"""Training through the in-process pipeline equals single-process training (pac.train.loop)."""
+
+import copy
+
+import pytest
+import torch
+
+from pac.data.batching import encode_example
+from pac.data.readers import Example
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.pipeline.build import build_stage, merged_state
+from pac.pipeline.errors import PipelineError
+from pac.pipeline.executor import InProcessPipeline, PipelineConfig, train_pipeline
+from pac.pipeline.layers import even_slices
+from pac.pipeline.transport import LocalGroup, run_members
+from pac.side.network import SideConfig
+from pac.techniques.build import TechniqueConfig, build_model
+from pac.train.loop import TrainConfig, train
+
+
+def training_items(backbone, task, count):
+    if task == "lm":  # answers of different lengths: the loss is a mean over answer tokens
+        examples = [Example(prompt=f"what is {i}?", answer=f"it is {i * 7}" * (1 + i % 3)) for i in range(count)]
+        return [encode_example(e, backbone.tokenizer, "lm", backbone.family, 48) for e in examples]
+    examples = [Example(text=("good " if i % 2 else "bad ") * (1 + i % 3) + f"item{i}", label=i % 2)
+                for i in range(count)]
+    return [encode_example(e, backbone.tokenizer, "classification", backbone.family, 32) for e in examples]
+
+
+def trained(model) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("side.", "head."))}
+
+
+def compare(name, task, stages, shares, config, count, micro_batches=2, side_layers=None):
+    backbone = load_backbone(name)
+    items = training_items(backbone, task, count)
+    model = build_model(backbone, TechniqueConfig("parallel", side_layers=side_layers), HeadConfig(task))
+    initial = copy.deepcopy(trained(model))
+    expected_losses = train(model, items, task, 0, config).losses
+    slices = even_slices(tuple(len(s) for s in backbone.stacks), stages)
+    side = SideConfig(layers=side_layers)
+    workers = [[build_stage(load_backbone(name), piece, side, HeadConfig(task), state=initial)
+                for _ in stage_shares] for piece, stage_shares in zip(slices, shares, strict=True)]
+    pipeline = InProcessPipeline(workers, PipelineConfig(micro_batches, shares, 0, task))
+    losses = train_pipeline(pipeline, items, config)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
+    expected = trained(model)
+    # Every replica of a stage holds the same tensors, equal to one process's. Float sums in another
+    # order differ in the last bits, and AdamW's division by sqrt(v) magnifies that where a gradient
+    # is near zero: 1e-4 against weights that moved by ~4e-2.
+    for stage in workers:
+        for worker in stage:
+            for key, value in worker.module.state_dict().items():
+                torch.testing.assert_close(value, expected[key], rtol=1e-3, atol=1e-4)
+    assert set(merged_state([stage[0] for stage in workers])) == set(expected)
+    moved = max((expected[k] - initial[k]).abs().max().item() for k in expected)
+    assert moved > 1e-3  # training did change the weights: the comparison means something
+
+
+ONE_STEP = TrainConfig(epochs=1, batch_size=6, learning_rate=1e-2, max_grad_norm=0.5)
+SMALL_EPOCH = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-2, max_grad_norm=0.5)
+
+
+@pytest.mark.parametrize("name,task", [("tiny-bert", "classification"), ("tiny-llama", "lm"),
+                                       ("tiny-t5", "lm"), ("tiny-bart", "classification")])
+def test_two_stages_two_replicas_one_step(name, task):
+    compare(name, task, 2, ((1, 1), (1, 1)), ONE_STEP, count=6)
+
+
+@pytest.mark.parametrize("name,task", [("tiny-gpt2", "lm"), ("tiny-t5", "classification")])
+def test_two_stages_two_replicas_small_epoch(name, task):
+    compare(name, task, 2, ((1, 1), (1, 1)), SMALL_EPOCH, count=10)  # last mini-batch is short
+
+
+@pytest.mark.parametrize("name,task", [("tiny-llama", "classification"), ("tiny-bart", "lm")])
+def test_three_stages_one_replica(name, task):
+    compare(name, task, 3, ((1,), (1,), (1,)), SMALL_EPOCH, count=8, micro_batches=3)
+
+
+def test_stage_without_side_blocks_passes_the_side_state_through():
+    compare("tiny-llama", "lm", 3, ((1,), (1, 1), (1,)), ONE_STEP, count=6, side_layers=(0, 2))
+
+
+def test_uneven_replicas_and_shares_reroute_rows():
+    compare("tiny-t5", "lm", 3, ((3, 1), (1,), (1, 2)), ONE_STEP, count=6, micro_batches=2)
+
+
+def test_replica_without_rows_still_joins_the_allreduce():
+    compare("tiny-gpt2", "classification", 2, ((1, 1), (1,)), ONE_STEP, count=6, micro_batches=6)
+
+
+def test_local_group_sums_in_place():
+    group = LocalGroup(3)
+    tensors = [[torch.full((2,), float(rank)), torch.tensor([rank + 1.0])] for rank in range(3)]
+    run_members([lambda r=r: group.member(r)(tensors[r]) for r in range(3)])
+    assert all(torch.equal(t[0], torch.full((2,), 3.0)) and t[1].item() == 6.0 for t in tensors)
+
+
+def test_pipeline_checks_its_shape():
+    worker = build_stage(load_backbone("tiny-bert"), even_slices((3,), 1)[0], SideConfig(),
+                         HeadConfig("classification"))
+    with pytest.raises(PipelineError, match="replicas per stage"):
+        InProcessPipeline([[worker]], PipelineConfig(2, ((1, 1),)))
+    with pytest.raises(PipelineError, match="start"):
+        worker.step()
