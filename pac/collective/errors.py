@@ -1,7 +1,9 @@
 """Errors of collective operations; each names the group, the operation and the rank at fault."""
 
+from pac.errors import PacError
 
-class CollectiveError(RuntimeError):
+
+class CollectiveError(PacError, RuntimeError):
     """An AllReduce that could not complete; the message says which member and what to check."""
 
 
@@ -17,5 +19,5 @@ class GroupMismatch(CollectiveError):
     """Members disagree on the group (size, order) or on the tensors being reduced (dtypes, sizes)."""
 
 
-class InvalidGroup(ValueError):
+class InvalidGroup(PacError, ValueError):
     """A group description that cannot work (empty, duplicate members, rank out of range, bad timeout)."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pac.collective.errors import InvalidGroup
 
+MAX_SEGMENT_BYTES = 4 * 1024 * 1024 - 4096  # the wire's 4 MiB message rule, less room for the other fields
+
 
 @dataclass(frozen=True)
 class RingGroup:
@@ -15,7 +17,7 @@ class RingGroup:
     rank: int  # this member's position in `members`
     members: tuple[str, ...]  # ring order: addresses "host:port" of the daemons; rank r sends to r+1
     step_timeout_s: float = 60.0  # deadline of one AllReduce operation (one training step), seconds
-    segment_bytes: int = 1024 * 1024  # bytes per ring message; smaller pipelines better, larger costs less CPU
+    segment_bytes: int = MAX_SEGMENT_BYTES  # most bytes per ring message (schedule.segment_elements picks the size)
     bucket_bytes: int = 32 * 1024 * 1024  # small tensors are packed into flat buckets of at most this size
     streams: int = 2  # parallel streams per ring link: gRPC's asyncio writes wait a round trip each
 
@@ -32,8 +34,8 @@ class RingGroup:
             )
         if self.step_timeout_s <= 0:
             raise InvalidGroup(f"AllReduce group {self.group_id}: step_timeout_s must be > 0")
-        if not 0 < self.segment_bytes <= 4 * 1024 * 1024 - 4096:
-            raise InvalidGroup(f"AllReduce group {self.group_id}: segment_bytes must be in 1..4190208")
+        if not 0 < self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: segment_bytes must be in 1..{MAX_SEGMENT_BYTES}")
         if not 1 <= self.streams <= 16:
             raise InvalidGroup(f"AllReduce group {self.group_id}: streams must be in 1..16")
         if self.bucket_bytes < 1:

@@ -20,7 +20,7 @@ import torch
 from pac.collective.bucket import BucketPlan, pack, plan_buckets, unpack_into
 from pac.collective.errors import CollectiveError, CollectiveTimeout, GroupMismatch
 from pac.collective.group import RingGroup
-from pac.collective.schedule import partition, ring_steps, segments
+from pac.collective.schedule import partition, ring_steps, segment_elements, segments
 from pac.collective.transport import RingLink, RingMessage, RingTransport
 
 REDUCIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -36,10 +36,12 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
-def _bytes_of(view: torch.Tensor) -> bytes:
+def _bytes_of(view: torch.Tensor) -> memoryview:
+    """The values' bytes, not copied: a chunk sent in the reduce-scatter is next written when the all-gather
+    brings it back, which cannot happen before the next rank has received what is sent here."""
     if view.numel() == 0:
-        return b""
-    return view.view(torch.uint8).numpy().tobytes()
+        return memoryview(b"")
+    return memoryview(view.view(torch.uint8).numpy())
 
 
 def _tensor_of(payload, dtype: torch.dtype, count: int) -> torch.Tensor:
@@ -81,7 +83,7 @@ async def ring_allreduce_flat(
     if n == 1:
         return
     itemsize = flat.element_size()
-    per_segment = max(1, group.segment_bytes // itemsize)
+    per_segment = segment_elements(flat.numel(), n, itemsize, group.segment_bytes)
     chunks = partition(flat.numel(), n)
     steps = ring_steps(group.rank, n)
     last = steps[-1].index

@@ -35,6 +35,22 @@ def segments(start: int, end: int, max_elements: int) -> list[tuple[int, int]]:
     return [(s, min(s + max_elements, end)) for s in range(start, end, max_elements)]
 
 
+SEGMENTS_PER_STEP = 4  # a step's chunk travels in at least this many pieces, so forwarding overlaps receiving
+MIN_SEGMENT_BYTES = 256 * 1024  # below this a message costs more in per-call overhead than it gains in overlap
+
+
+def segment_elements(numel: int, world_size: int, itemsize: int, max_segment_bytes: int) -> int:
+    """Elements per ring message for a bucket of `numel`: the largest chunk in SEGMENTS_PER_STEP pieces,
+    at least MIN_SEGMENT_BYTES and at most max_segment_bytes. Every rank computes the same number.
+
+    Few large messages cost the least CPU per byte (measured: 4 MiB messages take ~15% less than 1 MiB
+    ones at 64 MiB); a small bucket still needs several per step to keep the ring pipelined.
+    """
+    chunk_bytes = -(-numel // max(world_size, 1)) * itemsize
+    wanted = max(MIN_SEGMENT_BYTES, -(-chunk_bytes // SEGMENTS_PER_STEP))
+    return max(1, min(max_segment_bytes, wanted) // itemsize)
+
+
 @dataclass(frozen=True)
 class RingStep:
     """What one rank does at one step of the ring."""

@@ -18,8 +18,10 @@ import grpc
 import torch
 
 from pac.collective import RingGroup, allreduce, allreduce_
+from pac.errors import PacError
 from pac.net import convert
 from pac.net.channels import ChannelFactory, ChannelPool, insecure_channel
+from pac.net.memory import reuse_large_buffers
 from pac.net.ring_inbox import RingInboxes
 from pac.net.ring_transport import GrpcRingTransport
 from pac.net.tensor_inbox import DEFAULT_BUFFER_BYTES, TensorInbox
@@ -29,7 +31,7 @@ from pac.wire import TensorHeader, chunks, encode
 T = TypeVar("T")
 
 
-class SendFailed(RuntimeError):
+class SendFailed(PacError, RuntimeError):
     """A tensor could not be delivered; the message says to whom and why."""
 
 
@@ -42,6 +44,7 @@ class NodeConfig:
 class PeerNode:
     def __init__(self, channel_factory: ChannelFactory = insecure_channel, config: NodeConfig | None = None):
         self.config = config or NodeConfig()
+        reuse_large_buffers()  # ring frames reuse heap pages instead of faulting in fresh ones (pac/net/memory.py)
         self.inbox = TensorInbox(self.config.receive_buffer_bytes)
         self.rings = RingInboxes(self.config.ring_queue_frames)
         self.channels = ChannelPool(channel_factory)

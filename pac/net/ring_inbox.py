@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
+from pac.errors import PacError
+
 OpKey = tuple[str, int]  # (group_id, op_id)
 
 
-class InboxClosed(RuntimeError):
+class InboxClosed(PacError, RuntimeError):
     """The local member finished or gave up on this operation; the stream must stop."""
 
 

@@ -19,9 +19,20 @@ from pac.collective import PeerFailed, RingGroup, RingMessage, RingOpen, check_o
 from pac.net import convert
 from pac.net.channels import ChannelPool
 from pac.net.ring_inbox import Broken, RingInbox, RingInboxes
-from pac.v1 import collective_pb2_grpc
+from pac.v1 import collective_pb2
 
 _DONE = object()
+RING_PUSH = "/pac.v1.Collective/RingPush"
+
+
+def ring_push(channel: grpc.aio.Channel):
+    """The RingPush method with the hand-written frame codec (see pac/net/convert.py) instead of protobuf's."""
+    return channel.stream_unary(
+        RING_PUSH,
+        request_serializer=convert.ring_frame_to_bytes,
+        response_deserializer=collective_pb2.RingAck.FromString,
+        _registered_method=True,
+    )
 
 
 class GrpcRingTransport:
@@ -31,15 +42,15 @@ class GrpcRingTransport:
 
     async def open(self, group: RingGroup, op_id: int, layout: str) -> GrpcRingLink:
         inbox = self.inboxes.get((group.group_id, op_id), group.streams)
-        stub = collective_pb2_grpc.CollectiveStub(self.channels.get(group.members[group.next_rank]))
-        link = GrpcRingLink(self.inboxes, inbox, stub, group, op_id, layout)
+        push = ring_push(self.channels.get(group.members[group.next_rank]))
+        link = GrpcRingLink(self.inboxes, inbox, push, group, op_id, layout)
         link.start()
         return link
 
 
 class GrpcRingLink:
-    def __init__(self, inboxes: RingInboxes, inbox: RingInbox, stub, group: RingGroup, op_id: int, layout: str):
-        self._inboxes, self._inbox, self._stub = inboxes, inbox, stub
+    def __init__(self, inboxes: RingInboxes, inbox: RingInbox, push, group: RingGroup, op_id: int, layout: str):
+        self._inboxes, self._inbox, self._push = inboxes, inbox, push
         self.group, self.op_id, self.layout = group, op_id, layout
         self._where = f"AllReduce op {op_id} of group {group.group_id}"
         self._calls: list = []
@@ -53,13 +64,13 @@ class GrpcRingLink:
     def start(self) -> None:
         group = self.group
         for stream in range(group.streams):
-            call = self._stub.RingPush(timeout=group.step_timeout_s + 5.0)
+            call = self._push(timeout=group.step_timeout_s + 5.0)
             opening = RingOpen(
                 group.group_id, self.op_id, group.rank, group.world_size, self.layout, group.step_timeout_s,
                 stream, group.streams,
             )
             queue: asyncio.Queue = asyncio.Queue(2)
-            queue.put_nowait(convert.open_to_proto(opening))
+            queue.put_nowait(opening)
             self._calls.append(call)
             self._queues.append(queue)
             self._writers.append(asyncio.create_task(self._write_loop(call, queue)))
@@ -90,7 +101,7 @@ class GrpcRingLink:
             raise self._failure
         stream = self._sent % len(self._queues)
         self._sent += 1
-        await self._queues[stream].put(convert.data_to_proto(message))
+        await self._queues[stream].put(message)
 
     async def recv(self) -> RingMessage:
         if not self._opened:

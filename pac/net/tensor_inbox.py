@@ -13,21 +13,22 @@ import math
 
 import torch
 
+from pac.errors import PacError
 from pac.wire import DTYPES, TensorHeader
 
 TensorKey = tuple[str, int, int, str]  # (job_id, step, micro_batch, kind)
 DEFAULT_BUFFER_BYTES = 1024 * 1024 * 1024
 
 
-class BufferFull(RuntimeError):
+class BufferFull(PacError, RuntimeError):
     """The receive buffer could not take a tensor in time."""
 
 
-class DuplicateTensor(RuntimeError):
+class DuplicateTensor(PacError, RuntimeError):
     """A tensor with the same (job, step, micro-batch, kind) is already held or arriving."""
 
 
-class TensorNotReceived(TimeoutError):
+class TensorNotReceived(PacError, TimeoutError):
     """A stage asked for a tensor that did not arrive in time."""
 
 

@@ -10,7 +10,7 @@ import time
 import grpc
 import torch
 
-from pac.collective import CollectiveError, InvalidGroup, RingGroup
+from pac.collective import CollectiveError, InvalidGroup, RingGroup, RingMessage, RingOpen
 from pac.net import convert
 from pac.net.node import PeerNode, node_for
 from pac.net.ring_inbox import InboxClosed
@@ -26,10 +26,9 @@ class CollectiveServicer(collective_pb2_grpc.CollectiveServicer):
         self.node = node
 
     async def RingPush(self, request_iterator, context):
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("frame") != "open":
+        opening = await anext(aiter(request_iterator), None)
+        if not isinstance(opening, RingOpen):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a ring stream must start with a RingOpen frame")
-        opening = convert.open_from_proto(first.open)
         if not opening.group_id or not 0 < opening.timeout_s <= MAX_TIMEOUT_S:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -53,9 +52,9 @@ class CollectiveServicer(collective_pb2_grpc.CollectiveServicer):
         try:
             await inbox.put(opening.stream, opening, deadline)
             async for frame in request_iterator:
-                if frame.WhichOneof("frame") != "data":
-                    raise ValueError("a second RingOpen arrived mid-stream")
-                await inbox.put(opening.stream, convert.data_from_proto(frame.data), deadline)
+                if not isinstance(frame, RingMessage):
+                    raise ValueError("a ring stream carries one RingOpen frame, then only data frames")
+                await inbox.put(opening.stream, frame, deadline)
                 frames += 1
         except InboxClosed as error:
             await context.abort(grpc.StatusCode.ABORTED, f"this member stopped op {opening.op_id}: {error}")
@@ -114,5 +113,19 @@ def _request_tensors(request, group: RingGroup) -> list[torch.Tensor]:
 
 
 def register(server: grpc.aio.Server, daemon: object) -> list[str]:
-    collective_pb2_grpc.add_CollectiveServicer_to_server(CollectiveServicer(node_for(daemon)), server)
+    """Serve pac.v1.Collective; RingPush reads frames with the hand-written codec (pac/net/convert.py)."""
+    servicer = CollectiveServicer(node_for(daemon))
+    handlers = {
+        "RingPush": grpc.stream_unary_rpc_method_handler(
+            servicer.RingPush,
+            request_deserializer=convert.ring_frame_from_bytes,
+            response_serializer=collective_pb2.RingAck.SerializeToString,
+        ),
+        "AllReduce": grpc.unary_unary_rpc_method_handler(
+            servicer.AllReduce,
+            request_deserializer=collective_pb2.AllReduceRequest.FromString,
+            response_serializer=collective_pb2.AllReduceReply.SerializeToString,
+        ),
+    }
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     return [SERVICE_NAME]

@@ -70,6 +70,34 @@ def test_a_member_that_never_joins_fails_the_others_within_the_deadline():
     assert any("deadline" in str(r) for r in results)
 
 
+def test_ring_push_takes_frames_from_a_plain_protobuf_client():
+    """The daemon reads RingFrame by hand; a client that serialises with protobuf must be understood alike."""
+    async def scenario():
+        async with LocalServers(1) as servers:
+            payload = torch.arange(1000, dtype=torch.float32).numpy().tobytes()
+            frames = [
+                collective_pb2.RingFrame(open=collective_pb2.RingOpen(
+                    group_id="g", op_id=3, from_rank=1, world_size=2, layout="L", timeout_s=5.0, stream=0,
+                    streams=1)),
+                collective_pb2.RingFrame(data=collective_pb2.RingData(bucket=0, step=0, segment=0, payload=payload)),
+                collective_pb2.RingFrame(data=collective_pb2.RingData(bucket=0, step=1, segment=4, payload=b"")),
+            ]
+            async with grpc.aio.insecure_channel(servers.addresses[0]) as channel:
+                ack = await collective_pb2_grpc.CollectiveStub(channel).RingPush(iter(frames), timeout=5.0)
+                queue = servers.nodes[0].rings.get(("g", 3), 1).queues[0]
+                received = [queue.get_nowait() for _ in range(3)]
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await collective_pb2_grpc.CollectiveStub(channel).RingPush(iter(frames[1:]), timeout=5.0)
+            return ack, received, refused.value
+
+    ack, (opening, first, second), refused = asyncio.run(scenario())
+    assert ack.frames == 2
+    assert (opening.group_id, opening.op_id, opening.from_rank, opening.streams) == ("g", 3, 1, 1)
+    assert (first.step, first.segment, bytes(first.payload)) == (0, 0, torch.arange(1000.0).numpy().tobytes())
+    assert (second.step, second.segment, bytes(second.payload)) == (1, 4, b"")
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "RingOpen" in refused.details()
+
+
 def _requests(addresses, numel, timeout_s, iterations=1, op_id=10):
     members = tuple(addresses)
     return [

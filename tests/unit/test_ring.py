@@ -123,3 +123,18 @@ def test_bad_groups_are_refused(changes):
     settings.update(changes)
     with pytest.raises(InvalidGroup):
         RingGroup(**settings)
+
+
+def test_segments_are_large_but_every_step_still_pipelines():
+    from pac.collective.group import MAX_SEGMENT_BYTES
+    from pac.collective.schedule import MIN_SEGMENT_BYTES, SEGMENTS_PER_STEP, segment_elements
+
+    mib = 1024 * 1024
+    # 64 MiB of float32 over 4 ranks: 16 MiB chunks in 4 MiB (capped) messages
+    assert segment_elements(16 * mib, 4, 4, MAX_SEGMENT_BYTES) * 4 == MAX_SEGMENT_BYTES // 4 * 4
+    # 16 MiB over 4 ranks: 4 MiB chunks in SEGMENTS_PER_STEP pieces of 1 MiB
+    assert segment_elements(4 * mib, 4, 4, MAX_SEGMENT_BYTES) * 4 == 4 * mib // SEGMENTS_PER_STEP
+    # tiny buckets are not cut below the floor, and an explicit smaller maximum wins
+    assert segment_elements(1000, 4, 4, MAX_SEGMENT_BYTES) * 4 == MIN_SEGMENT_BYTES
+    assert segment_elements(16 * mib, 4, 4, 64) == 16
+    assert segment_elements(10, 3, 2, 1) == 1

@@ -1,8 +1,15 @@
-"""Headers are validated before any byte is trusted; payloads are cut into chunks of at most 4 MiB."""
+"""Headers are validated before any byte is trusted; payloads are cut into chunks of at most 4 MiB; ring frames
+are written and read by hand in exactly protobuf's wire format."""
 
 import pytest
 import torch
 
+from pac.collective import CollectiveError, InvalidGroup, RingMessage, RingOpen
+from pac.errors import PacError
+from pac.net import convert
+from pac.net.node import SendFailed
+from pac.net.tensor_inbox import BufferFull, TensorNotReceived
+from pac.v1 import collective_pb2
 from pac.wire import MAX_CHUNK_BYTES, TensorHeader, WireError, chunks, decode, encode
 from pac.wire.header import PayloadAssembler
 
@@ -68,3 +75,41 @@ def test_assembler_refuses_too_many_or_too_few_bytes():
 def test_decode_refuses_a_payload_of_the_wrong_size():
     with pytest.raises(WireError, match="payload has 3 bytes"):
         decode(_header(), b"abc")
+
+
+# ---- RingFrame's hand-written codec (pac/net/convert.py) must be protobuf's wire format, both ways ----
+
+
+@pytest.mark.parametrize("bucket, step, segment, nbytes", [
+    (0, 0, 0, 0), (0, 0, 0, 4), (1, 5, 300, 3000), (2**31, 6, 2**20, 1 << 20), (0, 3, 0, 4 * 1024 * 1024 - 4096)])
+def test_ring_data_frames_are_exactly_protobufs_bytes(bucket, step, segment, nbytes):
+    values = torch.randn(nbytes // 4)
+    payload = memoryview(values.numpy()).cast("B")
+    ours = convert.ring_frame_to_bytes(RingMessage(bucket, step, segment, payload))
+    theirs = collective_pb2.RingFrame(data=collective_pb2.RingData(
+        bucket=bucket, step=step, segment=segment, payload=bytes(payload))).SerializeToString()
+    assert ours == theirs
+    back = convert.ring_frame_from_bytes(theirs)
+    assert (back.bucket, back.step, back.segment, bytes(back.payload)) == (bucket, step, segment, bytes(payload))
+    assert isinstance(back.payload, memoryview)  # read in place, not copied
+
+
+def test_ring_open_frames_and_unexpected_fields_go_through_protobuf():
+    opening = RingOpen("job/dp", 7, 1, 4, "abcd", 30.0, 1, 2)
+    assert convert.ring_frame_from_bytes(convert.ring_frame_to_bytes(opening)) == opening
+    assert convert.ring_frame_from_bytes(b"") is None
+    # a data frame with its fields out of the usual order still reads the same
+    reordered = b"\x12\x09" + b"\x22\x03abc" + b"\x18\x02" + b"\x08\x01"
+    back = convert.ring_frame_from_bytes(reordered)
+    assert (back.bucket, back.step, back.segment, bytes(back.payload)) == (1, 0, 2, b"abc")
+
+
+def test_a_truncated_ring_frame_is_a_wire_error():
+    frame = convert.ring_frame_to_bytes(RingMessage(1, 2, 3, b"x" * 100))
+    with pytest.raises(WireError, match="not a RingFrame"):
+        convert.ring_frame_from_bytes(frame[:-10])
+
+
+@pytest.mark.parametrize("error", [WireError, CollectiveError, InvalidGroup, SendFailed, BufferFull, TensorNotReceived])
+def test_errors_of_this_layer_are_pac_errors(error):
+    assert issubclass(error, PacError)
