@@ -103,10 +103,11 @@ async def send_encoded(
         await call.done_writing()
         await call
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-        if isinstance(error, grpc.aio.AioRpcError):
+        # A write that races the receiver's abort can fail with a transport error (INTERNAL) while the
+        # call itself ended with the receiver's status: report the call's status when it has one.
+        code, details = await call.code(), await call.details()
+        if isinstance(error, grpc.aio.AioRpcError) and code in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
             code, details = error.code(), error.details()
-        else:
-            code, details = await call.code(), await call.details()
         raise SendFailed(
             f"sending tensor {header.key_text()} to {target} failed ({code.name}): {details}"
         ) from None

@@ -20,9 +20,30 @@ SERVICE_NAME = "pac.v1.TensorStream"
 DEFAULT_WAIT_S = 60.0
 
 
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
 def _remaining(context: grpc.aio.ServicerContext, fallback: float = DEFAULT_WAIT_S) -> float:
+    """How long to wait for buffer room: leave the sender time to hear why it was refused."""
     remaining = context.time_remaining()
-    return fallback if remaining is None else max(remaining - 0.05, 0.0)
+    return fallback if remaining is None else max(remaining - max(0.25, 0.2 * remaining), 0.0)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, request_iterator, code: grpc.StatusCode, message: str):
+    """Abort with `code`, after reading (and dropping) what the sender still has in flight.
+
+    Aborting while the client is mid-write makes gRPC report a transport error (INTERNAL) to the sender
+    instead of our status; reading the rest first (bounded, nothing kept) delivers the status intact.
+    """
+    drained = 0
+    try:
+        async for message_in in request_iterator:
+            drained += len(message_in.data)
+            if drained > DRAIN_LIMIT_BYTES:
+                break
+    except (grpc.aio.AioRpcError, asyncio.CancelledError, grpc.RpcError):
+        pass
+    await context.abort(code, message)
 
 
 class TensorStreamServicer(tensor_pb2_grpc.TensorStreamServicer):
@@ -41,9 +62,9 @@ class TensorStreamServicer(tensor_pb2_grpc.TensorStreamServicer):
             # Nothing more is read from the stream until there is room: flow control holds the sender.
             await self.node.inbox.reserve(header, _remaining(context))
         except BufferFull as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            await _refuse(context, request_iterator, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except DuplicateTensor as error:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
+            await _refuse(context, request_iterator, grpc.StatusCode.ALREADY_EXISTS, str(error))
         delivered = False
         try:
             assembler = PayloadAssembler(header)
