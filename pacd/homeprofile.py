@@ -70,6 +70,5 @@ def home_document(profiles: list[dict[str, Any]], disks: dict[str, int], links: 
     if document["links"]:  # devices that join later are assumed no faster than the slowest measured link
         slowest = min(document["links"], key=lambda link: link["bandwidth_bytes_per_s"])
         document["default_link"] = {k: slowest[k] for k in ("bandwidth_bytes_per_s", "latency_s")}
-    if len(document["devices"]) > 1:  # the planner's reader (pac/planner/profile.py) checks every field;
-        home_from_dict(document)      # with one device it currently fails on an empty list of pairs
+    home_from_dict(document)  # the planner's own reader checks every field before the document is used
     return document

@@ -212,7 +212,7 @@ class HomeProfile:
         if self.default_link is None:
             missing = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
                        if (min(a, b), max(a, b)) not in index]
-            _require(not missing, "links", f"no link for {len(missing)} device pairs, e.g. {missing[0]}; "
+            _require(not missing, "links", f"no link for {len(missing)} device pairs, e.g. {missing[:1]}; "
                      "measure them or give a default_link")
         self._link_index.update(index)
 

@@ -172,3 +172,18 @@ def test_pac_never_loses_to_the_simulated_baselines(layers: int, devices: int, s
         except InfeasibleError:
             continue
         assert ours <= other + 1e-12
+
+
+def test_a_single_device_home_needs_no_links():
+    from pac.planner.profile import home_from_dict
+
+    document = {
+        "version": 1,
+        "model": {"name": "m", "hidden_size": 8, "side_size": 1, "seq_len": 4, "layer_params": [10, 10],
+                  "side_layer_params": [1, 1], "activation_bytes_per_sample": [1.0, 1.0]},
+        "devices": [{"name": "solo", "memory_budget_bytes": 1 << 30, "disk_budget_bytes": 1 << 30,
+                     "batch_sizes": [1], "forward_s": [[0.1], [0.1]], "backward_s": [[0.05], [0.05]],
+                     "side_sample_s": 0.01}],
+        "links": [],
+    }
+    assert len(home_from_dict(document).devices) == 1
