@@ -59,8 +59,20 @@ def peak_rss_bytes() -> int:
     return _status_bytes("VmHWM")
 
 
+def release_freed_memory() -> None:
+    """Hand memory the allocator keeps after frees (e.g. a model loader's scratch) back to the kernel,
+    so it is not counted as the next phase's resident memory (glibc malloc_trim; no-op elsewhere)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark to the current RSS (Linux clear_refs 5); False if not allowed."""
+    release_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
