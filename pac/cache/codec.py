@@ -49,3 +49,19 @@ def decode(data: bytes | memoryview, precision: str, tokens: int, width: int) ->
     dtype = np.float32 if precision == "fp32" else np.float16
     array = np.frombuffer(data, dtype=dtype, count=tokens * width).reshape(tokens, width)
     return torch.from_numpy(array.astype(np.float32))
+
+
+def decode_into(data: bytes | memoryview, precision: str, out: np.ndarray) -> None:
+    """Decode straight into `out` (a float32 [tokens, width] array, e.g. a row of a batch tensor):
+    no intermediate tensor, one pass over the bytes."""
+    tokens, width = out.shape
+    if precision == "int8":
+        values = np.frombuffer(data, dtype=np.int8, count=tokens * width).reshape(tokens, width)
+        scale = np.frombuffer(data, dtype=np.float32, count=tokens, offset=tokens * width)
+        np.multiply(values, scale[:, None], out=out, casting="unsafe")
+    elif precision == "bf16":
+        words = np.frombuffer(data, dtype=np.uint16, count=tokens * width).reshape(tokens, width)
+        out.view(np.uint32)[...] = words.astype(np.uint32) << 16
+    else:
+        dtype = np.float32 if precision == "fp32" else np.float16
+        np.copyto(out, np.frombuffer(data, dtype=dtype, count=tokens * width).reshape(tokens, width))

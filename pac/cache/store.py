@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pac.cache.codec import check_precision, decode, encode, encoded_size
+from pac.cache.codec import check_precision, decode, decode_into, encode, encoded_size
 from pac.errors import ConfigError, PacError
 
 FORMAT = "pac-activation-cache/1"
@@ -141,13 +141,29 @@ class ActivationCache:
         self._mmap.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
         return data
 
-    def get(self, sample: str) -> list[torch.Tensor]:
+    def shapes(self, sample: str) -> list[tuple[int, int]]:
+        return [tuple(shape) for shape in self._index[sample]["shapes"]]
+
+    def _checked(self, sample: str) -> tuple[dict, bytes]:
         entry = self._index[sample]
         record = self._read(entry["offset"], entry["length"])
         if len(record) != entry["length"] or zlib.crc32(record) != entry["crc32"]:
             self.corrupt_found += 1
             del self._index[sample]  # never read again; the trainer recomputes and re-appends it
             raise CacheCorruption(f"cache record {sample[:12]} in {self._data_path} failed its checksum")
+        return entry, record
+
+    def read_into(self, sample: str, outs: list) -> None:
+        """Check the record, then decode its tensors into `outs` (float32 numpy arrays of their shapes)."""
+        entry, record = self._checked(sample)
+        position = 0
+        for (tokens, width), out in zip(entry["shapes"], outs, strict=True):
+            size = encoded_size(self.precision, tokens, width)
+            decode_into(memoryview(record)[position:position + size], self.precision, out)
+            position += size
+
+    def get(self, sample: str) -> list[torch.Tensor]:
+        entry, record = self._checked(sample)
         tensors, position = [], 0
         for tokens, width in entry["shapes"]:
             size = encoded_size(self.precision, tokens, width)

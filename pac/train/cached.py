@@ -41,26 +41,6 @@ def split_states(out, spec, group: list[Encoded]) -> list[list[torch.Tensor]]:
     return records
 
 
-def join_states(records: list[list[torch.Tensor]], spec, batch: dict[str, torch.Tensor]):
-    """Records -> (taps per stack with None where not needed, final), padded like `batch`."""
-    masks = [batch["attention_mask"]] + ([batch["decoder_attention_mask"]] if "decoder_attention_mask" in batch else [])
-
-    def stacked(index: int, length: int) -> torch.Tensor:
-        out = torch.zeros(len(records), length, records[0][index].shape[-1])
-        for row, record in enumerate(records):
-            out[row, : record[index].shape[0]] = record[index]
-        return out
-
-    taps, position = [], 0
-    for s, needed in enumerate(spec.needed_taps()):
-        stack = [None] * (spec.stack_sizes[s] + 1)
-        for i in needed:
-            stack[i] = stacked(position, masks[s].shape[1])
-            position += 1
-        taps.append(stack)
-    return taps, stacked(position, masks[-1].shape[1])
-
-
 class CachedStates:
     """Supplies the side network's inputs for each batch: from the backbone or from the cache."""
 
@@ -85,32 +65,40 @@ class CachedStates:
             model.backbone = self.load_backbone()
         return model.backbone
 
+    def _read_batch(self, spec, group: list[Encoded], batch: dict):
+        """Decode every record of the batch straight into padded batch tensors (one copy per value)."""
+        masks = [batch["attention_mask"]] + ([batch["decoder_attention_mask"]] if len(spec.stack_sizes) > 1 else [])
+        width = spec.hidden_size
+        taps, outs = [], []
+        for s, needed in enumerate(spec.needed_taps()):
+            stack = [None] * (spec.stack_sizes[s] + 1)
+            for i in needed:
+                stack[i] = torch.zeros(len(group), masks[s].shape[1], width)
+                outs.append((stack[i], s))
+            taps.append(stack)
+        final = torch.zeros(len(group), masks[-1].shape[1], width)
+        outs.append((final, len(masks) - 1))
+        arrays = [(tensor.numpy(), s) for tensor, s in outs]
+        for row, item in enumerate(group):
+            lengths = _stack_lengths(item)
+            self.cache.read_into(_key(item), [array[row, : lengths[s]] for array, s in arrays])
+        return taps, final
+
     def forward(self, model: ParallelAdaptersModel, group: list[Encoded], batch: dict) -> HeadOutput:
         spec = model.side.spec
-        records: list[list[torch.Tensor] | None] = []
-        for item in group:
-            key = _key(item)
+        device = next(model.side.parameters()).device
+        if self.all_cached(group):
             try:
-                records.append(self.cache.get(key) if key in self.cache else None)
+                taps, final = self._read_batch(spec, group, batch)
             except CacheCorruption as error:
                 log.warning("%s; recomputing it", error)
-                records.append(None)
-        missing = [row for row, record in enumerate(records) if record is None]
-        if missing and len(missing) == len(group):
-            out = self._backbone(model).run(batch)  # the exact states, as the uncached path uses them
-            self.backbone_runs += 1
-            for item, record in zip(group, split_states(out, spec, group), strict=True):
+            else:
+                self.cache_reads += 1
+                taps = [[None if t is None else t.to(device) for t in stack] for stack in taps]
+                return model.forward_from_states(taps, final.to(device), batch)
+        out = self._backbone(model).run(batch)  # the exact states, as the uncached path uses them
+        self.backbone_runs += 1
+        for item, record in zip(group, split_states(out, spec, group), strict=True):
+            if _key(item) not in self.cache:
                 self.cache.put(_key(item), record)
-            return model.forward_from_states(out.taps, out.final, batch)
-        if missing:
-            out = self._backbone(model).run(batch)
-            self.backbone_runs += 1
-            fresh = split_states(out, spec, group)
-            for row in missing:
-                self.cache.put(_key(group[row]), fresh[row])
-                records[row] = fresh[row]
-        self.cache_reads += 1
-        taps, final = join_states(records, spec, batch)
-        device = next(model.side.parameters()).device
-        taps = [[None if t is None else t.to(device) for t in stack] for stack in taps]
-        return model.forward_from_states(taps, final.to(device), batch)
+        return model.forward_from_states(out.taps, out.final, batch)
