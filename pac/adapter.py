@@ -27,10 +27,11 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"side.{k}": v.detach().cpu().contiguous() for k, v in model.side.state_dict().items()}
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})
+    name, fingerprint = model.backbone_identity()
     metadata = {
         "format": FORMAT,
-        "backbone_name": model.backbone.name,
-        "backbone_fingerprint": model.backbone.fingerprint(),
+        "backbone_name": name,
+        "backbone_fingerprint": fingerprint,
         "side_spec": json.dumps(model.side.spec.to_dict()),
         "head_config": json.dumps(dataclasses.asdict(model.head.config)),
         "extra": json.dumps(extra or {}),

@@ -73,6 +73,7 @@ def quantize_backbone(backbone, method: str, group_size: int = 64) -> int:
     if method == "none":
         return 0
     bits = 8 if method == "int8" else 4
+    backbone.fingerprint()  # of the full-precision weights: an adapter re-attaches to the same checkpoint
     replaced = 0
     for stack in backbone.stacks:
         for layer in stack:
@@ -83,5 +84,4 @@ def quantize_backbone(backbone, method: str, group_size: int = 64) -> int:
                         setattr(parent, name, QuantizedLinear(found[0], found[1], bits, group_size))
                         replaced += 1
     backbone.quantization = method
-    backbone._fingerprint = None
     return replaced

@@ -44,6 +44,20 @@ class ParallelAdaptersModel(nn.Module):
         self.backbone = backbone
         self.side = side
         self.head = head
+        self._identity: tuple[str, str] | None = None
+
+    def backbone_identity(self) -> tuple[str, str]:
+        """(name, weight fingerprint) of the backbone, kept when the backbone is released."""
+        if self.backbone is not None:
+            self._identity = (self.backbone.name, self.backbone.fingerprint())
+        if self._identity is None:
+            raise ValueError("the backbone was released before its identity was recorded")
+        return self._identity
+
+    def release_backbone(self) -> None:
+        """Drop the backbone (epochs from the activation cache); its identity stays for saving."""
+        self.backbone_identity()
+        self.backbone = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
         out = self.backbone.run(batch)

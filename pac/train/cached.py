@@ -54,7 +54,7 @@ class CachedStates:
         return all(_key(item) in self.cache for item in items)
 
     def release_backbone(self, model: ParallelAdaptersModel) -> None:
-        model.backbone = None
+        model.release_backbone()
         gc.collect()
 
     def _backbone(self, model: ParallelAdaptersModel):

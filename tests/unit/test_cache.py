@@ -131,3 +131,26 @@ def test_torn_index_line_is_ignored(tmp_path):
         handle.write('{"key": "b", "offs')
     with ActivationCache(tmp_path, KEY, "fp32") as cache:
         assert len(cache) == 1
+
+
+def test_adapter_saved_after_the_backbone_was_released_reattaches(tmp_path):
+    from pac.adapter import load_adapter, save_adapter
+
+    model, states = trained("tiny-llama", "lm", tmp_path / "cache")
+    assert model.backbone is None
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    states.cache.close()
+    reloaded = load_adapter(path, load_backbone("tiny-llama"))
+    for a, b in zip(model.side.parameters(), reloaded.side.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adapter_trained_on_a_quantized_backbone_reattaches_to_its_checkpoint(tmp_path):
+    from pac.adapter import load_adapter, save_adapter
+    from pac.quant import quantize_backbone
+
+    backbone = load_backbone("tiny-bert")
+    quantize_backbone(backbone, "int8")
+    model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("classification"))
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    load_adapter(path, load_backbone("tiny-bert"))  # same checkpoint: accepted
