@@ -13,6 +13,7 @@ from pac.models.tiny import TINY_CONFIGS
 # Refuse any hub access from transformers, whatever the caller's environment says.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar is noise in our logs
 
 
 @dataclass(frozen=True)
