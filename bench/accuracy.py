@@ -23,6 +23,19 @@ TASKS = {
 LEARNING_RATES = {"parallel": 2e-3, "lora": 5e-4, "adapters": 5e-4, "full": 5e-5}
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Rows -> the paper's Table 3 layout: techniques down, tasks across, metric x 100."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    techniques = list(dict.fromkeys(r["technique"] for r in rows))
+    value = {(r["task"], r["technique"]): r["value"] * 100 for r in rows}
+    lines = ["| technique | " + " | ".join(f"{t} ({TASKS[t][2]})" for t in tasks) + " |",
+             "|---" * (len(tasks) + 1) + "|"]
+    for technique in techniques:
+        cells = [f"{value[(t, technique)]:.2f}" if (t, technique) in value else "—" for t in tasks]
+        lines.append(f"| {technique} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
@@ -62,6 +75,7 @@ def main(argv=None) -> int:
             print(f"{task} {technique}: {metric} {row['value'] * 100:.2f}", flush=True)
             rows.append(row)
             write_report(args.json, "accuracy", vars(args), rows)  # keep what is done if a later run fails
+            Path(args.json).with_suffix(".md").write_text(markdown_table(rows))
     return 0
 
 
