@@ -13,6 +13,7 @@ Payloads are little-endian, C-contiguous, as torch lays them out on the machines
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 
@@ -47,8 +48,8 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
     return (math.prod(shape[:-1]), length)
 
 
-class Codec:
-    """Base of the codec family; subclasses set `name` and implement the four methods."""
+class Codec(abc.ABC):
+    """Base of the codec family; subclasses set `name` and implement the three abstract methods."""
 
     name = ""
     float_only = False
@@ -59,14 +60,17 @@ class Codec:
                 f"codec {self.name} carries floating-point tensors only, not {dtype}; use codec none"
             )
 
+    @abc.abstractmethod
     def payload_bytes(self, dtype: str, shape: tuple[int, ...]) -> int:
-        raise NotImplementedError
+        """See the subclasses."""
 
+    @abc.abstractmethod
     def encode(self, tensor: torch.Tensor) -> memoryview:
-        raise NotImplementedError
+        """See the subclasses."""
 
+    @abc.abstractmethod
     def decode(self, payload: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-        raise NotImplementedError
+        """See the subclasses."""
 
 
 class NoneCodec(Codec):
