@@ -102,28 +102,14 @@ def worker_backbone(args) -> dict:
 def worker_cached(args) -> dict:
     """An epoch from the cache in a process that never imports transformers' model code."""
     import torch
-    from safetensors import safe_open
 
-    from pac.adapter import FORMAT
+    from pac.adapter import load_side_model
     from pac.cache import ActivationCache, CacheKey
     from pac.data.batching import Encoded, collate
-    from pac.heads import Head, HeadConfig
-    from pac.side.network import SideNetwork, SideSpec
-    from pac.techniques.build import ParallelAdaptersModel
     from pac.train.cached import CachedStates
 
     after_imports = rss_bytes()
-    path = Path(args.cache_dir) / "adapter.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    assert metadata["format"] == FORMAT
-    spec = SideSpec.from_dict(json.loads(metadata["side_spec"]))
-    side = SideNetwork(spec)
-    side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
-    head = Head(HeadConfig(**json.loads(metadata["head_config"])), spec.hidden_size, spec.family)
-    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-    model = ParallelAdaptersModel(None, side, head)
+    model = load_side_model(Path(args.cache_dir) / "adapter.safetensors")
     key_dir = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and p.name.endswith(args.precision))
     manifest = json.loads((key_dir / "manifest.json").read_text())
     cache = ActivationCache(args.cache_dir, CacheKey(**{**manifest["key"], "taps": tuple(

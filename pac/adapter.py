@@ -52,7 +52,25 @@ def read_metadata(path: str | Path) -> dict:
     return metadata
 
 
+def load_side_model(path: str | Path, lm_head=None) -> ParallelAdaptersModel:
+    """The side network and head alone, with no backbone: what epochs from the activation cache train.
+
+    `lm_head` (the backbone's frozen LM head) is needed only for language-model adapters."""
+    metadata = read_metadata(path)
+    spec = SideSpec.from_dict(json.loads(metadata["side_spec"]))
+    head_config = HeadConfig(**json.loads(metadata["head_config"]))
+    tensors = load_file(str(path))
+    side = SideNetwork(spec)
+    side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
+    head = Head(head_config, spec.hidden_size, spec.family, lm_head)
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    model = ParallelAdaptersModel(None, side, head)
+    model._identity = (metadata["backbone_name"], metadata["backbone_fingerprint"])
+    return model
+
+
 def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
+    """Re-attach a saved adapter to `backbone`; refuses a backbone with other weights."""
     metadata = read_metadata(path)
     if metadata["backbone_fingerprint"] != backbone.fingerprint():
         raise AdapterMismatchError(
@@ -60,16 +78,13 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
             f"(fingerprint {metadata['backbone_fingerprint'][:12]}), not on {backbone.name!r} "
             f"(fingerprint {backbone.fingerprint()[:12]})"
         )
-    spec = SideSpec.from_dict(json.loads(metadata["side_spec"]))
-    head_config = HeadConfig(**json.loads(metadata["head_config"]))
-    tensors = load_file(str(path))
-    side = SideNetwork(spec)
-    side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
-    lm = backbone.lm_head() if head_config.task == "lm" else None
-    head = Head(head_config, backbone.hidden_size, backbone.family, lm)
-    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    lm = backbone.lm_head() if json.loads(metadata["head_config"])["task"] == "lm" else None
+    model = load_side_model(path, lm)
     dtype = next(backbone.model.parameters()).dtype
-    return ParallelAdaptersModel(backbone, side.to(backbone.device, dtype), head.to(backbone.device, dtype))
+    model.side.to(backbone.device, dtype)
+    model.head.to(backbone.device, dtype)
+    model.backbone = backbone
+    return model
 
 
 def adapter_extra(path: str | Path) -> dict:

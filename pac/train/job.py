@@ -67,14 +67,13 @@ def _subset(examples: list, limit: int | None, seed: int) -> list:
 
 def _load(job: FinetuneJob):
     backbone = load_backbone(job.model, seed=job.train.seed)
-    fingerprint = backbone.fingerprint() if job.cache_precision else None  # of the unquantised weights
-    quantize_backbone(backbone, job.quantization)
-    return backbone, fingerprint
+    quantize_backbone(backbone, job.quantization)  # the fingerprint stays that of the checkpoint
+    return backbone
 
 
 def run_job(job: FinetuneJob, log=print) -> dict:
     torch.manual_seed(job.train.seed)
-    backbone, fingerprint = _load(job)
+    backbone = _load(job)
     train_examples = _subset(read_examples(job.train_file), job.train_limit, job.train.seed)
     eval_examples = _subset(read_examples(job.eval_file), job.eval_limit, job.train.seed) if job.eval_file else []
     task = job.task or infer_task(train_examples)
@@ -97,9 +96,9 @@ def run_job(job: FinetuneJob, log=print) -> dict:
 
     states = cache = None
     if job.cache_precision:
-        key = cache_key_for(backbone, model.side.spec, job.quantization, fingerprint)
+        key = cache_key_for(backbone, model.side.spec, job.quantization)
         cache = ActivationCache(job.cache_dir or default_cache_dir(), key, job.cache_precision, keep=job.keep_cache)
-        states = CachedStates(cache, load_backbone=lambda: _load(job)[0])
+        states = CachedStates(cache, load_backbone=lambda: _load(job))
         log(f"activation cache {cache.directory} ({job.cache_precision}, {len(cache)} records found)")
     pad_id = tokenizer.pad_token_id
     del backbone  # the model holds it while it is needed; from the cache it is released
