@@ -1,0 +1,1 @@
+"""The controller of a distributed fine-tuning job: `pacctl train`."""
