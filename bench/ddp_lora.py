@@ -287,7 +287,8 @@ def main(argv=None) -> int:
                        threads=args.threads, timeout_s=args.timeout, save_state=args.save_state,
                        dropout=not args.no_dropout)
     config = {k: getattr(args, k) for k in ("devices", "model", "train", "eval", "samples", "eval_samples",
-                                            "epochs", "batch_size", "seq_len", "lr", "seed", "threads")}
+                                            "epochs", "batch_size", "seq_len", "lr", "seed")}
+    config["threads"] = row["threads_per_device"]  # per process, as resolved
     write_report(args.json, BENCH, config, [row])
     print(f"ddp-lora {args.devices} devices: epochs {', '.join(f'{t:.1f}' for t in row['epoch_times_s'])} s, "
           f"total {row['total_time_s']:.1f} s, peak RSS "
