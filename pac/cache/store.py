@@ -98,8 +98,15 @@ class ActivationCache:
     # ---- write ---------------------------------------------------------------------------------
     def put(self, sample: str, tensors: list[torch.Tensor]) -> None:
         """Store one sample's states: a list of [tokens, width] tensors."""
-        shapes = [tuple(t.shape) for t in tensors]
-        record = b"".join(encode(t, self.precision) for t in tensors)
+        self.put_raw(sample, b"".join(encode(t, self.precision) for t in tensors), [tuple(t.shape) for t in tensors])
+
+    def put_raw(self, sample: str, record: bytes, shapes: list[tuple[int, int]]) -> None:
+        """Store a record already encoded at this cache's precision (e.g. pieces joined from other
+        devices' shards: a record is its tensors' encodings back to back, so records concatenate)."""
+        expected = sum(encoded_size(self.precision, tokens, width) for tokens, width in shapes)
+        if len(record) != expected:
+            raise CacheCorruption(f"cache record {sample[:12]}: {len(record)} bytes, its shapes need {expected}")
+        shapes = [tuple(shape) for shape in shapes]
         offset = os.fstat(self._fd).st_size
         os.write(self._fd, record)
         entry = {"key": sample, "offset": offset, "length": len(record), "crc32": zlib.crc32(record),
@@ -161,6 +168,11 @@ class ActivationCache:
             size = encoded_size(self.precision, tokens, width)
             decode_into(memoryview(record)[position:position + size], self.precision, out)
             position += size
+
+    def get_raw(self, sample: str) -> tuple[bytes, list[tuple[int, int]]]:
+        """The checked, still encoded record and its tensors' shapes (to send to another device)."""
+        entry, record = self._checked(sample)
+        return record, [tuple(shape) for shape in entry["shapes"]]
 
     def get(self, sample: str) -> list[torch.Tensor]:
         entry, record = self._checked(sample)

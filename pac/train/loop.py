@@ -70,9 +70,13 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
 
 def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConfig,
           evaluate_on: list[Encoded] | None = None,
-          on_step: Callable[[StepInfo], None] | None = None, states=None) -> TrainResult:
+          on_step: Callable[[StepInfo], None] | None = None, states=None,
+          batch_order: Callable[[int], list[list[Encoded]]] | None = None) -> TrainResult:
     """Train `model`; with `states` (a pac.train.cached.CachedStates) Parallel Adapters read the
-    activation cache, and the backbone is released once every training sample is cached."""
+    activation cache, and the backbone is released once every training sample is cached.
+
+    `batch_order(epoch)` gives an epoch's mini-batches instead of the seeded shuffle (the order a
+    distributed job's phase 2 follows, so a single process can reproduce it)."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
@@ -85,7 +89,8 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
         started = time.perf_counter()
         if states is not None and model.backbone is not None and states.all_cached(items):
             states.release_backbone(model)
-        for group in batches(items, config.batch_size, generator):
+        groups = batch_order(epoch) if batch_order else batches(items, config.batch_size, generator)
+        for group in groups:
             batch = to_device(collate(group, pad_id, task), device)
             tick = time.perf_counter()
             loss = (states.forward(model, group, batch) if states is not None else model(batch)).loss

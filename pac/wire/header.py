@@ -46,6 +46,9 @@ class TensorKind(enum.StrEnum):
     HIDDEN = "hidden"  # backbone hidden state h_y, forward
     SIDE = "side"  # side-network activation a_y, forward
     SIDE_GRAD = "side_grad"  # gradient of a_y, backward
+    ENCODER_HIDDEN = "encoder_hidden"  # the backbone encoder's output, forward to decoder stages
+    SIDE_MEMORY = "side_memory"  # the side encoder's output, forward to side decoder stages
+    SIDE_MEMORY_GRAD = "side_memory_grad"  # gradient of the side encoder's output, backward
     LABELS = "labels"  # targets that the last stage needs
     MASK = "mask"  # attention mask travelling with the activations
     GRADIENT = "gradient"  # a parameter gradient (collectives)

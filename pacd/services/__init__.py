@@ -9,4 +9,4 @@ The servicers stay thin: they check the request, convert protobuf to the product
 (pacd/convert.py) and delegate to the logic in `pac/`.
 """
 
-SERVICE_MODULES: list[str] = ["device", "link", "pairing", "tensor", "collective"]
+SERVICE_MODULES: list[str] = ["device", "link", "pairing", "tensor", "collective", "stage"]
