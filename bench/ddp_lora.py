@@ -105,6 +105,7 @@ def trainable_state(model) -> dict:
 # ---- the torchrun worker ----------------------------------------------------------------------------
 
 def worker(args) -> int:
+    import gc
     import math
 
     import torch
@@ -162,6 +163,11 @@ def worker(args) -> int:
     train_end = time.time()
     peaks = [None] * world
     dist.all_gather_object(peaks, peak_rss_bytes())
+    # Let DDP's reducer release the process group while the interpreter is alive, then tear the group
+    # down together: a gloo group left to interpreter shutdown can abort a rank at exit.
+    del ddp
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
     if rank != 0:
         return 0
