@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "profile",
     "plan",
     "job",
+    "train",
 ]
 
 
@@ -37,6 +38,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 for _name in COMMAND_MODULES:
     _module = importlib.import_module(f"pacctl.commands.{_name}")
     cli.add_command(_module.command)
+    if hasattr(_module, "status_command"):
+        cli.add_command(_module.status_command)
 
 
 def main(argv: list[str] | None = None) -> int:

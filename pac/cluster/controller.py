@@ -357,6 +357,7 @@ class Controller:
                                                                 "job_id": self.job_id}) + "\n")
         self.checkpoint = directory
         self.log_checkpoint = f"checkpoint after epoch {epoch}: {directory}"
+        self._status(checkpoint=str(directory), checkpoint_epoch=epoch)
 
     # ---- the plan ------------------------------------------------------------------------------------
     async def make_plan(self, samples: int, use_cache: bool) -> Plan:

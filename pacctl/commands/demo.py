@@ -1,8 +1,9 @@
-"""`pacctl demo`: the built-in default job, run on this device."""
+"""`pacctl demo`: the built-in default job on a home of daemons started on this machine."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -12,33 +13,51 @@ from pac.errors import PacError
 
 
 @click.command("demo")
+@click.option("--devices", "count", type=click.IntRange(1, 8), default=3, show_default=True,
+              help="Daemons to start on this machine (loopback, mutual TLS).")
 @click.option("--model", default="smollm2-135m", show_default=True, help="A chat model (decoder or encoder-decoder).")
-@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--epochs", type=int, default=8, show_default=True, help="Epoch 1 runs the pipeline; the rest, the cache.")
 @click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True)
 @click.option("--questions", type=int, default=8, show_default=True, help="Held-out questions to ask (max 32).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-def command(model, epochs, learning_rate, questions, output_dir) -> None:
-    """Fine-tune a chat model with Parallel Adapters on a built-in household dataset, then ask it
-    held-out questions and print its answers next to the untuned model's."""
-    from pac.techniques.build import TechniqueConfig
+def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
+    """Start DEVICES daemons on this machine, pair them (mutual TLS), fine-tune a chat model on a built-in
+    household dataset across them with `pacctl train`'s controller, then ask it held-out questions and
+    print its answers next to the untuned model's."""
+    from pac.cluster.controller import RunOptions, run_job
+    from pac.cluster.local import LocalCluster
+    from pac.cluster.report import Progress
+    from pac.jobfile import parse_job
     from pac.train.generate import generate
-    from pac.train.household import TRAIN_FILE, answer_is_right, heldout_questions
-    from pac.train.job import FinetuneJob, run_job
-    from pac.train.loop import TrainConfig
+    from pac.train.household import HELDOUT_FILE, TRAIN_FILE, answer_is_right, heldout_questions
 
     started = time.perf_counter()
-    job = FinetuneJob(model=model, train_file=str(TRAIN_FILE), task="lm", seq_len=96,
-                      technique=TechniqueConfig("parallel"), output_dir=output_dir, cache_precision="fp16",
-                      cache_dir=str(Path(output_dir) / "cache"),
-                      train=TrainConfig(epochs=epochs, batch_size=8, learning_rate=learning_rate))
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(stream=sys.stderr)
     try:
-        result = run_job(job, log=lambda line: click.echo(line, err=True))
+        with LocalCluster(out / "home", count) as cluster:
+            progress.message(f"{count} pacd daemon(s) on 127.0.0.1, paired (mutual TLS): "
+                             + ", ".join(d.address for d in cluster.daemons))
+            job = parse_job({
+                "model": {"name_or_path": model},
+                "data": {"train": str(TRAIN_FILE), "eval": str(HELDOUT_FILE), "task": "lm"},
+                "training": {"epochs": epochs, "batch_size": 8, "seq_len": 96, "learning_rate": learning_rate},
+                "cache": {"precision": "fp16", "directory": str(out / "cache")},
+                "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
+                "output": {"directory": str(out)},
+            }, source="pacctl demo", base_dir=out)
+            metrics, controller = run_job(job, cluster.devices, cluster.identity, out, RunOptions(),
+                                          progress=progress, log_line=progress.message)
+    except KeyboardInterrupt:
+        progress.close()
+        raise click.ClickException("stopped: the daemons were shut down") from None
     except PacError as error:
+        progress.close()
         raise click.ClickException(str(error)) from error
-    from pac.models.backbone import load_backbone
-
-    tuned = result["model"]
-    backbone = tuned.backbone or load_backbone(model)  # released after epoch 1 when training from the cache
+    progress.close()
+    tuned = controller.prepared.model
+    backbone = controller.prepared.backbone
     scores = {"untuned": 0, "tuned": 0}
     asked = heldout_questions(questions)
     rows = []
@@ -49,9 +68,10 @@ def command(model, epochs, learning_rate, questions, output_dir) -> None:
         scores["tuned"] += answer_is_right(after, question)
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})
         click.echo(f"\nQ: {question.prompt}\n  untuned: {before}\n  tuned:   {after}")
-    summary = {"held_out_questions": len(asked), "right_untuned": scores["untuned"],
-               "right_tuned": scores["tuned"], "total_time_s": time.perf_counter() - started}
-    Path(output_dir, "answers.json").write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
+    summary = {"devices": count, "held_out_questions": len(asked), "right_untuned": scores["untuned"],
+               "right_tuned": scores["tuned"], "training_time_s": metrics["total_time_s"],
+               "total_time_s": time.perf_counter() - started}
+    (out / "answers.json").write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
     click.echo(f"\nheld-out questions answered with the expected fact: tuned {scores['tuned']}/{len(asked)}, "
-               f"untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} s; "
-               f"adapter in {output_dir}/adapter.safetensors)")
+               f"untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} s on {count} device(s); "
+               f"adapter, plan, metrics.json and plots in {out})")

@@ -20,16 +20,12 @@ from pac.planner.job import TrainingJob
 from pac.train.loop import TrainConfig, batches, train
 
 
-@pytest.fixture
-def insecure_daemons(tmp_path):
-    running = []
-
-    def start(count: int) -> list:
-        for _ in range(count):
-            running.append(start_daemon(tmp_path, secure=False, name=f"n{len(running)}"))
-        return running[-count:]
-
-    yield start
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    """Four insecure daemons for the whole module: each job releases them when it ends."""
+    root = tmp_path_factory.mktemp("daemons")
+    running = [start_daemon(root, secure=False, name=f"n{i}") for i in range(4)]
+    yield running
     for daemon in running:
         daemon.kill()
 
@@ -85,30 +81,59 @@ def assert_same(expected: dict, path: Path, atol=2e-5) -> None:
         torch.testing.assert_close(got[key], value, atol=atol, rtol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("model,task", [("tiny-bert", "classification"), ("tiny-llama", "lm")])
-def test_two_stages_two_replicas_equal_single_process(tmp_path, insecure_daemons, model, task):
-    daemons = insecure_daemons(4)
-    devices = devices_of(daemons)
+def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, count=14, epochs=2,
+                    batch_size=6):
+    """Run the job on the daemons with `layout` [(first, end, [daemon index], [shares])] and compare every
+    step's loss and the final adapter with one process trained in the same order."""
+    devices = devices_of(four)
     ids = [d.node_id for d in devices]
-    job = make_job(tmp_path, model, task, count=14, epochs=2, batch_size=6)
-    plan = fixed_plan(model, TrainingJob(samples=14, batch_size=6, epochs=2), [
-        (0, 2, ids[:2], [1, 1]), (2, 3, ids[2:], [2, 1])], micro_batches=2,
-        phase2_shares={ids[0]: 1, ids[1]: 2, ids[2]: 2, ids[3]: 1})
+    job = make_job(tmp_path, model, task, count=count, epochs=epochs, batch_size=batch_size)
+    stages = [(first, end, [ids[i] for i in who], shares) for first, end, who, shares in layout]
+    plan = fixed_plan(model, TrainingJob(samples=count, batch_size=batch_size, epochs=epochs), stages,
+                      micro_batches=micro_batches, phase2_shares={ids[i]: n for i, n in phase2.items()})
     out = tmp_path / "out"
     metrics, controller = run_job(job, devices, None, out, RunOptions(), log_line=lambda line: None, plan=plan)
 
-    # phase 1 (epoch 1) against the checkpoint is covered by the final state: order = phase 1 then phase 2
     def order(prepared):
         items = dict(zip(prepared.keys, prepared.train_items, strict=True))
-        first = batches(prepared.train_items, 6, torch.Generator().manual_seed(3))
-        later = phase2_order(items, controller.assigned_by_node, controller.step_counts_by_node, 3, range(1, 2))
+        first = batches(prepared.train_items, batch_size, torch.Generator().manual_seed(3))
+        later = phase2_order(items, controller.assigned_by_node, controller.step_counts_by_node, 3,
+                             range(1, epochs)) if epochs > 1 else {}
         return lambda epoch: first if epoch == 0 else later[epoch]
 
     expected, losses = single_process(job, order)
     got_losses = [s["loss"] for s in metrics["steps"]]
     assert got_losses == pytest.approx(losses, rel=1e-4, abs=1e-5)
     assert_same(expected, out / "adapter.safetensors")
+    return metrics, out
+
+
+def test_one_step_equals_single_process(tmp_path, four):
+    """One mini-batch, two stages of two replicas: the adapter after one optimiser step."""
+    metrics, _ = run_and_compare(tmp_path, four, "tiny-bert", "classification",
+                                 [(0, 2, [0, 1], [1, 1]), (2, 3, [2, 3], [1, 2])], 2, {0: 1, 1: 1, 2: 1, 3: 1},
+                                 count=6, epochs=1, batch_size=6)
+    assert len(metrics["steps"]) == 1 and metrics["phase2"] is None
+
+
+@pytest.mark.parametrize("model,task", [("tiny-bert", "classification"), ("tiny-llama", "lm")])
+def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, task):
+    """A small epoch in each phase (the last mini-batch short), two stages x two replicas, uneven shares."""
+    metrics, out = run_and_compare(tmp_path, four, model, task, [(0, 2, [0, 1], [1, 1]), (2, 3, [2, 3], [2, 1])],
+                                   2, {0: 1, 1: 2, 2: 2, 3: 1})
     assert metrics["phase2"]["moved_bytes"] > 0  # states of other stages had to move
     assert (out / "loss.png").stat().st_size > 1000 and (out / "timeline.png").stat().st_size > 1000
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
     assert not any((tmp_path / "cache").rglob("records.bin"))  # removed: the job does not keep its cache
+
+
+@pytest.mark.parametrize("model,task,layout,phase2", [
+    # decoder-only LM: 3 stages of one device, phase 2 on three devices
+    ("tiny-gpt2", "lm", [(0, 1, [0], [1]), (1, 2, [1], [1]), (2, 3, [2], [1])], {0: 1, 1: 1, 2: 1}),
+    # encoder-decoder LM: the middle stage crosses from the encoder into the decoder
+    ("tiny-t5", "lm", [(0, 1, [0], [1]), (1, 3, [1, 2], [1, 1]), (3, 4, [3], [1])], {0: 1, 1: 1, 3: 2}),
+    # encoder-decoder classification, a stage that ends the encoder
+    ("tiny-bart", "classification", [(0, 2, [0, 1], [1, 1]), (2, 4, [2], [1])], {1: 1, 2: 1}),
+])
+def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
+    run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)

@@ -1,0 +1,140 @@
+"""A home of N daemons on this machine, for the demo and benchmarks: `pacd serve` processes on 127.0.0.1,
+each with its own state directory, paired with a fresh cluster authority (mutual TLS), stopped at exit.
+
+    with LocalCluster(root, count=3) as cluster:
+        run_job(job, cluster.devices, cluster.identity, ...)
+
+`secure=False` starts them in insecure mode instead (plaintext loopback development; they say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pac.cluster.controller import Device
+from pac.errors import PacError
+from pac.security import Identity
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class LocalDaemon:
+    process: subprocess.Popen
+    port: int
+    state_dir: Path
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def node_id(self) -> str:
+        return (self.state_dir / "node_id").read_text().strip()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    def __init__(self, root: Path, count: int, secure: bool = True, memory_budget: str = "4GiB",
+                 threads: int | None = None) -> None:
+        if not 1 <= count <= 16:
+            raise PacError(f"a local cluster has 1..16 daemons, not {count}")
+        self.root, self.count, self.secure = Path(root), count, secure
+        self.memory_budget, self.threads = memory_budget, threads
+        self.daemons: list[LocalDaemon] = []
+        self.identity: Identity | None = None
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def devices(self) -> list[Device]:
+        return [Device(d.node_id, d.address, "localhost") for d in self.daemons]
+
+    def start(self) -> None:
+        from pac.security.home import init_home
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self.identity = init_home(self.root / "home", force=True)
+        for index in range(self.count):
+            self.daemons.append(self._spawn(index))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for daemon in self.daemons:
+            port_file = daemon.state_dir.parent / f"{daemon.state_dir.name}.port"
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if daemon.process.poll() is not None or time.monotonic() > deadline:
+                    raise PacError(f"pacd did not start (exit {daemon.process.poll()}):\n{daemon.log_tail()}")
+                time.sleep(0.05)
+            daemon.port = int(port_file.read_text())
+        if self.secure:
+            for daemon in self.daemons:
+                asyncio.run(self._pair(daemon))
+
+    def _spawn(self, index: int) -> LocalDaemon:
+        state = self.root / f"device{index}"
+        if state.exists():  # a fresh identity for every run: pairing needs an unpaired daemon
+            import shutil
+
+            shutil.rmtree(state)
+        port_file = self.root / f"device{index}.port"
+        port_file.unlink(missing_ok=True)
+        log_path = self.root / f"device{index}.log"
+        args = [sys.executable, "-m", "pacd", "serve", "--host", "127.0.0.1", "--port", "0", "--no-mdns",
+                "--state-dir", str(state), "--port-file", str(port_file), "--memory-budget", self.memory_budget,
+                *([] if self.secure else ["--insecure"])]
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        return LocalDaemon(process, 0, state, log_path)
+
+    async def _pair(self, daemon: LocalDaemon) -> None:
+        from pacd.client import DaemonClient, DaemonError, pair
+
+        await pair("127.0.0.1", daemon.port, self.root / "home",
+                   lambda info: (daemon.state_dir / "pairing-code").read_text().strip())
+        for _ in range(200):  # the daemon restarts in mutual TLS
+            try:
+                async with DaemonClient(daemon.address, self.identity, daemon.node_id) as client:
+                    await client.info()
+                return
+            except DaemonError:
+                await asyncio.sleep(0.1)
+        raise PacError(f"{daemon.address} did not come back in mutual TLS after pairing:\n{daemon.log_tail()}")
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            if daemon.process.poll() is None:
+                daemon.process.send_signal(signal.SIGTERM)
+        for daemon in self.daemons:
+            try:
+                daemon.process.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.process.kill()
+                daemon.process.wait(10)
+        self.daemons = []

@@ -1,0 +1,136 @@
+"""`pacctl train JOB.toml`: fine-tune across the home's devices, both phases, and write the results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pac.errors import PacError
+from pac.security.home import controller_identity, default_home
+from pacctl.commands.init import home_option
+
+STRATEGIES = ("pac", "pipeline-only", "data-only", "single-device")
+
+
+def jobs_dir(home: Path | None) -> Path:
+    return (home or default_home()) / "jobs"
+
+
+def find_job_devices(job, home: Path | None):
+    """The devices the job's [devices] table names, as pac.cluster.controller.Device."""
+    from pac.cluster.controller import Device
+    from pac.discovery.records import survey
+    from pacd.discover import find_devices
+
+    section = job.devices
+    identity = None if section.insecure else controller_identity(home or default_home())
+    records, problems = asyncio.run(find_devices(identity, section.mdns_timeout, section.interfaces,
+                                                 section.addresses, section.mode != "list"))
+    found = survey(records, identity.cluster_id if identity else "")
+    usable = found.ours + (found.unpaired if section.insecure else [])
+    if section.mode == "list":
+        wanted = set(section.addresses)
+        answered = {r.address for r in usable} | {f"{r.host}:{r.port}" for r in usable}
+        silent = [a for a in section.addresses if a not in answered and not any(
+            a.split(":")[0] in (r.host, r.hostname) for r in usable)]
+        if silent or not usable:
+            raise click.ClickException(f"{job.source}: devices.addresses {silent or sorted(wanted)} did not answer "
+                                       f"as devices of this home" + (f" ({'; '.join(problems)})" if problems else ""))
+    if not usable:
+        hint = "; ".join(problems) if problems else "is pacd running and paired (pacctl devices)?"
+        raise click.ClickException(f"{job.source}: no device of this home found: {hint}")
+    devices = [Device(r.node_id, r.address, r.hostname, r.memory_budget_bytes) for r in usable]
+    return devices, identity
+
+
+@click.command("train")
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@home_option
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this plan (from `pacctl plan`) instead of [plan] file or planning now.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="pac", show_default=True,
+              help="pac, or a baseline plan for comparison (pipeline-only, data-only, single-device).")
+@click.option("--no-cache", is_flag=True, help="Run every epoch through the backbone (no phase 2).")
+@click.option("--timeout", "step_timeout", type=float, default=300.0, show_default=True,
+              help="Seconds a device may wait for a tensor or an AllReduce before the job fails.")
+def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy: str, no_cache: bool,
+            step_timeout: float) -> None:
+    """Fine-tune across the home's devices as JOB_FILE says (docs/job.md): plan, phase 1 (pipeline),
+    phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
+    and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint."""
+    from pac.cluster.controller import RunOptions, run_job
+    from pac.cluster.report import Progress
+    from pac.jobfile import load_job
+    from pac.planner.plan import Plan
+
+    try:
+        job = load_job(job_file)
+        plan = Plan.load(plan_file) if plan_file else None
+    except PacError as error:
+        raise click.ClickException(str(error)) from error
+    devices, identity = find_job_devices(job, home)
+    click.echo(f"{len(devices)} device(s): " + ", ".join(f"{d.node_id} ({d.address})" for d in devices), err=True)
+    output = job.output.directory
+    pointer = jobs_dir(home)
+    pointer.mkdir(parents=True, exist_ok=True)
+    (pointer / "last.json").write_text(json.dumps({"output_dir": str(output), "job_file": str(job_file.resolve()),
+                                                   "started_unix": time.time()}) + "\n")
+    options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout)
+    progress = Progress(stream=sys.stderr)
+    try:
+        metrics, _ = run_job(job, devices, identity, output, options, progress=progress,
+                             log_line=progress.message, plan=plan)
+    except KeyboardInterrupt:
+        progress.close()
+        checkpoint = output / "checkpoint"
+        kept = f"; the last checkpoint is in {checkpoint}" if (checkpoint / "adapter.safetensors").exists() \
+            else "; no epoch had finished, so there is no checkpoint"
+        raise click.ClickException(f"stopped: every device released the job{kept}") from None
+    except PacError as error:
+        progress.close()
+        raise click.ClickException(str(error)) from error
+    progress.close()
+    evaluation = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items()) or "no evaluation data"
+    click.echo(f"done in {metrics['total_time_s']:.0f} s; epochs " +
+               ", ".join(f"{t:.1f} s" for t in metrics["epoch_times_s"]) + f"; {evaluation}")
+    click.echo(f"adapter: {output / 'adapter.safetensors'}; metrics, plan and plots in {output}")
+
+
+@click.command("status")
+@home_option
+@click.option("--out", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The job's output directory (default: the last job started from this controller).")
+def status_command(home: Path | None, output_dir: Path | None) -> None:
+    """Show the running (or last) training job: phase, epoch, step, loss, devices."""
+    import os
+
+    if output_dir is None:
+        pointer = jobs_dir(home) / "last.json"
+        if not pointer.exists():
+            raise click.ClickException("no job was started from this controller (or give --out DIR)")
+        output_dir = Path(json.loads(pointer.read_text())["output_dir"])
+    path = output_dir / "status.json"
+    if not path.exists():
+        raise click.ClickException(f"{output_dir}: no status.json (not a job's output directory?)")
+    status = json.loads(path.read_text())
+    state = status.get("state", "?")
+    if state in ("running", "preparing", "starting"):
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (OSError, KeyError, ValueError):
+            state = "ended without finishing (the controller is gone)"
+    age = time.time() - status.get("updated_unix", time.time())
+    click.echo(f"job {status.get('job_id')}: {state} (updated {age:.0f} s ago), output {output_dir}")
+    if "phase" in status:
+        loss = status.get("loss")
+        click.echo(f"  phase {status['phase']}, epoch {status.get('epoch')}, step {status.get('step', '-')}"
+                   + (f", loss {loss:.4f}" if isinstance(loss, int | float) else ""))
+    if status.get("checkpoint"):
+        click.echo(f"  last checkpoint: {status['checkpoint']}")
+    if status.get("total_time_s"):
+        click.echo(f"  finished in {status['total_time_s']:.0f} s")
