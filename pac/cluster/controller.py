@@ -655,6 +655,7 @@ class Controller:
                 await self.run_phase2(plan, state, holders, len(addresses), step, steps_per_epoch, total_steps)
         finally:
             await self.release()
+        self.training_s = time.perf_counter() - started  # to the end of the last epoch
         p.model.load_state_dict({k: v for k, v in self.final_state.items() if k.startswith(("side.", "head."))},
                                 strict=False)
         return await asyncio.to_thread(self.finish, time.perf_counter() - started)
@@ -685,7 +686,7 @@ class Controller:
         metrics = {
             "job_id": self.job_id, "model": p.backbone.name, "task": p.task, "strategy": self.plan.strategy,
             "devices": [asdict(d) for d in self.devices], "train_examples": len(p.train_items),
-            "eval_examples": len(p.eval_items), "total_time_s": total_s,
+            "eval_examples": len(p.eval_items), "training_time_s": self.training_s, "total_time_s": total_s,
             "epoch_times_s": [e["seconds"] for e in self.history.epochs], "epochs": self.history.epochs,
             "final_loss": self.history.steps[-1]["loss"] if self.history.steps else None,
             "eval": evaluation, "phase2": self.phase2_info, "steps": self.history.steps,
