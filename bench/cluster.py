@@ -30,6 +30,8 @@ from pathlib import Path
 
 from bench.common import write_report
 
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported: no handshake noise while pairing
+
 TASKS = {
     "mrpc": ("../shared/data/mrpc/train.tsv", "../shared/data/mrpc/test.tsv", "classification", 2e-3),
     "sst2": ("../shared/data/sst2/train.tsv", "../shared/data/sst2/dev.tsv", "classification", 2e-3),

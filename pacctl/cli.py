@@ -8,7 +8,12 @@ is printed only with `--debug`.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# gRPC's informational logs (e.g. the handshakes a daemon refuses while it restarts after pairing) are
+# noise on a controller's terminal; errors still show. Set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 

@@ -282,7 +282,10 @@ def phase2_steps(assigned: dict[str, list[str]], step_counts: list[dict[str, int
                  epoch: int) -> list[dict[str, list[str]]]:
     """One phase-2 epoch: each device's samples in a seeded order, cut into its counts per step. The
     devices draw their orders in `assigned`'s order (the phase-2 ring order)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    import hashlib
+
+    mixed = int.from_bytes(hashlib.sha256(f"phase2/{seed}/{epoch}".encode()).digest()[:8], "little") >> 1
+    generator = torch.Generator().manual_seed(mixed)
     orders = {d: [keys[i] for i in torch.randperm(len(keys), generator=generator).tolist()]
               for d, keys in assigned.items()}
     positions = dict.fromkeys(assigned, 0)
@@ -621,6 +624,13 @@ class Controller:
         steps_per_epoch = math.ceil(len(p.train_items) / training.batch_size)
         total_steps = steps_per_epoch * training.epochs
         phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
+        if self.progress is not None and hasattr(self.progress, "set_schedule"):
+            from pac.cluster.report import PhaseSchedule
+
+            phase2_guess = plan.phase2.epoch_s / steps_per_epoch if plan.phase2 and plan.phase2.epoch_s > 0 else None
+            self.progress.set_schedule([PhaseSchedule("1", phase1_epochs, steps_per_epoch)] + (
+                [PhaseSchedule("2", training.epochs - phase1_epochs, steps_per_epoch, phase2_guess)]
+                if phase1_epochs < training.epochs else []))
         self.log(f"plan ({plan.strategy}): " + "; ".join(
             f"stage {i}: layers {s.first_layer}-{s.end_layer - 1} on {len(s.devices)} device(s)"
             for i, s in enumerate(plan.phase1.stages)) + f"; {plan.phase1.micro_batches} micro-batch(es) per step")
@@ -658,7 +668,7 @@ class Controller:
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
         p.model.load_state_dict({k: v for k, v in self.final_state.items() if k.startswith(("side.", "head."))},
                                 strict=False)
-        return await asyncio.to_thread(self.finish, time.perf_counter() - started)
+        return await asyncio.to_thread(self.finish, started)
 
     async def release(self) -> None:
         async def one(address: str) -> None:
@@ -671,7 +681,7 @@ class Controller:
         await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
         await self.stages.close()
 
-    def finish(self, total_s: float) -> dict:
+    def finish(self, started: float) -> dict:
         from pac.adapter import save_adapter
         from pac.cluster.report import plot_losses, plot_timeline, write_metrics
 
@@ -683,6 +693,7 @@ class Controller:
         plot_losses(self.history.steps, self.output_dir / "loss.png", title=f"{p.backbone.name}: training loss")
         plot_timeline(self.history.events, self.output_dir / "timeline.png",
                       title="measured phase-1 step (one mini-batch)")
+        total_s = time.perf_counter() - started  # evaluation and the plots included
         metrics = {
             "job_id": self.job_id, "model": p.backbone.name, "task": p.task, "strategy": self.plan.strategy,
             "devices": [asdict(d) for d in self.devices], "train_examples": len(p.train_items),

@@ -67,6 +67,8 @@ class Transport(Protocol):
 
     def receive(self, stream: str, step: int, micro: int, kind: str, timeout_s: float) -> torch.Tensor: ...
 
+    def flush(self) -> None: ...  # wait until every tensor sent so far was delivered
+
     def allreduce_(self, tensors: list[torch.Tensor], group: RingGroup, op_id: int) -> None: ...
 
 
@@ -339,6 +341,9 @@ class StageHost:
                 if spec.stage > 0:
                     self._send("B", spec.stage - 1, micro, step, out)
             events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
+        began = clock()
+        self.transport.flush()
+        events.append({"op": "send", "micro": None, "start_s": began, "end_s": clock()})
         group = self.group
         gradients = worker.gradients()
         if group is not None and gradients:

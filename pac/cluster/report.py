@@ -201,6 +201,11 @@ class Progress:
             if self._due(now) or step >= steps:
                 self._show(now)
 
+    def set_schedule(self, schedule: Sequence[PhaseSchedule]) -> None:
+        """The job's phases, once known (after planning), for the time-left estimate."""
+        with self._lock:
+            self._schedule = tuple(schedule)
+
     def message(self, text: str) -> None:
         """Print a one-off line; on a terminal the progress line is cleared first and redrawn after."""
         with self._lock:

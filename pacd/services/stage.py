@@ -79,11 +79,27 @@ class PeerTransport:
     def __init__(self, node: PeerNode, loop: asyncio.AbstractEventLoop, job_id: str) -> None:
         self.peer, self.job_id = SyncPeer(node, loop), job_id
         self.aborted = threading.Event()
+        self._pending: list = []
+        self.send_timeout_s = 120.0
 
     def send(self, target, tensor, *, stream, step, micro, kind, codec) -> None:
+        """Start delivering; `flush()` waits for every delivery (sends overlap with the next compute)."""
         if self.aborted.is_set():
             raise JobError(f"job {self.job_id} was stopped")
-        self.peer.send_tensor(target, tensor, job_id=stream, step=step, micro_batch=micro, kind=kind, codec=codec)
+        self._pending.append(asyncio.run_coroutine_threadsafe(self.peer.node.send_tensor(
+            target, tensor, job_id=stream, step=step, micro_batch=micro, kind=kind, codec=codec,
+            timeout_s=self.send_timeout_s), self.peer.loop))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as error:  # the first one is reported; the rest are waited for
+                errors.append(error)
+        if errors:
+            raise JobError(f"job {self.job_id}: {errors[0]}")
 
     def receive(self, stream, step, micro, kind, timeout_s) -> torch.Tensor:
         deadline = time.monotonic() + timeout_s
@@ -177,6 +193,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             if job.stage is not None:
                 job.stage.release_model()
             state = unpack(data)
+            job.transport.send_timeout_s = spec.timeout_s
             job.stage = await asyncio.to_thread(StageHost, spec, state, job.cache_root, job.transport)
             log.info("job %s: stage %d replica %d, layers [%d, %d), loaded in %.1f s", spec.job_id, spec.stage,
                      spec.replica, spec.first, spec.end, job.stage.load_s)

@@ -137,3 +137,144 @@ def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, tas
 ])
 def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
     run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)
+
+
+def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
+    """Mutual TLS, real profiles and links from the daemons, the real planner: with every device's budget
+    below what the whole job needs on one device, the plan splits the model, and the job trains."""
+    import asyncio
+    import dataclasses
+
+    from pac.cluster.controller import measure_home
+    from pac.planner.errors import InfeasibleError
+    from pac.planner.planner import plan_job
+    from pac.planner.profile import home_from_dict
+
+    running = [daemons.start(secure=True) for _ in range(3)]
+    devices = devices_of(running)
+    job = make_job(tmp_path, "tiny-llama", "lm", count=12, epochs=2, batch_size=4)
+    document = asyncio.run(measure_home(devices, cluster.identity, job, [1, 2, 4], lambda line: None))
+    samples = TrainingJob(samples=12, batch_size=4, epochs=2)
+    whole = plan_job(home_from_dict(document), samples, "single-device").plan
+    need = max(use.phase1_peak_bytes for use in whole.usage)
+    for device in document["devices"]:
+        device["memory_budget_bytes"] = int(need * 0.6)
+    home = home_from_dict(document)
+    with pytest.raises(InfeasibleError):
+        plan_job(home, samples, "single-device")
+    plan = plan_job(home, samples, "pac").plan
+    assert len(plan.phase1.stages) >= 2
+    assert all(use.phase1_peak_bytes <= use.memory_budget_bytes for use in plan.usage)
+    plan = dataclasses.replace(plan, model="tiny-llama")
+    metrics, _ = run_job(job, devices, cluster.identity, tmp_path / "out", RunOptions(),
+                         log_line=lambda line: None, plan=plan)
+    assert len(metrics["steps"]) == 6 and metrics["steps"][-1]["loss"] < metrics["steps"][0]["loss"]
+    assert metrics["plan"]["stages"] == [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
+                                         for s in plan.phase1.stages]
+
+
+def write_job_file(tmp_path: Path, addresses: list[str], count: int, epochs: int) -> Path:
+    data = write_data(tmp_path / "data.jsonl", "classification", count)
+    path = tmp_path / "job.toml"
+    path.write_text(f"""version = 1
+[model]
+name_or_path = "tiny-bert"
+[data]
+train = "{data}"
+task = "classification"
+[training]
+epochs = {epochs}
+batch_size = 4
+seq_len = 32
+[cache]
+precision = "fp16"
+directory = "{tmp_path / 'cache'}"
+[devices]
+mode = "list"
+addresses = {json.dumps(addresses)}
+insecure = true
+[output]
+directory = "{tmp_path / 'out'}"
+""")
+    return path
+
+
+def start_train(tmp_path: Path, job: Path, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PAC_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "pacctl", "train", str(job), *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def device_jobs(four) -> list[str]:
+    import asyncio
+
+    import grpc
+
+    from pac.v1 import stage_pb2, stage_pb2_grpc
+
+    async def ask():
+        out = []
+        for daemon in four:
+            async with grpc.aio.insecure_channel(daemon.address) as channel:
+                reply = await stage_pb2_grpc.StageStub(channel).Status(stage_pb2.StageStatusRequest(), timeout=5)
+                out.append(reply.job_id)
+        return out
+
+    return asyncio.run(ask())
+
+
+def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):
+    import signal
+
+    job = write_job_file(tmp_path, [d.address for d in four[:3]], count=64, epochs=400)
+    process = start_train(tmp_path, job)
+    out = tmp_path / "out"
+    status = out / "status.json"
+    wait_for(lambda: status.exists() and json.loads(status.read_text()).get("checkpoint_epoch", 0) >= 2, 120,
+             "the second checkpoint")
+    shown = __import__("subprocess").run([__import__("sys").executable, "-m", "pacctl", "status", "--out", str(out)],
+                                         capture_output=True, text=True, timeout=60)
+    assert "running" in shown.stdout and "phase 2" in shown.stdout, shown.stdout + shown.stderr
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "stopped: every device released the job; the last checkpoint is in" in output
+    assert (out / "checkpoint" / "adapter.safetensors").exists()
+    assert device_jobs(four) == ["", "", "", ""]
+    assert json.loads(status.read_text())["state"] == "stopped"
+
+
+def test_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
+    import time
+
+    running = [start_daemon(tmp_path, secure=False, name=f"k{i}") for i in range(3)]
+    try:
+        job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
+        process = start_train(tmp_path, job, "--strategy", "data-only", "--no-cache", "--timeout", "5")
+        status = tmp_path / "out" / "status.json"
+        wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) >= 3, 120, "steps")
+        running[1].kill()
+        started = time.monotonic()
+        output, _ = process.communicate(timeout=90)
+        assert process.returncode == 1, output
+        assert time.monotonic() - started < 60
+        assert "failed" in output and "127.0.0.1:" in output, output
+    finally:
+        for daemon in running:
+            daemon.kill()

@@ -1,0 +1,66 @@
+"""Phase 2's bookkeeping: who trains which samples, in which order, and how shard records join."""
+
+import torch
+
+from pac.cache import ActivationCache, CacheKey
+from pac.cluster.controller import assign_phase2, phase2_counts, phase2_steps
+from pac.cluster.host import join_records, stage_taps
+from pac.pipeline.layers import LayerSlice
+from pac.side.network import SideSpec
+
+
+def test_counts_follow_the_plan_and_cover_every_sample():
+    counts = phase2_counts(23, 8, {"a": 1, "b": 3, "c": 0})
+    assert [sum(step.values()) for step in counts] == [8, 8, 7]
+    assert counts[0] == {"a": 2, "b": 6}  # a device with share 0 sits phase 2 out
+    assert sum(step["b"] for step in counts) == 6 + 6 + 5
+
+
+def test_assignment_keeps_states_where_they_are():
+    keys = [f"k{i}" for i in range(6)]
+    # two stages: stage 0 (weight 3) computed k0-k2 on a, k3-k5 on b; stage 1 (weight 1) all on c
+    holders = {k: ["a" if i < 3 else "b", "c"] for i, k in enumerate(keys)}
+    assigned = assign_phase2(keys, holders, [3, 1], {"a": 2, "b": 2, "c": 2})
+    assert sorted(assigned["a"]) == ["k0", "k1"] or set(assigned["a"]) <= {"k0", "k1", "k2"}
+    assert set(assigned["b"]) <= {"k3", "k4", "k5"}
+    assert sorted(k for ks in assigned.values() for k in ks) == sorted(keys)
+    assert {d: len(ks) for d, ks in assigned.items()} == {"a": 2, "b": 2, "c": 2}
+
+
+def test_steps_are_seeded_and_partition_each_devices_samples():
+    assigned = {"x": [f"x{i}" for i in range(5)], "y": [f"y{i}" for i in range(3)]}
+    counts = [{"x": 2, "y": 1}, {"x": 2, "y": 1}, {"x": 1, "y": 1}]
+    first = phase2_steps(assigned, counts, seed=4, epoch=1)
+    assert first == phase2_steps(assigned, counts, seed=4, epoch=1)
+    assert first != phase2_steps(assigned, counts, seed=4, epoch=2)
+    assert sorted(k for step in first for k in step["x"]) == sorted(assigned["x"])
+    assert [len(step["y"]) for step in first] == [1, 1, 1]
+
+
+def test_stage_taps_split_the_needed_taps_without_overlap():
+    spec = SideSpec.__new__(SideSpec)
+    object.__setattr__(spec, "taps", ((1, 2, 3, 4), (1, 2)))
+    object.__setattr__(spec, "stack_sizes", (4, 2))
+    cuts = [LayerSlice(0, 2, (4, 2)), LayerSlice(2, 5, (4, 2)), LayerSlice(5, 6, (4, 2))]
+    taps = [stage_taps(spec, cut) for cut in cuts]
+    assert taps[0] == [(0, 0), (0, 1), (0, 2)]
+    assert taps[1] == [(0, 3), (0, 4), (1, 0), (1, 1)]  # crosses into the decoder: its h_0 too
+    assert taps[2] == [(1, 2)]
+    flat = [t for stage in taps for t in stage]
+    assert flat == [(s, i) for s, needed in enumerate(spec.needed_taps()) for i in needed]
+
+
+def test_shard_records_join_into_the_full_record(tmp_path):
+    key = CacheKey("m", ((0, 1),), "none", "t")
+    tensors = [torch.randn(5, 4), torch.randn(5, 4), torch.randn(3, 4)]
+    with ActivationCache(tmp_path / "a", key, "fp16") as a, ActivationCache(tmp_path / "b", key, "fp16") as b, \
+            ActivationCache(tmp_path / "full", key, "fp16") as full, \
+            ActivationCache(tmp_path / "direct", key, "fp16") as direct:
+        a.put("s", tensors[:2])
+        b.put("s", tensors[2:])
+        record, shapes = join_records([a.get_raw("s"), b.get_raw("s")])
+        full.put_raw("s", record, shapes)
+        direct.put("s", tensors)
+        assert full.get_raw("s") == direct.get_raw("s")
+        for got, want in zip(full.get("s"), tensors, strict=True):
+            torch.testing.assert_close(got, want.half().float())
