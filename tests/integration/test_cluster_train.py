@@ -156,10 +156,16 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
     document = asyncio.run(measure_home(devices, cluster.identity, job, [1, 2, 4], lambda line: None))
     samples = TrainingJob(samples=12, batch_size=4, epochs=2)
     whole = plan_job(home_from_dict(document), samples, "single-device").plan
-    need = max(use.phase1_peak_bytes for use in whole.usage)
-    for device in document["devices"]:
-        device["memory_budget_bytes"] = int(need * 0.6)
-    home = home_from_dict(document)
+    budget = max(use.phase1_peak_bytes for use in whole.usage)
+    for _ in range(40):  # shrink every budget until the job no longer fits one device (smaller micro-batches
+        budget = int(budget * 0.85)  # and fewer in flight let it fit for a while)
+        for device in document["devices"]:
+            device["memory_budget_bytes"] = budget
+        home = home_from_dict(document)
+        try:
+            plan_job(home, samples, "single-device")
+        except InfeasibleError:
+            break
     with pytest.raises(InfeasibleError):
         plan_job(home, samples, "single-device")
     plan = plan_job(home, samples, "pac").plan
@@ -211,11 +217,13 @@ def start_train(tmp_path: Path, job: Path, *extra: str):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, what: str, process=None) -> None:
     import time
 
     deadline = time.monotonic() + timeout
     while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"pacctl train ended before {what}:\n{process.stdout.read()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
@@ -247,7 +255,7 @@ def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):
     out = tmp_path / "out"
     status = out / "status.json"
     wait_for(lambda: status.exists() and json.loads(status.read_text()).get("checkpoint_epoch", 0) >= 2, 120,
-             "the second checkpoint")
+             "the second checkpoint", process)
     shown = __import__("subprocess").run([__import__("sys").executable, "-m", "pacctl", "status", "--out", str(out)],
                                          capture_output=True, text=True, timeout=60)
     assert "running" in shown.stdout and "phase 2" in shown.stdout, shown.stdout + shown.stderr
@@ -268,7 +276,8 @@ def test_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
         job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
         process = start_train(tmp_path, job, "--strategy", "data-only", "--no-cache", "--timeout", "5")
         status = tmp_path / "out" / "status.json"
-        wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) >= 3, 120, "steps")
+        wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) >= 3, 120, "steps",
+                 process)
         running[1].kill()
         started = time.monotonic()
         output, _ = process.communicate(timeout=90)
