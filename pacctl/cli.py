@@ -14,6 +14,7 @@ import sys
 # gRPC's informational logs (e.g. the handshakes a daemon refuses while it restarts after pairing) are
 # noise on a controller's terminal; errors still show. Set before grpc is first imported.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+os.environ.setdefault("TQDM_DISABLE", "1")  # model loaders' progress bars would garble the progress line
 
 import click
 

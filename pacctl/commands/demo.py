@@ -47,7 +47,10 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
                 "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
                 "output": {"directory": str(out)},
             }, source="pacctl demo", base_dir=out)
-            metrics, controller = run_job(job, cluster.devices, cluster.identity, out, RunOptions(),
+            # one profiling batch size (the mini-batch): the three devices share this machine's cores, so
+            # one quick measurement serves them all (pac/cluster/controller.py: once per host)
+            metrics, controller = run_job(job, cluster.devices, cluster.identity, out,
+                                          RunOptions(profile_batch_sizes=(8,)),
                                           progress=progress, log_line=progress.message)
     except KeyboardInterrupt:
         progress.close()
