@@ -5,13 +5,28 @@
 
 MRPC: train.tsv -> test.tsv, reported as the mean of accuracy and F1 (as GLUE does); SST-2:
 train.tsv -> dev.tsv, accuracy. Every technique sees the same examples in the same order, the same
-epochs, batch size and sequence length; only the learning rate is each technique's usual one.
+epochs, batch size and sequence length.
+
+Without --lr-grid or --val-size each technique runs once at its usual learning rate (LEARNING_RATES),
+no search: the training subset is the first --train-limit examples of a seeded shuffle of train.tsv.
+
+With --lr-grid "parallel=1e-3,2e-3,4e-3;lora=2.5e-4,5e-4,1e-3;..." (and/or --val-size N, default 500)
+every technique's learning rate is chosen the same way: one seeded shuffle of train.tsv
+(random.Random(--seed)) gives the validation split (its first N examples) and, disjoint from it, the
+training subset (the next --train-limit examples; see split_train). Each learning rate of the grid
+trains a model on the training subset, which is scored on the validation split (the task's metric);
+the highest validation score wins (ties: the earlier learning rate in the grid), and only that same
+trained model is then scored on test.tsv / dev.tsv. The reported test/dev sets play no part in the choice.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import sys
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import write_report
@@ -21,26 +36,157 @@ TASKS = {
     "sst2": ("sst2/train.tsv", "sst2/dev.tsv", "accuracy"),
 }
 LEARNING_RATES = {"parallel": 2e-3, "lora": 5e-4, "adapters": 5e-4, "full": 5e-5}
+DEFAULT_VAL_SIZE = 500
+
+
+def split_train(examples: list, val_size: int, train_limit: int | None, seed: int) -> tuple[list, list]:
+    """(validation, training) from one seeded shuffle of the training file's examples.
+
+    The shuffle is random.Random(seed).shuffle of a copy, the one pac.train.job._subset does; the
+    validation split is its first `val_size` examples and the training subset the next `train_limit`
+    (None: all the rest), so the two are disjoint. With val_size 0 the training subset is exactly
+    the one _subset(examples, train_limit, seed) gives, i.e. that of the run without a search."""
+    if val_size < 0 or (train_limit is not None and train_limit < 1):
+        raise ValueError(f"val_size must be >= 0 and train_limit >= 1, got {val_size} and {train_limit}")
+    if val_size + (train_limit or 1) > len(examples):
+        raise ValueError(f"{val_size} validation + {train_limit or 1} training examples > the {len(examples)} there are")
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    validation, rest = shuffled[:val_size], shuffled[val_size:]
+    return validation, rest if train_limit is None else rest[:train_limit]
+
+
+def parse_lr_grid(text: str | None, techniques: list[str]) -> dict[str, list[float]]:
+    """"parallel=1e-3,2e-3;lora=5e-4" -> {technique: [lr, ...]}; a technique not named keeps its usual LR."""
+    grid = {technique: [LEARNING_RATES[technique]] for technique in techniques}
+    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
+        name, _, values = part.partition("=")
+        name = name.strip()
+        if name not in LEARNING_RATES or not values.strip():
+            raise ValueError(f"--lr-grid: expected technique=lr,lr,... with a technique of "
+                             f"{', '.join(LEARNING_RATES)}, got {part!r}")
+        rates = [float(v) for v in values.split(",") if v.strip()]
+        if any(not rate > 0 for rate in rates):
+            raise ValueError(f"--lr-grid: learning rates must be > 0, got {part!r}")
+        if name in grid:
+            grid[name] = rates
+    return grid
+
+
+def write_jsonl(path: Path, examples: list) -> str:
+    """Examples -> a JSONL file pac.data.readers reads back as the same examples (None fields left out)."""
+    with path.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps({k: v for k, v in asdict(example).items() if v is not None}) + "\n")
+    return str(path)
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Rows -> the paper's Table 3 layout: techniques down, tasks across, metric x 100."""
+    """Rows -> the paper's Table 3 layout: techniques down, tasks across, metric x 100.
+
+    Rows from a learning-rate search (they carry "validation") add each cell's chosen learning rate,
+    and a second table lists the validation score of every learning rate of the grid."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     techniques = list(dict.fromkeys(r["technique"] for r in rows))
-    value = {(r["task"], r["technique"]): r["value"] * 100 for r in rows}
-    lines = ["| technique | " + " | ".join(f"{t} ({TASKS[t][2]})" for t in tasks) + " |",
-             "|---" * (len(tasks) + 1) + "|"]
+    by_cell = {(r["task"], r["technique"]): r for r in rows}
+    searched = any("validation" in r for r in rows)
+
+    def cell(task: str, technique: str) -> str:
+        row = by_cell.get((task, technique))
+        if row is None:
+            return "—"
+        return f"{row['value'] * 100:.2f}" + (f" (lr {row['learning_rate']:g})" if "validation" in row else "")
+
+    title = "test/dev, chosen lr" if searched else ""
+    lines = ["| technique | " + " | ".join(f"{t} ({TASKS[t][2]}{', ' + title if title else ''})" for t in tasks)
+             + " |", "|---" * (len(tasks) + 1) + "|"]
     for technique in techniques:
-        cells = [f"{value[(t, technique)]:.2f}" if (t, technique) in value else "—" for t in tasks]
-        lines.append(f"| {technique} | " + " | ".join(cells) + " |")
+        lines.append(f"| {technique} | " + " | ".join(cell(t, technique) for t in tasks) + " |")
+    if searched:
+        lines += ["", "Validation score of each learning rate (x 100; * chosen):", "",
+                  "| task | technique | validation score per learning rate |", "|---|---|---|"]
+        for row in rows:
+            if "validation" not in row:
+                continue
+            scores = ", ".join(f"{v['learning_rate']:g}: {v['value'] * 100:.2f}"
+                               + ("*" if v["learning_rate"] == row["learning_rate"] else "")
+                               for v in row["validation"])
+            lines.append(f"| {row['task']} | {row['technique']} | {scores} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _single_row(args, task: str, technique: str) -> dict:
+    """The run without a search: the technique's usual learning rate, evaluated on test/dev."""
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
     from pac.train.loop import TrainConfig
 
+    train_file, eval_file, metric = TASKS[task]
+    job = FinetuneJob(
+        model=args.model, train_file=str(Path(args.data_dir, train_file)),
+        eval_file=str(Path(args.data_dir, eval_file)), task="classification",
+        technique=TechniqueConfig(technique),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                          learning_rate=LEARNING_RATES[technique]),
+        seq_len=args.seq_len, train_limit=args.train_limit, eval_limit=args.eval_limit,
+    )
+    result = run_job(job, log=_log)
+    return {"task": task, "technique": technique, "model": args.model, "metric": metric,
+            "value": result["eval"][metric], "eval": result["eval"], "history": result["eval_history"],
+            "train_examples": result["train_examples"], "eval_examples": result["eval_examples"],
+            "trainable_params": result["trainable_params"], "learning_rate": LEARNING_RATES[technique],
+            "train_time_s": sum(result["epoch_times_s"])}
+
+
+def _searched_row(args, task: str, technique: str, rates: list[float], split_dir: Path) -> dict:
+    """Train once per learning rate, choose on the validation split, score the chosen model on test/dev."""
+    from pac.data.batching import encode_example
+    from pac.data.readers import read_examples
+    from pac.techniques.build import TechniqueConfig
+    from pac.train.job import FinetuneJob, _subset, run_job
+    from pac.train.loop import TrainConfig, evaluate
+
+    train_file, eval_file, metric = TASKS[task]
+    validation, training = split_train(read_examples(Path(args.data_dir, train_file)), args.val_size,
+                                       args.train_limit, args.seed)
+    val_path = write_jsonl(split_dir / f"{task}-validation.jsonl", validation)
+    train_path = write_jsonl(split_dir / f"{task}-train.jsonl", training)
+    runs, best = [], None
+    for rate in rates:
+        job = FinetuneJob(
+            model=args.model, train_file=train_path, eval_file=val_path, task="classification",
+            technique=TechniqueConfig(technique),
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, learning_rate=rate),
+            seq_len=args.seq_len,  # no train_limit: the file already is the training subset, in split order
+        )
+        result = run_job(job, log=_log)
+        score = result["eval"][metric]
+        runs.append({"learning_rate": rate, "value": score, "eval": result["eval"],
+                     "history": result["eval_history"], "train_time_s": sum(result["epoch_times_s"])})
+        print(f"{task} {technique} lr {rate:g}: validation {metric} {score * 100:.2f}", flush=True)
+        if best is None or score > best[0]:  # ties keep the earlier learning rate
+            best = (score, rate, result)
+        del result
+    _, rate, result = best
+    model = result["model"]
+    tokenizer, family = model.backbone.tokenizer, model.backbone.family
+    test_examples = _subset(read_examples(Path(args.data_dir, eval_file)), args.eval_limit, args.seed)
+    test_items = [encode_example(e, tokenizer, "classification", family, args.seq_len, i)
+                  for i, e in enumerate(test_examples)]
+    test = evaluate(model, test_items, "classification", tokenizer.pad_token_id)
+    return {"task": task, "technique": technique, "model": args.model, "metric": metric,
+            "value": test[metric], "eval": test, "learning_rate": rate, "lr_grid": rates,
+            "validation_value": best[0], "validation": runs,
+            "train_examples": result["train_examples"], "validation_examples": len(validation),
+            "eval_examples": len(test_items), "trainable_params": result["trainable_params"],
+            "train_time_s": sum(r["train_time_s"] for r in runs)}
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--tasks", default="mrpc,sst2")
@@ -52,30 +198,38 @@ def main(argv=None) -> int:
     parser.add_argument("--train-limit", type=int, help="seeded random subset of the training set")
     parser.add_argument("--eval-limit", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr-grid", help='learning rates to choose from on a validation split, e.g. '
+                        '"parallel=1e-3,2e-3,4e-3;lora=2.5e-4,5e-4,1e-3" (a technique not named: its usual one)')
+    parser.add_argument("--val-size", type=int, help="validation examples carved out of the training file, "
+                        f"disjoint from the training subset (default {DEFAULT_VAL_SIZE} with --lr-grid)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
+    techniques = args.techniques.split(",")
+    search = args.lr_grid is not None or args.val_size is not None
+    if search:
+        args.val_size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
+        if args.val_size < 1:
+            parser.error("--val-size must be >= 1 for a learning-rate search")
+        try:
+            grid = parse_lr_grid(args.lr_grid, techniques)
+        except ValueError as error:
+            parser.error(str(error))
+    config = {**vars(args), "selection": (
+        f"learning rate chosen per technique and task on a {args.val_size}-example validation split of the "
+        "training file (first examples of one seeded shuffle; the training subset is the next --train-limit), "
+        "by the task's metric; test/dev score of that same trained model") if search else
+        "each technique's usual learning rate, no search"}
     rows = []
-    for task in args.tasks.split(","):
-        train_file, eval_file, metric = TASKS[task]
-        for technique in args.techniques.split(","):
-            job = FinetuneJob(
-                model=args.model, train_file=str(Path(args.data_dir, train_file)),
-                eval_file=str(Path(args.data_dir, eval_file)), task="classification",
-                technique=TechniqueConfig(technique),
-                train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                                  learning_rate=LEARNING_RATES[technique]),
-                seq_len=args.seq_len, train_limit=args.train_limit, eval_limit=args.eval_limit,
-            )
-            result = run_job(job, log=lambda line: print(line, file=sys.stderr, flush=True))
-            row = {"task": task, "technique": technique, "model": args.model, "metric": metric,
-                   "value": result["eval"][metric], "eval": result["eval"], "history": result["eval_history"],
-                   "train_examples": result["train_examples"], "eval_examples": result["eval_examples"],
-                   "trainable_params": result["trainable_params"], "learning_rate": LEARNING_RATES[technique],
-                   "train_time_s": sum(result["epoch_times_s"])}
-            print(f"{task} {technique}: {metric} {row['value'] * 100:.2f}", flush=True)
-            rows.append(row)
-            write_report(args.json, "accuracy", vars(args), rows)  # keep what is done if a later run fails
-            Path(args.json).with_suffix(".md").write_text(markdown_table(rows))
+    with tempfile.TemporaryDirectory(prefix="pac-accuracy-") as split_dir:
+        for task in args.tasks.split(","):
+            for technique in techniques:
+                row = (_searched_row(args, task, technique, grid[technique], Path(split_dir)) if search
+                       else _single_row(args, task, technique))
+                print(f"{task} {technique}: {row['metric']} {row['value'] * 100:.2f}"
+                      + (f" (lr {row['learning_rate']:g} chosen on validation)" if search else ""), flush=True)
+                rows.append(row)
+                write_report(args.json, "accuracy", config, rows)  # keep what is done if a later run fails
+                Path(args.json).with_suffix(".md").write_text(markdown_table(rows))
     return 0
 
 
