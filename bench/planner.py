@@ -9,24 +9,49 @@ layers). Every home is planned at each mini-batch size of --batch-sizes: "n" is 
 (the paper's §6.4 comparison with Eco-FL, the headline), integers are fixed sizes (the paper's other
 experiments use 16). Epoch times are phase 1 (epoch 1, no cache) for every strategy, simulated by
 pac/planner/simulator.py; the modelled numbers are not measurements of real boards.
+
+`--what-if` replays the same homes under a change the runtime does NOT have, to show what it would be
+worth (a diagnostic; such runs must write elsewhere than the default report): `fp16-allreduce` sums 16-bit
+side gradients (2 bytes per parameter instead of 4), `free-allreduce` makes every AllReduce cost nothing
+(an upper bound for any scheme that hides it, e.g. behind the next mini-batch's backbone forward).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import write_report
+from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
 from pac.planner.job import TrainingJob
 from pac.planner.planner import plan_job
 from pac.planner.synthetic import BATCH_SCALING, MEASURED_BATCHES, synthetic_home
 
 PAPER_SPEEDUP = 1.4  # the paper's smallest throughput gain over Eco-FL (§6.4: 1.40x to 1.85x)
+DEFAULT_JSON = Path("bench/results/planner.json")
+WHAT_IFS = ("fp16-allreduce", "free-allreduce")  # not in the runtime: diagnostics only
+
+
+@contextlib.contextmanager
+def what_if(name: str | None) -> Iterator[None]:
+    """`free-allreduce`: every CostModel's AllReduce takes no time while inside (fp16 is a job field)."""
+    if name != "free-allreduce":
+        yield
+        return
+    original = CostModel.allreduce
+    CostModel.allreduce = lambda self, group, nbytes: 0.0  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CostModel.allreduce = original  # type: ignore[method-assign]
 
 
 def _ints(text: str) -> list[int]:
@@ -56,6 +81,8 @@ def run_case(layers: int, devices: int, seed: int, batch: str, args: argparse.Na
     home = synthetic_home(layers, devices, seed=seed, latency_s=args.latency_s)
     batch_size = devices if batch == "n" else int(batch)
     job = TrainingJob(samples=args.samples, batch_size=batch_size, epochs=args.epochs)
+    if args.what_if == "fp16-allreduce":
+        job = dataclasses.replace(job, gradient_bytes_per_param=2)
     times, cpu_times = [], []
     result = None
     for _ in range(args.repeat):
@@ -109,11 +136,14 @@ def summarise(rows: list[dict], batches: list[str]) -> dict:
     for batch in batches:
         mine = [r for r in rows if r["batch_setting"] == batch]
         entry: dict = {"homes": len(mine)}
-        for key in ("speedup_vs_pipeline_only", "speedup_vs_pipeline_best_order", "allreduce_tail_fraction"):
-            values = [r[key] for r in mine if r[key] is not None]
+        for key in ("speedup_vs_pipeline_only", "speedup_vs_pipeline_best_order", "speedup_vs_data_only",
+                    "allreduce_tail_fraction"):
+            values = [r[key] for r in mine if r.get(key) is not None]
             if values:
                 entry[key] = {"mean": round(statistics.mean(values), 3), "min": round(min(values), 3),
                               "max": round(max(values), 3)}
+        # Data-only is infeasible where a 4 GB board cannot hold the whole model: the homes it ran on.
+        entry["homes_data_only_fits"] = sum(1 for r in mine if r.get("speedup_vs_data_only") is not None)
         big = [r for r in mine if (r["layers"], r["devices"]) == (96, 16)]
         entry["slowest_plan_time_s"] = round(max(r["plan_time_s"] for r in mine), 3)
         entry["slowest_plan_cpu_time_s"] = round(max(r["plan_cpu_time_s"] for r in mine), 3)
@@ -192,16 +222,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="mini-batch sizes, n = as many as devices; the first is the headline")
     parser.add_argument("--latency-s", type=float, default=0.002, help="per-message link latency")
     parser.add_argument("--repeat", type=int, default=3, help="planning runs per home (the minimum is kept)")
-    parser.add_argument("--json", type=Path, default=Path("bench/results/planner.json"))
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--what-if", choices=WHAT_IFS, default=None,
+                        help="diagnostic: a change the runtime does not have (see the module docstring)")
     parser.add_argument("--png", type=Path, default=None, help="chart (default: --json with .png)")
     args = parser.parse_args(argv)
+    if args.what_if and args.json.resolve() == DEFAULT_JSON.resolve():
+        parser.error(f"--what-if {args.what_if} models what the runtime does not do: write it elsewhere (--json)")
     load_at_start = os.getloadavg()
     rows = []
     for batch in args.batch_sizes:
         for layers in args.layers:
             for devices in args.devices:
                 for seed in range(args.seeds):
-                    row = run_case(layers, devices, seed, batch, args)
+                    with what_if(args.what_if):
+                        row = run_case(layers, devices, seed, batch, args)
                     rows.append(row)
                     print(f"batch {row['batch_size']:2d} {layers:3d} layers {devices:2d} devices seed {seed}: plan "
                           f"{row['plan_time_s']:.3f} s, epoch {row['epoch_time_s']:.0f} s, "
@@ -210,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("json", "png")}
     config["home"] = ("pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links, "
                       "16-bit backbone, fp32 side-network gradients AllReduced every mini-batch")
+    config["allreduce"] = ("as StageHost.run_step: each stage, after its own last backward and its sends, "
+                           "ring-AllReduces its side gradients in its group while earlier stages drain "
+                           "(32 MiB buckets, pipelined segments, see CostModel.allreduce); the optimiser "
+                           "step follows once every stage is done")
+    if args.what_if:
+        config["what_if"] = f"{args.what_if}: NOT what the runtime does (a diagnostic)"
     config["batch_scaling"] = {"batches": list(MEASURED_BATCHES), **BATCH_SCALING,
                                "source": 'time(b)/time(1) of pac.profiling.measure("minilm", ..., 128), '
                                          "medians of 3 CPU runs (see pac/planner/synthetic.py)"}
@@ -225,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     draw(rows, args.batch_sizes, args.png or args.json.with_suffix(".png"))
     for batch, entry in summary.items():
         speed = entry.get("speedup_vs_pipeline_only", {})
+        data = entry.get("speedup_vs_data_only", {})
         print(f"mini-batch {'= devices' if batch == 'n' else batch}: speedup vs pipeline-only mean "
               f"{speed.get('mean')}x (min {speed.get('min')}, max {speed.get('max')}) over {entry['homes']} homes; "
+              f"vs data-only mean {data.get('mean')}x (min {data.get('min')}, max {data.get('max')}) over the "
+              f"{entry['homes_data_only_fits']} homes where it fits; "
               f"planning 96 layers x 16 devices {entry.get('plan_time_96_layers_16_devices_s')} s wall, "
               f"{entry.get('plan_cpu_time_96_layers_16_devices_s')} s CPU (slowest of all: "
               f"{entry['slowest_plan_time_s']} s wall, {entry['slowest_plan_cpu_time_s']} s CPU)")

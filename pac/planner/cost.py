@@ -26,6 +26,14 @@ from pac.planner.profile import HomeProfile, interpolation_weights
 INF = math.inf
 NO_LIMIT = 1 << 30  # "any number of micro-batches in flight fits"
 
+# How pac.collective runs a ring AllReduce (bucket.DEFAULT_BUCKET_BYTES, group.MAX_SEGMENT_BYTES,
+# schedule.MIN_SEGMENT_BYTES and SEGMENTS_PER_STEP; tests/unit/test_simulator.py keeps them equal). Copied,
+# not imported: pac.collective imports torch and the planner does not.
+RING_BUCKET_BYTES = 32 * 1024 * 1024
+RING_MAX_SEGMENT_BYTES = 4 * 1024 * 1024 - 4096
+RING_MIN_SEGMENT_BYTES = 256 * 1024
+RING_SEGMENTS_PER_STEP = 4
+
 
 class CostModel:
     """Cached costs for one (home, job). Devices are referred to by their index in `home.devices`."""
@@ -44,6 +52,7 @@ class CostModel:
         self._shares: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
         self._matrices: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._links: dict[tuple[int, int], tuple[float, float]] = {}
+        self._rings: dict[tuple[int, ...], tuple[float, float]] = {}
         forward, backward = boundary_bytes_per_sample(self.model, job)
         self.forward_bytes_per_sample = forward
         self.backward_bytes_per_sample = backward
@@ -160,15 +169,47 @@ class CostModel:
             backward = max(backward, self.transfer(b, a, samples * self.backward_bytes_per_sample))
         return forward, backward
 
+    def ring_link(self, group: Sequence[int]) -> tuple[float, float]:
+        """(bandwidth, latency) that paces a ring over `group` in its order: the slowest link's bandwidth and
+        the largest latency (every rank waits for its previous one, so the slowest hop sets the pace)."""
+        key = tuple(group)
+        if key not in self._rings:
+            n = len(key)
+            ring = [self.link(key[i], key[(i + 1) % n]) for i in range(n)]
+            self._rings[key] = (min(b for b, _ in ring), max(lat for _, lat in ring))
+        return self._rings[key]
+
     def allreduce(self, group: Sequence[int], nbytes: float) -> float:
-        """Ring AllReduce of `nbytes` in `group`: 2(n-1)/n * bytes / slowest ring link + 2(n-1) latencies."""
+        """Seconds of `pac.collective.allreduce_` of `nbytes` of gradients in `group` (its ring order).
+
+        What the runtime does: the tensors are packed into buckets of RING_BUCKET_BYTES, reduced one after
+        the other; each bucket is a ring of 2(n-1) steps over n chunks of C = bucket / n bytes, and a chunk
+        travels as segments (a quarter of it, at least RING_MIN_SEGMENT_BYTES, at most
+        RING_MAX_SEGMENT_BYTES) that a rank forwards as soon as it has reduced or received them. Each rank's
+        link sends its 2(n-1) chunks back to back unless a step's first segment is still on its way, so a
+        bucket takes
+
+            2(n-1) * C / bw + lat + (2(n-1) - 1) * max(0, lat + g / bw - C / bw)
+
+        (g: the segment; bandwidth-bound, the usual 2(n-1)/n * bucket / bw plus one latency; latency-bound,
+        every step waits for its first segment). The operation ends when the next rank acknowledges the
+        last data: one latency more. bw and lat are those of the ring's slowest link (`ring_link`).
+        """
         n = len(group)
         if n <= 1 or nbytes <= 0:
             return 0.0
-        ring = [self.link(group[i], group[(i + 1) % n]) for i in range(n)]
-        bandwidth = min(b for b, _ in ring)
-        latency = max(lat for _, lat in ring)
-        return 2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
+        bandwidth, latency = self.ring_link(group)
+        full, rest = divmod(float(nbytes), RING_BUCKET_BYTES)
+        steps = 2 * (n - 1)
+        total = latency  # the acknowledgement of the last data
+        for bucket, count in ((RING_BUCKET_BYTES, full), (rest, 1.0 if rest > 0 else 0.0)):
+            if count:
+                chunk = bucket / n
+                segment = min(chunk, RING_MAX_SEGMENT_BYTES,
+                              max(RING_MIN_SEGMENT_BYTES, chunk / RING_SEGMENTS_PER_STEP))
+                wait = max(0.0, latency + segment / bandwidth - chunk / bandwidth)
+                total += count * (steps * chunk / bandwidth + latency + (steps - 1) * wait)
+        return total
 
     def stage_gradient_bytes(self, start: int, stop: int) -> float:
         from pac.planner.memory import side_extra_share

@@ -184,7 +184,8 @@ def estimate(cost: CostModel, partition: Partition) -> Estimate:
     The paper's L_b + L_e + L_n assumes the last stage is the slowest; here every stage k is tried as
     the one that sets the pace: fill up to k, M forward+backward pairs on k (plus whatever of the first
     micro-batch's round trip beyond k its warm-up forwards cannot hide), drain back to stage 0, and each
-    stage's AllReduce after its last backward.
+    stage's AllReduce from its last backward's delivered gradient on (overlapping the drain of the stages
+    before it), as the runtime runs it.
     """
     stages = partition.stages
     batch, micro = partition.micro_batch_size, partition.micro_batches
@@ -203,7 +204,10 @@ def estimate(cost: CostModel, partition: Partition) -> Estimate:
         trip = sum(cf[j - 1] + fwd[j] + bwd[j] + cb[j - 1] for j in range(k + 1, s))
         warm = min(s - k - 1, micro - 1) * fwd[k]
         finish = max(finish, fill + micro * (fwd[k] + bwd[k]) + max(0.0, trip - warm) + drain)
-    end = max(finish - sum(cb[j] + bwd[j] for j in range(i)) + ar[i] for i in range(s))
+    # Stage i's last backward ends the drain below it before the finish; its AllReduce starts once that
+    # backward's gradient is delivered to stage i-1 (the runtime flushes its sends first).
+    end = max(finish - sum(cb[j] + bwd[j] for j in range(i)) + (cb[i - 1] if i > 0 else 0.0) + ar[i]
+              for i in range(s))
     return Estimate(end, tuple(fwd), tuple(bwd), tuple(cf), tuple(cb), tuple(ar))
 
 

@@ -3,9 +3,11 @@
 Phase 1, one mini-batch: each stage runs its micro-batches one-forward-one-backward (warm-up of
 min(stages after it, M) forwards, then alternate, then drain), its group in lock-step (the slowest device
 of the group sets each op's length). A stage boundary has one channel each way; a micro-batch's transfer
-starts when it is produced and the channel is free. After its last backward each stage AllReduces its
-side-network gradients in its group. Mini-batches are separated by the optimiser step, so an epoch is
-the mini-batch time times the number of mini-batches.
+starts when it is produced and the channel is free. As in the runtime (`StageHost.run_step`), each stage,
+once its own last backward is done and its sends are delivered, AllReduces its side-network gradients in
+its group while the stages before it are still draining. Mini-batches are separated by the optimiser step
+(the controller applies it once every stage is done), so an epoch is the mini-batch time times the number
+of mini-batches.
 
 Between the phases the cached states and side parameters move (each device sends one transfer at a time
 and receives one at a time); phase 2 then runs data-parallel steps over the cache with a ring AllReduce.
@@ -109,7 +111,10 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
             raise RuntimeError("1F1B schedule deadlocked; this is a bug in the simulator")
     finish = 0.0
     for i in range(s):
-        start = stage_free[i]
+        # Like StageHost.run_step: the stage's last backward, then its sends delivered (its last one is the
+        # gradient of that backward to the stage before), then its group's AllReduce; the other stages go
+        # on meanwhile. The mini-batch ends when every stage is done (then the optimiser step).
+        start = max(stage_free[i], link_b_free[i - 1] if i > 0 else 0.0)
         if allreduce[i] > 0:
             events.append(Event(f"stage {i}", "AR", -1, start, start + allreduce[i]))
         finish = max(finish, start + allreduce[i])

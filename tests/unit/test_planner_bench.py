@@ -20,10 +20,13 @@ def test_summary_per_batch_setting() -> None:
     def row(batch: str, speedup: float, layers: int = 96, devices: int = 16) -> dict:
         return {"batch_setting": batch, "layers": layers, "devices": devices, "plan_time_s": 0.5,
                 "plan_cpu_time_s": 0.4, "speedup_vs_pipeline_only": speedup,
-                "speedup_vs_pipeline_best_order": None, "allreduce_tail_fraction": 0.1}
+                "speedup_vs_pipeline_best_order": None, "allreduce_tail_fraction": 0.1,
+                "speedup_vs_data_only": None if layers == 96 else speedup + 0.5}
 
     summary = bench.summarise([row("n", 1.0), row("n", 1.5, 24, 4), row("16", 2.0)], ["n", "16"])
     assert summary["n"]["speedup_vs_pipeline_only"] == {"mean": 1.25, "min": 1.0, "max": 1.5}
+    assert summary["n"]["speedup_vs_data_only"] == {"mean": 2.0, "min": 2.0, "max": 2.0}
+    assert summary["n"]["homes_data_only_fits"] == 1
     assert summary["n"]["homes"] == 2 and summary["16"]["homes"] == 1
     assert summary["n"]["plan_cpu_time_96_layers_16_devices_s"] == 0.4
     assert "speedup_vs_pipeline_best_order" not in summary["n"]
@@ -40,3 +43,14 @@ def test_tiny_run_writes_report_and_chart(tmp_path) -> None:
     assert report["config"]["batch_scaling"]["batches"] == [1, 2, 4, 8, 16, 32]
     assert all(r["speedup_vs_pipeline_only"] >= 1.0 - 1e-9 for r in report["rows"])
     assert out.with_suffix(".png").exists()
+
+
+def test_what_if_runs_never_overwrite_the_report_and_leave_the_model_as_it_was(tmp_path) -> None:
+    from pac.planner.cost import CostModel
+
+    with pytest.raises(SystemExit):
+        bench.main(["--what-if", "free-allreduce", "--json", str(bench.DEFAULT_JSON)])
+    original = CostModel.allreduce
+    with bench.what_if("free-allreduce"):
+        assert CostModel.allreduce is not original
+    assert CostModel.allreduce is original

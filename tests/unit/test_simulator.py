@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from pac.planner.cost import CostModel
@@ -83,16 +81,123 @@ def test_three_stages_with_transfers_by_hand() -> None:
 
 
 def test_allreduce_is_added_after_each_stage_drains() -> None:
-    # Two devices in one stage: ring AllReduce of the side gradients, 2(n-1)/n * bytes / bw + 2(n-1) lat.
+    # Two devices in one stage; the side gradients are 2 layers x 10 params x fp32 = 80 bytes.
     home = tiny_home([[1.0, 1.0], [1.0, 1.0]], latency_s=0.25, bandwidth_bytes_per_s=1e3)
     cost = CostModel(home, TrainingJob(samples=8, batch_size=2))
     partition = Partition(((0, 2, (0, 1)),), 1, 2, 3.0)
     sim = simulate_phase1(cost, partition)
-    gradient_bytes = 2 * 10 * 4  # 2 layers x 10 side params x fp32
-    allreduce = 2 * 1 / 2 * gradient_bytes / 1e3 + 2 * 1 * 0.25
+    # The ring: 2 chunks of 40 bytes, one segment each (0.04 s on the wire). Step 0 sends at 0-0.04, it
+    # arrives at 0.29; step 1 forwards it at 0.29-0.33; it arrives at 0.58; the next rank acknowledges
+    # the last data at 0.83.
+    allreduce = 0.04 + 0.25 + 0.04 + 0.25 + 0.25
+    assert cost.allreduce((0, 1), 80.0) == pytest.approx(allreduce)
     # Each device takes 1 sample: forward 2 x 1 s, backward 2 x 0.5 s.
     assert sim.minibatch_s == pytest.approx(2.0 + 1.0 + allreduce)
-    assert math.isclose(cost.allreduce((0, 1), gradient_bytes), allreduce)
+    assert spans(sim, "stage 0")[-1] == ("AR", -1, 3.0, 3.83)
+
+
+def test_a_stage_allreduces_while_the_stages_before_it_drain() -> None:
+    # Stage 0 = device 0 (layer 0), stage 1 = devices 1 and 2 (layer 1), one micro-batch of 2 samples.
+    # Forward 1 s per sample and layer, backward 2 s; links 1000 B/s with 0.5 s latency.
+    home = tiny_home([[1.0, 100.0], [100.0, 1.0], [100.0, 1.0]], backward_fraction=2.0, latency_s=0.5,
+                     bandwidth_bytes_per_s=1e3)
+    cost = CostModel(home, TrainingJob(samples=8, batch_size=2))
+    partition = Partition(((0, 1, (0,)), (1, 2, (1, 2))), 1, 2, 6.0)
+    sim = simulate_phase1(cost, partition)
+    # Stage 0 computes both samples: F 0-2. Each sample goes to its device of stage 1: (h, a) is
+    # 1 x (8 + 1) x 2 = 18 bytes, 0.5 + 0.018 s. Stage 1: F 2.518-3.518, B -5.518; grad a (2 bytes) is
+    # delivered at 6.02, when stage 0 starts its backward (4 s) and stage 1 its AllReduce of 40 bytes
+    # (chunks of 20 bytes: sent 0.02 s, arrives 0.5 s later, forwarded, arrives, acknowledged:
+    # 0.02 + 0.5 + 0.02 + 0.5 + 0.5 = 1.54 s), which ends long before stage 0 does.
+    assert spans(sim, "stage 0") == [("F", 0, 0, 2), ("B", 0, 6.02, 10.02)]
+    assert spans(sim, "stage 1") == [("F", 0, 2.518, 3.518), ("B", 0, 3.518, 5.518), ("AR", -1, 6.02, 7.56)]
+    assert sim.minibatch_s == pytest.approx(10.02)
+    assert estimate(cost, partition).minibatch_s == pytest.approx(10.02)
+    # With a 100 times slower network the AllReduce of stage 1 outlasts stage 0's backward and ends the
+    # mini-batch: the transfers take 0.5 + 1.8 and 0.5 + 0.2 s (F 0-2, 4.3-5.3, B 5.3-7.3, delivered at 8),
+    # the AllReduce 2 + 0.5 + 2 + 0.5 + 0.5 = 5.5 s.
+    home = tiny_home([[1.0, 100.0], [100.0, 1.0], [100.0, 1.0]], backward_fraction=2.0, latency_s=0.5,
+                     bandwidth_bytes_per_s=10.0)
+    cost = CostModel(home, TrainingJob(samples=8, batch_size=2))
+    sim = simulate_phase1(cost, partition)
+    assert spans(sim, "stage 1") == [("F", 0, 4.3, 5.3), ("B", 0, 5.3, 7.3), ("AR", -1, 8.0, 13.5)]
+    assert spans(sim, "stage 0") == [("F", 0, 0, 2), ("B", 0, 8.0, 12.0)]
+    assert sim.minibatch_s == pytest.approx(13.5)
+    assert estimate(cost, partition).minibatch_s == pytest.approx(13.5)
+
+
+def ring_by_events(numel: int, world: int, itemsize: int, bandwidth: float, latency: float) -> float:
+    """pac.collective's ring AllReduce played message by message (every rank, every bucket, every
+    segment, with the runtime's own schedule functions): when the last rank is done."""
+    from pac.collective.schedule import partition, ring_steps, segment_elements, segments
+
+    bucket_elements = (32 * 1024 * 1024) // itemsize
+    ready = [0.0] * world  # when rank r may start the next bucket
+    done = 0.0
+    offset = 0
+    while offset < numel:
+        size = min(bucket_elements, numel - offset)
+        offset += size
+        per = segment_elements(size, world, itemsize, 4 * 1024 * 1024 - 4096)
+        chunks = partition(size, world)
+        steps = [ring_steps(r, world) for r in range(world)]
+        arrive: dict[tuple[int, int, int], float] = {}  # (receiving rank, step, segment) -> arrival
+        free = list(ready)  # when rank r's link to rank r+1 is next free
+        last_send = [0.0] * world
+        # What each rank sends, in order: (step, segment, elements).
+        plan = [[(t, k, b - a) for t in range(2 * (world - 1))
+                 for k, (a, b) in enumerate(segments(*chunks[steps[r][t].send_chunk], per))]
+                for r in range(world)]
+        left = sum(len(p) for p in plan)
+        order = [0] * world  # position in its plan of each rank's next message
+        while left:
+            for r in range(world):
+                while order[r] < len(plan[r]):
+                    t, k, count = plan[r][order[r]]
+                    need = 0.0 if t == 0 else arrive.get((r, t - 1, k))
+                    if need is None:
+                        break
+                    start = max(free[r], need)
+                    free[r] = last_send[r] = start + count * itemsize / bandwidth
+                    arrive[((r + 1) % world, t, k)] = free[r] + latency
+                    order[r] += 1
+                    left -= 1
+        for r in range(world):
+            last_recv = max(v for (q, _, _), v in arrive.items() if q == r)
+            ready[r] = max(last_send[r], last_recv)
+            done = max(done, ready[r], last_send[r] + 2 * latency)  # the next rank acknowledges the last data
+    return done
+
+
+@pytest.mark.parametrize("world", [2, 3, 5, 8])
+@pytest.mark.parametrize("numel,latency", [(20, 0.002), (300_000, 0.002), (8_000_000, 0.002),
+                                           (8_000_000, 0.05), (20_000_000, 0.002)])
+def test_allreduce_cost_matches_the_runtime_ring_message_by_message(world: int, numel: int, latency: float) -> None:
+    home = tiny_home([[1.0]] * world, latency_s=latency, bandwidth_bytes_per_s=125e6)
+    cost = CostModel(home, TrainingJob(samples=8, batch_size=world))
+    expected = ring_by_events(numel - numel % world, world, 4, 125e6, latency)
+    assert cost.allreduce(tuple(range(world)), 4.0 * (numel - numel % world)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ring_constants_are_the_runtimes() -> None:
+    from pac.collective import bucket, group, schedule
+    from pac.planner import cost
+
+    assert cost.RING_BUCKET_BYTES == bucket.DEFAULT_BUCKET_BYTES == group.RingGroup("g", 0, ("a",)).bucket_bytes
+    assert cost.RING_MAX_SEGMENT_BYTES == group.MAX_SEGMENT_BYTES
+    assert cost.RING_MIN_SEGMENT_BYTES == schedule.MIN_SEGMENT_BYTES
+    assert cost.RING_SEGMENTS_PER_STEP == schedule.SEGMENTS_PER_STEP
+
+
+def test_stage_gradients_are_its_side_parameters_in_fp32() -> None:
+    from pac.planner.synthetic import synthetic_home
+
+    home = synthetic_home(6, 2, seed=0)
+    cost = CostModel(home, TrainingJob(samples=8, batch_size=2))
+    model = home.model
+    assert cost.stage_gradient_bytes(2, 4) == 4 * sum(model.side_layer_params[2:4])
+    assert cost.stage_gradient_bytes(0, 6) == 4 * model.side_params
+    assert sum(cost.stage_gradient_bytes(x, y) for x, y in ((0, 2), (2, 5), (5, 6))) == 4 * model.side_params
 
 
 def test_transfers_serialise_per_sender_and_receiver() -> None:
