@@ -110,6 +110,7 @@ def worker_cached(args) -> dict:
 
     after_imports = rss_bytes()
     model = load_side_model(Path(args.cache_dir) / "adapter.safetensors")
+    model.side.checkpoint_blocks = bool(args.checkpoint)
     key_dir = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and p.name.endswith(args.precision))
     manifest = json.loads((key_dir / "manifest.json").read_text())
     cache = ActivationCache(args.cache_dir, CacheKey(**{**manifest["key"], "taps": tuple(
@@ -136,7 +137,8 @@ def worker_cached(args) -> dict:
             "quantization": args.quantization, "time_per_sample_s": elapsed / len(items),
             "peak_rss_bytes": peak, "peak_memory_bytes": peak - after_imports,
             "rss_after_imports_bytes": after_imports, "cache_bytes_per_sample": manifest["record_bytes"] / len(items),
-            "read_mode": args.read_mode, "samples": len(items), "batch_size": args.batch_size, "seq_len": args.seq_len}
+            "read_mode": args.read_mode, "samples": len(items), "batch_size": args.batch_size, "seq_len": args.seq_len,
+            "activation_checkpointing": bool(args.checkpoint)}
 
 
 def fresh(args, role: str, **extra) -> dict:
@@ -150,6 +152,7 @@ def fresh(args, role: str, **extra) -> dict:
         raise SystemExit(f"{role} {extra} failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{row['technique']:18s} {row.get('precision') or row['quantization']:5s} "
+          f"{'ckpt' if row.get('activation_checkpointing') else '    '} "
           f"{row['time_per_sample_s'] * 1e3:9.2f} ms/sample  peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB",
           flush=True)
     return row
@@ -170,6 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="fp16", help=argparse.SUPPRESS)
     parser.add_argument("--quantization", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
+                        help="epochs from the cache with side-block activation checkpointing off, on, or both rows")
+    parser.add_argument("--checkpoint", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         args.role = args.worker
@@ -181,12 +187,14 @@ def main(argv=None) -> int:
             first = fresh(args, "parallel", precision=precision, cache_dir=directory)
             if precision == args.precisions.split(",")[0]:
                 rows.append(first)
-            rows.append(fresh(args, "cached", precision=precision, cache_dir=directory))
+            modes = {"off": [0], "on": [1], "both": [0, 1]}[args.checkpointing]
+            for mode in modes:
+                rows.append(fresh(args, "cached", precision=precision, cache_dir=directory, checkpoint=mode))
     for quantization in args.quantizations.split(","):
         rows.append(fresh(args, "quantized-backbone", quantization=quantization))
     if args.json:
         config = {k: getattr(args, k) for k in ("model", "precisions", "quantizations", "samples", "batch_size",
-                                                "seq_len", "data", "read_mode")}
+                                                "seq_len", "data", "read_mode", "checkpointing")}
         write_report(args.json, "cache", config, rows)
     return 0
 

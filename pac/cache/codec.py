@@ -52,10 +52,13 @@ def decode(data: bytes | memoryview, precision: str, tokens: int, width: int) ->
 
 
 def decode_into(data: bytes | memoryview, precision: str, out: np.ndarray) -> None:
-    """Decode straight into `out` (a float32 [tokens, width] array, e.g. a row of a batch tensor):
-    no intermediate tensor, one pass over the bytes."""
+    """Decode straight into `out` (a float32 [tokens, width] array, e.g. a row of a batch tensor; for
+    fp16 records also a float16 one, for bf16 records an int16 view of a bfloat16 tensor): no
+    intermediate tensor, one pass over the bytes."""
     tokens, width = out.shape
-    if precision == "int8":
+    if precision == "bf16" and out.dtype == np.int16:  # the raw words into a bfloat16 tensor's storage
+        np.copyto(out, np.frombuffer(data, dtype=np.int16, count=tokens * width).reshape(tokens, width))
+    elif precision == "int8":
         values = np.frombuffer(data, dtype=np.int8, count=tokens * width).reshape(tokens, width)
         scale = np.frombuffer(data, dtype=np.float32, count=tokens, offset=tokens * width)
         np.multiply(values, scale[:, None], out=out, casting="unsafe")

@@ -104,6 +104,8 @@ class SideBlock(nn.Module):
 
     def forward(self, hidden, previous, mask, memory=None, memory_mask=None) -> torch.Tensor:
         mu = torch.sigmoid(self.gate)
+        if hidden.dtype != self.down.weight.dtype:  # 16-bit states read from the cache
+            hidden = hidden.to(self.down.weight.dtype)
         x = mu * self.down(hidden) + (1 - mu) * previous
         x = self._sublayer(x, self.norms[0], lambda y: self.attention(y, mask))
         if self.cross is not None:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from pac.errors import ConfigError
@@ -124,6 +125,9 @@ class SideNetwork(nn.Module):
         self.final_norm = make_norm(s.style, s.width) if s.style.pre_norm else nn.Identity()
         self.up = nn.Linear(s.width, s.hidden_size, bias=False)
         nn.init.zeros_(self.up.weight)  # step 0 equals the backbone
+        # Activation checkpointing: keep only each block's inputs for backward and recompute the rest
+        # (memory for about one more side forward). Not part of the model: not saved with an adapter.
+        self.checkpoint_blocks = False
 
     def forward(self, taps: list[list[torch.Tensor | None]], masks: list[torch.Tensor]) -> torch.Tensor:
         """taps[s][i] = h_i of stack s (entries not in needed_taps may be None); masks[s]: [batch, len]."""
@@ -132,9 +136,15 @@ class SideNetwork(nn.Module):
         for stack_index, blocks in enumerate(self.stacks):
             states = taps[stack_index]
             mask = attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index])
-            a = self.entry[stack_index](states[0])
+            entry = self.entry[stack_index]
+            a = entry(states[0].to(entry.weight.dtype))
+            checkpointing = self.checkpoint_blocks and torch.is_grad_enabled()
             for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):
-                a = block(states[layer], a, mask, memory, memory_mask)
+                if checkpointing:
+                    a = torch.utils.checkpoint.checkpoint(block, states[layer], a, mask, memory, memory_mask,
+                                                          use_reentrant=False)
+                else:
+                    a = block(states[layer], a, mask, memory, memory_mask)
             memory, memory_mask = a, masks[stack_index].bool()[:, None, None, :]
         return self.up(self.final_norm(a))
 

@@ -65,20 +65,32 @@ class CachedStates:
             model.backbone = self.load_backbone()
         return model.backbone
 
-    def _read_batch(self, spec, group: list[Encoded], batch: dict):
+    def tap_dtype(self, compact: bool) -> torch.dtype:
+        """The batch tensors' dtype: float32, or with `compact` the cache's own 16-bit format (exact;
+        the side blocks widen each state when they use it, which under activation checkpointing is
+        not kept for backward: half the memory for the states of a batch)."""
+        if compact and self.cache.precision == "fp16":
+            return torch.float16
+        if compact and self.cache.precision == "bf16":
+            return torch.bfloat16
+        return torch.float32
+
+    def _read_batch(self, spec, group: list[Encoded], batch: dict, compact: bool = False):
         """Decode every record of the batch straight into padded batch tensors (one copy per value)."""
         masks = [batch["attention_mask"]] + ([batch["decoder_attention_mask"]] if len(spec.stack_sizes) > 1 else [])
         width = spec.hidden_size
+        dtype = self.tap_dtype(compact)
         taps, outs = [], []
         for s, needed in enumerate(spec.needed_taps()):
             stack = [None] * (spec.stack_sizes[s] + 1)
             for i in needed:
-                stack[i] = torch.zeros(len(group), masks[s].shape[1], width)
+                stack[i] = torch.zeros(len(group), masks[s].shape[1], width, dtype=dtype)
                 outs.append((stack[i], s))
             taps.append(stack)
         final = torch.zeros(len(group), masks[-1].shape[1], width)
         outs.append((final, len(masks) - 1))
-        arrays = [(tensor.numpy(), s) for tensor, s in outs]
+        arrays = [((tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy(), s)
+                  for tensor, s in outs]
         for row, item in enumerate(group):
             lengths = _stack_lengths(item)
             self.cache.read_into(_key(item), [array[row, : lengths[s]] for array, s in arrays])
@@ -89,7 +101,7 @@ class CachedStates:
         device = next(model.side.parameters()).device
         if self.all_cached(group):
             try:
-                taps, final = self._read_batch(spec, group, batch)
+                taps, final = self._read_batch(spec, group, batch, compact=model.side.checkpoint_blocks)
             except CacheCorruption as error:
                 log.warning("%s; recomputing it", error)
             else:

@@ -24,6 +24,7 @@ class TrainConfig:
     warmup_fraction: float = 0.06  # of all steps, linear warm-up then linear decay to zero
     seed: int = 0
     max_grad_norm: float = 1.0
+    activation_checkpointing: bool = False  # Parallel Adapters: recompute side blocks in backward (less memory)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -82,6 +83,8 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
     device = next(iter(trainable_parameters(model))).device
+    if getattr(model, "side", None) is not None and hasattr(model.side, "checkpoint_blocks"):
+        model.side.checkpoint_blocks = config.activation_checkpointing
     result = TrainResult()
     step = 0
     for epoch in range(config.epochs):

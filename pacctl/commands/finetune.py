@@ -35,11 +35,14 @@ from pac.errors import PacError
               help="Where the cache lives [default: $PAC_CACHE_DIR or ~/.cache/pac/activations].")
 @click.option("--keep-cache", is_flag=True, help="Keep the cache after the job, for later jobs on the same data.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpointing", is_flag=True,
+              help="Parallel Adapters: recompute the side blocks in backward instead of keeping their "
+                   "activations (less memory, about one more side forward of time).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, technique, task, epochs, batch_size, seq_len, learning_rate,
             reduction_factor, train_limit, eval_limit, quantization, cache_precision, cache_dir, keep_cache,
-            seed, output_dir) -> None:
+            seed, checkpointing, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
@@ -51,7 +54,8 @@ def command(model, train_file, eval_file, technique, task, epochs, batch_size, s
             model=model, train_file=train_file, eval_file=eval_file, task=task,
             technique=TechniqueConfig(technique, reduction_factor=reduction_factor),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                              learning_rate=learning_rate or defaults[technique]),
+                              learning_rate=learning_rate or defaults[technique],
+                              activation_checkpointing=checkpointing),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
             quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
         )

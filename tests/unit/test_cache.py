@@ -29,7 +29,7 @@ def items_for(backbone, task="classification", count=12):
     return [encode_example(e, backbone.tokenizer, task, backbone.family, 48) for e in examples]
 
 
-def trained(name, task, cache_root=None, precision="fp32", corrupt_after_epoch1=False):
+def trained(name, task, cache_root=None, precision="fp32", corrupt_after_epoch1=False, checkpointing=False):
     backbone = load_backbone(name)
     torch.manual_seed(0)
     model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig(task))
@@ -46,7 +46,7 @@ def trained(name, task, cache_root=None, precision="fp32", corrupt_after_epoch1=
             byte = handle.read(1)
             handle.seek(10)
             handle.write(bytes([byte[0] ^ 0xFF]))
-    more = TrainConfig(epochs=2, batch_size=4, learning_rate=3e-3, seed=1)
+    more = TrainConfig(epochs=2, batch_size=4, learning_rate=3e-3, seed=1, activation_checkpointing=checkpointing)
     train(model, items, task, backbone.tokenizer.pad_token_id, more, states=states)
     return model, states
 
@@ -62,6 +62,20 @@ def test_training_from_cache_equals_recomputing(tmp_path, name, task):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
     for a, b in zip(reference.head.parameters(), cached.head.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    states.cache.close()
+
+
+@pytest.mark.parametrize("name,task,precision", [("tiny-llama", "lm", "fp16"), ("tiny-t5", "classification", "bf16")])
+def test_checkpointed_epochs_from_a_16_bit_cache_equal_plain_ones(tmp_path, name, task, precision):
+    """Activation checkpointing with the batch's states kept in the cache's 16-bit format trains the
+    same parameters as keeping every activation and widening the states on reading."""
+    plain, states = trained(name, task, tmp_path / "a", precision)
+    assert states.tap_dtype(True) != torch.float32
+    states.cache.close()
+    checkpointed, states = trained(name, task, tmp_path / "b", precision, checkpointing=True)
+    assert checkpointed.side.checkpoint_blocks and states.cache_reads > 0
+    for (key, a), b in zip(plain.side.state_dict().items(), checkpointed.side.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
     states.cache.close()
 
 
