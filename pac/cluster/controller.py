@@ -333,7 +333,8 @@ class Controller:
         self.stages = Stages(devices, identity)
         self.loaded: set[str] = set()
         self.status: dict[str, Any] = {"job_id": self.job_id, "pid": os.getpid(), "state": "starting",
-                                       "output_dir": str(output_dir), "started_unix": time.time()}
+                                       "output_dir": str(output_dir), "started_unix": time.time(),
+                                       "devices": [f"{d.node_id} ({d.address})" for d in devices]}
         self.checkpoint: Path | None = None
 
     # ---- status and checkpoints ----------------------------------------------------------------------

@@ -130,6 +130,8 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
         loss = status.get("loss")
         click.echo(f"  phase {status['phase']}, epoch {status.get('epoch')}, step {status.get('step', '-')}"
                    + (f", loss {loss:.4f}" if isinstance(loss, int | float) else ""))
+    if status.get("devices"):
+        click.echo(f"  devices: {', '.join(status['devices'])}")
     if status.get("checkpoint"):
         click.echo(f"  last checkpoint: {status['checkpoint']}")
     if status.get("total_time_s"):
