@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
+
+# While a stage waits for a peer, torch's OpenMP threads would spin and take the cores the daemon's own
+# network I/O (and, on a shared machine, other daemons) need; set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pac.errors import PacError
 from pacd.config import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
