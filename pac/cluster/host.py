@@ -485,7 +485,7 @@ class Phase2Host:
                 count = loss_count(batch, task, family)
                 scaled = out.loss * (count / step["loss_total"]) if count else out.loss.sum() * 0.0
                 scaled.backward()
-                share = float(scaled)
+                share = float(scaled.detach())
             for p in parameters:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
