@@ -72,6 +72,7 @@ class TrainingSection:
     optimizer: str = "adamw"
     seed: int = 0  # weights of the side network, data order and subsets
     max_grad_norm: float = 1.0  # gradients are clipped to this global L2 norm
+    activation_checkpointing: bool = False  # recompute side blocks in backward: less memory, ~1.5x side time
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Job:
             technique=TechniqueConfig(t.technique, reduction_factor=t.reduction_factor, side_layers=t.side_layers),
             train=TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                               weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
-                              max_grad_norm=t.max_grad_norm),
+                              max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing),
             seq_len=t.seq_len, train_limit=self.data.train_limit, eval_limit=self.data.eval_limit,
             output_dir=str(self.output.directory), quantization=self.model.quantization,
             cache_precision=None if cache.precision == "none" else cache.precision,
@@ -377,6 +378,7 @@ def _training(table: _Table) -> TrainingSection:
         warmup_fraction=table.number("warmup_fraction", 0.06, 0.0, 1.0),
         optimizer=table.choice("optimizer", "adamw", OPTIMIZERS), seed=table.integer("seed", 0, 0),
         max_grad_norm=table.number("max_grad_norm", 1.0, 0.0, low_open=True),
+        activation_checkpointing=table.boolean("activation_checkpointing", False),
     )
 
 

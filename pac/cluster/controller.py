@@ -394,7 +394,8 @@ class Controller:
         train = asdict(TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
                                    learning_rate=training.learning_rate, weight_decay=training.weight_decay,
                                    warmup_fraction=training.warmup_fraction, seed=training.seed,
-                                   max_grad_norm=training.max_grad_norm))
+                                   max_grad_norm=training.max_grad_norm,
+                                   activation_checkpointing=training.activation_checkpointing))
         calls = []
         for s, stage in enumerate(plan.phase1.stages):
             for r, address in enumerate(addresses[s]):
@@ -513,7 +514,8 @@ class Controller:
             train=asdict(TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
                                      learning_rate=training.learning_rate, weight_decay=training.weight_decay,
                                      warmup_fraction=training.warmup_fraction, seed=training.seed,
-                                     max_grad_norm=training.max_grad_norm)),
+                                     max_grad_norm=training.max_grad_norm,
+                                   activation_checkpointing=training.activation_checkpointing)),
             total_steps=total_steps, steps_done=first_step, members=members, fingerprint=p.fingerprint,
             tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
             cache_precision=self.job.cache.precision, cache_keep=self.job.cache.keep,

@@ -439,6 +439,7 @@ class Phase2Host:
         if trained_missing:
             raise JobError(f"phase 2 was not sent {len(trained_missing)} trained tensors, e.g. {trained_missing[:3]}")
         self.config = TrainConfig(**spec.train)
+        self.model.side.checkpoint_blocks = self.config.activation_checkpointing
         torch.manual_seed(self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config, spec.total_steps)
         load_optimizer_tensors(self.model, self.optimizer, tensors)

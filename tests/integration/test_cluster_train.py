@@ -82,12 +82,13 @@ def assert_same(expected: dict, path: Path, atol=2e-5) -> None:
 
 
 def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, count=14, epochs=2,
-                    batch_size=6):
+                    batch_size=6, precision="fp32", **training):
     """Run the job on the daemons with `layout` [(first, end, [daemon index], [shares])] and compare every
     step's loss and the final adapter with one process trained in the same order."""
     devices = devices_of(four)
     ids = [d.node_id for d in devices]
-    job = make_job(tmp_path, model, task, count=count, epochs=epochs, batch_size=batch_size)
+    job = make_job(tmp_path, model, task, count=count, epochs=epochs, batch_size=batch_size, precision=precision,
+                   **training)
     stages = [(first, end, [ids[i] for i in who], shares) for first, end, who, shares in layout]
     plan = fixed_plan(model, TrainingJob(samples=count, batch_size=batch_size, epochs=epochs), stages,
                       micro_batches=micro_batches, phase2_shares={ids[i]: n for i, n in phase2.items()})
@@ -137,6 +138,28 @@ def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, tas
 ])
 def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
     run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)
+
+
+def test_phase2_with_activation_checkpointing_from_an_fp16_cache(tmp_path, four):
+    """training.activation_checkpointing: phase 2 recomputes the side blocks and keeps the fp16 states
+    16-bit; the same job without it (the same fp16 cache, widened on reading) trains the same adapter."""
+    devices = devices_of(four)
+    ids = [d.node_id for d in devices]
+    plan = fixed_plan("tiny-llama", TrainingJob(samples=10, batch_size=5, epochs=2),
+                      [(0, 2, ids[:1], [1]), (2, 3, ids[1:2], [1])], micro_batches=2,
+                      phase2_shares={ids[0]: 1, ids[2]: 1})
+    adapters = []
+    for checkpointing in (False, True):
+        where = tmp_path / f"ckpt{int(checkpointing)}"
+        where.mkdir()
+        job = make_job(where, "tiny-llama", "lm", count=10, epochs=2, batch_size=5, precision="fp16",
+                       activation_checkpointing=checkpointing)
+        metrics, _ = run_job(job, devices, None, where / "out", RunOptions(), log_line=lambda line: None,
+                             plan=plan)
+        assert metrics["phase2"] is not None
+        adapters.append(load_file(str(where / "out" / "adapter.safetensors")))
+    for key, value in adapters[0].items():
+        torch.testing.assert_close(adapters[1][key], value, atol=2e-5, rtol=1e-4, msg=key)
 
 
 def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):

@@ -64,3 +64,29 @@ def test_shard_records_join_into_the_full_record(tmp_path):
         assert full.get_raw("s") == direct.get_raw("s")
         for got, want in zip(full.get("s"), tensors, strict=True):
             torch.testing.assert_close(got, want.half().float())
+
+
+def test_phase2_host_takes_activation_checkpointing_from_the_job(tmp_path):
+    from dataclasses import asdict
+
+    from pac.cluster.host import Phase2Host, Phase2Spec
+    from pac.heads import HeadConfig
+    from pac.models.backbone import load_backbone
+    from pac.techniques.build import TechniqueConfig, build_model
+    from pac.train.loop import TrainConfig
+
+    backbone = load_backbone("tiny-bert")
+    model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("classification"))
+    tensors = {k: v for k, v in model.state_dict().items() if k.startswith(("side.", "head."))}
+    for checkpointing in (False, True):
+        spec = Phase2Spec(job_id="j", model="tiny-bert", quantization="none", seed=0,
+                          side_spec=model.side.spec.to_dict(), head=asdict(HeadConfig("classification")),
+                          train=asdict(TrainConfig(activation_checkpointing=checkpointing)), total_steps=4,
+                          steps_done=2, rank=0, members=["127.0.0.1:1"], fingerprint="f",
+                          tokenizer_fingerprint="t", cache_precision="fp16")
+        host = Phase2Host(spec, tensors, tmp_path / str(checkpointing), transport=None)
+        assert host.model.side.checkpoint_blocks is checkpointing
+        assert host.states.tap_dtype(host.model.side.checkpoint_blocks) == (
+            torch.float16 if checkpointing else torch.float32)
+        assert host.scheduler.last_epoch == 2  # the learning-rate schedule continues from phase 1
+        host.cache.close()
