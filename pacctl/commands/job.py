@@ -45,6 +45,7 @@ warmup_fraction = 0.06               # of all steps: linear warm-up, then linear
 optimizer = "adamw"
 seed = 0
 max_grad_norm = 1.0                  # gradient clipping (global L2 norm)
+activation_checkpointing = false     # true: less memory in epochs from the cache, ~1.5x their time
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none
