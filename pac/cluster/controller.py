@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -125,14 +124,6 @@ async def collect_blobs(call) -> tuple[dict, bytes]:
 
 
 # ---- the job's data ----------------------------------------------------------------------------------------
-def _subset(examples: list, limit: int | None, seed: int) -> list:
-    if limit is None or limit >= len(examples):
-        return examples
-    shuffled = list(examples)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[:limit]
-
-
 @dataclass
 class Prepared:
     backbone: Any
@@ -150,6 +141,7 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     """Load the backbone here, encode the data and initialise the side network exactly as a single-device
     run of the same job would (`pac.train.job.run_job`), so the result is comparable."""
     from pac.cluster.host import load_model
+    from pac.train.job import _subset  # the same seeded subset as a single-device run
 
     training = job.training
     torch.manual_seed(training.seed)
