@@ -109,7 +109,7 @@ class Stages:
 
 
 def blob_stream(data: bytes, meta: dict):
-    from pacd.services.stage import blobs
+    from pac.cluster.blobs import blobs
 
     return iter(blobs(data, meta))
 

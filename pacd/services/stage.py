@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from pac.cluster.blobs import blobs
 from pac.cluster.host import (
     JobError,
     Phase2Host,
@@ -38,15 +39,7 @@ from pacd.rpc import InvalidRequest, NotReady, handler
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "pac.v1.Stage"
-BLOB_BYTES = 4 * 1024 * 1024 - 4096
 POLL_S = 0.5
-
-
-def blobs(data: bytes, meta: dict) -> list[stage_pb2.Blob]:
-    """`data` in pieces of at most 4 MiB; the first carries `meta` as JSON."""
-    view = memoryview(data)
-    pieces = [view[i:i + BLOB_BYTES] for i in range(0, len(view), BLOB_BYTES)] or [view]
-    return [stage_pb2.Blob(json=json.dumps(meta) if i == 0 else "", data=bytes(p)) for i, p in enumerate(pieces)]
 
 
 async def read_blobs(request_iterator) -> tuple[dict, bytes]:
