@@ -73,7 +73,8 @@ class RunOptions:
 
 @dataclass
 class History:
-    steps: list[dict] = field(default_factory=list)  # {"step", "epoch", "phase", "loss", "seconds", "samples"}
+    # {"step", "epoch", "phase", "loss", "seconds", "samples", "allreduce_s" (phase 2: the slowest device's)}
+    steps: list[dict] = field(default_factory=list)
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "phase", "seconds", "samples_per_s"}
     events: list[dict] = field(default_factory=list)  # measured timeline of one phase-1 step
 
@@ -558,7 +559,7 @@ class Controller:
                 loss = sum(r.loss for r in reports)
                 samples = sum(r.samples for r in reports)
                 self._record_step(step, epoch, 2, loss, max(r.seconds for r in reports), samples,
-                                  index + 1, len(plan_steps))
+                                  index + 1, len(plan_steps), allreduce_s=max(r.allreduce_s for r in reports))
                 step += 1
             for it in iterators:  # the streams end after the last step
                 await anext(it, None)
@@ -594,9 +595,9 @@ class Controller:
             self.log(text)
 
     def _record_step(self, step: int, epoch: int, phase: int, loss: float, seconds: float, samples: int,
-                     index: int, steps: int) -> None:
+                     index: int, steps: int, allreduce_s: float | None = None) -> None:
         self.history.steps.append({"step": step + 1, "epoch": epoch + 1, "phase": phase, "loss": loss,
-                                   "seconds": seconds, "samples": samples})
+                                   "seconds": seconds, "samples": samples, "allreduce_s": allreduce_s})
         if self.progress is not None:
             self.progress.update(str(phase), epoch + 1, self.job.training.epochs, index, steps, loss, samples)
         self._status(state="running", phase=phase, epoch=epoch + 1, step=step + 1, loss=loss)
