@@ -17,6 +17,12 @@ training subset (the next --train-limit examples; see split_train). Each learnin
 trains a model on the training subset, which is scored on the validation split (the task's metric);
 the highest validation score wins (ties: the earlier learning rate in the grid), and only that same
 trained model is then scored on test.tsv / dev.tsv. The reported test/dev sets play no part in the choice.
+
+With --seeds 0,1,2 (and --lr "parallel=1e-3;lora=2e-3" to fix each technique's learning rate, e.g. the
+one a search chose) every technique trains once per seed on the same training subset (the first
+--train-limit examples of the --seed shuffle); the seed sets the head's initialisation and the batch
+order. Rows report the mean over the seeds as `value`, with every seed's score and the standard
+deviation: fine-tuning on a few thousand examples moves a score by a point or more from seed to seed.
 """
 
 from __future__ import annotations
@@ -95,9 +101,13 @@ def markdown_table(rows: list[dict]) -> str:
         row = by_cell.get((task, technique))
         if row is None:
             return "—"
+        if "values" in row:
+            return (f"{row['value'] * 100:.2f} ± {row['std'] * 100:.2f} (lr {row['learning_rate']:g}; "
+                    + ", ".join(f"{v * 100:.2f}" for v in row["values"]) + ")")
         return f"{row['value'] * 100:.2f}" + (f" (lr {row['learning_rate']:g})" if "validation" in row else "")
 
-    title = "test/dev, chosen lr" if searched else ""
+    title = ("test/dev, chosen lr" if searched else
+             "test/dev, mean ± std over seeds (lr; each seed)" if any("values" in r for r in rows) else "")
     lines = ["| technique | " + " | ".join(f"{t} ({TASKS[t][2]}{', ' + title if title else ''})" for t in tasks)
              + " |", "|---" * (len(tasks) + 1) + "|"]
     for technique in techniques:
@@ -140,6 +150,38 @@ def _single_row(args, task: str, technique: str) -> dict:
             "train_examples": result["train_examples"], "eval_examples": result["eval_examples"],
             "trainable_params": result["trainable_params"], "learning_rate": LEARNING_RATES[technique],
             "train_time_s": sum(result["epoch_times_s"])}
+
+
+def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], split_dir: Path) -> dict:
+    """One run per training seed on one fixed training subset, scored on test/dev; the mean and spread."""
+    import statistics
+
+    from pac.data.readers import read_examples
+    from pac.techniques.build import TechniqueConfig
+    from pac.train.job import FinetuneJob, run_job
+    from pac.train.loop import TrainConfig
+
+    train_file, eval_file, metric = TASKS[task]
+    _, training = split_train(read_examples(Path(args.data_dir, train_file)), 0, args.train_limit, args.seed)
+    train_path = write_jsonl(split_dir / f"{task}-train.jsonl", training)
+    runs = []
+    for seed in seeds:
+        job = FinetuneJob(
+            model=args.model, train_file=train_path, eval_file=str(Path(args.data_dir, eval_file)),
+            task="classification", technique=TechniqueConfig(technique),
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, learning_rate=rate),
+            seq_len=args.seq_len, eval_limit=args.eval_limit,
+        )
+        result = run_job(job, log=_log)
+        runs.append({"seed": seed, "value": result["eval"][metric], "eval": result["eval"],
+                     "train_time_s": sum(result["epoch_times_s"])})
+        print(f"{task} {technique} lr {rate:g} seed {seed}: {metric} {runs[-1]['value'] * 100:.2f}", flush=True)
+        del result
+    values = [r["value"] for r in runs]
+    return {"task": task, "technique": technique, "model": args.model, "metric": metric,
+            "value": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values, "seeds": seeds, "runs": runs, "learning_rate": rate,
+            "train_examples": len(training), "train_time_s": sum(r["train_time_s"] for r in runs)}
 
 
 def _searched_row(args, task: str, technique: str, rates: list[float], split_dir: Path) -> dict:
@@ -202,10 +244,21 @@ def main(argv=None) -> int:
                         '"parallel=1e-3,2e-3,4e-3;lora=2.5e-4,5e-4,1e-3" (a technique not named: its usual one)')
     parser.add_argument("--val-size", type=int, help="validation examples carved out of the training file, "
                         f"disjoint from the training subset (default {DEFAULT_VAL_SIZE} with --lr-grid)")
+    parser.add_argument("--seeds", help="train once per seed (comma-separated) and report the mean and spread")
+    parser.add_argument("--lr", help='fixed learning rates with --seeds, e.g. "parallel=1e-3;lora=2e-3" '
+                        "(a technique not named: its usual one)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     techniques = args.techniques.split(",")
     search = args.lr_grid is not None or args.val_size is not None
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    if seeds is not None and search:
+        parser.error("--seeds takes fixed learning rates (--lr), not a search (--lr-grid / --val-size)")
+    if seeds is not None:
+        try:
+            rates = {t: r[0] for t, r in parse_lr_grid(args.lr, techniques).items()}
+        except ValueError as error:
+            parser.error(str(error).replace("--lr-grid", "--lr"))
     if search:
         args.val_size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
         if args.val_size < 1:
@@ -218,15 +271,21 @@ def main(argv=None) -> int:
         f"learning rate chosen per technique and task on a {args.val_size}-example validation split of the "
         "training file (first examples of one seeded shuffle; the training subset is the next --train-limit), "
         "by the task's metric; test/dev score of that same trained model") if search else
-        "each technique's usual learning rate, no search"}
+        (f"seeds {seeds} on one training subset, learning rates {rates}; value = mean over the seeds"
+         if seeds is not None else "each technique's usual learning rate, no search")}
     rows = []
     with tempfile.TemporaryDirectory(prefix="pac-accuracy-") as split_dir:
         for task in args.tasks.split(","):
             for technique in techniques:
-                row = (_searched_row(args, task, technique, grid[technique], Path(split_dir)) if search
-                       else _single_row(args, task, technique))
+                if seeds is not None:
+                    row = _seeded_row(args, task, technique, rates[technique], seeds, Path(split_dir))
+                elif search:
+                    row = _searched_row(args, task, technique, grid[technique], Path(split_dir))
+                else:
+                    row = _single_row(args, task, technique)
                 print(f"{task} {technique}: {row['metric']} {row['value'] * 100:.2f}"
-                      + (f" (lr {row['learning_rate']:g} chosen on validation)" if search else ""), flush=True)
+                      + (f" (lr {row['learning_rate']:g} chosen on validation)" if search else "")
+                      + (f" (mean of {len(seeds)} seeds, std {row['std'] * 100:.2f})" if seeds else ""), flush=True)
                 rows.append(row)
                 write_report(args.json, "accuracy", config, rows)  # keep what is done if a later run fails
                 Path(args.json).with_suffix(".md").write_text(markdown_table(rows))

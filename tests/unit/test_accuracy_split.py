@@ -61,3 +61,21 @@ def test_markdown_table_with_search():
     table = markdown_table(rows)
     assert "80.00 (lr 0.0005)" in table and "0.0005: 75.00*" in table and "0.00025: 70.00," in table
     json.dumps(rows)
+
+
+def test_seeded_rows_show_mean_spread_and_every_seed():
+    from bench.accuracy import markdown_table
+
+    row = {"task": "mrpc", "technique": "parallel", "metric": "accuracy_f1_mean", "value": 0.75, "std": 0.01,
+           "values": [0.74, 0.75, 0.76], "learning_rate": 1e-3}
+    table = markdown_table([row])
+    assert "mean ± std over seeds" in table and "75.00 ± 1.00 (lr 0.001; 74.00, 75.00, 76.00)" in table
+
+
+def test_seeds_refuse_a_search():
+    import pytest
+
+    from bench.accuracy import main
+
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0,1", "--lr-grid", "parallel=1e-3", "--json", "/dev/null"])
