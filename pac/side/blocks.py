@@ -26,6 +26,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel; the same arithmetic as below
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         variance = x.float().pow(2).mean(-1, keepdim=True)
         return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
 
@@ -57,17 +59,18 @@ class SideAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        angles = positions.to(x.dtype)[None, None, :, None] * self.inv_freq.to(x.dtype)[None, :, None, :]
+    def _rotation(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(length, device=like.device, dtype=like.dtype)
+        angles = positions[None, None, :, None] * self.inv_freq.to(like.dtype)[None, :, None, :]
         angles = torch.cat((angles, angles), dim=-1)
-        return x * angles.cos() + rotate_half(x) * angles.sin()
+        return angles.cos(), angles.sin()
 
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         source = x if memory is None else memory
         q, k, v = self._split(self.q(x)), self._split(self.k(source)), self._split(self.v(source))
         if self.inv_freq is not None and memory is None:
-            positions = torch.arange(x.shape[1], device=x.device)
-            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            cos, sin = self._rotation(x.shape[1], q)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if memory is None else memory_mask)
         return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
