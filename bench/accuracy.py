@@ -139,7 +139,7 @@ def _single_row(args, task: str, technique: str) -> dict:
     job = FinetuneJob(
         model=args.model, train_file=str(Path(args.data_dir, train_file)),
         eval_file=str(Path(args.data_dir, eval_file)), task="classification",
-        technique=TechniqueConfig(technique),
+        technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                           learning_rate=LEARNING_RATES[technique]),
         seq_len=args.seq_len, train_limit=args.train_limit, eval_limit=args.eval_limit,
@@ -168,7 +168,7 @@ def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], 
     for seed in seeds:
         job = FinetuneJob(
             model=args.model, train_file=train_path, eval_file=str(Path(args.data_dir, eval_file)),
-            task="classification", technique=TechniqueConfig(technique),
+            task="classification", technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, learning_rate=rate),
             seq_len=args.seq_len, eval_limit=args.eval_limit,
         )
@@ -201,7 +201,7 @@ def _searched_row(args, task: str, technique: str, rates: list[float], split_dir
     for rate in rates:
         job = FinetuneJob(
             model=args.model, train_file=train_path, eval_file=val_path, task="classification",
-            technique=TechniqueConfig(technique),
+            technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, learning_rate=rate),
             seq_len=args.seq_len,  # no train_limit: the file already is the training subset, in split order
         )
@@ -240,6 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-limit", type=int, help="seeded random subset of the training set")
     parser.add_argument("--eval-limit", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reduction-factor", type=int, default=8,
+                        help="k: the side network's width is d / k (also the Houlsby bottleneck's)")
     parser.add_argument("--lr-grid", help='learning rates to choose from on a validation split, e.g. '
                         '"parallel=1e-3,2e-3,4e-3;lora=2.5e-4,5e-4,1e-3" (a technique not named: its usual one)')
     parser.add_argument("--val-size", type=int, help="validation examples carved out of the training file, "
