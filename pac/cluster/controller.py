@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -329,6 +330,30 @@ class Controller:
                                        "output_dir": str(output_dir), "started_unix": time.time(),
                                        "devices": [f"{d.node_id} ({d.address})" for d in devices]}
         self.checkpoint: Path | None = None
+        self.interrupted = False
+
+    # ---- Ctrl-C --------------------------------------------------------------------------------------------
+    def _watch_interrupt(self) -> bool:
+        """Ctrl-C (SIGINT) as an event-loop callback: mark the job stopped and cancel it. Every step also
+        checks the mark (`_stop_if_interrupted`), so a stop lands at the next step boundary even if a
+        cancellation is absorbed on its way; a second Ctrl-C stops at once, releasing nothing."""
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+        def interrupt() -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            return False
+        return True
+
+    def _stop_if_interrupted(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     # ---- status and checkpoints ----------------------------------------------------------------------
     def _status(self, **fields) -> None:
@@ -596,6 +621,7 @@ class Controller:
 
     def _record_step(self, step: int, epoch: int, phase: int, loss: float, seconds: float, samples: int,
                      index: int, steps: int, allreduce_s: float | None = None) -> None:
+        self._stop_if_interrupted()
         self.history.steps.append({"step": step + 1, "epoch": epoch + 1, "phase": phase, "loss": loss,
                                    "seconds": seconds, "samples": samples, "allreduce_s": allreduce_s})
         if self.progress is not None:
@@ -608,6 +634,18 @@ class Controller:
 
     # ---- everything ----------------------------------------------------------------------------------
     async def run(self) -> dict:
+        watching = self._watch_interrupt()
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if self.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            if watching:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    async def _run(self) -> dict:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         job, training = self.job, self.job.training
         started = time.perf_counter()
