@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="do not advertise")
     serve.add_argument("--mdns-interface", dest="mdns_interfaces", action="append",
                        help="interface address to advertise on (repeatable; default all)")
+    serve.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=None,
+                       help="do not import the training code in the background at start")
     serve.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     info = commands.add_parser("info", help="print this device's node id, pairing state and pairing code")
@@ -46,7 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> DaemonConfig:
     keys = ("host", "port", "state_dir", "memory_budget", "insecure", "mdns", "mdns_interfaces", "port_file",
-            "log_level")
+            "log_level", "warm_up")
     return load_config(args.config, {k: getattr(args, k, None) for k in keys})
 
 

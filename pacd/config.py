@@ -9,6 +9,7 @@ Example file (every key optional):
     mdns = true                 # advertise as _pacd._tcp.local.
     mdns_interfaces = []        # addresses of the interfaces to advertise on; empty: all
     insecure = false            # loopback development only: no TLS, no pairing
+    warm_up = true              # load the training code in the background at start (faster first job)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class DaemonConfig:
     shutdown_grace_s: float = 5.0  # time in-flight calls get to finish on SIGTERM
     port_file: Path | None = None  # where to write the bound port once listening
     log_level: str = "info"  # debug, info, warning, error
+    warm_up: bool = True  # import the training code in the background once serving (the first job loads faster)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -101,7 +103,7 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key} must be a list of addresses, got {value!r}")
         return name, tuple(value)
     expected = {"host": str, "port": int, "mdns": bool, "insecure": bool, "shutdown_grace_s": (int, float),
-                "log_level": str}[name]
+                "log_level": str, "warm_up": bool}[name]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{key} has the wrong type: {value!r}")
     return name, value
