@@ -59,7 +59,7 @@ def pac_job(cluster, args, system: str, train: str, evaluation: str, task: str, 
     from pac.jobfile import parse_job
 
     return parse_job({
-        "model": {"name_or_path": args.model},
+        "model": {"name_or_path": args.model, "quantization": args.quantization},
         "data": {"train": str(Path(train).resolve()), "eval": str(Path(evaluation).resolve()), "task": task,
                  "train_limit": args.samples, **({"eval_limit": args.eval_samples} if args.eval_samples else {})},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
@@ -88,6 +88,7 @@ def run_pac_system(cluster, args, system: str, train: str, evaluation: str, task
         "wall_time_s": wall, "epoch_times_s": metrics["epoch_times_s"],
         "peak_memory_bytes_per_device": [_peak(d.process.pid) for d in cluster.daemons],
         "final_metric": metrics["eval"], "plan": metrics["plan"], "phase2": metrics["phase2"],
+        "quantization": args.quantization,
         "train_samples": metrics["train_examples"], "eval_samples": metrics["eval_examples"],
     }
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="Parallel Adapters' learning rate (default per task)")
     parser.add_argument("--lora-lr", type=float, default=5e-4)
     parser.add_argument("--cache-precision", default="fp16")
+    parser.add_argument("--quantization", default="none",
+                        help="the PAC systems' frozen backbone (model.quantization): none, bf16, fp16, int8, int4")
     parser.add_argument("--threads", type=int, help="torch threads per daemon / rank")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--work", default="runs/bench-cluster", help="scratch directory")
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         with LocalCluster(out / "home", args.devices, threads=threads) as cluster:
             import asyncio
 
-            probe_job = parse_job({"model": {"name_or_path": args.model}, "data": {"train": str(Path(train).resolve())},
+            probe_job = parse_job({"model": {"name_or_path": args.model, "quantization": args.quantization},
+                                   "data": {"train": str(Path(train).resolve())},
                                    "training": {"seq_len": args.seq_len, "batch_size": args.batch_size},
                                    "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
                                    "output": {"directory": str(out / "profile")}}, source="bench.cluster",
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {"devices": args.devices, "model": args.model, "task": args.task, "samples": args.samples,
               "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "seed": args.seed, "parallel_lr": lr, "lora_lr": args.lora_lr,
-              "cache_precision": args.cache_precision, "threads_per_device": threads,
+              "cache_precision": args.cache_precision, "quantization": args.quantization,
+              "threads_per_device": threads,
               "profile_time_s": profile_s, "command": " ".join(["python -m bench.cluster", *(argv or sys.argv[1:])])}
     write_report(args.json, "cluster", config, rows)
     for row in rows:

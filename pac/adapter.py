@@ -80,7 +80,7 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
         )
     lm = backbone.lm_head() if json.loads(metadata["head_config"])["task"] == "lm" else None
     model = load_side_model(path, lm)
-    dtype = next(backbone.model.parameters()).dtype
+    dtype = backbone.trainable_dtype
     model.side.to(backbone.device, dtype)
     model.head.to(backbone.device, dtype)
     model.backbone = backbone

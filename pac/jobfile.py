@@ -31,11 +31,11 @@ JOB_FORMAT_VERSION = 1
 TASKS = ("auto", "classification", "regression", "lm")
 TECHNIQUES = ("parallel",)  # the one technique the distributed path runs (others: `pacctl finetune`)
 OPTIMIZERS = ("adamw",)  # what pac.train.loop implements: AdamW, linear warm-up then linear decay
-QUANTIZATIONS = ("none", "int8", "int4")  # pac.quant.QUANTIZATIONS (kept here: that module imports torch)
+QUANTIZATIONS = ("none", "bf16", "fp16", "int8", "int4")  # pac.quant.QUANTIZATIONS (kept here: that module imports torch)
 CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "none")  # pac.cache.codec.PRECISIONS, and no cache
 DEVICE_MODES = ("discover", "list", "cluster")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what pac.data.readers reads
-WEIGHT_BITS = {"none": 16, "int8": 8, "int4": 4}
+WEIGHT_BITS = {"none": 16, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}
 CACHE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 DEFAULT_PORT = 7443  # pacd's
 
@@ -43,7 +43,7 @@ DEFAULT_PORT = 7443  # pacd's
 @dataclass(frozen=True)
 class ModelSection:
     name_or_path: str  # a known name ("minilm", "smollm2-135m", "tiny-*") or an absolute model path
-    quantization: str = "none"  # of the frozen backbone's linear weights: none | int8 | int4
+    quantization: str = "none"  # of the frozen backbone: none | bf16 | fp16 (16-bit) | int8 | int4 (linear weights)
 
 
 @dataclass(frozen=True)

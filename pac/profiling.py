@@ -39,6 +39,8 @@ class ModelMeasurement:
     head_param_bytes: int
     side_extra_param_bytes: int  # Down_0, Up, final norm and head
     transient_bytes_per_sample: float  # a backbone layer's scratch memory during its forward
+    threads: int = 0  # torch compute threads the measurement ran with (co-located devices share cores)
+    quantization: str = "none"  # how the backbone was held while timed (byte sizes are of its checkpoint)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,10 +96,19 @@ def _batch(backbone, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
 
 
 def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 8,
-            repeats: int = 2) -> ModelMeasurement:
+            repeats: int = 2, quantization: str = "none") -> ModelMeasurement:
+    from pac.quant import quantize_backbone
+
     backbone = load_backbone(model)
-    pa = build_model(backbone, TechniqueConfig("parallel", reduction_factor=reduction_factor), HeadConfig())
     layers = [layer for stack in backbone.stacks for layer in stack]
+    # Sizes of the checkpoint as loaded (the planner applies the job's weight bits to parameter counts);
+    # timings as the job holds the backbone.
+    element = next(backbone.model.parameters()).element_size()
+    param_bytes = [_nbytes(layer) for layer in layers]
+    embedding_bytes = _nbytes(backbone.model.get_input_embeddings())
+    total = _nbytes(backbone.model)
+    quantize_backbone(backbone, quantization)
+    pa = build_model(backbone, TechniqueConfig("parallel", reduction_factor=reduction_factor), HeadConfig())
     blocks = [block for stack in pa.side.stacks for block in stack]
     forward, side_forward, side_backward = {}, {}, {}
     for batch_size in sorted(batch_sizes):
@@ -116,8 +127,7 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         forward[batch_size], side_forward[batch_size], side_backward[batch_size] = (
             _median(runs, 0), _median(runs, 1), _median(runs, 2))
     spec = pa.side.spec
-    element = next(backbone.model.parameters()).element_size()
-    hidden_bytes = seq_len * spec.hidden_size * element
+    hidden_bytes = seq_len * spec.hidden_size * backbone.dtype.itemsize
     # Side activations kept for backward per block: roughly the inputs of its linear layers,
     # attention probabilities and the MLP's inner width, in fp32.
     side_act = 4 * seq_len * (8 * spec.width + 2 * spec.mlp_inner + spec.heads * seq_len)
@@ -125,17 +135,17 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
     taps = {(s, i) for s, stack in enumerate(spec.taps) for i in stack}
     side_param_bytes = [next(side_by_layer) if (s, i + 1) in taps else 0
                         for s, stack in enumerate(backbone.stacks) for i in range(len(stack))]
-    embeddings = backbone.model.get_input_embeddings()
-    total = _nbytes(backbone.model)
     return ModelMeasurement(
         model=model, family=backbone.family, hidden_size=spec.hidden_size, side_size=spec.width,
         seq_len=seq_len, batch_sizes=tuple(sorted(batch_sizes)), param_dtype_bytes=element,
         forward_s=forward, side_forward_s=side_forward, side_backward_s=side_backward,
-        param_bytes=[_nbytes(layer) for layer in layers], side_param_bytes=side_param_bytes,
+        param_bytes=param_bytes, side_param_bytes=side_param_bytes,
         activation_bytes_per_sample=[float(side_act) if b else 0.0 for b in side_param_bytes],
         hidden_bytes_per_sample=float(hidden_bytes),
-        embedding_param_bytes=_nbytes(embeddings),
-        head_param_bytes=max(0, total - _nbytes(embeddings) - sum(_nbytes(layer) for layer in layers)),
+        embedding_param_bytes=embedding_bytes,
+        head_param_bytes=max(0, total - embedding_bytes - sum(param_bytes)),
         side_extra_param_bytes=_nbytes(pa.side) - sum(side_param_bytes) + _nbytes(pa.head),
-        transient_bytes_per_sample=float(4 * hidden_bytes + backbone.num_heads * seq_len * seq_len * element),
+        transient_bytes_per_sample=float(4 * hidden_bytes
+                                         + backbone.num_heads * seq_len * seq_len * backbone.dtype.itemsize),
+        threads=torch.get_num_threads(), quantization=quantization,
     )

@@ -56,9 +56,10 @@ class DaemonClient:
         return convert.info_to_dict(reply)
 
     async def profile(self, model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 0,
-                      refresh: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
+                      refresh: bool = False, timeout: float = 3600.0, quantization: str = "none") -> dict[str, Any]:
         request = daemon_pb2.ProfileRequest(model=model, batch_sizes=batch_sizes, seq_len=seq_len,
-                                            reduction_factor=reduction_factor, refresh=refresh)
+                                            reduction_factor=reduction_factor, refresh=refresh,
+                                            quantization=quantization)
         reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).Profile, request, timeout)
         return {**convert.profile_from_proto(reply.profile), "from_store": reply.from_store,
                 "elapsed_s": reply.elapsed_s}

@@ -49,7 +49,8 @@ def profile_to_proto(stored: dict[str, Any]) -> daemon_pb2.ModelProfile:
         timings=[daemon_pb2.BatchTimings(batch_size=bs, **{n: timings[n][bs] for n in _TIMING_FIELDS})
                  for bs in sorted(timings["forward_s"])],
         memory_budget_bytes=stored["memory_budget_bytes"], measured_at_unix=stored["measured_at_unix"],
-        accelerator=stored["accelerator"], extra_json=json.dumps(measurement, sort_keys=True), **layers)
+        accelerator=stored["accelerator"], extra_json=json.dumps(measurement, sort_keys=True),
+        quantization=stored.get("quantization", "none"), **layers)
 
 
 def profile_from_proto(profile: daemon_pb2.ModelProfile) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def profile_from_proto(profile: daemon_pb2.ModelProfile) -> dict[str, Any]:
     for name in _MEASUREMENT_LAYER_FIELDS:
         measurement[name] = list(getattr(profile, name))
     return {"node_id": profile.node_id, "model": profile.model, "seq_len": profile.seq_len,
-            "reduction_factor": profile.reduction_factor,
+            "reduction_factor": profile.reduction_factor, "quantization": profile.quantization or "none",
             "batch_sizes": [t.batch_size for t in profile.timings],
             "memory_budget_bytes": profile.memory_budget_bytes, "accelerator": profile.accelerator,
             "measured_at_unix": profile.measured_at_unix, "measurement": measurement}

@@ -2,7 +2,7 @@
 
 A stored profile is a JSON object:
 
-    {"node_id", "model", "seq_len", "reduction_factor", "batch_sizes", "memory_budget_bytes",
+    {"node_id", "model", "seq_len", "quantization", "reduction_factor", "batch_sizes", "memory_budget_bytes",
      "accelerator", "measured_at_unix", "elapsed_s", "measurement": ModelMeasurement.to_dict()}
 """
 
@@ -29,10 +29,12 @@ class ProfileKey:
     seq_len: int
     batch_sizes: tuple[int, ...]
     reduction_factor: int
+    quantization: str = "none"
 
     def filename(self) -> str:
         sizes = "-".join(map(str, self.batch_sizes))
-        return f"{self.node_id}__{self.model}__s{self.seq_len}__k{self.reduction_factor}__b{sizes}.json"
+        held = "" if self.quantization == "none" else f"__q{self.quantization}"
+        return f"{self.node_id}__{self.model}__s{self.seq_len}__k{self.reduction_factor}__b{sizes}{held}.json"
 
 
 class ProfileStore:
@@ -61,8 +63,9 @@ def measure_profile(key: ProfileKey, memory_budget: int, accelerator: str) -> di
     from pac import profiling
 
     started = time.perf_counter()
-    measurement = profiling.measure(key.model, list(key.batch_sizes), key.seq_len, key.reduction_factor)
-    return {"node_id": key.node_id, "model": key.model, "seq_len": key.seq_len,
+    measurement = profiling.measure(key.model, list(key.batch_sizes), key.seq_len, key.reduction_factor,
+                                    quantization=key.quantization)
+    return {"node_id": key.node_id, "model": key.model, "seq_len": key.seq_len, "quantization": key.quantization,
             "reduction_factor": key.reduction_factor, "batch_sizes": list(key.batch_sizes),
             "memory_budget_bytes": memory_budget, "accelerator": accelerator,
             "measured_at_unix": time.time(), "elapsed_s": time.perf_counter() - started,

@@ -96,6 +96,18 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the backbone's forward pass runs in."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def trainable_dtype(self) -> torch.dtype:
+        """The dtype of what trains beside this backbone (side network, head, adapters): fp32 when the
+        frozen backbone is held in 16 bits (`quantization = "bf16"` or `"fp16"`), else the backbone's."""
+        dtype = self.dtype
+        return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
     def fingerprint(self) -> str:
         """A digest of every weight and the tokenizer: identifies this exact backbone."""
         if self._fingerprint is None:
@@ -178,8 +190,11 @@ class FrozenLMHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:
             hidden = hidden * self.scale
-        logits = torch.nn.functional.linear(hidden, self.weight)
-        return logits + self.bias if self.bias is not None else logits
+        dtype = hidden.dtype  # a 16-bit backbone's head runs in 16 bits; the logits come back in `dtype`
+        logits = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight)
+        if self.bias is not None:
+            logits = logits + self.bias.to(logits.dtype)
+        return logits.to(dtype)
 
 
 def _first_tensor(value):

@@ -31,12 +31,12 @@ def build_stage(backbone: Backbone, layers: LayerSlice, side_config: SideConfig,
     if state is None:
         full = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone).state_dict()
     stage = BackboneStage(backbone, layers, release=release, lm_head=head_config.task == "lm")
-    side.to(backbone.device, stage.dtype)
+    side.to(backbone.device, backbone.trainable_dtype)
     side.load_full_state_dict(full if full is not None else _strip(state, "side."))
     head = None
     if layers.is_last:
         head = Head(head_config, backbone.hidden_size, backbone.family, stage.lm_head)
-        head.to(backbone.device, stage.dtype)
+        head.to(backbone.device, backbone.trainable_dtype)
         if state is not None:
             head.load_state_dict(_strip(state, "head."))
     return StageWorker(stage, side, head, head_config.task, **worker)

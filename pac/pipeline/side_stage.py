@@ -77,7 +77,8 @@ class SideSlice(nn.Module):
     def _run_segment(self, segment: Segment, taps, masks, a, memory) -> torch.Tensor:
         stack = segment.stack
         if segment.starts_stack:
-            a = self.entry[str(stack)](taps[(stack, 0)])
+            entry = self.entry[str(stack)]
+            a = entry(taps[(stack, 0)].to(entry.weight.dtype))  # a 16-bit backbone's h_0 feeds an fp32 side
         elif a is None:
             raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) needs the side state "
                                 f"('{SIDE}') of the previous stage and was not sent it")

@@ -119,7 +119,7 @@ def _add_houlsby(backbone, config: TechniqueConfig) -> nn.ModuleList:
             for name, module in layer.named_modules():
                 if name and any(name == s or name.endswith("." + s) for s in sites):
                     adapter = BottleneckAdapter(width, max(1, width // config.reduction_factor))
-                    adapter.to(next(backbone.model.parameters()).dtype)
+                    adapter.to(backbone.trainable_dtype)
                     module.register_forward_hook(lambda _m, _i, out, a=adapter: a(out))
                     adapters.append(adapter)
     if not adapters:
@@ -143,7 +143,7 @@ def _add_lora(backbone, config: TechniqueConfig) -> None:
 def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -> nn.Module:
     lm = backbone.lm_head() if head_config.task == "lm" else None
     head = Head(head_config, backbone.hidden_size, backbone.family, lm)
-    head.to(next(backbone.model.parameters()).dtype)
+    head.to(backbone.trainable_dtype)
     if technique.name == "parallel":
         spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers))
         side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)

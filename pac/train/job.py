@@ -37,7 +37,7 @@ class FinetuneJob:
     train_limit: int | None = None  # use only the first N training examples (after a seeded shuffle)
     eval_limit: int | None = None
     output_dir: str | None = None
-    quantization: str = "none"  # of the frozen backbone's linear layers: none | int8 | int4
+    quantization: str = "none"  # of the frozen backbone: none | bf16 | fp16 | int8 | int4
     cache_precision: str | None = None  # activation cache: fp32 | fp16 | bf16 | int8; None: no cache
     cache_dir: str | None = None  # default: $PAC_CACHE_DIR or ~/.cache/pac/activations
     keep_cache: bool = False  # keep the cache after the job (a later job on the same data reuses it)
@@ -47,6 +47,9 @@ class FinetuneJob:
             raise ConfigError(f"seq_len must be >= 4, got {self.seq_len}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.quantization != "none" and self.technique.name != "parallel":
+            raise ConfigError(f"quantization {self.quantization!r} needs technique 'parallel': it holds the frozen "
+                              f"backbone in fewer bits, and {self.technique.name!r} trains inside the backbone")
         if self.cache_precision is not None:
             check_precision(self.cache_precision)
             if self.technique.name != "parallel":

@@ -12,18 +12,20 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "batch_sizes", "seq_len", "reduction_factor", "refresh")
+    __slots__ = ("model", "batch_sizes", "seq_len", "reduction_factor", "refresh", "quantization")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     seq_len: int
     reduction_factor: int
     refresh: bool
-    def __init__(self, model: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., seq_len: _Optional[int] = ..., reduction_factor: _Optional[int] = ..., refresh: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    def __init__(self, model: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., seq_len: _Optional[int] = ..., reduction_factor: _Optional[int] = ..., refresh: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class BatchTimings(_message.Message):
     __slots__ = ("batch_size", "forward_s", "side_forward_s", "side_backward_s")
@@ -38,7 +40,7 @@ class BatchTimings(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., forward_s: _Optional[_Iterable[float]] = ..., side_forward_s: _Optional[_Iterable[float]] = ..., side_backward_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelProfile(_message.Message):
-    __slots__ = ("node_id", "model", "seq_len", "reduction_factor", "timings", "param_bytes", "activation_bytes_per_sample", "side_param_bytes", "memory_budget_bytes", "measured_at_unix", "accelerator", "extra_json")
+    __slots__ = ("node_id", "model", "seq_len", "reduction_factor", "timings", "param_bytes", "activation_bytes_per_sample", "side_param_bytes", "memory_budget_bytes", "measured_at_unix", "accelerator", "extra_json", "quantization")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class ModelProfile(_message.Message):
     MEASURED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     model: str
     seq_len: int
@@ -63,7 +66,8 @@ class ModelProfile(_message.Message):
     measured_at_unix: float
     accelerator: str
     extra_json: str
-    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., seq_len: _Optional[int] = ..., reduction_factor: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[BatchTimings, _Mapping]]] = ..., param_bytes: _Optional[_Iterable[int]] = ..., activation_bytes_per_sample: _Optional[_Iterable[int]] = ..., side_param_bytes: _Optional[_Iterable[int]] = ..., memory_budget_bytes: _Optional[int] = ..., measured_at_unix: _Optional[float] = ..., accelerator: _Optional[str] = ..., extra_json: _Optional[str] = ...) -> None: ...
+    quantization: str
+    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., seq_len: _Optional[int] = ..., reduction_factor: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[BatchTimings, _Mapping]]] = ..., param_bytes: _Optional[_Iterable[int]] = ..., activation_bytes_per_sample: _Optional[_Iterable[int]] = ..., side_param_bytes: _Optional[_Iterable[int]] = ..., memory_budget_bytes: _Optional[int] = ..., measured_at_unix: _Optional[float] = ..., accelerator: _Optional[str] = ..., extra_json: _Optional[str] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
     __slots__ = ("profile", "from_store", "elapsed_s")

@@ -27,8 +27,9 @@ from pac.errors import PacError
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
 @click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
 @click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
-@click.option("--quantization", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
-              help="Weight-only quantisation of the frozen backbone's linear layers.")
+@click.option("--quantization", type=click.Choice(["none", "bf16", "fp16", "int8", "int4"]), default="none",
+              show_default=True, help="The frozen backbone in 16 bits (bf16, fp16: weights and forward pass) or "
+              "its linear weights in 8 or 4 bits (parallel only).")
 @click.option("--cache", "cache_precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
               help="Activation cache precision (parallel only): epochs after the first skip the backbone.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),

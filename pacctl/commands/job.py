@@ -18,7 +18,7 @@ version = 1                          # the job file format
 
 [model]
 name_or_path = "smollm2-135m"        # a known name (minilm, smollm2-135m) or a local model directory
-quantization = "none"                # frozen backbone weights: none | int8 | int4
+quantization = "none"                # frozen backbone: none | bf16 | fp16 | int8 | int4
 
 [data]
 train = "{train}"                    # .jsonl, .json, .csv or .tsv

@@ -7,6 +7,7 @@ import time
 
 import grpc
 
+from pac.jobfile import QUANTIZATIONS
 from pac.v1 import common_pb2, daemon_pb2, daemon_pb2_grpc
 from pacd import convert
 from pacd.profiles import MODEL_NAME_RE, ProfileKey, ProfileStore, in_thread, measure_profile
@@ -30,7 +31,10 @@ def validate_profile_request(request: daemon_pb2.ProfileRequest, node_id: str) -
     check_range("seq_len", request.seq_len, 1, MAX_SEQ_LEN)
     factor = request.reduction_factor or DEFAULT_REDUCTION_FACTOR
     check_range("reduction_factor", factor, 1, 64)
-    return ProfileKey(node_id, request.model, request.seq_len, sizes, factor)
+    quantization = request.quantization or "none"
+    if quantization not in QUANTIZATIONS:
+        raise InvalidRequest(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    return ProfileKey(node_id, request.model, request.seq_len, sizes, factor, quantization)
 
 
 class DeviceServicer(daemon_pb2_grpc.DeviceServicer):

@@ -42,10 +42,10 @@ def write_data(path: Path, task: str, count: int) -> Path:
 
 
 def make_job(tmp_path: Path, model: str, task: str, count: int, epochs: int, batch_size: int,
-             precision: str = "fp32", **training):
+             precision: str = "fp32", quantization: str = "none", **training):
     data = write_data(tmp_path / f"{task}.jsonl", task, count)
     mapping = {
-        "model": {"name_or_path": model},
+        "model": {"name_or_path": model, "quantization": quantization},
         "data": {"train": str(data), "task": task},
         "training": {"epochs": epochs, "batch_size": batch_size, "seq_len": 32, "learning_rate": 1e-2,
                      "seed": 3, **training},
@@ -82,13 +82,13 @@ def assert_same(expected: dict, path: Path, atol=2e-5) -> None:
 
 
 def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, count=14, epochs=2,
-                    batch_size=6, precision="fp32", **training):
+                    batch_size=6, precision="fp32", quantization="none", tolerance=1.0, **training):
     """Run the job on the daemons with `layout` [(first, end, [daemon index], [shares])] and compare every
     step's loss and the final adapter with one process trained in the same order."""
     devices = devices_of(four)
     ids = [d.node_id for d in devices]
     job = make_job(tmp_path, model, task, count=count, epochs=epochs, batch_size=batch_size, precision=precision,
-                   **training)
+                   quantization=quantization, **training)
     stages = [(first, end, [ids[i] for i in who], shares) for first, end, who, shares in layout]
     plan = fixed_plan(model, TrainingJob(samples=count, batch_size=batch_size, epochs=epochs), stages,
                       micro_batches=micro_batches, phase2_shares={ids[i]: n for i, n in phase2.items()})
@@ -104,8 +104,8 @@ def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, 
 
     expected, losses = single_process(job, order)
     got_losses = [s["loss"] for s in metrics["steps"]]
-    assert got_losses == pytest.approx(losses, rel=1e-4, abs=1e-5)
-    assert_same(expected, out / "adapter.safetensors")
+    assert got_losses == pytest.approx(losses, rel=1e-4 * tolerance, abs=1e-5 * tolerance)
+    assert_same(expected, out / "adapter.safetensors", atol=2e-5 * tolerance)
     return metrics, out
 
 
@@ -138,6 +138,15 @@ def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, tas
 ])
 def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
     run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)
+
+
+def test_bf16_backbone_both_phases_equal_single_process(tmp_path, four):
+    """The frozen backbone held in bf16 on every stage (model.quantization = "bf16"), the side network in
+    fp32: the same adapter as one process with the same bf16 backbone, to bf16's precision (a micro-batch
+    pads to its own longest sample, which changes the backbone's summation order, and bf16 rounds the
+    difference up to a unit in the last place, ~0.4%: fp32 agrees to 1e-7 there)."""
+    run_and_compare(tmp_path, four, "tiny-llama", "classification", [(0, 2, [0, 1], [1, 1]), (2, 3, [2], [1])],
+                    2, {0: 1, 1: 1, 2: 1}, count=10, batch_size=4, quantization="bf16", tolerance=50.0)
 
 
 def test_phase2_with_activation_checkpointing_from_an_fp16_cache(tmp_path, four):

@@ -36,13 +36,14 @@ class ModelMeasurement:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-def measure(model, batch_sizes, seq_len, reduction_factor=8):
+def measure(model, batch_sizes, seq_len, reduction_factor=8, quantization="none"):
     from pac.errors import ModelNotFoundError
     if model != "fake-model":
         raise ModelNotFoundError(f"unknown model {model!r}; known: fake-model")
     time.sleep(float(os.environ.get("FAKE_MEASURE_S", "0.2")))
     layers = 3
-    return ModelMeasurement({b: [0.001 * b] * layers for b in batch_sizes},
+    speed = 0.5 if quantization == "bf16" else 1.0
+    return ModelMeasurement({b: [0.001 * b * speed] * layers for b in batch_sizes},
                             {b: [0.0001 * b] * layers for b in batch_sizes},
                             {b: [0.0002 * b] * layers for b in batch_sizes},
                             [4000] * layers, [512.0] * layers, [400] * layers)
@@ -79,6 +80,20 @@ def test_profile_is_measured_once_then_reused(daemons, cluster, fake_env):
     assert not profile(d, cluster.identity, refresh=True)["from_store"]
     stored = list((d.state_dir / "profiles").glob("*.json"))
     assert len(stored) == 1 and stored[0].name.startswith(d.node_id) and stored[0].stat().st_mode & 0o077 == 0
+
+
+def test_profile_is_kept_per_quantization(daemons, cluster, fake_env):
+    d = daemons.start(env=fake_env)
+    full = profile(d, cluster.identity)
+    half = profile(d, cluster.identity, quantization="bf16")
+    assert not half["from_store"] and half["quantization"] == "bf16" and full["quantization"] == "none"
+    assert half["measurement"]["forward_s"]["4"] == pytest.approx([0.002] * 3)
+    assert profile(d, cluster.identity, quantization="bf16")["from_store"]
+    assert profile(d, cluster.identity)["measurement"] == full["measurement"]
+    assert len(list((d.state_dir / "profiles").glob("*.json"))) == 2
+    with pytest.raises(DaemonError) as caught:
+        profile(d, cluster.identity, quantization="int3")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "quantization must be one of" in str(caught.value)
 
 
 def test_unknown_model_is_not_found(daemons, cluster, fake_env):

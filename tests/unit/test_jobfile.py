@@ -157,7 +157,7 @@ def test_out_of_range(home, section, key, value, message):
     ("training", "technique", "lora", "training.technique must be one of parallel (the only technique"),
     ("training", "optimizer", "sgd", "training.optimizer must be one of adamw"),
     ("cache", "precision", "fp8", "cache.precision must be one of fp32, fp16, bf16, int8, none"),
-    ("model", "quantization", "int2", "model.quantization must be one of none, int8, int4"),
+    ("model", "quantization", "int2", "model.quantization must be one of none, bf16, fp16, int8, int4"),
     ("devices", "mode", "all", "devices.mode must be one of discover, list, cluster"),
     ("model", "name_or_path", "minilmm", 'model.name_or_path is not a known model or an existing path'),
 ])
