@@ -47,13 +47,23 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
     forward, side_f, side_b = (_timings(m, n, sizes) for n in ("forward_s", "side_forward_s", "side_backward_s"))
     layers = len(forward[0])
     top = len(sizes) - 1
-    return {
+    entry = {
         "name": stored["node_id"], "memory_budget_bytes": int(stored["memory_budget_bytes"]),
         "disk_budget_bytes": int(disk_budget_bytes), "batch_sizes": sizes,
         "forward_s": [[forward[i][layer] + side_f[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "backward_s": [[side_b[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "side_sample_s": max(sum(side_f[top]) + sum(side_b[top]), 1e-9) / sizes[top],
     }
+    if stored.get("host"):  # see with_host
+        entry.update(host=str(stored["host"]), host_cores=int(stored.get("host_cores") or 0),
+                     threads=int(m.get("threads") or 0))
+    return entry
+
+
+def with_host(stored: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """A device's stored profile with the machine it runs on (its NodeInfo's hostname and cores): devices
+    of one machine share its cores, which the planner takes into account in phase 2."""
+    return {**stored, "host": info.get("hostname") or "", "host_cores": int(info.get("cpu_count") or 0)}
 
 
 def home_document(profiles: list[dict[str, Any]], disks: dict[str, int], links: list[dict[str, Any]]) -> dict:

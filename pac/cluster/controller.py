@@ -188,7 +188,7 @@ async def measure_home(devices: list[Device], identity: Identity | None, job, si
     import itertools
 
     from pacd.client import DaemonClient
-    from pacd.homeprofile import home_document
+    from pacd.homeprofile import home_document, with_host
 
     by_host: dict[str, list[Device]] = {}
     for device in devices:
@@ -200,12 +200,13 @@ async def measure_home(devices: list[Device], identity: Identity | None, job, si
             info = await client.info()
             started = time.perf_counter()
             profile = await client.profile(job.model.name_or_path, sizes, job.training.seq_len,
-                                           job.training.reduction_factor, False, 3600.0)
+                                           job.training.reduction_factor, False, 3600.0,
+                                           quantization=job.model.quantization)
             source = "stored" if profile["from_store"] else f"measured in {time.perf_counter() - started:.0f} s"
             log_line(f"profile of {job.model.name_or_path} on {host} ({source}; "
                      f"{len(members)} device(s) on this host)")
         for device in members:
-            copy = dict(profile, node_id=device.node_id)
+            copy = with_host(dict(profile, node_id=device.node_id), {**info, "hostname": host})
             if device.memory_budget_bytes:
                 copy["memory_budget_bytes"] = device.memory_budget_bytes
             profiles.append(copy)

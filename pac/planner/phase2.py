@@ -1,20 +1,27 @@
 """Phase 2: data parallelism over the activation cache (paper §5.2).
 
-Every step splits the mini-batch over the devices in proportion to their measured side-network speed
-(sample by sample, each to the device that would finish first), never giving a device more per step than
-its memory holds or more per epoch than its disk holds. Then the cached hidden states move so that each
-device holds every layer of its own samples, keeping on each device as many of the states it computed in
-phase 1 as possible, and every device receives the side-network parameters it did not train in phase 1.
+Every step splits the mini-batch over the phase-2 devices in proportion to their measured side-network
+speed (sample by sample, each to the device that would finish first), never giving a device more per step
+than its memory holds or more per epoch than its disk holds. Then the cached hidden states move so that
+each device holds every layer of its own samples, keeping on each device as many of the states it computed
+in phase 1 as possible, and every device receives the side-network parameters it did not train in phase 1.
+
+Which devices train: a device that joins shortens each step's compute but lengthens its AllReduce (and
+devices of one machine share its cores, `profile.host_contention`), and may need cached states moved to
+it. Devices join one at a time, each time the one that gives the fastest step; of these growing sets the
+planner keeps the one with the least simulated time for the moves plus the phase-2 epochs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
 from pac.planner.memory import cache_bytes_per_sample, hidden_bytes_per_sample, phase2_memory
 from pac.planner.phase1 import Partition
+from pac.planner.profile import host_contention
 
 
 @dataclass(frozen=True)
@@ -31,17 +38,22 @@ class Phase2Assignment:
         return sum(m[2] for m in self.moves)
 
 
-def step_shares(cost: CostModel, batch: int, per_step_cap: list[int]) -> tuple[int, ...]:
-    """Split `batch` samples over all devices by side-network speed, within each device's cap."""
+def step_shares(cost: CostModel, batch: int, per_step_cap: list[int],
+                active: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Split `batch` samples over the `active` devices (default: all) by side-network speed, as slowed by
+    sharing a machine with the other active devices, within each device's cap."""
     devices = cost.home.devices
+    active = tuple(range(len(devices))) if active is None else active
+    slow = host_contention(devices, active)
     counts = [0] * len(devices)
     for _ in range(batch):
-        options = [i for i in range(len(devices)) if counts[i] < per_step_cap[i]]
+        options = [i for i in active if counts[i] < per_step_cap[i]]
         if not options:
             raise InfeasibleError(
                 f"phase 2 cannot place a mini-batch of {batch}: the devices' memory and disk hold only "
-                f"{sum(per_step_cap)} samples per step; use a smaller --batch-size or more devices")
-        best = min(options, key=lambda i: ((counts[i] + 1) * devices[i].side_sample_s, i))
+                f"{sum(per_step_cap[i] for i in active)} samples per step; use a smaller --batch-size or more "
+                f"devices")
+        best = min(options, key=lambda i: ((counts[i] + 1) * devices[i].side_sample_s * slow[i], i))
         counts[best] += 1
     return tuple(counts)
 
@@ -63,13 +75,54 @@ def per_step_caps(cost: CostModel) -> list[int]:
 
 
 def plan_phase2(cost: CostModel, partition: Partition) -> Phase2Assignment:
-    """Shares, and the moves from where phase 1 left the cache and side parameters."""
+    """Which devices train, their shares, and the moves from where phase 1 left the cache and side
+    parameters: the growing device set (see the module's text) with the least simulated time."""
+    from pac.planner.simulator import phase2_step_s, simulate_phase2_epoch, simulate_transfers
+
     job = cost.job
     caps = per_step_caps(cost)
+    if sum(caps) < job.batch_size:
+        step_shares(cost, job.batch_size, caps)  # raises the error that says what would fit
+    chosen: tuple[int, ...] = ()
+    candidates = []
+    while len(chosen) < cost.num_devices:
+        best = None
+        for device in range(cost.num_devices):
+            if device in chosen or caps[device] == 0:
+                continue
+            trial = tuple(sorted(chosen + (device,)))
+            if sum(caps[i] for i in trial) < job.batch_size:  # not enough room yet: the roomiest joins
+                key = (math.inf, -sum(caps[i] for i in trial), device)
+            else:
+                compute, reduce = phase2_step_s(cost, tuple(range(cost.num_devices)),
+                                                step_shares(cost, job.batch_size, caps, trial))
+                key = (compute + reduce, 0, device)
+            if best is None or key < best[0]:
+                best = (key, trial)
+        if best is None:
+            break
+        chosen = best[1]
+        if sum(caps[i] for i in chosen) >= job.batch_size:
+            candidates.append(chosen)
+    out, best_time = None, math.inf
+    for active in candidates:
+        assignment = _assignment(cost, partition, caps, active)
+        moves_s, _ = simulate_transfers(cost, [(a, b, n) for a, b, n, _ in assignment.moves])
+        epoch_s, _ = simulate_phase2_epoch(cost, assignment.devices, assignment.step_shares)
+        total = moves_s + (job.epochs - 1) * epoch_s
+        if total < best_time * (1 - 1e-9):  # a tie keeps the smaller set
+            out, best_time = assignment, total
+    assert out is not None
+    return out
+
+
+def _assignment(cost: CostModel, partition: Partition, caps: list[int], active: tuple[int, ...]
+                ) -> Phase2Assignment:
+    job = cost.job
     full, last = divmod(job.samples, job.batch_size)
-    steps = [step_shares(cost, job.batch_size, caps)] * full
+    steps = [step_shares(cost, job.batch_size, caps, active)] * full
     if last:
-        steps.append(step_shares(cost, last, caps))
+        steps.append(step_shares(cost, last, caps, active))
     devices = tuple(range(cost.num_devices))
     epoch = tuple(sum(step[i] for step in steps) for i in devices)
     moves = _cache_moves(cost, partition, epoch) + _side_moves(cost, partition, epoch)

@@ -14,6 +14,7 @@ sizes and interpolated linearly in between (and extrapolated along the nearest m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -90,9 +91,18 @@ class DeviceProfile:
     side_sample_s: float  # phase 2: seconds per sample for the whole side network, forward + backward
     runtime_overhead_bytes: int = 0  # interpreter, framework and allocator overhead
     cache_read_bytes_per_s: float = math.inf  # disk read speed for the activation cache in phase 2
+    # Devices that run on one machine share its processors: `host` names the machine ("" = a machine of
+    # its own), `host_cores` its cores and `threads` the compute threads this device uses (0: unknown).
+    # Its timings were measured with the machine to itself; phase 2 slows co-located devices that
+    # together ask for more threads than the machine has (`host_contention`).
+    host: str = ""
+    host_cores: int = 0
+    threads: int = 0
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
+        _require(self.host_cores >= 0, f"{where}.host_cores", "must be >= 0")
+        _require(self.threads >= 0, f"{where}.threads", "must be >= 0")
         _require(bool(self.name), "device", "name must not be empty")
         _require(self.memory_budget_bytes > 0, f"{where}.memory_budget_bytes", "must be > 0")
         _finite_nonnegative(self.disk_budget_bytes, f"{where}.disk_budget_bytes")
@@ -249,6 +259,25 @@ def _device_to_dict(device: DeviceProfile) -> dict[str, Any]:
     out = asdict(device)
     if math.isinf(device.cache_read_bytes_per_s):
         del out["cache_read_bytes_per_s"]
+    if not device.host:
+        for key in ("host", "host_cores", "threads"):
+            del out[key]
+    return out
+
+
+def host_contention(devices: Sequence[DeviceProfile], active: Sequence[int]) -> dict[int, float]:
+    """How much slower each active device computes than measured, because devices of one machine share its
+    cores: the active devices' threads over the machine's cores, at least 1 (devices without a host, or
+    whose cores or threads are unknown, are never slowed)."""
+    wanted: dict[str, int] = {}
+    for i in active:
+        d = devices[i]
+        if d.host and d.host_cores and d.threads:
+            wanted[d.host] = wanted.get(d.host, 0) + d.threads
+    out = {}
+    for i in active:
+        d = devices[i]
+        out[i] = max(1.0, wanted[d.host] / d.host_cores) if d.host in wanted and d.host_cores and d.threads else 1.0
     return out
 
 
@@ -293,7 +322,8 @@ def home_from_dict(data: Any) -> HomeProfile:
     for i, raw in enumerate(_tuple(data["devices"], "devices")):
         d = _fields(raw, f"devices[{i}]",
                     ["name", "memory_budget_bytes", "disk_budget_bytes", "batch_sizes", "forward_s",
-                     "backward_s", "side_sample_s"], ["runtime_overhead_bytes", "cache_read_bytes_per_s"])
+                     "backward_s", "side_sample_s"], ["runtime_overhead_bytes", "cache_read_bytes_per_s", "host",
+                                                      "host_cores", "threads"])
         d["batch_sizes"] = _tuple(d["batch_sizes"], f"devices[{i}].batch_sizes")
         for key in ("forward_s", "backward_s"):
             d[key] = tuple(_tuple(row, f"devices[{i}].{key}") for row in _tuple(d[key], f"devices[{i}].{key}"))
@@ -321,3 +351,37 @@ def load_home(path: str | Path) -> HomeProfile:
         return home_from_dict(data)
     except (ProfileError, TypeError, ValueError) as error:
         raise ProfileError(f"{path}: {error}") from error
+
+
+def shared_host_views(home: HomeProfile) -> list[HomeProfile]:
+    """The home as phase 1 sees it when devices of one machine ask for more threads than it has cores.
+
+    Layer timings were measured with the machine to itself. Two views are planned and the faster plan
+    kept: every device, its phase-1 timings slowed by its machine's contention with all its devices
+    working (`host_contention`); and each such machine with only as many devices as its cores run at
+    full speed (its fastest ones; the others idle), timings as measured. Phase 2 weighs contention itself
+    (`phase2`), so `side_sample_s` is never scaled here. Without such a machine: the home itself."""
+    devices = home.devices
+    slow = host_contention(devices, range(len(devices)))
+    if all(factor == 1.0 for factor in slow.values()):
+        return [home]
+
+    def scaled(d: DeviceProfile, factor: float) -> DeviceProfile:
+        return dataclasses.replace(d, forward_s=tuple(tuple(t * factor for t in row) for row in d.forward_s),
+                                   backward_s=tuple(tuple(t * factor for t in row) for row in d.backward_s))
+
+    everyone = dataclasses.replace(home, devices=tuple(scaled(d, slow[i]) for i, d in enumerate(devices)))
+    keep, room = [], {}
+    for i in sorted(range(len(devices)), key=lambda i: (-devices[i].speed, i)):
+        d = devices[i]
+        if slow[i] == 1.0:
+            keep.append(i)
+            continue
+        left = room.setdefault(d.host, d.host_cores)
+        if left >= d.threads or not any(devices[k].host == d.host for k in keep):
+            keep.append(i)
+            room[d.host] = left - d.threads
+    names = {devices[i].name for i in keep}
+    fewer = dataclasses.replace(home, devices=tuple(d for d in devices if d.name in names),
+                                links=tuple(link for link in home.links if link.a in names and link.b in names))
+    return [everyone, fewer]

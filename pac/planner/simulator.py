@@ -150,33 +150,39 @@ def simulate_transfers(cost: CostModel, moves: Sequence[tuple[int, int, float]],
 
 
 def phase2_step_s(cost: CostModel, devices: Sequence[int], shares: Sequence[int]) -> tuple[float, float]:
-    """(compute, AllReduce) seconds of one phase-2 step: each device trains its share from the cache."""
-    from pac.planner.memory import cache_bytes_per_sample
-
-    per_sample_read = cache_bytes_per_sample(cost.model, cost.job)
-    compute = 0.0
-    for device, share in zip(devices, shares, strict=True):
-        profile = cost.home.devices[device]
-        compute = max(compute, share * (profile.side_sample_s + per_sample_read / profile.cache_read_bytes_per_s))
+    """(compute, AllReduce) seconds of one phase-2 step: each device trains its share from the cache,
+    slowed where devices of one machine share its cores."""
+    compute = max(_phase2_busy(cost, devices, shares).values(), default=0.0)
     active = [d for d, n in zip(devices, shares, strict=True) if n > 0]
     gradient = cost.model.side_params * cost.job.gradient_bytes_per_param
     return compute, cost.allreduce(active, gradient)
 
 
+def _phase2_busy(cost: CostModel, devices: Sequence[int], shares: Sequence[int]) -> dict[int, float]:
+    """Seconds each device with a share computes in one phase-2 step."""
+    from pac.planner.memory import cache_bytes_per_sample
+    from pac.planner.profile import host_contention
+
+    per_sample_read = cache_bytes_per_sample(cost.model, cost.job)
+    active = [d for d, n in zip(devices, shares, strict=True) if n > 0]
+    slow = host_contention(cost.home.devices, active)
+    out = {}
+    for device, share in zip(devices, shares, strict=True):
+        if share:
+            profile = cost.home.devices[device]
+            out[device] = share * slow[device] * (profile.side_sample_s
+                                                  + per_sample_read / profile.cache_read_bytes_per_s)
+    return out
+
+
 def simulate_phase2_epoch(cost: CostModel, devices: Sequence[int], step_shares: Sequence[Sequence[int]]
                           ) -> tuple[float, list[Event]]:
     """One phase-2 epoch: the steps in turn, each compute then AllReduce. Returns (seconds, events)."""
-    from pac.planner.memory import cache_bytes_per_sample
-
-    per_sample_read = cache_bytes_per_sample(cost.model, cost.job)
     now, events = 0.0, []
     for step, shares in enumerate(step_shares):
         compute, allreduce = phase2_step_s(cost, devices, shares)
-        for device, share in zip(devices, shares, strict=True):
-            if share:
-                profile = cost.home.devices[device]
-                busy = share * (profile.side_sample_s + per_sample_read / profile.cache_read_bytes_per_s)
-                events.append(Event(profile.name, "train", step, now, now + busy))
+        for device, busy in _phase2_busy(cost, devices, shares).items():
+            events.append(Event(cost.home.devices[device].name, "train", step, now, now + busy))
         now += compute
         if allreduce > 0:
             events.append(Event("all", "AR", step, now, now + allreduce))

@@ -11,20 +11,21 @@ import click
 
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
+from pac.jobfile import QUANTIZATIONS
 from pac.security import Identity
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.devices import discover, with_discovery
 from pacd.client import DaemonClient
-from pacd.homeprofile import home_document
+from pacd.homeprofile import home_document, with_host
 
 
 async def _profile_all(devices: list[DeviceRecord], identity: Identity | None, model: str, sizes: list[int],
-                       seq_len: int, factor: int, refresh: bool, timeout: float):
+                       seq_len: int, factor: int, refresh: bool, timeout: float, quantization: str = "none"):
     async def one(device: DeviceRecord):
         async with DaemonClient(device.address, identity, device.node_id if identity else None) as client:
             info = await client.info()
-            profile = await client.profile(model, sizes, seq_len, factor, refresh, timeout)
-            return profile, info["disk_free_bytes"]
+            profile = await client.profile(model, sizes, seq_len, factor, refresh, timeout, quantization)
+            return with_host(profile, info), info["disk_free_bytes"]
 
     async def link(a: DeviceRecord, b: DeviceRecord):
         async with DaemonClient(a.address, identity, a.node_id if identity else None) as client:
@@ -41,13 +42,15 @@ async def _profile_all(devices: list[DeviceRecord], identity: Identity | None, m
 @click.option("--batch-sizes", default="1,4,8", show_default=True, help="comma-separated batch sizes")
 @click.option("--seq-len", type=int, default=128, show_default=True)
 @click.option("--reduction-factor", type=int, default=8, show_default=True)
+@click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default="none", show_default=True,
+              help="measure the backbone as a job with this model.quantization holds it")
 @click.option("--refresh", is_flag=True, help="measure again even where a stored result exists")
 @click.option("--profile-timeout", type=float, default=3600.0, show_default=True,
               help="deadline in seconds for one device's measurement")
 @click.option("--out", type=click.Path(path_type=Path), help="write the planner's profile JSON here")
 @click.option("--raw", type=click.Path(path_type=Path), help="write every device's full measurement here")
 def command(model, home, peers, interfaces, timeout, no_mdns, insecure, batch_sizes, seq_len, reduction_factor,
-            refresh, profile_timeout, out, raw) -> None:
+            quantization, refresh, profile_timeout, out, raw) -> None:
     """Profile MODEL (e.g. minilm, smollm2-135m) on every device of this cluster, and their links."""
     try:
         sizes = [int(s) for s in batch_sizes.split(",")]
@@ -62,7 +65,8 @@ def command(model, home, peers, interfaces, timeout, no_mdns, insecure, batch_si
     identity = None if insecure else controller_identity(home or default_home())
     try:
         profiles, disks, links = asyncio.run(_profile_all(devices, identity, model, sizes, seq_len,
-                                                          reduction_factor, refresh, profile_timeout))
+                                                          reduction_factor, refresh, profile_timeout,
+                                                          quantization))
         document = home_document(profiles, disks, links)
     except (PacError, ValueError, KeyError) as error:
         raise click.ClickException(str(error)) from error

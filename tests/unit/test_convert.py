@@ -52,3 +52,19 @@ def test_node_info():
 def test_generated_stubs_match_protos():
     result = subprocess.run(["make", "-s", "proto-check"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_home_document_carries_the_machine_a_device_runs_on():
+    from pac.planner.profile import home_from_dict
+    from pacd.homeprofile import home_document, with_host
+
+    stored = stored_profile()
+    stored["measurement"]["threads"] = 1
+    back = convert.profile_from_proto(convert.profile_to_proto({**stored, "quantization": "bf16"}))
+    assert back["quantization"] == "bf16" and back["measurement"]["threads"] == 1
+    twins = [with_host({**back, "node_id": n}, {"hostname": "box", "cpu_count": 2}) for n in ("a" * 16, "b" * 16)]
+    link = {"source": "a" * 16, "target": "b" * 16, "bandwidth_bytes_per_s": 1e9, "rtt_s": 1e-4}
+    home = home_from_dict(home_document(twins, {}, [link]))
+    assert [(d.host, d.host_cores, d.threads) for d in home.devices] == [("box", 2, 1)] * 2
+    alone = home_from_dict(home_document([back], {}, []))
+    assert alone.devices[0].host == ""  # no machine given: planned as a machine of its own

@@ -187,3 +187,53 @@ def test_a_single_device_home_needs_no_links():
         "links": [],
     }
     assert len(home_from_dict(document).devices) == 1
+
+
+def _on_one_machine(home, cores: int, threads: int = 1):
+    """Every device of `home` on one machine with `cores` cores, each using `threads` threads."""
+    devices = tuple(d.__class__(**{**d.__dict__, "host": "box", "host_cores": cores, "threads": threads})
+                    for d in home.devices)
+    return home.__class__(home.model, devices, default_link=home.default_link)
+
+
+def test_host_contention_counts_threads_against_cores() -> None:
+    from pac.planner.profile import host_contention
+
+    home = _on_one_machine(tiny_home([[1.0]] * 4), cores=2)
+    assert host_contention(home.devices, range(4)) == {i: 2.0 for i in range(4)}
+    assert host_contention(home.devices, [0, 3]) == {0: 1.0, 3: 1.0}
+    assert host_contention(tiny_home([[1.0]] * 4).devices, range(4)) == {i: 1.0 for i in range(4)}  # no host
+
+
+def test_phase2_uses_only_the_devices_a_shared_machine_runs_at_full_speed() -> None:
+    # A latency-bound AllReduce makes each extra device cost more than nothing.
+    apart = tiny_home([[1.0]] * 4, latency_s=1e-3)
+    cost = CostModel(apart, TrainingJob(samples=64, batch_size=16))
+    partition = Partition(((0, 1, (0, 1, 2, 3)),), 1, 16, 1.0)
+    assert plan_phase2(cost, partition).epoch_samples == (16, 16, 16, 16)  # four machines: all train
+    shared = _on_one_machine(apart, cores=2)
+    assignment = plan_phase2(CostModel(shared, TrainingJob(samples=64, batch_size=16)), partition)
+    assert sorted(assignment.epoch_samples) == [0, 0, 32, 32]  # two cores: two devices do the same work
+    moved = sum(n for _, _, n, what in assignment.moves if what == "cache")
+    assert moved > 0  # the idle devices' cached states move to the two that train
+
+
+def test_a_shared_machine_is_planned_with_the_devices_its_cores_run() -> None:
+    home = _on_one_machine(tiny_home([[1.0] * 4] * 4, latency_s=1e-3), cores=2)
+    job = TrainingJob(samples=64, batch_size=16, epochs=3)
+    plan = plan_job(home, job).plan
+    assert len(plan.devices) == 2 and "share its cores" in plan.reason
+    assert sum(len(s.devices) for s in plan.phase1.stages) <= 2
+    # every device, slowed by sharing, is what the baselines plan: never faster than ours
+    assert plan_job(home, job, "data-only").plan.total_s >= plan.total_s
+    # the same devices on machines of their own: every device takes part
+    assert len(plan_job(tiny_home([[1.0] * 4] * 4, latency_s=1e-3), job).plan.phase1.stages[0].devices) == 4
+
+
+def test_profile_host_fields_round_trip() -> None:
+    home = _on_one_machine(tiny_home([[1.0]] * 2), cores=8, threads=4)
+    again = home_from_dict(json.loads(json.dumps(home.to_dict())))
+    assert [(d.host, d.host_cores, d.threads) for d in again.devices] == [("box", 8, 4)] * 2
+    assert "host" not in tiny_home([[1.0]]).to_dict()["devices"][0]
+    with pytest.raises(ProfileError, match="host_cores"):
+        home_from_dict({**home.to_dict(), "devices": [{**home.to_dict()["devices"][0], "host_cores": -1}]})
