@@ -179,9 +179,13 @@ def simulate_phase2_epoch(cost: CostModel, devices: Sequence[int], step_shares: 
                           ) -> tuple[float, list[Event]]:
     """One phase-2 epoch: the steps in turn, each compute then AllReduce. Returns (seconds, events)."""
     now, events = 0.0, []
+    seen: dict[tuple[int, ...], tuple[float, float, dict[int, float]]] = {}  # steps mostly repeat
     for step, shares in enumerate(step_shares):
-        compute, allreduce = phase2_step_s(cost, devices, shares)
-        for device, busy in _phase2_busy(cost, devices, shares).items():
+        key = tuple(shares)
+        if key not in seen:
+            seen[key] = (*phase2_step_s(cost, devices, shares), _phase2_busy(cost, devices, shares))
+        compute, allreduce, busy_by_device = seen[key]
+        for device, busy in busy_by_device.items():
             events.append(Event(cost.home.devices[device].name, "train", step, now, now + busy))
         now += compute
         if allreduce > 0:

@@ -71,10 +71,12 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
         scores["tuned"] += answer_is_right(after, question)
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})
         click.echo(f"\nQ: {question.prompt}\n  untuned: {before}\n  tuned:   {after}")
-    summary = {"devices": count, "held_out_questions": len(asked), "right_untuned": scores["untuned"],
+    working = len(controller.plan.devices) if controller.plan is not None else count
+    summary = {"devices": count, "devices_used": working, "held_out_questions": len(asked), "right_untuned": scores["untuned"],
                "right_tuned": scores["tuned"], "training_time_s": metrics["total_time_s"],
                "total_time_s": time.perf_counter() - started}
     (out / "answers.json").write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
     click.echo(f"\nheld-out questions answered with the expected fact: tuned {scores['tuned']}/{len(asked)}, "
-               f"untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} s on {count} device(s); "
+               f"untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} s; {working} of {count} "
+               f"device(s) took part, the plan's reason says why; "
                f"adapter, plan, metrics.json and plots in {out})")
