@@ -58,18 +58,32 @@ def step_shares(cost: CostModel, batch: int, per_step_cap: list[int],
     return tuple(counts)
 
 
-def per_step_caps(cost: CostModel) -> list[int]:
-    """Most samples each device may train per step: its memory, and its disk over the epoch's steps."""
+def phase1_disk(cost: CostModel, partition: Partition) -> dict[int, float]:
+    """Bytes of phase-1 cache shard each device holds at the end of epoch 1."""
+    batch = partition.micro_batch_size
+    out: dict[int, float] = {}
+    for x, y, group in partition.stages:
+        for device, share in zip(group, cost.shares(group, batch), strict=True):
+            out[device] = out.get(device, 0.0) + cost.phase1_disk_bytes(share, batch, x, y)
+    return out
+
+
+def per_step_caps(cost: CostModel, partition: Partition | None = None) -> list[int]:
+    """Most samples each device may train per step: its memory, and its disk over the epoch's steps.
+    The phase-2 cache is gathered while the device still holds its phase-1 shard (peers read from it), so
+    with a `partition` the shard's bytes count against the disk too."""
     job, model = cost.job, cost.model
     steps = job.minibatches_per_epoch
     per_sample_disk = cache_bytes_per_sample(model, job)
+    shard = phase1_disk(cost, partition) if partition is not None else {}
     caps = []
-    for device in cost.home.devices:
+    for index, device in enumerate(cost.home.devices):
         memory_cap = 0
         while memory_cap < job.batch_size and phase2_memory(
                 model, device, job, memory_cap + 1).total <= device.memory_budget_bytes:
             memory_cap += 1
-        disk_cap = int(device.disk_budget_bytes // per_sample_disk) // steps if per_sample_disk > 0 else job.batch_size
+        room = max(0.0, device.disk_budget_bytes - shard.get(index, 0.0))
+        disk_cap = int(room // per_sample_disk) // steps if per_sample_disk > 0 else job.batch_size
         caps.append(min(memory_cap, disk_cap))
     return caps
 
@@ -80,7 +94,7 @@ def plan_phase2(cost: CostModel, partition: Partition) -> Phase2Assignment:
     from pac.planner.simulator import phase2_step_s, simulate_phase2_epoch, simulate_transfers
 
     job = cost.job
-    caps = per_step_caps(cost)
+    caps = per_step_caps(cost, partition)
     if sum(caps) < job.batch_size:
         step_shares(cost, job.batch_size, caps)  # raises the error that says what would fit
     chosen: tuple[int, ...] = ()

@@ -72,7 +72,7 @@ class DeviceUse:
     phase1_peak_bytes: float  # 0 when the device sits out phase 1
     phase2_peak_bytes: float  # 0 when it sits out phase 2 (or there is no phase 2)
     disk_budget_bytes: int
-    disk_bytes: float  # the larger of its phase-1 and phase-2 cache
+    disk_bytes: float  # its phase-1 shard plus its phase-2 cache (both on disk while the cache is gathered)
 
 
 @dataclass(frozen=True)

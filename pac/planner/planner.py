@@ -115,7 +115,11 @@ def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strateg
     phase2, assignment = None, None
     total = epoch1 * job.epochs
     if use_cache:
-        assignment = plan_phase2(cost, partition)
+        try:
+            assignment = plan_phase2(cost, partition)
+        except InfeasibleError:  # no room for the cache beside the shards: every epoch runs the backbone
+            assignment = None
+    if assignment is not None:
         redistribution, _ = simulate_transfers(cost, [(a, b, n) for a, b, n, _ in assignment.moves])
         epoch2, _ = simulate_phase2_epoch(cost, assignment.devices, assignment.step_shares)
         phase2 = Phase2Plan(
@@ -144,7 +148,7 @@ def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,
             peak2 = phase2_memory(cost.model, device, cost.job, share).total
             disk2 = assignment.epoch_samples[i] * per_sample
         out.append(DeviceUse(device.name, device.memory_budget_bytes, sim.peak_memory_bytes.get(device.name, 0.0),
-                             peak2, device.disk_budget_bytes, max(disk1.get(i, 0.0), disk2)))
+                             peak2, device.disk_budget_bytes, disk1.get(i, 0.0) + disk2))
     return tuple(out)
 
 

@@ -345,6 +345,13 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"this device holds no phase-2 state of job {request.job_id!r}")
         steps = json.loads(request.steps_json)
+        stage = job.stage
+        if stage is not None and stage.shard is not None and not stage.shard.keep:
+            # Phase 2 has begun, so every member has gathered its records: no one reads this device's
+            # phase-1 shard again, and its disk goes back (the planner counted both until now).
+            async with job.lock:
+                shard, stage.shard = stage.shard, None
+                await asyncio.to_thread(shard.close)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()

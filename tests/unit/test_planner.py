@@ -237,3 +237,20 @@ def test_profile_host_fields_round_trip() -> None:
     assert "host" not in tiny_home([[1.0]]).to_dict()["devices"][0]
     with pytest.raises(ProfileError, match="host_cores"):
         home_from_dict({**home.to_dict(), "devices": [{**home.to_dict()["devices"][0], "host_cores": -1}]})
+
+
+def test_phase2_cache_fits_beside_the_phase1_shard() -> None:
+    # Two devices in one data-parallel stage, 10 samples: each caches 5 samples x 3 states (h_0..h_2)
+    # of 16 bytes in phase 1 = 240 bytes, and a phase-2 record is 3 states = 48 bytes a sample.
+    job = TrainingJob(samples=10, batch_size=2, epochs=2)
+    partition = Partition(((0, 2, (0, 1)),), 1, 2, 3.0)
+    roomy = tiny_home([[1.0, 1.0], [1.0, 1.0]], disk_budget_bytes=1000)
+    assert plan_phase2(CostModel(roomy, job), partition).epoch_samples == (5, 5)
+    # device 1 has room for its shard but not for a phase-2 cache beside it: device 0 trains alone
+    tight = tiny_home([[1.0, 1.0], [1.0, 1.0]], disk_budget_bytes=1000)
+    small = tight.devices[1].__class__(**{**tight.devices[1].__dict__, "disk_budget_bytes": 260})
+    tight = tight.__class__(tight.model, (tight.devices[0], small), default_link=tight.default_link)
+    assignment = plan_phase2(CostModel(tight, job), partition)
+    assert assignment.epoch_samples == (10, 0)
+    plan = plan_job(tight, job).plan
+    assert all(use.disk_bytes <= use.disk_budget_bytes for use in plan.usage)
