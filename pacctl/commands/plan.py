@@ -97,6 +97,9 @@ def command(profile_path: Path, batch_size: int, micro_batches: int | None, epoc
     except PacError as error:
         raise click.ClickException(str(error)) from error
     click.echo(render(result.plan))
+    idle = [d.name for d in home.devices if d.name not in result.plan.devices]
+    if idle:
+        click.echo(f"not used: {', '.join(idle)}")
     try:
         result.plan.save(out_path)
         if gantt_path is not None:
