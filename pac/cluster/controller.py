@@ -472,10 +472,12 @@ class Controller:
         family = p.model.side.spec.family
         loss_total = sum(loss_count(b, p.task, family) for b in micro)
         calls, who = [], []
+        single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
         for s, stage_addresses in enumerate(addresses):
             for r, address in enumerate(stage_addresses):
                 request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, loss_total=loss_total,
-                                                   timeout_s=self.options.step_timeout_s)
+                                                   timeout_s=self.options.step_timeout_s, apply=single,
+                                                   max_grad_norm=training.max_grad_norm)
                 request.micro_batches.extend(self._micro_request(plan, micro, micro_items, group, group_keys, s, r))
                 calls.append(self.stages.call(address, f"step {step} of stage {s}",
                                               self.stages.stub(address).RunStep(
@@ -491,10 +493,11 @@ class Controller:
         norms = {}
         for reply, (s, _, _) in zip(replies, who, strict=True):
             norms.setdefault(s, reply.grad_square_norm)
-        clip = clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm)
-        await asyncio.gather(*(self.stages.call(a, f"optimiser step {step}", self.stages.stub(a).ApplyStep(
-            stage_pb2.ApplyStepRequest(job_id=self.job_id, step=step, clip_coefficient=clip), timeout=60.0))
-            for stage_addresses in addresses for a in stage_addresses))
+        if not single:  # the pipeline-wide norm: every stage clips by the same coefficient
+            clip = clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm)
+            await asyncio.gather(*(self.stages.call(a, f"optimiser step {step}", self.stages.stub(a).ApplyStep(
+                stage_pb2.ApplyStepRequest(job_id=self.job_id, step=step, clip_coefficient=clip), timeout=60.0))
+                for stage_addresses in addresses for a in stage_addresses))
         events = []
         node = {d.address: d.node_id for d in self.devices}
         for reply, (s, r, address) in zip(replies, who, strict=True):

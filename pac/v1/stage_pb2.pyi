@@ -41,18 +41,22 @@ class MicroBatch(_message.Message):
     def __init__(self, index: _Optional[int] = ..., rows: _Optional[int] = ..., tensors: _Optional[bytes] = ..., sample_keys: _Optional[_Iterable[str]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RunStepRequest(_message.Message):
-    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s")
+    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     loss_total: int
     micro_batches: _containers.RepeatedCompositeFieldContainer[MicroBatch]
     timeout_s: float
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    apply: bool
+    max_grad_norm: float
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class RunStepReply(_message.Message):
     __slots__ = ("loss", "grad_square_norm", "events_json", "cache_records")

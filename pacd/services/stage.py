@@ -33,6 +33,7 @@ from pac.cluster.host import (
 from pac.errors import PacError
 from pac.net.node import PeerNode, SyncPeer, node_for
 from pac.net.tensor_inbox import TensorNotReceived
+from pac.pipeline.stage import clip_coefficient
 from pac.v1 import stage_pb2, stage_pb2_grpc
 from pacd.rpc import InvalidRequest, NotReady, handler
 
@@ -215,6 +216,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         async with job.lock:
             job.step = request.step
             loss, norm, events = await asyncio.to_thread(stage.run_step, request.step, request.loss_total, micro)
+            if request.apply:
+                await asyncio.to_thread(stage.apply, clip_coefficient([norm], request.max_grad_norm))
         return stage_pb2.RunStepReply(loss=loss, grad_square_norm=norm, events_json=json.dumps(events),
                                       cache_records=stage.records_written)
 

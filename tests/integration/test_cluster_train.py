@@ -67,7 +67,8 @@ def single_process(job, metrics_order) -> tuple[dict, list[float]]:
     prepared = prepare(job, lambda line: None)
     training = job.training
     config = TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
-                         learning_rate=training.learning_rate, seed=training.seed)
+                         learning_rate=training.learning_rate, seed=training.seed,
+                         max_grad_norm=training.max_grad_norm)
     result = train(prepared.model, prepared.train_items, prepared.task, prepared.pad_id, config,
                    batch_order=metrics_order(prepared))
     state = {k: v for k, v in prepared.model.state_dict().items() if k.startswith(("side.", "head."))}
@@ -138,6 +139,14 @@ def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, tas
 ])
 def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
     run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)
+
+
+def test_one_stage_steps_inside_run_step_and_equals_single_process(tmp_path, four):
+    """Data parallel only (one stage of three replicas, uneven shares): each replica clips by its own norm
+    and takes its optimiser step inside RunStep (no ApplyStep); the same adapter as one process, with the
+    gradient norm clipped on every step."""
+    run_and_compare(tmp_path, four, "tiny-bert", "classification", [(0, 3, [0, 1, 2], [2, 1, 1])], 1,
+                    {0: 2, 1: 1, 2: 1}, count=12, batch_size=4, max_grad_norm=0.05)
 
 
 def test_bf16_backbone_both_phases_equal_single_process(tmp_path, four):
