@@ -14,7 +14,7 @@ from pac.planner.errors import InfeasibleError
 from pac.planner.job import TrainingJob
 from pac.planner.memory import cache_bytes_per_sample, phase2_memory
 from pac.planner.phase1 import Partition, estimate
-from pac.planner.phase2 import Phase2Assignment, plan_phase2
+from pac.planner.phase2 import Phase2Assignment, phase1_disk, plan_phase2
 from pac.planner.plan import DeviceUse, Move, Phase1Plan, Phase2Plan, Plan, StagePlan
 from pac.planner.profile import HomeProfile, shared_host_views
 from pac.planner.simulator import (
@@ -134,11 +134,7 @@ def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strateg
 
 def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,
            assignment: Phase2Assignment | None) -> tuple[DeviceUse, ...]:
-    batch = partition.micro_batch_size
-    disk1: dict[int, float] = {}
-    for x, y, group in partition.stages:
-        for device, share in zip(group, cost.shares(group, batch), strict=True):
-            disk1[device] = cost.phase1_disk_bytes(share, batch, x, y)
+    disk1 = phase1_disk(cost, partition)
     out = []
     per_sample = cache_bytes_per_sample(cost.model, cost.job)
     for i, device in enumerate(cost.home.devices):
