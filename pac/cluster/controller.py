@@ -659,6 +659,10 @@ class Controller:
         plan = await self.make_plan(len(p.train_items), use_cache)
         plan.save(self.output_dir / "plan.json")
         self.plan = plan
+        if use_cache and plan.phase2 is None and training.epochs > 1 and not job.cache.keep:
+            use_cache = False  # the planner found no room for a phase-2 cache: writing one would be wasted
+            self.log("no phase 2: the devices' disks hold no activation cache beside the phase-1 shards; "
+                     "every epoch runs the backbone")
         steps_per_epoch = math.ceil(len(p.train_items) / training.batch_size)
         total_steps = steps_per_epoch * training.epochs
         phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
