@@ -19,6 +19,65 @@ ACTIVATIONS = {
 }
 
 
+class _WideningLinear(torch.autograd.Function):
+    """`F.linear(x.to(weight.dtype), weight)` for a 16-bit x (states read from the cache or from a 16-bit
+    backbone) that keeps x itself for backward, not its widened copy: the same arithmetic, half the
+    memory for a side block's backbone state."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x.to(weight.dtype), weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(weight.dtype)
+        return grad_x, grad_weight
+
+
+def down_project(linear: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """A side block's Down_i(h_i), fp32 arithmetic whatever h_i's storage dtype."""
+    if hidden.dtype == linear.weight.dtype or torch.is_autocast_enabled(hidden.device.type):
+        return linear(hidden)
+    out = _WideningLinear.apply(hidden, linear.weight)
+    return out if linear.bias is None else out + linear.bias
+
+
+class _GatedProduct(torch.autograd.Function):
+    """down(act(gate) * up) for the MLP's pre-activations gate and up (gate None: act(up)); keeps only the
+    two pre-activations for backward and recomputes act and the product there (elementwise, cheap)
+    instead of keeping act(gate), the product and the activation's own input: the same arithmetic,
+    half the memory of an MLP."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias, act):
+        ctx.act = act
+        ctx.gated = gate is not None
+        ctx.save_for_backward(weight, *((gate, up) if gate is not None else (up,)))
+        product = act(gate) * up if gate is not None else act(up)
+        return F.linear(product, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, *kept = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [tensor.detach().requires_grad_() for tensor in kept]
+            product = ctx.act(inputs[0]) * inputs[1] if ctx.gated else ctx.act(inputs[0])
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_weight = (flat.t() @ product.detach().reshape(-1, product.shape[-1]).to(flat.dtype)).to(weight.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_bias = flat.sum(0).to(weight.dtype)
+        grads = torch.autograd.grad(product, inputs, (grad @ weight.to(grad.dtype)).to(product.dtype))
+        grad_gate, grad_up = (grads[0], grads[1]) if ctx.gated else (None, grads[0])
+        return grad_gate, grad_up, grad_weight, grad_bias, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, width: int, eps: float) -> None:
         super().__init__()
@@ -68,11 +127,17 @@ class SideAttention(nn.Module):
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         source = x if memory is None else memory
         q, k, v = self._split(self.q(x)), self._split(self.k(source)), self._split(self.v(source))
+        narrow = q.dtype
+        # Rotary angles and attention itself always in fp32 (under 16-bit autocast too): bf16 cannot
+        # hold angles of a few hundred radians, and CPU attention's 16-bit backward is ~3x slower.
+        q, k, v = q.float(), k.float(), v.float()
         if self.inv_freq is not None and memory is None:
             cos, sin = self._rotation(x.shape[1], q)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if memory is None else memory_mask)
-        return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        attend = mask if memory is None else memory_mask
+        with torch.autocast(q.device.type, enabled=False):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend if attend.dtype == torch.bool else attend.float())
+        return self.o(out.to(narrow).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
 class SideMLP(nn.Module):
@@ -84,7 +149,10 @@ class SideMLP(nn.Module):
         self.act = ACTIVATIONS[style.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.gate(x)) * self.up(x) if self.gate is not None else self.act(self.up(x))
+        gate = self.gate(x) if self.gate is not None else None
+        if torch.is_grad_enabled():
+            return _GatedProduct.apply(gate, self.up(x), self.down.weight, self.down.bias, self.act)
+        hidden = self.act(gate) * self.up(x) if gate is not None else self.act(self.up(x))
         return self.down(hidden)
 
 
@@ -107,9 +175,7 @@ class SideBlock(nn.Module):
 
     def forward(self, hidden, previous, mask, memory=None, memory_mask=None) -> torch.Tensor:
         mu = torch.sigmoid(self.gate)
-        if hidden.dtype != self.down.weight.dtype:  # 16-bit states read from the cache
-            hidden = hidden.to(self.down.weight.dtype)
-        x = mu * self.down(hidden) + (1 - mu) * previous
+        x = mu * down_project(self.down, hidden) + (1 - mu) * previous
         x = self._sublayer(x, self.norms[0], lambda y: self.attention(y, mask))
         if self.cross is not None:
             x = self._sublayer(x, self.norms[1], lambda y: self.cross(y, None, memory, memory_mask))

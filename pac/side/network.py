@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from pac.errors import ConfigError
-from pac.side.blocks import SideBlock, make_norm
+from pac.side.blocks import SideBlock, down_project, make_norm
 from pac.side.weights import BlockStyle, block_style
 
 
@@ -128,16 +128,27 @@ class SideNetwork(nn.Module):
         # Activation checkpointing: keep only each block's inputs for backward and recompute the rest
         # (memory for about one more side forward). Not part of the model: not saved with an adapter.
         self.checkpoint_blocks = False
+        # The side network's arithmetic: float32, or bfloat16 autocast (mixed precision: parameters,
+        # gradients and optimiser state stay float32; attention runs in float32). Not saved either.
+        self.compute_dtype = torch.float32
 
     def forward(self, taps: list[list[torch.Tensor | None]], masks: list[torch.Tensor]) -> torch.Tensor:
         """taps[s][i] = h_i of stack s (entries not in needed_taps may be None); masks[s]: [batch, len]."""
+        dtype = self.up.weight.dtype
+        if self.compute_dtype == dtype:
+            return self._forward(taps, masks)
+        with torch.autocast(self.up.weight.device.type, dtype=self.compute_dtype):
+            return self._forward(taps, masks).to(dtype)
+
+    def _forward(self, taps, masks) -> torch.Tensor:
         memory = memory_mask = None
         a = None
         for stack_index, blocks in enumerate(self.stacks):
             states = taps[stack_index]
-            mask = attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index])
             entry = self.entry[stack_index]
-            a = entry(states[0].to(entry.weight.dtype))
+            mask = additive(attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index]),
+                            entry.weight.dtype)
+            a = down_project(entry, states[0])
             checkpointing = self.checkpoint_blocks and torch.is_grad_enabled()
             for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):
                 if checkpointing:
@@ -147,6 +158,12 @@ class SideNetwork(nn.Module):
                     a = block(states[layer], a, mask, memory, memory_mask)
             memory, memory_mask = a, masks[stack_index].bool()[:, None, None, :]
         return self.up(self.final_norm(a))
+
+
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as the 0 / -inf float mask attention adds (what it would make of the boolean one
+    itself, in every block; made once, so backward keeps one copy instead of one per block)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def attention_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor:

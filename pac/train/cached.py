@@ -65,21 +65,17 @@ class CachedStates:
             model.backbone = self.load_backbone()
         return model.backbone
 
-    def tap_dtype(self, compact: bool) -> torch.dtype:
-        """The batch tensors' dtype: float32, or with `compact` the cache's own 16-bit format (exact;
-        the side blocks widen each state when they use it, which under activation checkpointing is
-        not kept for backward: half the memory for the states of a batch)."""
-        if compact and self.cache.precision == "fp16":
-            return torch.float16
-        if compact and self.cache.precision == "bf16":
-            return torch.bfloat16
-        return torch.float32
+    def tap_dtype(self) -> torch.dtype:
+        """The batch tensors' dtype: a 16-bit cache's own format (exact; the side blocks widen each state
+        as they use it and keep only the 16-bit one for backward: half the memory for a batch's states),
+        else float32."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cache.precision, torch.float32)
 
-    def _read_batch(self, spec, group: list[Encoded], batch: dict, compact: bool = False):
+    def _read_batch(self, spec, group: list[Encoded], batch: dict):
         """Decode every record of the batch straight into padded batch tensors (one copy per value)."""
         masks = [batch["attention_mask"]] + ([batch["decoder_attention_mask"]] if len(spec.stack_sizes) > 1 else [])
         width = spec.hidden_size
-        dtype = self.tap_dtype(compact)
+        dtype = self.tap_dtype()
         taps, outs = [], []
         for s, needed in enumerate(spec.needed_taps()):
             stack = [None] * (spec.stack_sizes[s] + 1)
@@ -101,7 +97,7 @@ class CachedStates:
         device = next(model.side.parameters()).device
         if self.all_cached(group):
             try:
-                taps, final = self._read_batch(spec, group, batch, compact=model.side.checkpoint_blocks)
+                taps, final = self._read_batch(spec, group, batch)
             except CacheCorruption as error:
                 log.warning("%s; recomputing it", error)
             else:

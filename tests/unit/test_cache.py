@@ -70,7 +70,7 @@ def test_checkpointed_epochs_from_a_16_bit_cache_equal_plain_ones(tmp_path, name
     """Activation checkpointing with the batch's states kept in the cache's 16-bit format trains the
     same parameters as keeping every activation and widening the states on reading."""
     plain, states = trained(name, task, tmp_path / "a", precision)
-    assert states.tap_dtype(True) != torch.float32
+    assert states.tap_dtype() != torch.float32
     states.cache.close()
     checkpointed, states = trained(name, task, tmp_path / "b", precision, checkpointing=True)
     assert checkpointed.side.checkpoint_blocks and states.cache_reads > 0

@@ -1,0 +1,93 @@
+"""What a side network keeps for backward: 16-bit backbone states as they are (widened only while used)
+and an MLP's two pre-activations, with the same arithmetic as plain autograd."""
+
+import pytest
+import torch
+
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.side.blocks import SideMLP
+from pac.side.weights import BlockStyle
+from pac.techniques.build import TechniqueConfig, build_model, model_masks
+from tests.unit.test_parallel_adapters import FAMILIES, batch_of, classification_items
+
+
+def side_inputs(name, dtype):
+    torch.manual_seed(0)
+    backbone = load_backbone(name)
+    model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("classification"))
+    torch.nn.init.normal_(model.side.up.weight, std=0.02)  # let gradients reach every side block
+    batch = batch_of(backbone, classification_items(backbone, 4), "classification")
+    out = backbone.run(batch)
+    taps = [[None if t is None else t.to(dtype) for t in stack] for stack in out.taps]
+    return model, taps, batch
+
+
+def side_grads(model, taps, batch):
+    model.zero_grad(set_to_none=True)
+    delta = model.side(taps, model_masks(batch, model.side.spec.family))
+    (delta.square().sum() + delta.sum()).backward()
+    return delta.detach(), {n: p.grad.clone() for n, p in model.side.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_states_train_exactly_as_their_fp32_widening(name, dtype):
+    model, taps, batch = side_inputs(name, dtype)
+    widened = [[None if t is None else t.float() for t in stack] for stack in taps]
+    out16, grads16 = side_grads(model, taps, batch)
+    out32, grads32 = side_grads(model, widened, batch)
+    torch.testing.assert_close(out16, out32, rtol=0, atol=0)
+    assert grads16.keys() == grads32.keys() and any(".down." in n for n in grads16)
+    for key in grads32:
+        torch.testing.assert_close(grads16[key], grads32[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def saved_tensors(model, taps, batch):
+    saved = {}
+
+    def pack(tensor):
+        saved.setdefault(tensor.untyped_storage().data_ptr(), (tuple(tensor.shape), tensor.dtype))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.side(taps, model_masks(batch, model.side.spec.family))
+    return list(saved.values())
+
+
+def test_backward_keeps_16_bit_states_not_fp32_copies():
+    model, taps, batch = side_inputs("tiny-llama", torch.bfloat16)
+    d = model.side.spec.hidden_size
+    states = [s for s in saved_tensors(model, taps, batch) if len(s[0]) == 3 and s[0][-1] == d]
+    assert len(states) == len(model.side.spec.needed_taps()[0])  # h_0 for the entry, h_i for every block
+    assert {dtype for _, dtype in states} == {torch.bfloat16}
+
+
+def test_attention_keeps_one_mask_for_every_block():
+    model, taps, batch = side_inputs("tiny-bert", torch.float32)
+    length = batch["attention_mask"].shape[1]
+    masks = [s for s in saved_tensors(model, taps, batch) if s[0][-2:] == (length, length) and s[0][1] == 1]
+    assert len(masks) <= 1
+
+
+@pytest.mark.parametrize("gated,activation", [(True, "silu"), (False, "gelu"), (True, "gelu_new"), (False, "relu")])
+def test_mlp_keeps_two_inner_tensors_and_matches_plain_autograd(gated, activation):
+    torch.manual_seed(0)
+    style = BlockStyle(norm="rms", norm_eps=1e-6, activation=activation, gated_mlp=gated, pre_norm=True,
+                       causal=False, rope_theta=None, num_heads=2, num_kv_heads=2, head_dim=4)
+    mlp = SideMLP(8, 24, style, bias=not gated).double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mlp, (x,))
+
+    def reference(y):
+        inner = mlp.act(mlp.gate(y)) * mlp.up(y) if gated else mlp.act(mlp.up(y))
+        return mlp.down(inner)
+
+    out, expected = mlp(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), [x, *mlp.parameters()])
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.sum(), [x, *mlp.parameters()]))
+    inner = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: inner.append(t.shape) or t, lambda t: t):
+        mlp(x)
+    assert sum(1 for shape in inner if len(shape) == 3 and shape[-1] == 24) == (2 if gated else 1)
