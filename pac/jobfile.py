@@ -33,6 +33,7 @@ TECHNIQUES = ("parallel",)  # the one technique the distributed path runs (other
 OPTIMIZERS = ("adamw",)  # what pac.train.loop implements: AdamW, linear warm-up then linear decay
 QUANTIZATIONS = ("none", "bf16", "fp16", "int8", "int4")  # pac.quant.QUANTIZATIONS (kept here: that module imports torch)
 CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "none")  # pac.cache.codec.PRECISIONS, and no cache
+SIDE_PRECISIONS = ("fp32", "bf16")  # pac.train.loop.SIDE_PRECISIONS (kept here: that module imports torch)
 DEVICE_MODES = ("discover", "list", "cluster")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what pac.data.readers reads
 WEIGHT_BITS = {"none": 16, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}
@@ -73,6 +74,7 @@ class TrainingSection:
     seed: int = 0  # weights of the side network, data order and subsets
     max_grad_norm: float = 1.0  # gradients are clipped to this global L2 norm
     activation_checkpointing: bool = False  # recompute side blocks in backward: less memory, ~1.5x side time
+    side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ class Job:
             technique=TechniqueConfig(t.technique, reduction_factor=t.reduction_factor, side_layers=t.side_layers),
             train=TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                               weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
-                              max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing),
+                              max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing,
+                              side_precision=t.side_precision),
             seq_len=t.seq_len, train_limit=self.data.train_limit, eval_limit=self.data.eval_limit,
             output_dir=str(self.output.directory), quantization=self.model.quantization,
             cache_precision=None if cache.precision == "none" else cache.precision,
@@ -379,6 +382,7 @@ def _training(table: _Table) -> TrainingSection:
         optimizer=table.choice("optimizer", "adamw", OPTIMIZERS), seed=table.integer("seed", 0, 0),
         max_grad_norm=table.number("max_grad_norm", 1.0, 0.0, low_open=True),
         activation_checkpointing=table.boolean("activation_checkpointing", False),
+        side_precision=table.choice("side_precision", "fp32", SIDE_PRECISIONS),
     )
 
 

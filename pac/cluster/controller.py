@@ -414,7 +414,8 @@ class Controller:
                                    learning_rate=training.learning_rate, weight_decay=training.weight_decay,
                                    warmup_fraction=training.warmup_fraction, seed=training.seed,
                                    max_grad_norm=training.max_grad_norm,
-                                   activation_checkpointing=training.activation_checkpointing))
+                                   activation_checkpointing=training.activation_checkpointing,
+                                   side_precision=training.side_precision))
         calls = []
         for s, stage in enumerate(plan.phase1.stages):
             for r, address in enumerate(addresses[s]):
@@ -537,7 +538,8 @@ class Controller:
                                      learning_rate=training.learning_rate, weight_decay=training.weight_decay,
                                      warmup_fraction=training.warmup_fraction, seed=training.seed,
                                      max_grad_norm=training.max_grad_norm,
-                                   activation_checkpointing=training.activation_checkpointing)),
+                                   activation_checkpointing=training.activation_checkpointing,
+                                   side_precision=training.side_precision)),
             total_steps=total_steps, steps_done=first_step, members=members, fingerprint=p.fingerprint,
             tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
             cache_precision=self.job.cache.precision, cache_keep=self.job.cache.keep,

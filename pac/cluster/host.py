@@ -45,7 +45,7 @@ from pac.quant import quantize_backbone
 from pac.side.network import SideConfig, SideNetwork, SideSpec, side_spec
 from pac.techniques.build import ParallelAdaptersModel, trainable_parameters
 from pac.train.cached import CachedStates
-from pac.train.loop import TrainConfig, make_optimizer
+from pac.train.loop import TrainConfig, apply_side_options, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ class Phase2Host:
         if trained_missing:
             raise JobError(f"phase 2 was not sent {len(trained_missing)} trained tensors, e.g. {trained_missing[:3]}")
         self.config = TrainConfig(**spec.train)
-        self.model.side.checkpoint_blocks = self.config.activation_checkpointing
+        apply_side_options(self.model.side, self.config)
         torch.manual_seed(self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config, spec.total_steps)
         load_optimizer_tensors(self.model, self.optimizer, tensors)

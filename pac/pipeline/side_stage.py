@@ -16,8 +16,8 @@ from torch import nn
 from pac.pipeline.errors import PipelineError
 from pac.pipeline.layers import LayerSlice, Segment
 from pac.pipeline.messages import SIDE, SIDE_MEMORY
-from pac.side.blocks import SideBlock, make_norm
-from pac.side.network import SideNetwork, SideSpec, attention_mask
+from pac.side.blocks import SideBlock, down_project, make_norm
+from pac.side.network import SideNetwork, SideSpec, additive, attention_mask
 
 DELTA = "delta"  # the last stage's Up(norm(a_L)), added to the backbone's final state
 
@@ -42,6 +42,7 @@ class SideSlice(nn.Module):
         if layers.is_last:
             self.final_norm = make_norm(s.style, s.width) if s.style.pre_norm else nn.Identity()
             self.up = nn.Linear(s.width, s.hidden_size, bias=False)
+        self.compute_dtype = torch.float32  # as SideNetwork.compute_dtype: set per job, not saved
 
     @classmethod
     def from_network(cls, network: SideNetwork, layers: LayerSlice) -> SideSlice:
@@ -62,7 +63,19 @@ class SideSlice(nn.Module):
                 inbound: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """taps[(stack, i)] = h_i; masks: padding masks per stack; inbound: SIDE / SIDE_MEMORY received.
 
-        Returns SIDE (and SIDE_MEMORY for enc-dec) for the next stage, or DELTA on the last stage."""
+        Returns SIDE (and SIDE_MEMORY for enc-dec) for the next stage, or DELTA on the last stage, in the
+        parameters' dtype whatever the arithmetic."""
+        first = next(self.parameters(), None)
+        if first is None or self.compute_dtype == first.dtype:  # no side block here: the state passes through
+            return self._forward(taps, masks, inbound)
+        dtype = first.dtype
+        # A side state received in fp32 goes on in the autocast dtype it was computed in (exact), so a
+        # pipeline does the arithmetic of one process.
+        inbound = {key: value.to(self.compute_dtype) for key, value in inbound.items()}
+        with torch.autocast(first.device.type, dtype=self.compute_dtype):
+            return {key: value.to(dtype) for key, value in self._forward(taps, masks, inbound).items()}
+
+    def _forward(self, taps, masks, inbound) -> dict[str, torch.Tensor]:
         a, memory = inbound.get(SIDE), inbound.get(SIDE_MEMORY)
         last_stack = len(self.spec.stack_sizes) - 1
         for segment in self.layers.segments():
@@ -78,14 +91,14 @@ class SideSlice(nn.Module):
         stack = segment.stack
         if segment.starts_stack:
             entry = self.entry[str(stack)]
-            a = entry(taps[(stack, 0)].to(entry.weight.dtype))  # a 16-bit backbone's h_0 feeds an fp32 side
+            a = down_project(entry, taps[(stack, 0)])  # a 16-bit backbone's h_0 feeds an fp32 side
         elif a is None:
             raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) needs the side state "
                                 f"('{SIDE}') of the previous stage and was not sent it")
         if stack == 1 and memory is None:
             raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) runs side decoder blocks and "
                                 f"needs the side encoder's output ('{SIDE_MEMORY}'), which was not sent")
-        mask = attention_mask(masks[stack], self.spec.causal_stacks[stack])
+        mask = additive(attention_mask(masks[stack], self.spec.causal_stacks[stack]), torch.float32)
         memory_mask = masks[0].bool()[:, None, None, :] if stack == 1 else None
         for position, block in self.stacks[str(stack)].items():
             tap = self.spec.taps[stack][int(position)]

@@ -25,7 +25,7 @@ from pac.pipeline.messages import BACKWARD
 from pac.pipeline.side_stage import DELTA, SideSlice
 from pac.pipeline.split import loss_count
 from pac.techniques.build import model_masks
-from pac.train.loop import TrainConfig, make_optimizer
+from pac.train.loop import TrainConfig, apply_side_options, make_optimizer
 
 AllReduce = Callable[[list[torch.Tensor]], None]  # in place: each tensor becomes the group's sum
 
@@ -71,6 +71,7 @@ class StageWorker:
     def start(self, config: TrainConfig, total_steps: int) -> None:
         """AdamW and the learning-rate schedule of pac.train.loop, over this stage's parameters."""
         torch.manual_seed(config.seed)
+        apply_side_options(self.module.side, config)
         if self.parameters():  # a stage whose layers have no side block trains nothing
             self.optimizer, self.scheduler = make_optimizer(self.module, config, total_steps)
         self.module.train()

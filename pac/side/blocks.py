@@ -87,8 +87,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused kernel; the same arithmetic as below
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+        # 16-bit activations (bf16 autocast): normalise in fp32, return the activation's dtype
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 def make_norm(style: BlockStyle, width: int) -> nn.Module:

@@ -147,7 +147,7 @@ class SideNetwork(nn.Module):
             states = taps[stack_index]
             entry = self.entry[stack_index]
             mask = additive(attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index]),
-                            entry.weight.dtype)
+                            torch.float32)  # attention runs in fp32 (SideAttention)
             a = down_project(entry, states[0])
             checkpointing = self.checkpoint_blocks and torch.is_grad_enabled()
             for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):

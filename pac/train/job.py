@@ -47,6 +47,9 @@ class FinetuneJob:
             raise ConfigError(f"seq_len must be >= 4, got {self.seq_len}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.train.side_precision != "fp32" and self.technique.name != "parallel":
+            raise ConfigError(f"side_precision {self.train.side_precision!r} needs technique 'parallel' (the side "
+                              f"network's arithmetic); {self.technique.name!r} has no side network")
         if self.quantization != "none" and self.technique.name != "parallel":
             raise ConfigError(f"quantization {self.quantization!r} needs technique 'parallel': it holds the frozen "
                               f"backbone in fewer bits, and {self.technique.name!r} trains inside the backbone")

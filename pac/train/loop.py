@@ -25,6 +25,7 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: float = 1.0
     activation_checkpointing: bool = False  # Parallel Adapters: recompute side blocks in backward (less memory)
+    side_precision: str = "fp32"  # Parallel Adapters' arithmetic: fp32, or bf16 autocast (mixed precision)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -32,6 +33,22 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.side_precision not in SIDE_PRECISIONS:
+            raise ConfigError(f"side_precision must be one of {', '.join(SIDE_PRECISIONS)}, got {self.side_precision!r}")
+
+    @property
+    def side_dtype(self) -> torch.dtype:
+        return SIDE_PRECISIONS[self.side_precision]
+
+
+SIDE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def apply_side_options(side, config: TrainConfig) -> None:
+    """Set a side network's (or pipeline slice's) run-time options from the job: neither is saved."""
+    side.compute_dtype = config.side_dtype
+    if hasattr(side, "checkpoint_blocks"):
+        side.checkpoint_blocks = config.activation_checkpointing
 
 
 @dataclass
@@ -83,8 +100,8 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
     device = next(iter(trainable_parameters(model))).device
-    if getattr(model, "side", None) is not None and hasattr(model.side, "checkpoint_blocks"):
-        model.side.checkpoint_blocks = config.activation_checkpointing
+    if getattr(model, "side", None) is not None and hasattr(model.side, "compute_dtype"):
+        apply_side_options(model.side, config)
     result = TrainResult()
     step = 0
     for epoch in range(config.epochs):

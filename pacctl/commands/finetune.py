@@ -39,11 +39,14 @@ from pac.errors import PacError
 @click.option("--checkpointing", is_flag=True,
               help="Parallel Adapters: recompute the side blocks in backward instead of keeping their "
                    "activations (less memory, about one more side forward of time).")
+@click.option("--side-precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Parallel Adapters' arithmetic: fp32, or bf16 autocast (mixed precision: weights, "
+                   "gradients and optimiser state stay fp32).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, technique, task, epochs, batch_size, seq_len, learning_rate,
             reduction_factor, train_limit, eval_limit, quantization, cache_precision, cache_dir, keep_cache,
-            seed, checkpointing, output_dir) -> None:
+            seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
@@ -56,7 +59,7 @@ def command(model, train_file, eval_file, technique, task, epochs, batch_size, s
             technique=TechniqueConfig(technique, reduction_factor=reduction_factor),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique],
-                              activation_checkpointing=checkpointing),
+                              activation_checkpointing=checkpointing, side_precision=side_precision),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
             quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
         )

@@ -46,6 +46,7 @@ optimizer = "adamw"
 seed = 0
 max_grad_norm = 1.0                  # gradient clipping (global L2 norm)
 activation_checkpointing = false     # true: less memory in epochs from the cache, ~1.5x their time
+side_precision = "fp32"              # fp32 | bf16: side network arithmetic (bf16: mixed precision, faster on CPUs with bf16)
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none

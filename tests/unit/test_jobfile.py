@@ -93,12 +93,13 @@ def test_full_job_round_trip(home):
               "eval_limit": 5, "columns": {"text": "sentence", "label": "y"}},
         training={"epochs": 2, "batch_size": 8, "micro_batches": 4, "seq_len": 32, "reduction_factor": 4,
                   "side_layers": [2, 0], "learning_rate": 1, "weight_decay": 0.01, "warmup_fraction": 0.0,
-                  "optimizer": "adamw", "seed": 7, "max_grad_norm": 0.5},
+                  "optimizer": "adamw", "seed": 7, "max_grad_norm": 0.5, "side_precision": "bf16"},
         cache={"precision": "int8", "keep": True, "directory": "/tmp/pac-cache"},
         devices={"mode": "list", "addresses": ["10.0.0.2", "laptop:7444", "[fe80::1]:7443"]},
     )
     job = parse(home, mapping)
     assert job.training.side_layers == (0, 2) and job.training.learning_rate == 1.0
+    assert job.training.side_precision == "bf16"
     assert job.data.columns == (("label", "y"), ("text", "sentence"))
     assert job.devices.addresses == ("10.0.0.2", "laptop:7444", "[fe80::1]:7443")
     data = job.to_dict()
@@ -156,6 +157,7 @@ def test_out_of_range(home, section, key, value, message):
                                       '"clasification" (did you mean "classification"?)'),
     ("training", "technique", "lora", "training.technique must be one of parallel (the only technique"),
     ("training", "optimizer", "sgd", "training.optimizer must be one of adamw"),
+    ("training", "side_precision", "fp16", "training.side_precision must be one of fp32, bf16"),
     ("cache", "precision", "fp8", "cache.precision must be one of fp32, fp16, bf16, int8, none"),
     ("model", "quantization", "int2", "model.quantization must be one of none, bf16, fp16, int8, int4"),
     ("devices", "mode", "all", "devices.mode must be one of discover, list, cluster"),
