@@ -7,8 +7,11 @@ quantised backbones.
 Rows (`technique`): `lora` (one epoch of LoRA), `parallel` (Parallel Adapters' first epoch: backbone
 forward, side network, writing the cache), `parallel-cached` per precision (an epoch that reads the
 cache: a fresh process that never imports or builds the backbone, only the side network and head,
-loaded from the adapter saved by the first epoch), and `quantized-backbone` per quantisation (forward
-time and memory of the frozen backbone alone). Every row is a fresh process; memory is counted as in
+loaded from the adapter saved by the first epoch) and per `--side-precisions` entry (the side network's
+arithmetic: fp32, or bf16 autocast; `side_precision` in the row), and `quantized-backbone` per
+quantisation (forward time and memory of the frozen backbone alone). With bf16 among the side
+precisions, a second `lora` row trains LoRA under the same bf16 autocast (`side_precision` "bf16" there:
+the backbone's arithmetic), so the comparison can be made like for like. Every row is a fresh process; memory is counted as in
 bench.techniques (peak RSS above the after-imports RSS, the peak mark reset after loading).
 All samples are exactly --seq-len real tokens; the head is a sequence-classification head.
 """
@@ -75,16 +78,20 @@ def worker_backbone(args) -> dict:
             states = CachedStates(cache)
         item_groups = _batches(items, args.batch_size)
 
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.side_precision == "bf16")
+
         def step(index):
             batch = groups[index]
-            out = states.forward(model, item_groups[index], batch) if states else model(batch)
+            with autocast:
+                out = states.forward(model, item_groups[index], batch) if states else model(batch)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
 
         reset_peak_rss()
         elapsed = _timed_epoch(step, range(len(groups)))
-        row.update(technique=args.role, precision=args.precision if states else None)
+        row.update(technique=args.role, precision=args.precision if states else None,
+                   side_precision=args.side_precision)
         if states:
             cache.flush()
             row["cache_bytes_per_sample"] = cache.manifest()["record_bytes"] / len(items)
@@ -111,6 +118,7 @@ def worker_cached(args) -> dict:
     after_imports = rss_bytes()
     model = load_side_model(Path(args.cache_dir) / "adapter.safetensors")
     model.side.checkpoint_blocks = bool(args.checkpoint)
+    model.side.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.side_precision]
     key_dir = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and p.name.endswith(args.precision))
     manifest = json.loads((key_dir / "manifest.json").read_text())
     cache = ActivationCache(args.cache_dir, CacheKey(**{**manifest["key"], "taps": tuple(
@@ -138,7 +146,7 @@ def worker_cached(args) -> dict:
             "peak_rss_bytes": peak, "peak_memory_bytes": peak - after_imports,
             "rss_after_imports_bytes": after_imports, "cache_bytes_per_sample": manifest["record_bytes"] / len(items),
             "read_mode": args.read_mode, "samples": len(items), "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "activation_checkpointing": bool(args.checkpoint)}
+            "activation_checkpointing": bool(args.checkpoint), "side_precision": args.side_precision}
 
 
 def fresh(args, role: str, **extra) -> dict:
@@ -152,7 +160,7 @@ def fresh(args, role: str, **extra) -> dict:
         raise SystemExit(f"{role} {extra} failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{row['technique']:18s} {row.get('precision') or row['quantization']:5s} "
-          f"{'ckpt' if row.get('activation_checkpointing') else '    '} "
+          f"{'ckpt' if row.get('activation_checkpointing') else '    '} {row.get('side_precision') or '':4s} "
           f"{row['time_per_sample_s'] * 1e3:9.2f} ms/sample  peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB",
           flush=True)
     return row
@@ -176,12 +184,18 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
                         help="epochs from the cache with side-block activation checkpointing off, on, or both rows")
     parser.add_argument("--checkpoint", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--side-precisions", default="fp32",
+                        help="the side network's arithmetic in epochs from the cache: fp32 and/or bf16 (autocast)")
+    parser.add_argument("--side-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         args.role = args.worker
         print(json.dumps(worker_cached(args) if args.worker == "cached" else worker_backbone(args)))
         return 0
+    side_precisions = args.side_precisions.split(",")
     rows = [fresh(args, "lora")]
+    if "bf16" in side_precisions:
+        rows.append(fresh(args, "lora", side_precision="bf16"))
     for precision in args.precisions.split(","):
         with tempfile.TemporaryDirectory(prefix="pac-bench-cache-") as directory:
             first = fresh(args, "parallel", precision=precision, cache_dir=directory)
@@ -189,12 +203,14 @@ def main(argv=None) -> int:
                 rows.append(first)
             modes = {"off": [0], "on": [1], "both": [0, 1]}[args.checkpointing]
             for mode in modes:
-                rows.append(fresh(args, "cached", precision=precision, cache_dir=directory, checkpoint=mode))
+                for side_precision in side_precisions:
+                    rows.append(fresh(args, "cached", precision=precision, cache_dir=directory, checkpoint=mode,
+                                      side_precision=side_precision))
     for quantization in args.quantizations.split(","):
         rows.append(fresh(args, "quantized-backbone", quantization=quantization))
     if args.json:
         config = {k: getattr(args, k) for k in ("model", "precisions", "quantizations", "samples", "batch_size",
-                                                "seq_len", "data", "read_mode", "checkpointing")}
+                                                "seq_len", "data", "read_mode", "checkpointing", "side_precisions")}
         write_report(args.json, "cache", config, rows)
     return 0
 

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="fp32,fp16,int8")
     parser.add_argument("--quantizations", default="int8,int4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side-precision", default="fp32", choices=["fp32", "bf16"],
+                        help="the side network's arithmetic in every run (bf16: autocast)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     train_file, eval_file, metric = TASKS[args.task]
@@ -47,12 +49,13 @@ def main(argv=None) -> int:
                 eval_file=str(Path(args.data_dir, eval_file)), task="classification",
                 technique=TechniqueConfig("parallel"),
                 train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                                  learning_rate=LEARNING_RATES["parallel"]),
+                                  learning_rate=LEARNING_RATES["parallel"], side_precision=args.side_precision),
                 seq_len=args.seq_len, train_limit=args.train_limit, quantization=quantization,
                 cache_precision=precision, cache_dir=cache_dir,
             )
             result = run_job(job, log=lambda line: print(line, file=sys.stderr, flush=True))
         row = {"task": args.task, "model": args.model, "quantization": quantization, "cache": precision,
+               "side_precision": args.side_precision,
                "metric": metric, "value": result["eval"][metric], "eval": result["eval"],
                "epoch_times_s": result["epoch_times_s"],
                "backbone_runs": (result["cache"] or {}).get("backbone_runs")}
