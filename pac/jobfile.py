@@ -36,7 +36,7 @@ CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "none")  # pac.cache.codec.P
 SIDE_PRECISIONS = ("fp32", "bf16")  # pac.train.loop.SIDE_PRECISIONS (kept here: that module imports torch)
 DEVICE_MODES = ("discover", "list", "cluster")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what pac.data.readers reads
-WEIGHT_BITS = {"none": 16, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}
+WEIGHT_BITS = {"none": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}  # as the runtime holds the backbone
 CACHE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 DEFAULT_PORT = 7443  # pacd's
 

@@ -8,7 +8,7 @@ from pac.planner.errors import ProfileError
 
 # Bytes per backbone weight at each quantisation: 16-bit as is; int8 and 4-bit group-wise with one
 # 16-bit scale per group of 64 weights.
-WEIGHT_BYTES = {16: 2.0, 8: 1.0 + 2.0 / 64, 4: 0.5 + 2.0 / 64}
+WEIGHT_BYTES = {32: 4.0, 16: 2.0, 8: 1.0 + 2.0 / 64, 4: 0.5 + 2.0 / 64}
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class TrainingJob:
     batch_size: int = 32  # samples per mini-batch (one optimiser step)
     epochs: int = 3  # epoch 1 is phase 1 (pipeline + data parallel); the rest are phase 2 (cache)
     micro_batches: int | None = None  # micro-batches per mini-batch; None lets the planner choose
-    weight_bits: int = 16  # backbone weight quantisation: 16, 8 or 4
+    weight_bits: int = 16  # bits a backbone weight takes in memory: 32 (fp32, unquantised), 16, 8 or 4
     wire_bytes: int = 2  # bytes per element of hidden states on the wire (fp16/bf16: 2, int8: 1)
     cache_bytes: int = 2  # bytes per element of hidden states in the activation cache
     side_state_bytes_per_param: int = 16  # fp32 parameter + gradient + two Adam moments

@@ -43,6 +43,9 @@ class PlanResult:
     simulation: Phase1Simulation  # its simulated mini-batch (events for the Gantt chart)
 
 
+QUANTIZATION_OF_BITS = {16: "bf16", 8: "int8", 4: "int4"}  # the job file's names (pac.jobfile.WEIGHT_BITS)
+
+
 def plan_job(home: HomeProfile, job: TrainingJob, strategy: str = "pac") -> PlanResult:
     """The best plan of `strategy` for `job` on `home`; InfeasibleError says what would make it fit.
 
@@ -197,9 +200,9 @@ def explain_infeasible(home: HomeProfile, job: TrainingJob, strategy: str) -> st
             f"and side-network state before activations; the {len(home.devices)} device(s) offer "
             f"{offered / GIB:.2f} GiB (largest {largest.name}: {largest.memory_budget_bytes / GIB:.2f} GiB)")
     fixes = []
-    for bits in (8, 4):
+    for bits in (16, 8, 4):
         if bits < job.weight_bits and _fits(home, dataclasses.replace(job, weight_bits=bits), strategy):
-            fixes.append(f"--weight-bits {bits}")
+            fixes.append(f"--weight-bits {bits} (a job's model.quantization = {QUANTIZATION_OF_BITS[bits]!r})")
             break
     batch = job.batch_size // 2
     while batch >= 1 and not fixes:
@@ -213,7 +216,7 @@ def explain_infeasible(home: HomeProfile, job: TrainingJob, strategy: str) -> st
         return head + "; it fits with " + " or ".join(fixes)
     short = max(need - offered, 0.0)
     more = f"at least {short / GIB:.2f} GiB more" if short > 0 else "more"
-    return head + f"; add devices with {more} memory, use --weight-bits 4, or a smaller model"
+    return head + f"; add devices with {more} memory, use --weight-bits 4 (model.quantization = 'int4'), or a smaller model"
 
 
 def _fits(home: HomeProfile, job: TrainingJob, strategy: str) -> bool:

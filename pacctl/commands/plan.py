@@ -78,8 +78,9 @@ def render(plan: Plan) -> str:
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Samples in the training set.")
-@click.option("--weight-bits", default=16, show_default=True, type=click.Choice(["16", "8", "4"]),
-              help="Quantisation of the frozen backbone's weights.")
+@click.option("--weight-bits", default="32", show_default=True, type=click.Choice(["32", "16", "8", "4"]),
+              help="Bits per frozen backbone weight, as the job's model.quantization holds it: 32 (none), "
+                   "16 (bf16, fp16), 8 (int8), 4 (int4).")
 @click.option("--strategy", default="pac", show_default=True, type=click.Choice(list(STRATEGIES)),
               help="pac, or a baseline to compare with.")
 @click.option("--out", "out_path", default="plan.json", show_default=True,

@@ -72,6 +72,18 @@ def test_infeasible_job_says_what_would_fit() -> None:
         plan_job(tiny_home([[1.0] * 4], [100]), TrainingJob(samples=8, batch_size=2))
 
 
+def test_an_unquantised_backbone_is_planned_at_its_fp32_size() -> None:
+    # 4 layers of 1000 params: 16000 bytes in fp32 (what the runtime holds for quantization "none"),
+    # 8000 in 16 bits; two devices of 6000 bytes each hold the 16-bit backbone, not the fp32 one.
+    from pac.jobfile import WEIGHT_BITS
+
+    home = tiny_home([[1.0] * 4, [1.0] * 4], [6_000, 6_000])
+    assert WEIGHT_BITS["none"] == 32 and WEIGHT_BITS["bf16"] == 16
+    plan_job(home, TrainingJob(samples=8, batch_size=2, weight_bits=16))
+    with pytest.raises(InfeasibleError, match="--weight-bits 16 .*'bf16'"):
+        plan_job(home, TrainingJob(samples=8, batch_size=2, weight_bits=32))
+
+
 def test_phase2_shares_follow_side_speed_and_keep_cache_local() -> None:
     # Two equal devices in one data-parallel stage: phase 2 splits the same way, so no cache moves.
     home = tiny_home([[1.0, 1.0], [1.0, 1.0]])
