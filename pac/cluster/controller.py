@@ -68,6 +68,7 @@ class RunOptions:
     use_cache: bool | None = None  # None: as the job says
     profile_batch_sizes: tuple[int, ...] | None = None  # None: 1, B/4, B (at most 3)
     step_timeout_s: float = 300.0
+    lease_s: float = 120.0  # a device releases the job after this long without word from the controller
     codec: str = "none"  # forward activations on the wire
     evaluate: bool = True
 
@@ -678,6 +679,7 @@ class Controller:
         self.log(f"plan ({plan.strategy}): " + "; ".join(
             f"stage {i}: layers {s.first_layer}-{s.end_layer - 1} on {len(s.devices)} device(s)"
             for i, s in enumerate(plan.phase1.stages)) + f"; {plan.phase1.micro_batches} micro-batch(es) per step")
+        leases = asyncio.get_running_loop().create_task(self.renew_leases(), name=f"leases of job {self.job_id}")
         try:
             addresses = await self.load_stages(plan, total_steps, use_cache)
             generator = torch.Generator().manual_seed(training.seed)
@@ -708,11 +710,28 @@ class Controller:
             if phase1_epochs < training.epochs:
                 await self.run_phase2(plan, state, holders, len(addresses), step, steps_per_epoch, total_steps)
         finally:
+            leases.cancel()
             await self.release()
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
         p.model.load_state_dict({k: v for k, v in self.final_state.items() if k.startswith(("side.", "head."))},
                                 strict=False)
         return await asyncio.to_thread(self.finish, started)
+
+    async def renew_leases(self) -> None:
+        """Every quarter lease, tell each device holding the job that this controller is alive; a device
+        that stops hearing it (the controller crashed, was killed, lost the network) releases the job."""
+        lease = self.options.lease_s
+
+        async def one(address: str) -> None:
+            try:
+                await self.stages.stub(address).Renew(stage_pb2.RenewRequest(job_id=self.job_id, lease_s=lease),
+                                                      timeout=max(1.0, lease / 4))
+            except grpc.aio.AioRpcError as error:
+                log.debug("renewing job %s on %s: %s", self.job_id, address, error.details())
+
+        while True:
+            await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
+            await asyncio.sleep(lease / 4)
 
     async def release(self) -> None:
         async def one(address: str) -> None:

@@ -168,6 +168,20 @@ class ReleaseReply(_message.Message):
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("job_id", "lease_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    lease_s: float
+    def __init__(self, job_id: _Optional[str] = ..., lease_s: _Optional[float] = ...) -> None: ...
+
+class RenewReply(_message.Message):
+    __slots__ = ("held",)
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    held: bool
+    def __init__(self, held: _Optional[bool] = ...) -> None: ...
+
 class StageStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

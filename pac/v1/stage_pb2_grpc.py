@@ -84,6 +84,11 @@ class StageStub:
                 request_serializer=pac_dot_v1_dot_stage__pb2.StageStatusRequest.SerializeToString,
                 response_deserializer=pac_dot_v1_dot_stage__pb2.StageStatusReply.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/pac.v1.Stage/Renew',
+                request_serializer=pac_dot_v1_dot_stage__pb2.RenewRequest.SerializeToString,
+                response_deserializer=pac_dot_v1_dot_stage__pb2.RenewReply.FromString,
+                _registered_method=True)
 
 
 class StageServicer:
@@ -164,6 +169,15 @@ class StageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """The controller is alive: hold the job for lease_s more seconds. A device that has been renewed once
+        releases the job by itself (as Release, keeping the cache only if the job keeps it) when a lease
+        runs out with no request of the job in flight: a controller that vanished does not pin it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +230,11 @@ def add_StageServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=pac_dot_v1_dot_stage__pb2.StageStatusRequest.FromString,
                     response_serializer=pac_dot_v1_dot_stage__pb2.StageStatusReply.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=pac_dot_v1_dot_stage__pb2.RenewRequest.FromString,
+                    response_serializer=pac_dot_v1_dot_stage__pb2.RenewReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +507,33 @@ class Stage:
             '/pac.v1.Stage/Status',
             pac_dot_v1_dot_stage__pb2.StageStatusRequest.SerializeToString,
             pac_dot_v1_dot_stage__pb2.StageStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Stage/Renew',
+            pac_dot_v1_dot_stage__pb2.RenewRequest.SerializeToString,
+            pac_dot_v1_dot_stage__pb2.RenewReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,8 +58,11 @@ def find_job_devices(job, home: Path | None):
 @click.option("--no-cache", is_flag=True, help="Run every epoch through the backbone (no phase 2).")
 @click.option("--timeout", "step_timeout", type=float, default=300.0, show_default=True,
               help="Seconds a device may wait for a tensor or an AllReduce before the job fails.")
+@click.option("--lease", "lease_s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
+              help="Seconds a device keeps the job without word from this command (renewed every quarter of "
+                   "it): if this command dies, the devices release the job by themselves.")
 def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy: str, no_cache: bool,
-            step_timeout: float) -> None:
+            step_timeout: float, lease_s: float) -> None:
     """Fine-tune across the home's devices as JOB_FILE says (docs/job.md): plan, phase 1 (pipeline),
     phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
     and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint."""
@@ -80,7 +83,8 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     pointer.mkdir(parents=True, exist_ok=True)
     (pointer / "last.json").write_text(json.dumps({"output_dir": str(output), "job_file": str(job_file.resolve()),
                                                    "started_unix": time.time()}) + "\n")
-    options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout)
+    options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout,
+                         lease_s=lease_s)
     progress = Progress(stream=sys.stderr)
     try:
         metrics, _ = run_job(job, devices, identity, output, options, progress=progress,

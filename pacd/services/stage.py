@@ -11,6 +11,7 @@ import ctypes
 import gc
 import json
 import logging
+import math
 import threading
 import time
 import weakref
@@ -124,6 +125,15 @@ class TrainingState:
         self.phase2: Phase2Host | None = None
         self.lock = asyncio.Lock()  # one request of the job at a time
         self.step = 0
+        # The controller's lease (pacctl train renews it): None until the first Renew, then the job is
+        # released by itself once `expires` (time.monotonic()) passes with no request of it in flight.
+        self.lease_s: float | None = None
+        self.expires = math.inf
+
+    def touch(self) -> None:
+        """A request of the job arrived: whoever sent it is alive, hold the job a lease longer."""
+        if self.lease_s is not None:
+            self.expires = max(self.expires, time.monotonic() + self.lease_s)
 
     def describe(self) -> dict:
         out: dict = {"step": self.step}
@@ -159,6 +169,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         job = self.job
         if job is None or job.job_id != job_id:
             raise NotReady(f"this device holds no job {job_id!r}" + (f" (it holds {job.job_id!r})" if job else ""))
+        job.touch()
         return job
 
     def _cache_root(self, directory: str | None) -> Path:
@@ -175,6 +186,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         if job is None:
             transport = PeerTransport(self.node, asyncio.get_running_loop(), job_id)
             job = _JOBS[self.daemon] = TrainingState(job_id, self._cache_root(directory), transport)
+        job.touch()
         return job
 
     # ---- phase 1 ---------------------------------------------------------------------------------
@@ -392,11 +404,51 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         if job is None or job.job_id != request.job_id:
             return stage_pb2.ReleaseReply(released=False)
         job.transport.aborted.set()  # a step waiting on a peer gives up within POLL_S
-        async with job.lock:
-            await asyncio.to_thread(job.close, request.keep_cache)
-            _JOBS.pop(self.daemon, None)
+        await self._release(job, request.keep_cache)
         log.info("job %s released%s", request.job_id, " (cache kept)" if request.keep_cache else "")
         return stage_pb2.ReleaseReply(released=True)
+
+    async def _release(self, job: TrainingState, keep_cache: bool) -> None:
+        async with job.lock:
+            if self.job is job:
+                await asyncio.to_thread(job.close, keep_cache)
+                _JOBS.pop(self.daemon, None)
+
+    @handler
+    async def Renew(self, request, context):
+        if not request.lease_s > 0:
+            raise InvalidRequest(f"lease_s must be > 0, got {request.lease_s}")
+        job = self.job
+        if job is None or job.job_id != request.job_id:
+            return stage_pb2.RenewReply(held=False)
+        first = job.lease_s is None
+        job.lease_s = request.lease_s
+        job.expires = time.monotonic() + request.lease_s
+        if first:
+            spawn = getattr(self.daemon, "spawn", None)
+            if spawn is not None:
+                spawn(self._expire(job), f"lease of job {job.job_id}")
+            else:
+                task = asyncio.get_running_loop().create_task(self._expire(job))
+                _WATCHERS.add(task)
+                task.add_done_callback(_WATCHERS.discard)
+        return stage_pb2.RenewReply(held=True)
+
+    async def _expire(self, job: TrainingState) -> None:
+        """Release `job` once its lease runs out while no request of it is in flight."""
+        while self.job is job:
+            await asyncio.sleep(min(1.0, job.lease_s / 4))
+            if self.job is not job or job.lock.locked() or time.monotonic() <= job.expires:
+                continue
+            async with job.lock:
+                if self.job is not job or time.monotonic() <= job.expires:
+                    continue
+                log.warning("job %s: no word from its controller for %.0f s (its lease); releasing it",
+                            job.job_id, job.lease_s)
+                job.transport.aborted.set()
+                await asyncio.to_thread(job.close, False)  # a cache the job keeps stays (cache.keep)
+                _JOBS.pop(self.daemon, None)
+            return
 
     @handler
     async def Status(self, request, context):
@@ -408,6 +460,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
 
 _JOBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WATCHERS: set = set()  # lease watchers of daemons without spawn() (kept referenced while they run)
 
 
 def release_all(daemon) -> None:

@@ -328,3 +328,48 @@ def test_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
     finally:
         for daemon in running:
             daemon.kill()
+
+
+def test_devices_release_the_job_of_a_controller_that_vanished(tmp_path):
+    """pacctl train killed outright (no Ctrl-C, no Release): every device lets the job go once its lease
+    runs out, and is free for the next job."""
+    import signal
+    import time
+
+    running = [start_daemon(tmp_path, secure=False, name=f"v{i}") for i in range(2)]
+    try:
+        job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
+        process = start_train(tmp_path, job, "--lease", "2")
+        status = tmp_path / "out" / "status.json"
+        wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) >= 20, 120, "steps",
+                 process)
+        holding = device_jobs(running)
+        assert any(holding), "the plan's devices hold the job while it runs"
+        time.sleep(3)  # longer than a lease: the renewals keep it
+        assert device_jobs(running) == holding and process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        killed = time.monotonic()
+        wait_for(lambda: device_jobs(running) == ["", ""], 30, "the devices to release the job")
+        assert time.monotonic() - killed < 2 + 10  # the lease, the watcher's poll and a step in flight
+    finally:
+        for daemon in running:
+            daemon.kill()
+
+
+def test_renew_answers_for_the_job_it_names(four):
+    import asyncio
+
+    import grpc
+
+    from pac.v1 import stage_pb2, stage_pb2_grpc
+
+    async def ask(lease_s):
+        async with grpc.aio.insecure_channel(four[0].address) as channel:
+            return await stage_pb2_grpc.StageStub(channel).Renew(
+                stage_pb2.RenewRequest(job_id="no-such-job", lease_s=lease_s), timeout=5)
+
+    assert asyncio.run(ask(5.0)).held is False
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        asyncio.run(ask(0.0))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lease_s" in error.value.details()
