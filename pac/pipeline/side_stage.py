@@ -17,7 +17,7 @@ from pac.pipeline.errors import PipelineError
 from pac.pipeline.layers import LayerSlice, Segment
 from pac.pipeline.messages import SIDE, SIDE_MEMORY
 from pac.side.blocks import SideBlock, down_project, make_norm
-from pac.side.network import SideNetwork, SideSpec, self_attention_mask
+from pac.side.network import SideNetwork, SideSpec, additive, attention_mask
 
 DELTA = "delta"  # the last stage's Up(norm(a_L)), added to the backbone's final state
 
@@ -98,7 +98,7 @@ class SideSlice(nn.Module):
         if stack == 1 and memory is None:
             raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) runs side decoder blocks and "
                                 f"needs the side encoder's output ('{SIDE_MEMORY}'), which was not sent")
-        mask = self_attention_mask(masks[stack], self.spec.causal_stacks[stack])
+        mask = additive(attention_mask(masks[stack], self.spec.causal_stacks[stack]), torch.float32)
         memory_mask = masks[0].bool()[:, None, None, :] if stack == 1 else None
         for position, block in self.stacks[str(stack)].items():
             tap = self.spec.taps[stack][int(position)]

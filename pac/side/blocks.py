@@ -135,11 +135,8 @@ class SideAttention(nn.Module):
             cos, sin = self._rotation(x.shape[1], q)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         attend = mask if memory is None else memory_mask
-        causal = isinstance(attend, str)  # pac.side.network.CAUSAL: right-padded causal self-attention
-        if attend is not None and not causal and attend.dtype != torch.bool:
-            attend = attend.float()
         with torch.autocast(q.device.type, enabled=False):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else attend, is_causal=causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend if attend.dtype == torch.bool else attend.float())
         return self.o(out.to(narrow).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 

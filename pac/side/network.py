@@ -146,7 +146,8 @@ class SideNetwork(nn.Module):
         for stack_index, blocks in enumerate(self.stacks):
             states = taps[stack_index]
             entry = self.entry[stack_index]
-            mask = self_attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index])
+            mask = additive(attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index]),
+                            torch.float32)  # attention runs in fp32 (SideAttention)
             a = down_project(entry, states[0])
             checkpointing = self.checkpoint_blocks and torch.is_grad_enabled()
             for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):
@@ -157,26 +158,6 @@ class SideNetwork(nn.Module):
                     a = block(states[layer], a, mask, memory, memory_mask)
             memory, memory_mask = a, masks[stack_index].bool()[:, None, None, :]
         return self.up(self.final_norm(a))
-
-
-CAUSAL = "causal"  # a self-attention "mask" meaning: causal attention with no other masking
-
-
-def self_attention_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor | str | None:
-    """What SideAttention masks self-attention with, for padding [batch, len] (1 = token):
-
-    - causal over right-padded rows: CAUSAL. A query then never sees a padding key (every padding key
-      comes after every real token of its row), so the kernel's built-in causal mask gives the real
-      positions exactly the masked result, with half the work (padding positions' own outputs differ,
-      and nothing real reads them: later layers attend causally too, and heads and losses skip them);
-    - no padding at all and not causal: None;
-    - otherwise the additive float mask (attention runs in fp32)."""
-    right_padded = not bool((padding[:, 1:] > padding[:, :-1]).any())
-    if causal and right_padded:
-        return CAUSAL
-    if not causal and bool(padding.bool().all()):
-        return None
-    return additive(attention_mask(padding, causal), torch.float32)
 
 
 def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
