@@ -3,6 +3,9 @@
     .venv/bin/python -m bench.accuracy --model minilm --tasks mrpc,sst2 \
         --techniques full,lora,adapters,parallel --epochs 3 --train-limit N --json PATH
 
+`--techniques probe` trains the head alone on the frozen backbone: the floor every technique should beat
+(how much of a score the backbone's features already give).
+
 MRPC: train.tsv -> test.tsv, reported as the mean of accuracy and F1 (as GLUE does); SST-2:
 train.tsv -> dev.tsv, accuracy. Every technique sees the same examples in the same order, the same
 epochs, batch size and sequence length.
@@ -41,7 +44,7 @@ TASKS = {
     "mrpc": ("mrpc/train.tsv", "mrpc/test.tsv", "accuracy_f1_mean"),
     "sst2": ("sst2/train.tsv", "sst2/dev.tsv", "accuracy"),
 }
-LEARNING_RATES = {"parallel": 2e-3, "lora": 5e-4, "adapters": 5e-4, "full": 5e-5}
+LEARNING_RATES = {"parallel": 2e-3, "lora": 5e-4, "adapters": 5e-4, "full": 5e-5, "probe": 1e-3}
 DEFAULT_VAL_SIZE = 500
 
 

@@ -12,12 +12,12 @@ from pac.heads import Head, HeadConfig, HeadOutput
 from pac.side.network import SideConfig, SideNetwork, side_spec
 from pac.side.pruning import init_by_pruning
 
-TECHNIQUES = ("parallel", "full", "lora", "adapters")
+TECHNIQUES = ("parallel", "full", "lora", "adapters", "probe")  # probe: the head alone (a baseline's floor)
 
 
 @dataclass(frozen=True)
 class TechniqueConfig:
-    name: str = "parallel"  # parallel | full | lora | adapters
+    name: str = "parallel"  # parallel | full | lora | adapters | probe
     reduction_factor: int = 8  # k for the side network; also the Houlsby bottleneck is d / k
     side_layers: tuple[int, ...] | None = None  # backbone layers followed by a side block (None: all)
     lora_rank: int = 8
@@ -81,6 +81,21 @@ class TunedBackboneModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
         final, _ = self.backbone._forward(batch)
+        return self.head(final, batch)
+
+
+class ProbeModel(nn.Module):
+    """probe: the head alone on the frozen backbone's final state (run with no autograd graph). Not a way
+    to fine-tune: the floor the other techniques are measured against (what the backbone already knows)."""
+
+    def __init__(self, backbone, head: Head) -> None:
+        super().__init__()
+        self.backbone = backbone  # not a submodule: never trained, never saved
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
+        with torch.no_grad():
+            final, _ = self.backbone._forward(batch)
         return self.head(final, batch)
 
 
@@ -148,6 +163,11 @@ def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -
         spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers))
         side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)
         return ParallelAdaptersModel(backbone, side, head.to(backbone.device))
+    if technique.name == "probe":
+        if head_config.task == "lm":
+            raise ConfigError("technique 'probe' trains the head alone, and a language-model head is the "
+                              "backbone's own frozen one: nothing would train")
+        return ProbeModel(backbone, head.to(backbone.device))
     if technique.name == "full":
         for parameter in backbone.model.parameters():
             parameter.requires_grad_(True)
