@@ -373,3 +373,25 @@ def test_renew_answers_for_the_job_it_names(four):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         asyncio.run(ask(0.0))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lease_s" in error.value.details()
+
+
+def test_same_job_on_the_same_plan_is_bit_identical(tmp_path, four):
+    """Given the plan, a job is deterministic: two runs give the same losses and the same adapter, bit for
+    bit (runs planned from fresh measurements may differ, because their plans may)."""
+    ids = [d.node_id for d in devices_of(four)]
+    adapters, losses = [], []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        out.mkdir()
+        job = make_job(out, "tiny-llama", "classification", count=14, epochs=2, batch_size=6)
+        plan = fixed_plan("tiny-llama", TrainingJob(samples=14, batch_size=6, epochs=2),
+                          [(0, 2, [ids[0], ids[1]], [2, 1]), (2, 3, [ids[2], ids[3]], [2, 1])], micro_batches=2,
+                          phase2_shares={ids[0]: 5, ids[1]: 4, ids[2]: 5})
+        metrics, _ = run_job(job, devices_of(four), None, out / "out", RunOptions(), log_line=lambda line: None,
+                             plan=plan)
+        losses.append([s["loss"] for s in metrics["steps"]])
+        adapters.append(load_file(str(out / "out" / "adapter.safetensors")))
+    assert losses[0] == losses[1]
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        assert torch.equal(adapters[0][key], adapters[1][key]), key
