@@ -425,13 +425,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         job.lease_s = request.lease_s
         job.expires = time.monotonic() + request.lease_s
         if first:
-            spawn = getattr(self.daemon, "spawn", None)
-            if spawn is not None:
-                spawn(self._expire(job), f"lease of job {job.job_id}")
-            else:
-                task = asyncio.get_running_loop().create_task(self._expire(job))
-                _WATCHERS.add(task)
-                task.add_done_callback(_WATCHERS.discard)
+            self.daemon.spawn(self._expire(job), f"lease of job {job.job_id}")  # cancelled at shutdown
         return stage_pb2.RenewReply(held=True)
 
     async def _expire(self, job: TrainingState) -> None:
@@ -460,7 +454,6 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
 
 _JOBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_WATCHERS: set = set()  # lease watchers of daemons without spawn() (kept referenced while they run)
 
 
 def release_all(daemon) -> None:
