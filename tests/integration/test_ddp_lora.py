@@ -16,6 +16,7 @@ from pac.data.batching import collate
 from pac.techniques.build import TechniqueConfig
 from pac.train import job as job_module
 from pac.train.loop import TrainConfig, batches
+from tests.tolerance import adam_movement_bound, assert_rounding_close, assert_trained_close
 
 SENTENCES = [
     ("The cat sat on the mat.", "A cat was sitting on the mat.", 1),
@@ -72,8 +73,8 @@ def test_two_ranks_train_what_one_process_trains(data_file, tmp_path, monkeypatc
     assert set(grads) == {k.removeprefix("grad/") for k in saved if k.startswith("grad/")}
     assert any("lora_B" in name for name in grads) and any(name.startswith("head.") for name in grads)
     for name, grad in grads.items():
-        scale = grad.abs().max().item()
-        assert torch.allclose(saved[f"grad/{name}"], grad, rtol=1e-4, atol=1e-5 * scale + 1e-12), name
+        # through 3 layers, each summing a weight gradient over the mini-batch's 7 x 64 token rows
+        assert_rounding_close(saved[f"grad/{name}"], grad, depth=3 * BATCH * SEQ_LEN, msg=name)
     assert any(grad.abs().max() > 0 for grad in grads.values())
 
     # The parameters after two steps (clipping, AdamW, schedule) are those of the project's own loop.
@@ -90,8 +91,10 @@ def test_two_ranks_train_what_one_process_trains(data_file, tmp_path, monkeypatc
                                  seq_len=SEQ_LEN, train_limit=SAMPLES)
     reference = job_module.run_job(job, log=lambda *_: None)["model"]
     params = {name: p.detach() for name, p in reference.named_parameters() if p.requires_grad}
-    assert set(params) == {k.removeprefix("param/") for k in saved if k.startswith("param/")}
-    for name, value in params.items():
-        assert torch.allclose(saved[f"param/{name}"], value, rtol=1e-4, atol=1e-6), name
-        # every trainable tensor moved (lora_A only from the second step: lora_B starts at zero)
-        assert (saved[f"param/{name}"] - initial[name]).abs().max() > 100 * 1e-6, name
+    trained = {k.removeprefix("param/"): v for k, v in saved.items() if k.startswith("param/")}
+    steps = SAMPLES // BATCH
+    bound = adam_movement_bound(LR, steps)
+    assert_trained_close(trained, params, bound)
+    for name in params:
+        # every trainable tensor moved, far beyond the tolerance (lora_A only from the second step)
+        assert (trained[name] - initial[name]).abs().max() > 0.1 * adam_movement_bound(LR, steps, 1), name

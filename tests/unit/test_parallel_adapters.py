@@ -11,6 +11,7 @@ from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
 from pac.techniques.build import TechniqueConfig, build_model, trainable_parameters
 from pac.train.loop import TrainConfig, train
+from tests.tolerance import assert_rounding_close
 
 FAMILIES = ["tiny-bert", "tiny-gpt2", "tiny-llama", "tiny-t5", "tiny-bart"]
 LM_FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-t5", "tiny-bart"]
@@ -85,7 +86,10 @@ def test_step_zero_equals_backbone_language_model(name):
     if backbone.family == "decoder":
         reference, labels = reference[:, :-1], labels[:, 1:]
     expected = reference[labels != -100]
-    torch.testing.assert_close(model(batch).logits, expected, rtol=1e-5, atol=1e-5)
+    # Up(a) is exactly zero, so the logits are the backbone's; the model runs the backbone's layers one by
+    # one rather than through its own forward, which may build masks another way: rounding of one
+    # hidden-width reduction at most.
+    assert_rounding_close(model(batch).logits, expected, depth=backbone.model.config.hidden_size)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
