@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pac.data.readers import COLUMN_NAMES
+from pac.data.readers import COLUMN_NAMES, QUOTINGS, TableFormat
 from pac.errors import ConfigError
 from pac.planner.job import TrainingJob
 
@@ -54,8 +54,14 @@ class DataSection:
     task: str = "auto"  # classification | regression | lm | auto (inferred from the data's columns)
     num_labels: int | None = None  # classification only; None: inferred from the training labels
     columns: tuple[tuple[str, str], ...] = ()  # (field, column) pairs overriding the column names found
+    header: tuple[str, ...] = ()  # CSV/TSV without a header row: its column names, in order
+    quoting: str = "auto"  # CSV/TSV: auto | csv (RFC 4180 quoted fields) | none (quotes are text)
     train_limit: int | None = None  # use a seeded random subset of N training examples
     eval_limit: int | None = None  # likewise for evaluation
+
+    def table_format(self) -> TableFormat:
+        """How pac.data.readers reads the CSV/TSV files."""
+        return TableFormat(quoting=self.quoting, names=self.header, fields=self.columns)
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,6 @@ class Job:
         from pac.train.job import FinetuneJob
         from pac.train.loop import TrainConfig
 
-        if self.data.columns:
-            raise ConfigError(f"{self.source}: data.columns is not supported on a single device "
-                              "(FinetuneJob finds columns by name); rename the columns or remove data.columns")
         t, cache = self.training, self.cache
         return FinetuneJob(
             model=self.model.name_or_path, train_file=str(self.data.train),
@@ -140,6 +143,7 @@ class Job:
             output_dir=str(self.output.directory), quantization=self.model.quantization,
             cache_precision=None if cache.precision == "none" else cache.precision,
             cache_dir=str(cache.directory) if cache.directory else None, keep_cache=cache.keep,
+            table=self.data.table_format(),
         )
 
     def to_training_job(self, samples: int) -> TrainingJob:
@@ -169,7 +173,9 @@ class Job:
             f"  train     {d.train}" + (f" (first {d.train_limit} after a seeded shuffle)" if d.train_limit else ""),
             f"  eval      {d.eval or '-'}" + (f" (first {d.eval_limit})" if d.eval_limit else ""),
             f"  task      {d.task}" + (f", {d.num_labels} labels" if d.num_labels else "")
-            + (f", columns {columns}" if columns else ""),
+            + (f", columns {columns}" if columns else "")
+            + (f", no header row: columns {list(d.header)}" if d.header else "")
+            + (f", quoting {d.quoting}" if d.quoting != "auto" else ""),
             f"  training  {t.technique}, k={t.reduction_factor}, side layers "
             f"{'all' if t.side_layers is None else list(t.side_layers)}, {t.epochs} epoch(s), batch {t.batch_size}"
             f" ({t.micro_batches or 'planned'} micro-batches), seq_len {t.seq_len}",
@@ -351,8 +357,10 @@ def _data(table: _Table, base: Path) -> DataSection:
     eval_limit = table.integer("eval_limit", None, 1)
     if eval_limit is not None and eval_file is None:
         raise table.fail("eval_limit", "needs data.eval (there is no evaluation data to limit)", show=False)
+    header = table.strings("header")
     return DataSection(train=table.data_file("train", base, required=True), eval=eval_file, task=task,
-                       num_labels=num_labels, columns=tuple(sorted(columns.items())),
+                       num_labels=num_labels, columns=tuple(sorted(columns.items())), header=header,
+                       quoting=table.choice("quoting", "auto", QUOTINGS),
                        train_limit=table.integer("train_limit", None, 1), eval_limit=eval_limit)
 
 

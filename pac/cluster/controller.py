@@ -149,11 +149,11 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     training = job.training
     torch.manual_seed(training.seed)
     backbone, fingerprint = load_model(job.model.name_or_path, job.model.quantization, training.seed)
-    columns = dict(job.data.columns) or None
-    train_examples = _subset(read_examples(job.data.train, columns), job.data.train_limit, training.seed)
+    table = job.data.table_format()
+    train_examples = _subset(read_examples(job.data.train, table), job.data.train_limit, training.seed)
     eval_examples = []
     if job.data.eval is not None:
-        eval_examples = _subset(read_examples(job.data.eval, columns), job.data.eval_limit, training.seed)
+        eval_examples = _subset(read_examples(job.data.eval, table), job.data.eval_limit, training.seed)
     task = job.data.task if job.data.task != "auto" else infer_task(train_examples)
     labels = {e.label for e in train_examples if e.label is not None}
     num_labels = job.data.num_labels or (max(labels) + 1 if labels else 2)

@@ -14,7 +14,7 @@ from pac.adapter import save_adapter
 from pac.cache import ActivationCache
 from pac.cache.codec import check_precision
 from pac.data.batching import encode_example
-from pac.data.readers import infer_task, read_examples
+from pac.data.readers import TableFormat, infer_task, read_examples
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
@@ -41,6 +41,7 @@ class FinetuneJob:
     cache_precision: str | None = None  # activation cache: fp32 | fp16 | bf16 | int8; None: no cache
     cache_dir: str | None = None  # default: $PAC_CACHE_DIR or ~/.cache/pac/activations
     keep_cache: bool = False  # keep the cache after the job (a later job on the same data reuses it)
+    table: TableFormat = TableFormat()  # how CSV/TSV data files are read (quoting, names of header-less columns)
 
     def __post_init__(self) -> None:
         if self.seq_len < 4:
@@ -80,8 +81,9 @@ def _load(job: FinetuneJob):
 def run_job(job: FinetuneJob, log=print) -> dict:
     torch.manual_seed(job.train.seed)
     backbone = _load(job)
-    train_examples = _subset(read_examples(job.train_file), job.train_limit, job.train.seed)
-    eval_examples = _subset(read_examples(job.eval_file), job.eval_limit, job.train.seed) if job.eval_file else []
+    train_examples = _subset(read_examples(job.train_file, job.table), job.train_limit, job.train.seed)
+    eval_examples = (_subset(read_examples(job.eval_file, job.table), job.eval_limit, job.train.seed)
+                     if job.eval_file else [])
     task = job.task or infer_task(train_examples)
     labels = {e.label for e in train_examples if e.label is not None}
     num_labels = job.num_labels or (max(labels) + 1 if labels else 2)

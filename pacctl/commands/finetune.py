@@ -15,6 +15,12 @@ from pac.errors import PacError
 @click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
               help="Training data (.jsonl, .csv or .tsv).")
 @click.option("--eval", "eval_file", type=click.Path(dir_okay=False), help="Evaluation data.")
+@click.option("--quoting", type=click.Choice(["auto", "csv", "none"]), default="auto", show_default=True,
+              help="CSV/TSV quotes: csv (RFC 4180: quoted fields may hold delimiters, newlines, \"\"), none "
+                   "(quotes are text, as in GLUE files), auto (csv where the whole file reads so, else none).")
+@click.option("--header", "header", metavar="NAMES",
+              help="For a CSV/TSV file without a header row: its column names in order, comma-separated "
+                   "(e.g. label,id1,id2,text,text_pair).")
 @click.option("--technique", type=click.Choice(["parallel", "lora", "adapters", "full"]), default="parallel",
               show_default=True)
 @click.option("--task", type=click.Choice(["classification", "regression", "lm"]),
@@ -44,16 +50,18 @@ from pac.errors import PacError
                    "gradients and optimiser state stay fp32).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
-def command(model, train_file, eval_file, technique, task, epochs, batch_size, seq_len, learning_rate,
+def command(model, train_file, eval_file, quoting, header, technique, task, epochs, batch_size, seq_len, learning_rate,
             reduction_factor, train_limit, eval_limit, quantization, cache_precision, cache_dir, keep_cache,
             seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
+    from pac.data.readers import TableFormat
     from pac.techniques.build import TechniqueConfig
     from pac.train.job import FinetuneJob, run_job
     from pac.train.loop import TrainConfig
 
     defaults = {"parallel": 1e-3, "lora": 5e-4, "adapters": 5e-4, "full": 3e-5}
     try:
+        names = tuple(name.strip() for name in header.split(",")) if header else ()
         job = FinetuneJob(
             model=model, train_file=train_file, eval_file=eval_file, task=task,
             technique=TechniqueConfig(technique, reduction_factor=reduction_factor),
@@ -62,6 +70,7 @@ def command(model, train_file, eval_file, technique, task, epochs, batch_size, s
                               activation_checkpointing=checkpointing, side_precision=side_precision),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
             quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
+            table=TableFormat(quoting=quoting, names=names),
         )
         metrics = run_job(job, log=lambda line: click.echo(line, err=True))
     except PacError as error:

@@ -27,6 +27,8 @@ task = "lm"                          # classification | regression | lm | auto (
 # num_labels = 2                     # classification only; default: from the training labels
 # train_limit = 1000                 # optional: a seeded random subset of N training examples
 # eval_limit = 200                   # optional: likewise for evaluation
+# quoting = "auto"                   # CSV/TSV: auto | csv (quoted fields, as spreadsheets write) | none
+# header = ["label", "text"]         # CSV/TSV without a header row: its columns, in order
 
 [data.columns]                       # optional: column names, where the usual ones are not used
 # prompt = "question"                # fields: text, text_pair, label, score, prompt, answer

@@ -232,8 +232,22 @@ def test_to_finetune_job(home):
         ("int8", "bf16", str(home / "c"), True)
     assert finetune.output_dir == str(home / "out") and finetune.train_limit == 4
     assert parse(home, minimal(cache={"precision": "none"})).to_finetune_job().cache_precision is None
-    with pytest.raises(ConfigError, match="data.columns is not supported on a single device"):
-        parse(home, minimal(data={"columns": {"text": "t"}})).to_finetune_job()
+    table = parse(home, minimal(data={"columns": {"text": "t"}, "header": ["t", "label"], "quoting": "none"})
+                  ).to_finetune_job().table
+    assert (table.fields, table.names, table.quoting) == ((("text", "t"),), ("t", "label"), "none")
+
+
+def test_data_quoting_and_header(home):
+    job = parse(home, minimal(data={"header": ["label", "id", "text"], "quoting": "csv"}))
+    assert job.data.header == ("label", "id", "text") and job.data.quoting == "csv"
+    assert "no header row: columns ['label', 'id', 'text'], quoting csv" in job.summary()
+    assert parse(home, minimal()).data.table_format().quoting == "auto"
+    with pytest.raises(ConfigError, match=r"data\.quoting must be one of auto, csv, none"):
+        parse(home, minimal(data={"quoting": "excel"}))
+    with pytest.raises(ConfigError, match=r"data\.header lists an entry twice"):
+        parse(home, minimal(data={"header": ["text", "text"]}))
+    with pytest.raises(ConfigError, match=r"data\.header must be a list of non-empty strings"):
+        parse(home, minimal(data={"header": "label,text"}))
 
 
 def test_to_training_job(home):
