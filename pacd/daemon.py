@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 # What a job's first stage load would otherwise import (about 1.5 s of CPU on a small x86 core): the
 # stage host, transformers' model loading and auto classes, and the tokenizers.
-WARM_UP_MODULES = ("pac.cluster.host", "transformers.activations", "transformers.modeling_utils",
-                   "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto")
+WARM_UP_MODULES = ("pac.worker.stage", "pac.worker.phase2", "transformers.activations",
+                   "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
+                   "transformers.models.auto.tokenization_auto")
 
 
 def warm_up() -> None:

@@ -26,7 +26,6 @@ import grpc
 import torch
 
 from pac.cache import sample_key
-from pac.cluster.host import Phase2Spec, StageSpec, encoded_to_json, pack, unpack
 from pac.data.batching import Encoded, collate, encode_example
 from pac.data.readers import infer_task, read_examples
 from pac.errors import ConfigError, PacError
@@ -41,6 +40,8 @@ from pac.security import Identity, secure_channel
 from pac.techniques.build import TechniqueConfig, build_model
 from pac.train.loop import TrainConfig, batches, evaluate
 from pac.v1 import stage_pb2, stage_pb2_grpc
+from pac.worker.spec import Phase2Spec, StageSpec, encoded_to_json, load_model, stage_taps
+from pac.worker.tensors import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,6 @@ class Prepared:
 def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     """Load the backbone here, encode the data and initialise the side network exactly as a single-device
     run of the same job would (`pac.train.job.run_job`), so the result is comparable."""
-    from pac.cluster.host import load_model
     from pac.train.job import _subset  # the same seeded subset as a single-device run
 
     training = job.training
@@ -603,7 +603,6 @@ class Controller:
 
     def _stage_weights(self, plan: Plan) -> list[int]:
         """Bytes per sample each stage's shard holds, up to a common factor: its taps (+ the final state)."""
-        from pac.cluster.host import stage_taps
         from pac.pipeline.layers import LayerSlice
 
         spec = self.prepared.model.side.spec

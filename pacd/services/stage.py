@@ -1,47 +1,36 @@
 """Stage service: a training job's phase-1 stage replica and phase-2 member on this device.
 
-Thin: it assembles requests, runs the job's work (pac/cluster/host.py) in a worker thread so the event
-loop keeps serving TensorStream and Collective, and turns errors into statuses. One job at a time.
+Thin: it assembles requests, runs the job's work (pac/worker) in a worker thread so the event loop keeps
+serving TensorStream and Collective, and turns errors into statuses. One job at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import json
 import logging
-import math
 import threading
 import time
-import weakref
 from pathlib import Path
 
 import grpc
-import torch
 
 from pac.cluster.blobs import blobs
-from pac.cluster.host import (
-    JobError,
-    Phase2Host,
-    Phase2Spec,
-    StageHost,
-    StageSpec,
-    join_records,
-    pack,
-    unpack,
-)
 from pac.errors import PacError
-from pac.net.node import PeerNode, SyncPeer, node_for
-from pac.net.tensor_inbox import TensorNotReceived
+from pac.net.node import node_for
+from pac.net.peer_transport import PeerTransport
 from pac.pipeline.stage import clip_coefficient
 from pac.v1 import stage_pb2, stage_pb2_grpc
+from pac.worker.job import DeviceJob, trim_heap
+from pac.worker.phase2 import Phase2Host, assemble_records, fetches_for
+from pac.worker.spec import JobError, MicroIn, Phase2Spec, StageSpec
+from pac.worker.stage import StageHost
+from pac.worker.tensors import pack, unpack
 from pacd.rpc import InvalidRequest, NotReady, handler
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "pac.v1.Stage"
-POLL_S = 0.5
 
 
 async def read_blobs(request_iterator) -> tuple[dict, bytes]:
@@ -60,112 +49,14 @@ async def read_blobs(request_iterator) -> tuple[dict, bytes]:
     return meta, b"".join(parts)
 
 
-def _trim_heap() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-class PeerTransport:
-    """host.Transport over the daemon's PeerNode, for code running in a worker thread."""
-
-    def __init__(self, node: PeerNode, loop: asyncio.AbstractEventLoop, job_id: str) -> None:
-        self.peer, self.job_id = SyncPeer(node, loop), job_id
-        self.aborted = threading.Event()
-        self._pending: list = []
-        self.send_timeout_s = 120.0
-
-    def send(self, target, tensor, *, stream, step, micro, kind, codec) -> None:
-        """Start delivering; `flush()` waits for every delivery (sends overlap with the next compute)."""
-        if self.aborted.is_set():
-            raise JobError(f"job {self.job_id} was stopped")
-        self._pending.append(asyncio.run_coroutine_threadsafe(self.peer.node.send_tensor(
-            target, tensor, job_id=stream, step=step, micro_batch=micro, kind=kind, codec=codec,
-            timeout_s=self.send_timeout_s), self.peer.loop))
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        errors = []
-        for future in pending:
-            try:
-                future.result()
-            except Exception as error:  # the first one is reported; the rest are waited for
-                errors.append(error)
-        if errors:
-            raise JobError(f"job {self.job_id}: {errors[0]}")
-
-    def receive(self, stream, step, micro, kind, timeout_s) -> torch.Tensor:
-        deadline = time.monotonic() + timeout_s
-        while True:  # in slices, so that stopping the job is not held up by a wait
-            if self.aborted.is_set():
-                raise JobError(f"job {self.job_id} was stopped")
-            left = deadline - time.monotonic()
-            try:
-                return self.peer.receive_tensor(stream, step, micro, kind, min(POLL_S, max(left, 0.01)))
-            except TensorNotReceived:
-                if left <= POLL_S:
-                    raise JobError(f"job {self.job_id}: tensor {kind} of step {step} micro-batch {micro} "
-                                   f"({stream}) did not arrive within {timeout_s:g} s; is the device that "
-                                   f"sends it still running?") from None
-
-    def allreduce_(self, tensors, group, op_id) -> None:
-        if self.aborted.is_set():
-            raise JobError(f"job {self.job_id} was stopped")
-        self.peer.allreduce_(tensors, group, op_id)
-
-
-class TrainingState:
-    """The job this device holds: its phase-1 stage, its cache shard and its phase-2 member."""
-
-    def __init__(self, job_id: str, cache_root: Path, transport: PeerTransport) -> None:
-        self.job_id, self.cache_root, self.transport = job_id, cache_root, transport
-        self.stage: StageHost | None = None
-        self.phase2: Phase2Host | None = None
-        self.lock = asyncio.Lock()  # one request of the job at a time
-        self.step = 0
-        # The controller's lease (pacctl train renews it): None until the first Renew, then the job is
-        # released by itself once `expires` (time.monotonic()) passes with no request of it in flight.
-        self.lease_s: float | None = None
-        self.expires = math.inf
-
-    def touch(self) -> None:
-        """A request of the job arrived: whoever sent it is alive, hold the job a lease longer."""
-        if self.lease_s is not None:
-            self.expires = max(self.expires, time.monotonic() + self.lease_s)
-
-    def describe(self) -> dict:
-        out: dict = {"step": self.step}
-        if self.stage is not None:
-            out.update(stage=self.stage.spec.stage, replica=self.stage.spec.replica,
-                       layers=[self.stage.spec.first, self.stage.spec.end],
-                       shard_records=len(self.stage.shard) if self.stage.shard is not None else 0)
-        if self.phase2 is not None:
-            out.update(rank=self.phase2.spec.rank, cache_records=len(self.phase2.cache))
-        return out
-
-    def close(self, keep_cache: bool) -> None:
-        self.transport.aborted.set()
-        for cache in ([self.stage.shard] if self.stage is not None and self.stage.shard is not None else []) + \
-                ([self.phase2.cache] if self.phase2 is not None else []):
-            cache.keep = cache.keep or keep_cache
-            cache.close()
-        self.stage = self.phase2 = None
-        _trim_heap()
-
-
 class StageServicer(stage_pb2_grpc.StageServicer):
     def __init__(self, daemon) -> None:
         self.daemon = daemon
         self.node = node_for(daemon)
+        self.job: DeviceJob | None = None  # the one job this device holds
 
     # ---- the job ---------------------------------------------------------------------------------
-    @property
-    def job(self) -> TrainingState | None:
-        return _JOBS.get(self.daemon)
-
-    def _job(self, job_id: str) -> TrainingState:
+    def _job(self, job_id: str) -> DeviceJob:
         job = self.job
         if job is None or job.job_id != job_id:
             raise NotReady(f"this device holds no job {job_id!r}" + (f" (it holds {job.job_id!r})" if job else ""))
@@ -178,14 +69,14 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return root
 
-    def _open(self, job_id: str, directory: str | None) -> TrainingState:
+    def _open(self, job_id: str, directory: str | None) -> DeviceJob:
         job = self.job
         if job is not None and job.job_id != job_id:
             raise NotReady(f"this device is running job {job.job_id!r}; stop it first (pacctl train stops its "
                            f"job on Ctrl-C)")
         if job is None:
             transport = PeerTransport(self.node, asyncio.get_running_loop(), job_id)
-            job = _JOBS[self.daemon] = TrainingState(job_id, self._cache_root(directory), transport)
+            job = self.job = DeviceJob(job_id, self._cache_root(directory), transport)
         job.touch()
         return job
 
@@ -208,7 +99,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                                        cached_records=len(shard) if shard is not None else 0,
                                        fingerprint=job.stage.fingerprint)
 
-    def _stage(self, job_id: str) -> tuple[TrainingState, StageHost]:
+    def _stage(self, job_id: str) -> tuple[DeviceJob, StageHost]:
         job = self._job(job_id)
         if job.stage is None or job.stage.worker is None:
             raise NotReady(f"job {job_id}: this device holds no phase-1 stage")
@@ -216,8 +107,6 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
     @handler
     async def RunStep(self, request, context):
-        from pac.cluster.host import MicroIn
-
         job, stage = self._stage(request.job_id)
         micro = []
         for m in request.micro_batches:
@@ -304,37 +193,15 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         samples = plan["samples"]
         phase2.add_samples(samples)
         wanted = [s for s in samples if s["key"] not in phase2.cache]
-        stages = int(plan["stages"])
-        fetches: dict[tuple[str, int], list[str]] = {}
-        for sample in wanted:
-            for stage, source in enumerate(sample["sources"]):
-                if not (stage == local_stage and source == plan["self"]):
-                    fetches.setdefault((source, stage), []).append(sample["key"])
+        fetches = fetches_for(wanted, local_stage, plan["self"])
         results = await asyncio.gather(*(self._fetch(address, stage, keys, request.timeout_s or 600.0)
                                          for (address, stage), keys in fetches.items()))
-        fetched = {(address, stage): result for ((address, stage), _), result in zip(fetches.items(), results,
-                                                                                       strict=True)}
+        fetched = dict(zip(fetches, results, strict=True))
         fetched_bytes = sum(len(r[0]) for result in results for r in result.values())
-
-        def assemble() -> int:
-            local = 0
-            for sample in wanted:
-                pieces = []
-                for stage in range(stages):
-                    source = sample["sources"][stage]
-                    if stage == local_stage and source == plan["self"]:
-                        piece = job.stage.shard.get_raw(sample["key"])
-                        local += len(piece[0])
-                    else:
-                        piece = fetched[(source, stage)][sample["key"]]
-                    pieces.append(piece)
-                record, shapes = join_records(pieces)
-                phase2.cache.put_raw(sample["key"], record, shapes)
-            phase2.cache.flush()
-            return local
-
+        shard = job.stage.shard if job.stage is not None else None
         async with job.lock:
-            local_bytes = await asyncio.to_thread(assemble)
+            local_bytes = await asyncio.to_thread(assemble_records, phase2.cache, wanted, int(plan["stages"]),
+                                                  local_stage, plan["self"], shard, fetched)
         return stage_pb2.GatherCacheReply(records=len(phase2.cache), fetched_bytes=fetched_bytes,
                                           local_bytes=local_bytes, seconds=time.perf_counter() - started)
 
@@ -347,7 +214,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         async with job.lock:
             if job.stage is not None:
                 job.stage.release_model()  # phase 1 is over: the backbone slice goes, the shard stays
-            _trim_heap()
+            trim_heap()
             started = time.perf_counter()
             job.phase2 = await asyncio.to_thread(Phase2Host, spec, unpack(data), job.cache_root, job.transport)
             held = sum(t.numel() * t.element_size() for t in job.phase2.model.state_dict().values())
@@ -408,11 +275,11 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         log.info("job %s released%s", request.job_id, " (cache kept)" if request.keep_cache else "")
         return stage_pb2.ReleaseReply(released=True)
 
-    async def _release(self, job: TrainingState, keep_cache: bool) -> None:
+    async def _release(self, job: DeviceJob, keep_cache: bool) -> None:
         async with job.lock:
             if self.job is job:
                 await asyncio.to_thread(job.close, keep_cache)
-                _JOBS.pop(self.daemon, None)
+                self.job = None
 
     @handler
     async def Renew(self, request, context):
@@ -428,11 +295,11 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             self.daemon.spawn(self._expire(job), f"lease of job {job.job_id}")  # cancelled at shutdown
         return stage_pb2.RenewReply(held=True)
 
-    async def _expire(self, job: TrainingState) -> None:
+    async def _expire(self, job: DeviceJob) -> None:
         """Release `job` once its lease runs out while no request of it is in flight."""
         while self.job is job:
             await asyncio.sleep(min(1.0, job.lease_s / 4))
-            if self.job is not job or job.lock.locked() or time.monotonic() <= job.expires:
+            if self.job is not job or not job.lease_expired():
                 continue
             async with job.lock:
                 if self.job is not job or time.monotonic() <= job.expires:
@@ -441,7 +308,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                             job.job_id, job.lease_s)
                 job.transport.aborted.set()
                 await asyncio.to_thread(job.close, False)  # a cache the job keeps stays (cache.keep)
-                _JOBS.pop(self.daemon, None)
+                self.job = None
             return
 
     @handler
@@ -453,25 +320,20 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         return stage_pb2.StageStatusReply(job_id=job.job_id, phase=phase, json=json.dumps(job.describe()))
 
 
-_JOBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def release_all(daemon) -> None:
-    job = _JOBS.pop(daemon, None)
+def release(servicer: StageServicer) -> None:
+    """At shutdown: release the job the servicer holds (its cache goes unless the job keeps it)."""
+    job, servicer.job = servicer.job, None
     if job is not None:
         job.close(keep_cache=False)
 
 
 def register(server: grpc.aio.Server, daemon) -> list[str]:
-    stage_pb2_grpc.add_StageServicer_to_server(StageServicer(daemon), server)
+    servicer = StageServicer(daemon)
+    stage_pb2_grpc.add_StageServicer_to_server(servicer, server)
     on_shutdown = getattr(daemon, "on_shutdown", None)
-    if on_shutdown is not None and not getattr(daemon, "_stage_hook", False):
-        daemon._stage_hook = True
-
+    if on_shutdown is not None:
         async def hook() -> None:
-            release_all(daemon)
+            release(servicer)
 
         on_shutdown(hook)
     return [SERVICE_NAME]
-
-

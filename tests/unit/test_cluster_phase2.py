@@ -4,9 +4,10 @@ import torch
 
 from pac.cache import ActivationCache, CacheKey
 from pac.cluster.controller import assign_phase2, phase2_counts, phase2_steps
-from pac.cluster.host import join_records, stage_taps
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import SideSpec
+from pac.worker.phase2 import join_records
+from pac.worker.spec import stage_taps
 
 
 def test_counts_follow_the_plan_and_cover_every_sample():
@@ -69,11 +70,12 @@ def test_shard_records_join_into_the_full_record(tmp_path):
 def test_phase2_host_takes_activation_checkpointing_from_the_job(tmp_path):
     from dataclasses import asdict
 
-    from pac.cluster.host import Phase2Host, Phase2Spec
     from pac.heads import HeadConfig
     from pac.models.backbone import load_backbone
     from pac.techniques.build import TechniqueConfig, build_model
     from pac.train.loop import TrainConfig
+    from pac.worker.phase2 import Phase2Host
+    from pac.worker.spec import Phase2Spec
 
     backbone = load_backbone("tiny-bert")
     model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("classification"))

@@ -1,0 +1,159 @@
+"""This device's part of phase 2: the whole side network and head, trained from the cache.
+
+`Phase2Host` holds no backbone; its cache holds every layer's states of the samples this device trains
+(its own shard's records plus the ones fetched from other devices), and it trains its rows of every step,
+summing gradients over all devices each step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pac.cache import ActivationCache, CacheKey
+from pac.collective import RingGroup
+from pac.data.batching import Encoded, collate
+from pac.heads import Head, HeadConfig
+from pac.models.backbone import FrozenLMHead
+from pac.pipeline.split import loss_count
+from pac.side.network import SideNetwork, SideSpec
+from pac.techniques.build import ParallelAdaptersModel, trainable_parameters
+from pac.train.cached import CachedStates
+from pac.train.loop import TrainConfig, apply_side_options, make_optimizer
+from pac.worker.spec import JobError, Phase2Spec, encoded_from_json, load_model
+from pac.worker.stage import Transport
+from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
+
+
+class Phase2Host:
+    """This device's part of phase 2: the side network and head, from the cache, data parallel."""
+
+    def __init__(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor], cache_root: Path,
+                 transport: Transport) -> None:
+        self.spec, self.transport = spec, transport
+        side = SideSpec.from_dict(spec.side_spec)
+        head_config = HeadConfig(**spec.head)
+        lm_head = None
+        if head_config.task == "lm":
+            if "lm_head.weight" not in tensors:
+                raise JobError("a language-model job needs the frozen LM head ('lm_head.weight') in phase 2")
+            lm_head = FrozenLMHead(tensors["lm_head.weight"], tensors.get("lm_head.bias"), spec.lm_head_scale)
+        self.model = ParallelAdaptersModel(None, SideNetwork(side), Head(head_config, side.hidden_size,
+                                                                          side.family, lm_head))
+        self.model._identity = (spec.model, spec.fingerprint)
+        missing, unexpected = self.model.load_state_dict(
+            {k: v for k, v in tensors.items() if k.startswith(("side.", "head."))}, strict=False)
+        trained_missing = [k for k in missing if k.startswith(("side.", "head."))]
+        if trained_missing:
+            raise JobError(f"phase 2 was not sent {len(trained_missing)} trained tensors, e.g. {trained_missing[:3]}")
+        self.config = TrainConfig(**spec.train)
+        apply_side_options(self.model.side, self.config)
+        torch.manual_seed(self.config.seed)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.config, spec.total_steps)
+        load_optimizer_tensors(self.model, self.optimizer, tensors)
+        advance_schedule(self.scheduler, spec.steps_done)
+        key = CacheKey(spec.fingerprint, side.needed_taps(), spec.quantization, spec.tokenizer_fingerprint)
+        self.cache = ActivationCache(cache_root, key, spec.cache_precision, keep=spec.cache_keep)
+        self.states = CachedStates(self.cache, load_backbone=self._load_backbone)
+        self.items: dict[str, Encoded] = {}
+        self.steps_done = spec.steps_done
+
+    def _load_backbone(self):
+        backbone, _ = load_model(self.spec.model, self.spec.quantization, self.spec.seed)
+        return backbone
+
+    @property
+    def group(self) -> RingGroup | None:
+        if len(self.spec.members) < 2:
+            return None
+        return RingGroup(f"{self.spec.job_id}/phase2", self.spec.rank, tuple(self.spec.members),
+                         step_timeout_s=self.spec.timeout_s)
+
+    def add_samples(self, samples: list[dict]) -> None:
+        for item in samples:
+            self.items[item["key"]] = encoded_from_json(item)
+
+    def train_epoch(self, first_step: int, steps: list[dict]) -> Iterator[dict]:
+        """Each step: forward/backward of this device's rows from the cache, loss scaled by its share of
+        the mini-batch, AllReduce of the gradients over every device, clipping, AdamW."""
+        parameters = trainable_parameters(self.model)
+        task, family = self.model.head.config.task, self.model.side.spec.family
+        group = self.group
+        self.model.train()
+        for offset, step in enumerate(steps):
+            tick = time.perf_counter()
+            keys = step["keys"]
+            unknown = [k for k in keys if k not in self.items]
+            if unknown:
+                raise JobError(f"step {first_step + offset}: {len(unknown)} samples were never sent to this device")
+            share = 0.0
+            if keys:
+                group_items = [self.items[k] for k in keys]
+                batch = collate(group_items, self.spec.pad_id, task)
+                out = self.states.forward(self.model, group_items, batch)
+                count = loss_count(batch, task, family)
+                scaled = out.loss * (count / step["loss_total"]) if count else out.loss.sum() * 0.0
+                scaled.backward()
+                share = float(scaled.detach())
+            for p in parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            reduce_s = 0.0
+            if group is not None:
+                began = time.perf_counter()
+                self.transport.allreduce_([p.grad for p in parameters], group, first_step + offset)
+                reduce_s = time.perf_counter() - began
+            torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps_done += 1
+            yield {"step": first_step + offset, "loss": share, "samples": len(keys),
+                   "seconds": time.perf_counter() - tick, "allreduce_s": reduce_s}
+
+    def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {k: v for k, v in self.model.state_dict().items() if k.startswith(("side.", "head."))}
+        if optimizer:
+            tensors.update(optimizer_tensors(self.model, self.optimizer))
+        return tensors, {"steps_done": self.steps_done}
+
+
+def join_records(pieces: list[tuple[bytes, list]]) -> tuple[bytes, list]:
+    """A full cache record from its stage shards' records, in stage order (records concatenate)."""
+    return b"".join(p[0] for p in pieces), [tuple(s) for p in pieces for s in p[1]]
+
+
+def fetches_for(samples: list[dict], local_stage: int | None, me: str) -> dict[tuple[str, int], list[str]]:
+    """Which records to fetch from whom: per (source device, stage), the keys of `samples` (each with its
+    `sources`, the device holding each stage's part) that this device (`me`, holding `local_stage`'s
+    shard) does not hold itself."""
+    fetches: dict[tuple[str, int], list[str]] = {}
+    for sample in samples:
+        for stage, source in enumerate(sample["sources"]):
+            if not (stage == local_stage and source == me):
+                fetches.setdefault((source, stage), []).append(sample["key"])
+    return fetches
+
+
+def assemble_records(cache: ActivationCache, samples: list[dict], stages: int, local_stage: int | None, me: str,
+                     shard: ActivationCache | None, fetched: dict[tuple[str, int], dict[str, tuple]]) -> int:
+    """Write each sample's full record into `cache` from its stage parts: this device's own shard where it
+    holds the part, else what was fetched. Returns the bytes read locally."""
+    local = 0
+    for sample in samples:
+        pieces = []
+        for stage in range(stages):
+            source = sample["sources"][stage]
+            if stage == local_stage and source == me:
+                piece = shard.get_raw(sample["key"])
+                local += len(piece[0])
+            else:
+                piece = fetched[(source, stage)][sample["key"]]
+            pieces.append(piece)
+        record, shapes = join_records(pieces)
+        cache.put_raw(sample["key"], record, shapes)
+    cache.flush()
+    return local

@@ -1,0 +1,153 @@
+"""What the controller sends a device of a job: the stage and phase-2 specs, micro-batches, samples.
+
+Also the facts both sides derive alike: which hidden states a stage caches (`stage_taps`), the key of a
+stage's cache shard, and how every device of a job loads its frozen backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from pac.cache import CacheKey
+from pac.data.batching import Encoded
+from pac.errors import ConfigError, PacError
+from pac.models.backbone import load_backbone
+from pac.pipeline.layers import LayerSlice
+from pac.quant import quantize_backbone
+from pac.side.network import SideConfig, SideSpec
+
+FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with the head's input
+
+
+class JobError(PacError):
+    """A training job on this device cannot go on; the message says why."""
+
+
+def load_model(name: str, quantization: str, seed: int):
+    """The frozen backbone as every device of a job loads it (the cache key is its checkpoint's digest)."""
+    backbone = load_backbone(name, seed=seed)
+    fingerprint = backbone.fingerprint()  # before quantising and before a stage releases layers
+    quantize_backbone(backbone, quantization)
+    return backbone, fingerprint
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What the controller tells one stage replica (JSON on the wire)."""
+
+    job_id: str
+    model: str
+    quantization: str
+    seed: int
+    stage: int
+    replica: int
+    first: int
+    end: int
+    side: dict  # SideConfig: reduction_factor, layers
+    head: dict  # HeadConfig
+    train: dict  # TrainConfig
+    total_steps: int
+    shares: list[list[int]]  # per stage, each replica's share of a micro-batch's rows
+    addresses: list[list[str]]  # per stage, each replica's daemon ("host:port")
+    pad_id: int = 0
+    codec: str = "none"  # of forward activations on the wire: none | fp16 | int8
+    cache_precision: str | None = "fp16"  # None: no activation cache
+    cache_keep: bool = False
+    timeout_s: float = 120.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> StageSpec:
+        try:
+            return StageSpec(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"stage spec: {error}") from None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.shares)
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+
+@dataclass
+class MicroIn:
+    """One micro-batch as a replica receives it: the whole micro-batch's row count, its own rows."""
+
+    index: int
+    rows: int
+    batch: dict[str, torch.Tensor] | None  # this replica's rows; None when it has none
+    keys: list[str] = field(default_factory=list)  # per row: the sample's cache key
+    lengths: list[list[int]] = field(default_factory=list)  # per row, per stack: real tokens
+
+
+def side_config(data: dict) -> SideConfig:
+    layers = data.get("layers")
+    return SideConfig(int(data.get("reduction_factor", 8)), tuple(layers) if layers is not None else None)
+
+
+def stage_taps(spec: SideSpec, layers: LayerSlice) -> list[tuple[int, int]]:
+    """The (stack, i) hidden states this stage computes that the side network reads, in record order."""
+    needed = spec.needed_taps()
+    taps = []
+    for segment in layers.segments():
+        computed = ([0] if segment.starts_stack else []) + list(range(segment.first + 1, segment.end + 1))
+        taps += [(segment.stack, i) for i in computed if i in needed[segment.stack]]
+    return taps
+
+
+def shard_key(fingerprint: str, taps: list[tuple[int, int]], stacks: int, last: bool, quantization: str,
+              tokenizer_fingerprint: str) -> CacheKey:
+    per_stack = tuple(tuple(i for s, i in taps if s == stack) for stack in range(stacks))
+    return CacheKey(fingerprint, per_stack + ((FINAL_TAP,) if last else ()), quantization, tokenizer_fingerprint)
+
+
+@dataclass(frozen=True)
+class Phase2Spec:
+    job_id: str
+    model: str  # to recompute a corrupt record (the backbone is loaded only then)
+    quantization: str
+    seed: int
+    side_spec: dict
+    head: dict
+    train: dict
+    total_steps: int
+    steps_done: int  # optimiser steps already taken (phase 1)
+    rank: int
+    members: list[str]  # every phase-2 device, ring order
+    fingerprint: str
+    tokenizer_fingerprint: str
+    pad_id: int = 0
+    lm_head_scale: float | None = None
+    cache_precision: str = "fp16"
+    cache_keep: bool = False
+    timeout_s: float = 120.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> Phase2Spec:
+        try:
+            return Phase2Spec(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"phase-2 spec: {error}") from None
+
+
+def encoded_from_json(item: dict) -> Encoded:
+    target = item["target"]
+    return Encoded(tuple(item["input_ids"]), tuple(target) if isinstance(target, list) else target,
+                   tuple(item["decoder_ids"]) if item.get("decoder_ids") is not None else None)
+
+
+def encoded_to_json(key: str, item: Encoded) -> dict:
+    target = list(item.target) if isinstance(item.target, tuple) else item.target
+    return {"key": key, "input_ids": list(item.input_ids), "target": target,
+            "decoder_ids": list(item.decoder_ids) if item.decoder_ids is not None else None}
