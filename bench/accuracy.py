@@ -51,10 +51,10 @@ DEFAULT_VAL_SIZE = 500
 def split_train(examples: list, val_size: int, train_limit: int | None, seed: int) -> tuple[list, list]:
     """(validation, training) from one seeded shuffle of the training file's examples.
 
-    The shuffle is random.Random(seed).shuffle of a copy, the one pac.train.job._subset does; the
+    The shuffle is random.Random(seed).shuffle of a copy, the one pac.data.prepare.subset does; the
     validation split is its first `val_size` examples and the training subset the next `train_limit`
     (None: all the rest), so the two are disjoint. With val_size 0 the training subset is exactly
-    the one _subset(examples, train_limit, seed) gives, i.e. that of the run without a search."""
+    the one subset(examples, train_limit, seed) gives, i.e. that of the run without a search."""
     if val_size < 0 or (train_limit is not None and train_limit < 1):
         raise ValueError(f"val_size must be >= 0 and train_limit >= 1, got {val_size} and {train_limit}")
     if val_size + (train_limit or 1) > len(examples):
@@ -190,9 +190,10 @@ def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], 
 def _searched_row(args, task: str, technique: str, rates: list[float], split_dir: Path) -> dict:
     """Train once per learning rate, choose on the validation split, score the chosen model on test/dev."""
     from pac.data.batching import encode_example
+    from pac.data.prepare import subset
     from pac.data.readers import read_examples
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, _subset, run_job
+    from pac.train.job import FinetuneJob, run_job
     from pac.train.loop import TrainConfig, evaluate
 
     train_file, eval_file, metric = TASKS[task]
@@ -219,7 +220,7 @@ def _searched_row(args, task: str, technique: str, rates: list[float], split_dir
     _, rate, result = best
     model = result["model"]
     tokenizer, family = model.backbone.tokenizer, model.backbone.family
-    test_examples = _subset(read_examples(Path(args.data_dir, eval_file)), args.eval_limit, args.seed)
+    test_examples = subset(read_examples(Path(args.data_dir, eval_file)), args.eval_limit, args.seed)
     test_items = [encode_example(e, tokenizer, "classification", family, args.seq_len, i)
                   for i, e in enumerate(test_examples)]
     test = evaluate(model, test_items, "classification", tokenizer.pad_token_id)

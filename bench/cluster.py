@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     profile_s = None
     pac_systems = [s for s in systems if s != "ddp-lora"]
     if pac_systems:
-        from pac.cluster.controller import measure_home, profile_sizes
         from pac.cluster.local import LocalCluster
+        from pac.cluster.measure import measure_home, profile_sizes
         from pac.jobfile import parse_job
 
         with LocalCluster(out / "home", args.devices, threads=threads) as cluster:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(measure_home(cluster.devices, cluster.identity, probe_job,
                                      profile_sizes(args.batch_size, None), lambda line: print(line, file=sys.stderr)))
             profile_s = time.perf_counter() - began
-            from pac.cluster.controller import prepare
+            from pac.cluster.prepare import prepare
 
             # warm the controller process up (imports, file cache) so the first system timed pays no more
             prepare(pac_job(cluster, args, "pac", train, evaluation, task, lr, out), lambda line: None)

@@ -74,16 +74,16 @@ def prepare(model_name: str, train_file: str, eval_file: str | None, samples: in
     import torch
 
     from pac.data.batching import encode_example
+    from pac.data.prepare import subset
     from pac.data.readers import infer_task, read_examples
     from pac.heads import HeadConfig
     from pac.models.backbone import load_backbone
     from pac.techniques.build import TechniqueConfig, build_model
-    from pac.train.job import _subset
 
     torch.manual_seed(seed)
     backbone = load_backbone(model_name, seed=seed)
-    train_examples = _subset(read_examples(train_file), samples, seed)
-    eval_examples = _subset(read_examples(eval_file), eval_samples, seed) if eval_file else []
+    train_examples = subset(read_examples(train_file), samples, seed)
+    eval_examples = subset(read_examples(eval_file), eval_samples, seed) if eval_file else []
     task = infer_task(train_examples)
     if task != "classification":
         raise SystemExit(f"{train_file}: the ddp-lora baseline trains a classification head, the data are {task}")

@@ -127,7 +127,6 @@ class Job:
         """The same job on this device alone (pac.train.job.FinetuneJob)."""
         from pac.techniques.build import TechniqueConfig
         from pac.train.job import FinetuneJob
-        from pac.train.loop import TrainConfig
 
         t, cache = self.training, self.cache
         return FinetuneJob(
@@ -135,10 +134,7 @@ class Job:
             eval_file=str(self.data.eval) if self.data.eval else None,
             task=None if self.data.task == "auto" else self.data.task, num_labels=self.data.num_labels,
             technique=TechniqueConfig(t.technique, reduction_factor=t.reduction_factor, side_layers=t.side_layers),
-            train=TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                              weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
-                              max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing,
-                              side_precision=t.side_precision),
+            train=self.train_config(),
             seq_len=t.seq_len, train_limit=self.data.train_limit, eval_limit=self.data.eval_limit,
             output_dir=str(self.output.directory), quantization=self.model.quantization,
             cache_precision=None if cache.precision == "none" else cache.precision,
@@ -146,15 +142,28 @@ class Job:
             table=self.data.table_format(),
         )
 
-    def to_training_job(self, samples: int) -> TrainingJob:
-        """What the planner plans. `samples`: examples in the training file (train_limit applied here).
-        Hidden states travel as fp16; with no cache they are sized as 1 byte on disk (none is written)."""
+    def train_config(self):
+        """The optimisation as pac.train.loop runs it, on one device or on every device of the job."""
+        from pac.train.loop import TrainConfig
+
+        t = self.training
+        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                           weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
+                           max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing,
+                           side_precision=t.side_precision)
+
+    def to_training_job(self, samples: int, use_cache: bool | None = None) -> TrainingJob:
+        """What the planner plans. `samples`: examples in the training file (train_limit applied here);
+        `use_cache` None: as cache.precision says. Activations travel as fp32 (the default codec); without
+        a cache, hidden states are sized at 2 bytes."""
         if self.data.train_limit is not None:
             samples = min(samples, self.data.train_limit)
+        if use_cache is None:
+            use_cache = self.cache.precision != "none"
         return TrainingJob(samples=samples, batch_size=self.training.batch_size, epochs=self.training.epochs,
                            micro_batches=self.training.micro_batches,
-                           weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=2,
-                           cache_bytes=CACHE_BYTES.get(self.cache.precision, 1))
+                           weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
+                           cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""

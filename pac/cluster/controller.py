@@ -25,40 +25,23 @@ from typing import Any
 import grpc
 import torch
 
-from pac.cache import sample_key
-from pac.data.batching import Encoded, collate, encode_example
-from pac.data.readers import infer_task, read_examples
-from pac.errors import ConfigError, PacError
-from pac.heads import HeadConfig
-from pac.pipeline.split import loss_count, row_ranges, select_rows, split_counts
+from pac.cluster.assign import assign_phase2, phase2_counts, phase2_steps
+from pac.cluster.client import LOAD_TIMEOUT_S, Device, Stages, TrainingFailed, blob_stream, collect_blobs
+from pac.cluster.measure import measure_home, profile_sizes
+from pac.cluster.prepare import lengths_of, prepare
+from pac.data.batching import Encoded, collate
+from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import clip_coefficient
-from pac.planner.job import TrainingJob
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
-from pac.security import Identity, secure_channel
-from pac.techniques.build import TechniqueConfig, build_model
-from pac.train.loop import TrainConfig, batches, evaluate
-from pac.v1 import stage_pb2, stage_pb2_grpc
-from pac.worker.spec import Phase2Spec, StageSpec, encoded_to_json, load_model, stage_taps
+from pac.security import Identity
+from pac.train.loop import batches, evaluate
+from pac.v1 import stage_pb2
+from pac.worker.spec import Phase2Spec, StageSpec, encoded_to_json, stage_taps
 from pac.worker.tensors import pack, unpack
 
 log = logging.getLogger(__name__)
-
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-LOAD_TIMEOUT_S = 900.0
-
-
-class TrainingFailed(PacError):
-    """A device failed during the job; the message names it and what it said."""
-
-
-@dataclass(frozen=True)
-class Device:
-    node_id: str
-    address: str
-    hostname: str = ""
-    memory_budget_bytes: int = 0
 
 
 @dataclass
@@ -82,239 +65,6 @@ class History:
     events: list[dict] = field(default_factory=list)  # measured timeline of one phase-1 step
 
 
-# ---- talking to the daemons --------------------------------------------------------------------------------
-class Stages:
-    """Channels to every device of the job."""
-
-    def __init__(self, devices: list[Device], identity: Identity | None) -> None:
-        self.devices = {d.address: d for d in devices}
-        self.identity = identity
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(self, address: str) -> stage_pb2_grpc.StageStub:
-        channel = self._channels.get(address)
-        if channel is None:
-            node = self.devices[address].node_id if address in self.devices else None
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) if self.identity is None \
-                else secure_channel(address, self.identity, node, CHANNEL_OPTIONS)
-            self._channels[address] = channel
-        return stage_pb2_grpc.StageStub(channel)
-
-    async def call(self, address: str, what: str, coroutine):
-        try:
-            return await coroutine
-        except grpc.aio.AioRpcError as error:
-            raise TrainingFailed(f"{what} on {address} failed ({error.code().name}): {error.details()}") from None
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels = {}
-
-
-def blob_stream(data: bytes, meta: dict):
-    from pac.cluster.blobs import blobs
-
-    return iter(blobs(data, meta))
-
-
-async def collect_blobs(call) -> tuple[dict, bytes]:
-    meta, parts = None, []
-    async for blob in call:
-        if meta is None:
-            meta = json.loads(blob.json or "{}")
-        parts.append(blob.data)
-    return meta or {}, b"".join(parts)
-
-
-# ---- the job's data ----------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    backbone: Any
-    model: Any  # ParallelAdaptersModel with the initial side network and head
-    fingerprint: str
-    task: str
-    head: HeadConfig
-    train_items: list[Encoded]
-    eval_items: list[Encoded]
-    keys: list[str]
-    pad_id: int
-
-
-def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
-    """Load the backbone here, encode the data and initialise the side network exactly as a single-device
-    run of the same job would (`pac.train.job.run_job`), so the result is comparable."""
-    from pac.train.job import _subset  # the same seeded subset as a single-device run
-
-    training = job.training
-    torch.manual_seed(training.seed)
-    backbone, fingerprint = load_model(job.model.name_or_path, job.model.quantization, training.seed)
-    table = job.data.table_format()
-    train_examples = _subset(read_examples(job.data.train, table), job.data.train_limit, training.seed)
-    eval_examples = []
-    if job.data.eval is not None:
-        eval_examples = _subset(read_examples(job.data.eval, table), job.data.eval_limit, training.seed)
-    task = job.data.task if job.data.task != "auto" else infer_task(train_examples)
-    labels = {e.label for e in train_examples if e.label is not None}
-    num_labels = job.data.num_labels or (max(labels) + 1 if labels else 2)
-    tokenizer, family = backbone.tokenizer, backbone.family
-    train_items, eval_items = (
-        [encode_example(e, tokenizer, task, family, training.seq_len, i) for i, e in enumerate(examples)]
-        for examples in (train_examples, eval_examples))
-    if not train_items:
-        raise ConfigError(f"{job.source}: data.train {job.data.train} holds no examples")
-    head = HeadConfig(task=task, num_labels=num_labels)
-    technique = TechniqueConfig("parallel", training.reduction_factor, training.side_layers)
-    model = build_model(backbone, technique, head)
-    keys = [sample_key(item.input_ids, item.decoder_ids) for item in train_items]
-    log_line(f"{backbone.name}: {task}, {len(train_items)} training / {len(eval_items)} evaluation examples, "
-             f"{sum(p.numel() for p in model.side.parameters()) + sum(p.numel() for p in model.head.parameters() if p.requires_grad):,} trainable parameters")
-    return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
-                    tokenizer.pad_token_id)
-
-
-def lengths_of(item: Encoded) -> list[int]:
-    return [len(item.input_ids)] + ([len(item.decoder_ids)] if item.decoder_ids is not None else [])
-
-
-# ---- planning ----------------------------------------------------------------------------------------------
-def profile_sizes(batch_size: int, micro_batches: int | None) -> list[int]:
-    top = batch_size // micro_batches if micro_batches else batch_size
-    return sorted({1, max(1, top // 4), max(1, top)})
-
-
-async def measure_home(devices: list[Device], identity: Identity | None, job, sizes: list[int],
-                       log_line: Callable[[str], None]) -> dict:
-    """Profiles of every device (one measurement per host, reused by the daemons next time) and links."""
-    import itertools
-
-    from pacd.client import DaemonClient
-    from pacd.homeprofile import home_document, with_host
-
-    by_host: dict[str, list[Device]] = {}
-    for device in devices:
-        by_host.setdefault(device.hostname or device.address, []).append(device)
-    profiles, disks = [], {}
-    for host, members in by_host.items():
-        first = members[0]
-        async with DaemonClient(first.address, identity, first.node_id if identity else None) as client:
-            info = await client.info()
-            started = time.perf_counter()
-            profile = await client.profile(job.model.name_or_path, sizes, job.training.seq_len,
-                                           job.training.reduction_factor, False, 3600.0,
-                                           quantization=job.model.quantization)
-            source = "stored" if profile["from_store"] else f"measured in {time.perf_counter() - started:.0f} s"
-            log_line(f"profile of {job.model.name_or_path} on {host} ({source}; "
-                     f"{len(members)} device(s) on this host)")
-        for device in members:
-            copy = with_host(dict(profile, node_id=device.node_id), {**info, "hostname": host})
-            if device.memory_budget_bytes:
-                copy["memory_budget_bytes"] = device.memory_budget_bytes
-            profiles.append(copy)
-            disks[device.node_id] = info["disk_free_bytes"]
-    links = []
-    for a, b in itertools.combinations(devices, 2):
-        async with DaemonClient(a.address, identity, a.node_id if identity else None) as client:
-            links.append(await client.probe(b.address, b.node_id if identity else "", 1 << 20, 3))
-    return home_document(profiles, disks, links)
-
-
-def training_job(job, samples: int, use_cache: bool) -> TrainingJob:
-    from pac.jobfile import CACHE_BYTES, WEIGHT_BITS
-
-    precision = job.cache.precision
-    return TrainingJob(samples=samples, batch_size=job.training.batch_size, epochs=job.training.epochs,
-                       micro_batches=job.training.micro_batches, weight_bits=WEIGHT_BITS[job.model.quantization],
-                       wire_bytes=4, cache_bytes=CACHE_BYTES.get(precision, 2) if use_cache else 2)
-
-
-def fixed_plan(model: str, job: TrainingJob, stages: list[tuple[int, int, list[str], list[int]]],
-               micro_batches: int, phase2_shares: dict[str, int] | None, strategy: str = "fixed") -> Plan:
-    """A plan given by hand (tests, `pacctl train --stages`): no simulated times."""
-    from pac.planner.plan import DeviceUse, Phase1Plan, Phase2Plan, StagePlan
-
-    staged = tuple(StagePlan(first, end, tuple(devices), tuple(shares)) for first, end, devices, shares in stages)
-    devices = tuple(dict.fromkeys([d for s in staged for d in s.devices] + list(phase2_shares or {})))
-    phase1 = Phase1Plan(micro_batches, max(1, job.batch_size // micro_batches), staged, 0.0, 0.0, 0.0, 0.0, 0.0)
-    phase2 = None
-    if phase2_shares:
-        phase2 = Phase2Plan(dict(phase2_shares), {}, (), 0.0, 0.0, 0.0)
-    usage = tuple(DeviceUse(d, 0, 0.0, 0.0, 0, 0.0) for d in devices)
-    return Plan(strategy, model, devices, job, phase1, phase2, usage, 0.0, "given by hand")
-
-
-# ---- phase 2: who trains which samples ---------------------------------------------------------------------
-def assign_phase2(keys: list[str], holders: dict[str, list[str]], weights: list[int],
-                  counts: dict[str, int]) -> dict[str, list[str]]:
-    """Give each phase-2 device `counts[device]` samples, keeping as many cached bytes where they are as
-    possible: a sample goes preferably to the device already holding the most of its states
-    (`holders[key][stage]`, `weights[stage]` ~ the stage's bytes per sample)."""
-    left = dict(counts)
-    assigned: dict[str, list[str]] = {device: [] for device in counts}
-    options = []
-    for index, key in enumerate(keys):
-        local: dict[str, int] = {}
-        for stage, device in enumerate(holders[key]):
-            local[device] = local.get(device, 0) + weights[stage]
-        for device, kept in local.items():
-            if device in left:
-                options.append((-kept, index, device))
-    options.sort()
-    done: set[int] = set()
-    for _, index, device in options:
-        if index not in done and left[device] > 0:
-            assigned[device].append(keys[index])
-            left[device] -= 1
-            done.add(index)
-    for index, key in enumerate(keys):
-        if index not in done:
-            device = max(left, key=lambda d: (left[d], d))
-            assigned[device].append(key)
-            left[device] -= 1
-    return assigned
-
-
-def phase2_steps(assigned: dict[str, list[str]], step_counts: list[dict[str, int]], seed: int,
-                 epoch: int) -> list[dict[str, list[str]]]:
-    """One phase-2 epoch: each device's samples in a seeded order, cut into its counts per step. The
-    devices draw their orders in `assigned`'s order (the phase-2 ring order)."""
-    import hashlib
-
-    mixed = int.from_bytes(hashlib.sha256(f"phase2/{seed}/{epoch}".encode()).digest()[:8], "little") >> 1
-    generator = torch.Generator().manual_seed(mixed)
-    orders = {d: [keys[i] for i in torch.randperm(len(keys), generator=generator).tolist()]
-              for d, keys in assigned.items()}
-    positions = dict.fromkeys(assigned, 0)
-    steps = []
-    for counts in step_counts:
-        step = {}
-        for device, count in counts.items():
-            step[device] = orders[device][positions[device]:positions[device] + count]
-            positions[device] += count
-        steps.append(step)
-    return steps
-
-
-def phase2_counts(samples: int, batch_size: int, shares: dict[str, int]) -> list[dict[str, int]]:
-    """Samples per device in each step: a full step as the plan says, the short last one in proportion."""
-    devices = sorted(d for d, s in shares.items() if s > 0)
-    full, last = divmod(samples, batch_size)
-    counts = [dict(zip(devices, split_counts(batch_size, tuple(shares[d] for d in devices)), strict=True))] * full
-    if last:
-        counts.append(dict(zip(devices, split_counts(last, tuple(shares[d] for d in devices)), strict=True)))
-    return counts
-
-
-def phase2_order(items_by_key: dict[str, Encoded], assigned, step_counts, seed: int, epochs: range):
-    """The mini-batches of phase-2 epochs as one process would see them (for equivalence checks)."""
-    out = {}
-    for epoch in epochs:
-        out[epoch] = [[items_by_key[k] for device in step for k in step[device]]
-                      for step in phase2_steps(assigned, step_counts, seed, epoch)]
-    return out
-
-
-# ---- the run -----------------------------------------------------------------------------------------------
 class Controller:
     def __init__(self, job, devices: list[Device], identity: Identity | None, output_dir: Path,
                  options: RunOptions | None = None, progress=None, log_line: Callable[[str], None] = print,
@@ -395,7 +145,7 @@ class Controller:
         (self.output_dir / "profile.json").write_text(json.dumps(document, indent=1) + "\n")
         home = home_from_dict(document)
         strategy = self.options.strategy
-        result = plan_job(home, training_job(self.job, samples, use_cache), strategy)
+        result = plan_job(home, self.job.to_training_job(samples, use_cache), strategy)
         return result.plan
 
     # ---- phase 1 -------------------------------------------------------------------------------------
@@ -411,12 +161,7 @@ class Controller:
         training = self.job.training
         state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
         data = pack(state)
-        train = asdict(TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
-                                   learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-                                   warmup_fraction=training.warmup_fraction, seed=training.seed,
-                                   max_grad_norm=training.max_grad_norm,
-                                   activation_checkpointing=training.activation_checkpointing,
-                                   side_precision=training.side_precision))
+        train = asdict(self.job.train_config())
         calls = []
         for s, stage in enumerate(plan.phase1.stages):
             for r, address in enumerate(addresses[s]):
@@ -535,12 +280,7 @@ class Controller:
         spec_base = dict(
             job_id=self.job_id, model=self.job.model.name_or_path, quantization=self.job.model.quantization,
             seed=training.seed, side_spec=p.model.side.spec.to_dict(), head=asdict(p.head),
-            train=asdict(TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
-                                     learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-                                     warmup_fraction=training.warmup_fraction, seed=training.seed,
-                                     max_grad_norm=training.max_grad_norm,
-                                   activation_checkpointing=training.activation_checkpointing,
-                                   side_precision=training.side_precision)),
+            train=asdict(self.job.train_config()),
             total_steps=total_steps, steps_done=first_step, members=members, fingerprint=p.fingerprint,
             tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
             cache_precision=self.job.cache.precision, cache_keep=self.job.cache.keep,

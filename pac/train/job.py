@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import torch
 from pac.adapter import save_adapter
 from pac.cache import ActivationCache
 from pac.cache.codec import check_precision
-from pac.data.batching import encode_example
-from pac.data.readers import TableFormat, infer_task, read_examples
+from pac.data.prepare import encode_job_data, read_job_data
+from pac.data.readers import TableFormat
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
@@ -64,14 +63,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PAC_CACHE_DIR") or Path.home() / ".cache" / "pac" / "activations")
 
 
-def _subset(examples: list, limit: int | None, seed: int) -> list:
-    if limit is None or limit >= len(examples):
-        return examples
-    shuffled = list(examples)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[:limit]
-
-
 def _load(job: FinetuneJob):
     backbone = load_backbone(job.model, seed=job.train.seed)
     quantize_backbone(backbone, job.quantization)  # the fingerprint stays that of the checkpoint
@@ -81,18 +72,11 @@ def _load(job: FinetuneJob):
 def run_job(job: FinetuneJob, log=print) -> dict:
     torch.manual_seed(job.train.seed)
     backbone = _load(job)
-    train_examples = _subset(read_examples(job.train_file, job.table), job.train_limit, job.train.seed)
-    eval_examples = (_subset(read_examples(job.eval_file, job.table), job.eval_limit, job.train.seed)
-                     if job.eval_file else [])
-    task = job.task or infer_task(train_examples)
-    labels = {e.label for e in train_examples if e.label is not None}
-    num_labels = job.num_labels or (max(labels) + 1 if labels else 2)
-    tokenizer, family = backbone.tokenizer, backbone.family
-    train_items, eval_items = (
-        [encode_example(e, tokenizer, task, family, job.seq_len, i) for i, e in enumerate(examples)]
-        for examples in (train_examples, eval_examples)
-    )
-    model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=num_labels))
+    data = read_job_data(job.train_file, job.eval_file, job.table, job.train_limit, job.eval_limit, job.train.seed,
+                         job.task, job.num_labels)
+    task, tokenizer = data.task, backbone.tokenizer
+    train_items, eval_items = encode_job_data(data, tokenizer, backbone.family, job.seq_len)
+    model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=data.num_labels))
     n_trainable = sum(p.numel() for p in trainable_parameters(model))
     log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
         f"examples, {n_trainable:,} trainable parameters")

@@ -14,7 +14,10 @@ import torch
 from conftest import start_daemon
 from safetensors.torch import load_file
 
-from pac.cluster.controller import Device, RunOptions, fixed_plan, phase2_order, run_job
+from pac.cluster.assign import phase2_order
+from pac.cluster.client import Device
+from pac.cluster.controller import RunOptions, run_job
+from pac.cluster.measure import fixed_plan
 from pac.jobfile import parse_job
 from pac.planner.job import TrainingJob
 from pac.train.loop import TrainConfig, batches, train
@@ -64,8 +67,8 @@ def devices_of(daemons) -> list[Device]:
 
 
 def single_process(job, metrics_order) -> tuple[dict, list[float]]:
-    """Train the same job in one process: same initialisation (pac.cluster.controller.prepare), seed and order."""
-    from pac.cluster.controller import prepare
+    """Train the same job in one process: same initialisation (pac.cluster.prepare.prepare), seed and order."""
+    from pac.cluster.prepare import prepare
 
     prepared = prepare(job, lambda line: None)
     training = job.training
@@ -187,7 +190,7 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
     import asyncio
     import dataclasses
 
-    from pac.cluster.controller import measure_home
+    from pac.cluster.measure import measure_home
     from pac.planner.errors import InfeasibleError
     from pac.planner.planner import plan_job
     from pac.planner.profile import home_from_dict

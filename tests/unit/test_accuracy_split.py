@@ -5,8 +5,8 @@ import json
 import pytest
 
 from bench.accuracy import LEARNING_RATES, markdown_table, parse_lr_grid, split_train, write_jsonl
+from pac.data.prepare import subset
 from pac.data.readers import Example, read_examples
-from pac.train.job import _subset
 
 
 def _examples(n: int, pairs: bool = False) -> list[Example]:
@@ -30,9 +30,9 @@ def test_split_is_seeded():
 def test_split_is_one_shuffle_validation_first():
     examples = _examples(300)
     validation, training = split_train(examples, 50, 200, seed=3)
-    whole = _subset(examples, 299, 3)  # the same seeded shuffle _subset does
+    whole = subset(examples, 299, 3)  # the same seeded shuffle subset does
     assert validation == whole[:50] and training == whole[50:250]
-    assert split_train(examples, 0, 200, seed=3)[1] == _subset(examples, 200, 3)  # no validation: the old subset
+    assert split_train(examples, 0, 200, seed=3)[1] == subset(examples, 200, 3)  # no validation: the old subset
     assert len(split_train(examples, 50, None, seed=3)[1]) == 250
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from pac.cache import ActivationCache, CacheKey
-from pac.cluster.controller import assign_phase2, phase2_counts, phase2_steps
+from pac.cluster.assign import assign_phase2, phase2_counts, phase2_steps
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import SideSpec
 from pac.worker.phase2 import join_records

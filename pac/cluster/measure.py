@@ -1,0 +1,64 @@
+"""What the planner needs of a home, measured through the daemons; and plans given by hand."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from pac.cluster.client import Device
+from pac.planner.job import TrainingJob
+from pac.planner.plan import DeviceUse, Phase1Plan, Phase2Plan, Plan, StagePlan
+from pac.security import Identity
+
+
+def profile_sizes(batch_size: int, micro_batches: int | None) -> list[int]:
+    top = batch_size // micro_batches if micro_batches else batch_size
+    return sorted({1, max(1, top // 4), max(1, top)})
+
+
+async def measure_home(devices: list[Device], identity: Identity | None, job, sizes: list[int],
+                       log_line: Callable[[str], None]) -> dict:
+    """Profiles of every device (one measurement per host, reused by the daemons next time) and links."""
+    from pacd.client import DaemonClient
+    from pacd.homeprofile import home_document, with_host
+
+    by_host: dict[str, list[Device]] = {}
+    for device in devices:
+        by_host.setdefault(device.hostname or device.address, []).append(device)
+    profiles, disks = [], {}
+    for host, members in by_host.items():
+        first = members[0]
+        async with DaemonClient(first.address, identity, first.node_id if identity else None) as client:
+            info = await client.info()
+            started = time.perf_counter()
+            profile = await client.profile(job.model.name_or_path, sizes, job.training.seq_len,
+                                           job.training.reduction_factor, False, 3600.0,
+                                           quantization=job.model.quantization)
+            source = "stored" if profile["from_store"] else f"measured in {time.perf_counter() - started:.0f} s"
+            log_line(f"profile of {job.model.name_or_path} on {host} ({source}; "
+                     f"{len(members)} device(s) on this host)")
+        for device in members:
+            copy = with_host(dict(profile, node_id=device.node_id), {**info, "hostname": host})
+            if device.memory_budget_bytes:
+                copy["memory_budget_bytes"] = device.memory_budget_bytes
+            profiles.append(copy)
+            disks[device.node_id] = info["disk_free_bytes"]
+    links = []
+    for a, b in itertools.combinations(devices, 2):
+        async with DaemonClient(a.address, identity, a.node_id if identity else None) as client:
+            links.append(await client.probe(b.address, b.node_id if identity else "", 1 << 20, 3))
+    return home_document(profiles, disks, links)
+
+
+def fixed_plan(model: str, job: TrainingJob, stages: list[tuple[int, int, list[str], list[int]]],
+               micro_batches: int, phase2_shares: dict[str, int] | None, strategy: str = "fixed") -> Plan:
+    """A plan given by hand (tests and benchmarks): no simulated times."""
+    staged = tuple(StagePlan(first, end, tuple(devices), tuple(shares)) for first, end, devices, shares in stages)
+    devices = tuple(dict.fromkeys([d for s in staged for d in s.devices] + list(phase2_shares or {})))
+    phase1 = Phase1Plan(micro_batches, max(1, job.batch_size // micro_batches), staged, 0.0, 0.0, 0.0, 0.0, 0.0)
+    phase2 = None
+    if phase2_shares:
+        phase2 = Phase2Plan(dict(phase2_shares), {}, (), 0.0, 0.0, 0.0)
+    usage = tuple(DeviceUse(d, 0, 0.0, 0.0, 0, 0.0) for d in devices)
+    return Plan(strategy, model, devices, job, phase1, phase2, usage, 0.0, "given by hand")

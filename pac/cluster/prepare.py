@@ -1,0 +1,56 @@
+"""A job's data and initial model, prepared on the controller as a single-device run would prepare them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pac.cache import sample_key
+from pac.data.batching import Encoded
+from pac.data.prepare import encode_job_data, read_job_data
+from pac.errors import ConfigError
+from pac.heads import HeadConfig
+from pac.techniques.build import TechniqueConfig, build_model
+from pac.worker.spec import load_model
+
+
+@dataclass
+class Prepared:
+    backbone: Any
+    model: Any  # ParallelAdaptersModel with the initial side network and head
+    fingerprint: str
+    task: str
+    head: HeadConfig
+    train_items: list[Encoded]
+    eval_items: list[Encoded]
+    keys: list[str]
+    pad_id: int
+
+
+def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
+    """Load the backbone here, encode the data and initialise the side network exactly as a single-device
+    run of the same job would (`pac.train.job.run_job`), so the result is comparable."""
+    training, data = job.training, job.data
+    torch.manual_seed(training.seed)
+    backbone, fingerprint = load_model(job.model.name_or_path, job.model.quantization, training.seed)
+    examples = read_job_data(data.train, data.eval, data.table_format(), data.train_limit, data.eval_limit,
+                             training.seed, None if data.task == "auto" else data.task, data.num_labels)
+    train_items, eval_items = encode_job_data(examples, backbone.tokenizer, backbone.family, training.seq_len)
+    if not train_items:
+        raise ConfigError(f"{job.source}: data.train {data.train} holds no examples")
+    task, tokenizer = examples.task, backbone.tokenizer
+    head = HeadConfig(task=task, num_labels=examples.num_labels)
+    technique = TechniqueConfig("parallel", training.reduction_factor, training.side_layers)
+    model = build_model(backbone, technique, head)
+    keys = [sample_key(item.input_ids, item.decoder_ids) for item in train_items]
+    log_line(f"{backbone.name}: {task}, {len(train_items)} training / {len(eval_items)} evaluation examples, "
+             f"{sum(p.numel() for p in model.side.parameters()) + sum(p.numel() for p in model.head.parameters() if p.requires_grad):,} trainable parameters")
+    return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
+                    tokenizer.pad_token_id)
+
+
+def lengths_of(item: Encoded) -> list[int]:
+    return [len(item.input_ids)] + ([len(item.decoder_ids)] if item.decoder_ids is not None else [])
