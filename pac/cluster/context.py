@@ -1,0 +1,41 @@
+"""What the parts of a running job share: its options, devices, channels, prepared data and record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pac.cluster.client import Device, Stages
+from pac.cluster.prepare import Prepared
+from pac.cluster.record import JobRecord
+
+
+@dataclass
+class RunOptions:
+    """How the controller runs a job beyond the job file (benchmarks pick baselines here)."""
+
+    strategy: str = "pac"  # pac | pipeline-only | data-only | single-device (pac.planner.baselines)
+    use_cache: bool | None = None  # None: as the job says
+    profile_batch_sizes: tuple[int, ...] | None = None  # None: 1, B/4, B (at most 3)
+    step_timeout_s: float = 300.0
+    lease_s: float = 120.0  # a device releases the job after this long without word from the controller
+    codec: str = "none"  # forward activations on the wire
+    evaluate: bool = True
+
+
+@dataclass
+class JobContext:
+    job: Any  # pac.jobfile.Job
+    job_id: str
+    devices: list[Device]
+    stages: Stages
+    options: RunOptions
+    prepared: Prepared
+    record: JobRecord
+    loaded: set[str] = field(default_factory=set)  # addresses of the devices holding part of the job
+
+    def address_of(self) -> dict[str, str]:
+        return {d.node_id: d.address for d in self.devices}
+
+    def node_of(self) -> dict[str, str]:
+        return {d.address: d.node_id for d in self.devices}

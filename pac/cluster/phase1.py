@@ -1,0 +1,173 @@
+"""Phase 1 of a job as the controller drives it: load every stage replica, then one mini-batch at a time.
+
+Each stage replica gets its rows of the tokenised mini-batch (the last stage also the labels);
+activations, gradients and AllReduce go between the daemons directly. docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+
+from pac.cluster.client import LOAD_TIMEOUT_S, TrainingFailed, blob_stream, collect_blobs
+from pac.cluster.context import JobContext
+from pac.cluster.prepare import lengths_of
+from pac.data.batching import Encoded, collate
+from pac.pipeline.split import loss_count, row_ranges, select_rows
+from pac.pipeline.stage import clip_coefficient
+from pac.planner.plan import Plan
+from pac.train.loop import batches
+from pac.v1 import stage_pb2
+from pac.worker.spec import StageSpec
+from pac.worker.tensors import pack, unpack
+
+
+async def gather_state(stages, job_id: str, addresses: list[list[str]]) -> dict[str, torch.Tensor]:
+    """The trained tensors (and optimiser state) of every stage, from its first replica."""
+    state: dict[str, torch.Tensor] = {}
+    for stage_addresses in addresses:
+        address = stage_addresses[0]
+        _, data = await stages.call(address, "reading the trained state", collect_blobs(
+            stages.stub(address).GetState(stage_pb2.GetStateRequest(job_id=job_id, optimizer=True),
+                                          timeout=300.0)))
+        state.update(unpack(data))
+    return state
+
+
+class Phase1:
+    def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
+        self.ctx, self.plan, self.on_step = ctx, plan, on_step
+
+    async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int,
+                  use_cache: bool) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
+        """The phase-1 epochs on the loaded stages; returns (the trained state, the device caching each
+        stage's part of each sample, the steps taken)."""
+        p, training = self.ctx.prepared, self.ctx.job.training
+        generator = torch.Generator().manual_seed(training.seed)
+        torch.manual_seed(training.seed)
+        holders: dict[str, list[str]] = {}
+        step, state = 0, {}
+        key_of = {id(item): key for item, key in zip(p.train_items, p.keys, strict=True)}
+        for epoch in range(epochs):
+            began = time.perf_counter()
+            groups = batches(p.train_items, training.batch_size, generator)
+            for index, group in enumerate(groups):
+                tick = time.perf_counter()
+                loss, events = await self.step(self.plan, addresses, step, group, [key_of[id(i)] for i in group],
+                                               holders if epoch == 0 and use_cache else None)
+                if step == min(2, steps_per_epoch - 1) and epoch == 0:
+                    self.ctx.record.history.events = events  # a step after warm-up, for the timeline
+                self.on_step(step, epoch, 1, loss, time.perf_counter() - tick, len(group), index + 1, len(groups))
+                step += 1
+            self.ctx.record.end_epoch(epoch, 1, time.perf_counter() - began, len(p.train_items))
+            state = await gather_state(self.ctx.stages, self.ctx.job_id, addresses)
+            self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 1)
+        return state, holders, step
+
+    async def load(self, plan: Plan, total_steps: int, use_cache: bool) -> list[list[str]]:
+        p = self.ctx.prepared
+        by_node = {d.node_id: d.address for d in self.ctx.devices}
+        missing = sorted({n for s in plan.phase1.stages for n in s.devices} - set(by_node))
+        if missing:
+            raise TrainingFailed(f"the plan uses devices {missing}, which are not among the job's devices "
+                                 f"{sorted(by_node)}; plan again (pacctl plan) or list them in [devices]")
+        addresses = [[by_node[n] for n in s.devices] for s in plan.phase1.stages]
+        shares = [list(s.shares) for s in plan.phase1.stages]
+        training = self.ctx.job.training
+        state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
+        data = pack(state)
+        train = asdict(self.ctx.job.train_config())
+        calls = []
+        for s, stage in enumerate(plan.phase1.stages):
+            for r, address in enumerate(addresses[s]):
+                spec = StageSpec(
+                    job_id=self.ctx.job_id, model=self.ctx.job.model.name_or_path, quantization=self.ctx.job.model.quantization,
+                    seed=training.seed, stage=s, replica=r, first=stage.first_layer, end=stage.end_layer,
+                    side={"reduction_factor": training.reduction_factor,
+                          "layers": list(training.side_layers) if training.side_layers is not None else None},
+                    head=asdict(p.head), train=train, total_steps=total_steps, shares=shares, addresses=addresses,
+                    pad_id=p.pad_id, codec=self.ctx.options.codec,
+                    cache_precision=self.ctx.job.cache.precision if use_cache else None,
+                    cache_keep=self.ctx.job.cache.keep, timeout_s=self.ctx.options.step_timeout_s)
+                meta = {"spec": asdict(spec), "cache_directory": str(self.ctx.job.cache.directory)
+                        if self.ctx.job.cache.directory else None}
+                self.ctx.loaded.add(address)
+                calls.append(self.ctx.stages.call(address, f"loading stage {s} ({stage.first_layer}-{stage.end_layer - 1})",
+                                              self.ctx.stages.stub(address).Load(blob_stream(data, meta),
+                                                                             timeout=LOAD_TIMEOUT_S)))
+        replies = await asyncio.gather(*calls)
+        for reply in replies:
+            if reply.fingerprint != p.fingerprint:
+                raise TrainingFailed(f"a device loaded {self.ctx.job.model.name_or_path} with other weights "
+                                     f"(fingerprint {reply.fingerprint[:12]}, here {p.fingerprint[:12]}): every "
+                                     f"device must have the same model installed")
+        held = [r.held_bytes for r in replies]
+        self.ctx.record.log(f"phase 1: {len(plan.phase1.stages)} stage(s) on {sum(len(a) for a in addresses)} device(s) "
+                 f"loaded (largest stage {max(held) / 1e6:.0f} MB, slowest load {max(r.load_s for r in replies):.1f} s)")
+        return addresses
+
+    def _micro_request(self, plan: Plan, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
+                       group_keys: list[str], stage: int, replica: int) -> list[stage_pb2.MicroBatch]:
+        shares = tuple(plan.phase1.stages[stage].shares)
+        last = stage == len(plan.phase1.stages) - 1
+        out = []
+        for index, (batch, rows) in enumerate(zip(micro, micro_items, strict=True)):
+            start, stop = row_ranges(len(rows), shares)[replica]
+            message = stage_pb2.MicroBatch(index=index, rows=len(rows))
+            if start < stop:
+                part = select_rows(batch, start, stop)
+                if not last:
+                    part = {k: v for k, v in part.items() if k != "labels"}  # labels go to the last stage only
+                message.tensors = pack(part)
+                message.sample_keys.extend(group_keys[i] for i in rows[start:stop])
+                message.lengths.extend(n for i in rows[start:stop] for n in lengths_of(group[i]))
+            out.append(message)
+        return out
+
+    async def step(self, plan: Plan, addresses, step: int, group: list[Encoded], group_keys: list[str],
+                          holders: dict[str, list[str]] | None) -> tuple[float, list[dict]]:
+        p, training = self.ctx.prepared, self.ctx.job.training
+        m = min(plan.phase1.micro_batches, len(group))
+        ranges = row_ranges(len(group), m)
+        micro_items = [list(range(a, b)) for a, b in ranges]
+        micro = [collate(group[a:b], p.pad_id, p.task) for a, b in ranges]
+        family = p.model.side.spec.family
+        loss_total = sum(loss_count(b, p.task, family) for b in micro)
+        calls, who = [], []
+        single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
+        for s, stage_addresses in enumerate(addresses):
+            for r, address in enumerate(stage_addresses):
+                request = stage_pb2.RunStepRequest(job_id=self.ctx.job_id, step=step, loss_total=loss_total,
+                                                   timeout_s=self.ctx.options.step_timeout_s, apply=single,
+                                                   max_grad_norm=training.max_grad_norm)
+                request.micro_batches.extend(self._micro_request(plan, micro, micro_items, group, group_keys, s, r))
+                calls.append(self.ctx.stages.call(address, f"step {step} of stage {s}",
+                                              self.ctx.stages.stub(address).RunStep(
+                                                  request, timeout=self.ctx.options.step_timeout_s * 4)))
+                who.append((s, r, address))
+                if holders is not None:
+                    for rows in micro_items:
+                        start, stop = row_ranges(len(rows), tuple(plan.phase1.stages[s].shares))[r]
+                        for i in rows[start:stop]:
+                            holders.setdefault(group_keys[i], [None] * len(addresses))[s] = address
+        replies = await asyncio.gather(*calls)
+        loss = sum(reply.loss for reply, (s, _, _) in zip(replies, who, strict=True) if s == len(addresses) - 1)
+        norms = {}
+        for reply, (s, _, _) in zip(replies, who, strict=True):
+            norms.setdefault(s, reply.grad_square_norm)
+        if not single:  # the pipeline-wide norm: every stage clips by the same coefficient
+            clip = clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm)
+            await asyncio.gather(*(self.ctx.stages.call(a, f"optimiser step {step}", self.ctx.stages.stub(a).ApplyStep(
+                stage_pb2.ApplyStepRequest(job_id=self.ctx.job_id, step=step, clip_coefficient=clip), timeout=60.0))
+                for stage_addresses in addresses for a in stage_addresses))
+        events = []
+        node = {d.address: d.node_id for d in self.ctx.devices}
+        for reply, (s, r, address) in zip(replies, who, strict=True):
+            for event in json.loads(reply.events_json):
+                events.append({**event, "stage": s, "replica": r, "device": node.get(address, address)})
+        return loss, events

@@ -1,0 +1,145 @@
+"""Phase 2 of a job as the controller drives it: move the cached states, then data parallel epochs.
+
+Cached hidden states and the side network are redistributed so that each phase-2 device holds every
+layer's states of its share of the samples (moving as few bytes as possible, pac.cluster.assign); then
+every device trains the whole side network on its rows of each step. docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+
+from pac.cluster.assign import assign_phase2, phase2_counts, phase2_steps
+from pac.cluster.client import LOAD_TIMEOUT_S, blob_stream
+from pac.cluster.context import JobContext
+from pac.cluster.phase1 import gather_state
+from pac.data.batching import Encoded, collate
+from pac.pipeline.layers import LayerSlice
+from pac.pipeline.split import loss_count
+from pac.planner.plan import Plan
+from pac.v1 import stage_pb2
+from pac.worker.spec import Phase2Spec, encoded_to_json, stage_taps
+from pac.worker.tensors import pack
+
+
+class Phase2:
+    def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
+        self.ctx, self.plan, self.on_step = ctx, plan, on_step
+        self.info: dict | None = None  # what moved, for metrics.json
+        self.assigned_by_node: dict[str, list[str]] = {}  # node -> its samples' keys
+        self.step_counts_by_node: list[dict[str, int]] = []  # per step, node -> samples
+
+    async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
+                  first_step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Phase 2 from the state phase 1 left (`holders[key][stage]`: the device caching each part of a
+        sample); returns the trained state after the last epoch."""
+        p, training = self.ctx.prepared, self.ctx.job.training
+        by_node, node = self.ctx.address_of(), self.ctx.node_of()
+        shares = {by_node[n]: c for n, c in self.plan.phase2.step_shares.items() if c > 0}
+        members = sorted(shares)
+        counts = phase2_counts(len(p.train_items), training.batch_size, shares)
+        epoch_counts = {d: sum(c[d] for c in counts) for d in members}
+        assigned = assign_phase2(p.keys, holders, self._stage_weights(), epoch_counts)
+        self.assigned_by_node = {node[a]: keys for a, keys in assigned.items()}
+        self.step_counts_by_node = [{node[a]: c for a, c in step.items()} for step in counts]
+        await self._load(members, state, first_step, total_steps)
+        await self._gather(members, assigned, holders, stage_count)
+        step = first_step
+        for epoch in range(1, training.epochs):
+            step = await self._epoch(epoch, step, members, assigned, counts)
+            state = await gather_state(self.ctx.stages, self.ctx.job_id, [[members[0]]])
+            self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 2)
+        return state
+
+    async def _load(self, members: list[str], state: dict[str, torch.Tensor], first_step: int,
+                    total_steps: int) -> None:
+        """Every member gets the whole side network and head, its optimiser state and the LM head."""
+        p, job = self.ctx.prepared, self.ctx.job
+        spec_base = dict(
+            job_id=self.ctx.job_id, model=job.model.name_or_path, quantization=job.model.quantization,
+            seed=job.training.seed, side_spec=p.model.side.spec.to_dict(), head=asdict(p.head),
+            train=asdict(job.train_config()), total_steps=total_steps, steps_done=first_step, members=members,
+            fingerprint=p.fingerprint, tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
+            cache_precision=job.cache.precision, cache_keep=job.cache.keep,
+            timeout_s=self.ctx.options.step_timeout_s)
+        tensors = dict(state)
+        if p.task == "lm":
+            head = p.backbone.lm_head()
+            tensors["lm_head.weight"] = head.weight
+            if head.bias is not None:
+                tensors["lm_head.bias"] = head.bias
+            spec_base["lm_head_scale"] = head.scale
+        data = pack(tensors)
+        self.started = time.perf_counter()
+        cache_directory = str(job.cache.directory) if job.cache.directory else None
+        stages = self.ctx.stages
+        await asyncio.gather(*(stages.call(a, "loading phase 2", stages.stub(a).LoadPhase2(
+            blob_stream(data, {"spec": asdict(Phase2Spec(**spec_base, rank=rank)),
+                               "cache_directory": cache_directory}), timeout=LOAD_TIMEOUT_S))
+            for rank, a in enumerate(members)))
+        self.ctx.loaded.update(members)
+
+    async def _gather(self, members: list[str], assigned: dict[str, list[str]], holders: dict[str, list[str]],
+                      stage_count: int) -> None:
+        """Each member fetches the cached states of its samples from the devices holding them."""
+        p, stages = self.ctx.prepared, self.ctx.stages
+        items = dict(zip(p.keys, p.train_items, strict=True))
+        replies = await asyncio.gather(*(stages.call(a, "gathering the cache", stages.stub(a).GatherCache(
+            stage_pb2.GatherCacheRequest(job_id=self.ctx.job_id, timeout_s=600.0, plan_json=json.dumps({
+                "self": a, "stages": stage_count,
+                "samples": [{**encoded_to_json(k, items[k]), "sources": holders[k]} for k in assigned[a]]})),
+            timeout=1800.0)) for a in members))
+        moved = sum(r.fetched_bytes for r in replies)
+        kept = sum(r.local_bytes for r in replies)
+        seconds = time.perf_counter() - self.started
+        self.info = {"devices": members, "samples_per_device": {a: len(assigned[a]) for a in members},
+                     "moved_bytes": moved, "kept_bytes": kept, "redistribution_s": seconds}
+        self.ctx.record.message(f"phase 2: {len(members)} device(s); moved {moved / 1e6:.1f} MB of cached states "
+                                f"(kept {kept / 1e6:.1f} MB in place) and the side network in {seconds:.1f} s")
+
+    async def _epoch(self, epoch: int, step: int, members: list[str], assigned: dict[str, list[str]],
+                     counts: list[dict[str, int]]) -> int:
+        """One phase-2 epoch: every member trains its rows of each step; returns the next step number."""
+        p, training, stages = self.ctx.prepared, self.ctx.job.training, self.ctx.stages
+        items = dict(zip(p.keys, p.train_items, strict=True))
+        self.ctx.record.update(state="running", phase=2, epoch=epoch + 1)
+        plan_steps = phase2_steps(assigned, counts, training.seed, epoch)
+        began = time.perf_counter()
+        streams = [stages.stub(a).TrainEpoch(stage_pb2.TrainEpochRequest(
+            job_id=self.ctx.job_id, epoch=epoch, first_step=step,
+            steps_json=json.dumps([{"keys": s[a], "loss_total": self._loss_total([items[k] for d in s for k in s[d]])}
+                                   for s in plan_steps])), timeout=self.ctx.options.step_timeout_s * len(plan_steps))
+            for a in members]
+        iterators = [s.__aiter__() for s in streams]
+        for index in range(len(plan_steps)):
+            reports = await asyncio.gather(*(stages.call(members[i], f"phase 2 epoch {epoch + 1}", anext(it))
+                                             for i, it in enumerate(iterators)))
+            self.on_step(step, epoch, 2, sum(r.loss for r in reports), max(r.seconds for r in reports),
+                         sum(r.samples for r in reports), index + 1, len(plan_steps),
+                         allreduce_s=max(r.allreduce_s for r in reports))
+            step += 1
+        for it in iterators:  # the streams end after the last step
+            await anext(it, None)
+        self.ctx.record.end_epoch(epoch, 2, time.perf_counter() - began, len(p.train_items))
+        return step
+
+    def _stage_weights(self) -> list[int]:
+        """Bytes per sample each stage's shard holds, up to a common factor: its taps (+ the final state)."""
+        spec, stages = self.ctx.prepared.model.side.spec, self.plan.phase1.stages
+        out = []
+        for s, stage in enumerate(stages):
+            layers = LayerSlice(stage.first_layer, stage.end_layer, spec.stack_sizes)
+            out.append(len(stage_taps(spec, layers)) + (1 if s == len(stages) - 1 else 0))
+        return out
+
+    def _loss_total(self, group: list[Encoded]) -> int:
+        p = self.ctx.prepared
+        if p.task != "lm":
+            return len(group)
+        return loss_count(collate(group, p.pad_id, p.task), p.task, p.model.side.spec.family)
