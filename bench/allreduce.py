@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.allreduce --world-sizes 2,3,4 --sizes 65536,1048576,4194304,16777216,67108864 \\
         --json bench/results/allreduce.json [--link 1gbit --latency 0.5ms]
 
-For each world size a fresh set of daemons (pac.net.devserver: the same TensorStream/Collective servicers
+For each world size a fresh set of daemons (bench.devserver: the same TensorStream/Collective servicers
 as pacd, mutual TLS unless --no-tls) and a fresh gloo process group run float32 AllReduces of each size;
 each timed operation follows a barrier, its time is the slowest rank's, and a row reports the median of
 --iterations. Bus bandwidth = 2(n-1)/n * bytes / time. With --link every daemon and gloo worker runs in its
@@ -172,7 +172,7 @@ def _row(impl: str, world: int, size: int, times: list[float], link_Bps: float |
 
 
 def run(args) -> dict:
-    from pac.net.devserver import DevCluster
+    from bench.devserver import DevCluster
 
     world_sizes = [int(w) for w in args.world_sizes.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -207,7 +207,7 @@ def run(args) -> dict:
     config = {"world_sizes": world_sizes, "sizes": sizes, "dtype": "float32", "iterations": args.iterations,
               "link": args.link or "loopback", "latency": args.latency, "tls": args.tls,
               "latency_emulated": bool(args.link and args.latency and net and net.latency_emulated),
-              "stream_bytes": args.stream_bytes, "daemons": "pac.net.devserver processes, one per rank",
+              "stream_bytes": args.stream_bytes, "daemons": "bench.devserver processes, one per rank",
               "total_run_s": round(time.monotonic() - started, 1)}
     return write_report(args.json, "allreduce", config, rows)
 

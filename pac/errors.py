@@ -19,3 +19,7 @@ class ConfigError(PacError):
 
 class AdapterMismatchError(PacError):
     """A saved adapter that does not belong to the backbone it is being attached to."""
+
+
+class TrainingFailed(PacError):
+    """A device failed during a job, or the job cannot run on its devices; the message names which and why."""

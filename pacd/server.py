@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,8 +16,19 @@ from pac.security.identity import self_signed_pair
 from pacd.auth import PairingGate
 from pacd.services import SERVICE_MODULES
 
-if TYPE_CHECKING:
-    from pacd.daemon import Daemon
+
+class _State(Protocol):
+    root: Path
+
+
+class Daemon(Protocol):
+    """What building the server needs of pacd.daemon.Daemon (which builds its server here)."""
+
+    mode: str  # insecure | pairing | secure
+    state: _State
+    node_id: str
+    config: Any  # pacd.config.DaemonConfig: host, max_message_bytes
+    service_names: list[str]
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pac.cluster.client import Device, Stages
 from pac.cluster.prepare import Prepared
 from pac.cluster.record import JobRecord
+from pac.net.stage_client import StageClient
+
+
+@dataclass(frozen=True)
+class Device:
+    node_id: str
+    address: str
+    hostname: str = ""
+    memory_budget_bytes: int = 0
 
 
 @dataclass
@@ -28,7 +36,7 @@ class JobContext:
     job: Any  # pac.jobfile.Job
     job_id: str
     devices: list[Device]
-    stages: Stages
+    stages: StageClient
     options: RunOptions
     prepared: Prepared
     record: JobRecord

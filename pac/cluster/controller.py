@@ -21,21 +21,19 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import grpc
-
-from pac.cluster.client import Device, Stages
-from pac.cluster.context import JobContext, RunOptions
+from pac.cluster.context import Device, JobContext, RunOptions
 from pac.cluster.measure import measure_home, profile_sizes
 from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
 from pac.cluster.prepare import Prepared, prepare
 from pac.cluster.record import JobRecord
+from pac.errors import TrainingFailed
+from pac.net.stage_client import StageClient
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
 from pac.security import Identity
 from pac.train.loop import evaluate
-from pac.v1 import stage_pb2
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +48,7 @@ class Controller:
         self.progress, self.log = progress, log_line
         self.plan = plan
         self.job_id = f"job-{os.getpid()}-{int(time.time())}"
-        self.stages = Stages(devices, identity)
+        self.stages = StageClient(self.job_id, {d.address: d.node_id for d in devices}, identity)
         self.loaded: set[str] = set()
         self.record = JobRecord(self.job_id, output_dir, devices, job.training.epochs, progress, log_line)
         self.interrupted = False
@@ -173,10 +171,9 @@ class Controller:
 
         async def one(address: str) -> None:
             try:
-                await self.stages.stub(address).Renew(stage_pb2.RenewRequest(job_id=self.job_id, lease_s=lease),
-                                                      timeout=max(1.0, lease / 4))
-            except grpc.aio.AioRpcError as error:
-                log.debug("renewing job %s on %s: %s", self.job_id, address, error.details())
+                await self.stages.renew(address, lease)
+            except TrainingFailed as error:
+                log.debug("job %s: %s", self.job_id, error)
 
         while True:
             await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
@@ -185,10 +182,9 @@ class Controller:
     async def release(self) -> None:
         async def one(address: str) -> None:
             try:
-                await self.stages.stub(address).Release(stage_pb2.ReleaseRequest(
-                    job_id=self.job_id, keep_cache=self.job.cache.keep), timeout=30.0)
-            except grpc.aio.AioRpcError as error:
-                log.warning("releasing job %s on %s failed: %s", self.job_id, address, error.details())
+                await self.stages.release(address, self.job.cache.keep)
+            except TrainingFailed as error:
+                log.warning("job %s: %s", self.job_id, error)
 
         await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
         await self.stages.close()

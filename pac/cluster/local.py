@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pac.cluster.client import Device
+from pac.cluster.context import Device
 from pac.errors import PacError
 from pac.security import Identity
 

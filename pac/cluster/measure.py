@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from pac.cluster.client import Device
+from pac.cluster.context import Device
 from pac.planner.job import TrainingJob
 from pac.planner.plan import DeviceUse, Phase1Plan, Phase2Plan, Plan, StagePlan
 from pac.security import Identity

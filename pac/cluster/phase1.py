@@ -7,35 +7,30 @@ activations, gradients and AllReduce go between the daemons directly. docs/clust
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 
-from pac.cluster.client import LOAD_TIMEOUT_S, TrainingFailed, blob_stream, collect_blobs
 from pac.cluster.context import JobContext
 from pac.cluster.prepare import lengths_of
 from pac.data.batching import Encoded, collate
+from pac.errors import TrainingFailed
+from pac.net.stage_client import StageClient
 from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import clip_coefficient
 from pac.planner.plan import Plan
 from pac.train.loop import batches
-from pac.v1 import stage_pb2
-from pac.worker.spec import StageSpec
-from pac.worker.tensors import pack, unpack
+from pac.worker.spec import MicroIn, StageSpec
+from pac.worker.tensors import pack
 
 
-async def gather_state(stages, job_id: str, addresses: list[list[str]]) -> dict[str, torch.Tensor]:
+async def gather_state(stages: StageClient, addresses: list[list[str]]) -> dict[str, torch.Tensor]:
     """The trained tensors (and optimiser state) of every stage, from its first replica."""
     state: dict[str, torch.Tensor] = {}
     for stage_addresses in addresses:
-        address = stage_addresses[0]
-        _, data = await stages.call(address, "reading the trained state", collect_blobs(
-            stages.stub(address).GetState(stage_pb2.GetStateRequest(job_id=job_id, optimizer=True),
-                                          timeout=300.0)))
-        state.update(unpack(data))
+        state.update(await stages.get_state(stage_addresses[0]))
     return state
 
 
@@ -65,7 +60,7 @@ class Phase1:
                 self.on_step(step, epoch, 1, loss, time.perf_counter() - tick, len(group), index + 1, len(groups))
                 step += 1
             self.ctx.record.end_epoch(epoch, 1, time.perf_counter() - began, len(p.train_items))
-            state = await gather_state(self.ctx.stages, self.ctx.job_id, addresses)
+            state = await gather_state(self.ctx.stages, addresses)
             self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 1)
         return state, holders, step
 
@@ -97,9 +92,8 @@ class Phase1:
                 meta = {"spec": asdict(spec), "cache_directory": str(self.ctx.job.cache.directory)
                         if self.ctx.job.cache.directory else None}
                 self.ctx.loaded.add(address)
-                calls.append(self.ctx.stages.call(address, f"loading stage {s} ({stage.first_layer}-{stage.end_layer - 1})",
-                                              self.ctx.stages.stub(address).Load(blob_stream(data, meta),
-                                                                             timeout=LOAD_TIMEOUT_S)))
+                calls.append(self.ctx.stages.load(address, f"loading stage {s} ({stage.first_layer}-"
+                                                  f"{stage.end_layer - 1})", meta, data))
         replies = await asyncio.gather(*calls)
         for reply in replies:
             if reply.fingerprint != p.fingerprint:
@@ -111,22 +105,22 @@ class Phase1:
                  f"loaded (largest stage {max(held) / 1e6:.0f} MB, slowest load {max(r.load_s for r in replies):.1f} s)")
         return addresses
 
-    def _micro_request(self, plan: Plan, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
-                       group_keys: list[str], stage: int, replica: int) -> list[stage_pb2.MicroBatch]:
+    def _micro_batches(self, plan: Plan, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
+                       group_keys: list[str], stage: int, replica: int) -> list[MicroIn]:
+        """What one replica of `stage` is sent of each micro-batch: its rows (the labels to the last stage)."""
         shares = tuple(plan.phase1.stages[stage].shares)
         last = stage == len(plan.phase1.stages) - 1
         out = []
         for index, (batch, rows) in enumerate(zip(micro, micro_items, strict=True)):
             start, stop = row_ranges(len(rows), shares)[replica]
-            message = stage_pb2.MicroBatch(index=index, rows=len(rows))
-            if start < stop:
-                part = select_rows(batch, start, stop)
-                if not last:
-                    part = {k: v for k, v in part.items() if k != "labels"}  # labels go to the last stage only
-                message.tensors = pack(part)
-                message.sample_keys.extend(group_keys[i] for i in rows[start:stop])
-                message.lengths.extend(n for i in rows[start:stop] for n in lengths_of(group[i]))
-            out.append(message)
+            if start == stop:
+                out.append(MicroIn(index, len(rows), None))
+                continue
+            part = select_rows(batch, start, stop)
+            if not last:
+                part = {k: v for k, v in part.items() if k != "labels"}
+            out.append(MicroIn(index, len(rows), part, [group_keys[i] for i in rows[start:stop]],
+                               [lengths_of(group[i]) for i in rows[start:stop]]))
         return out
 
     async def step(self, plan: Plan, addresses, step: int, group: list[Encoded], group_keys: list[str],
@@ -142,13 +136,10 @@ class Phase1:
         single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
         for s, stage_addresses in enumerate(addresses):
             for r, address in enumerate(stage_addresses):
-                request = stage_pb2.RunStepRequest(job_id=self.ctx.job_id, step=step, loss_total=loss_total,
-                                                   timeout_s=self.ctx.options.step_timeout_s, apply=single,
-                                                   max_grad_norm=training.max_grad_norm)
-                request.micro_batches.extend(self._micro_request(plan, micro, micro_items, group, group_keys, s, r))
-                calls.append(self.ctx.stages.call(address, f"step {step} of stage {s}",
-                                              self.ctx.stages.stub(address).RunStep(
-                                                  request, timeout=self.ctx.options.step_timeout_s * 4)))
+                batches = self._micro_batches(plan, micro, micro_items, group, group_keys, s, r)
+                calls.append(self.ctx.stages.run_step(address, f"step {step} of stage {s}", step, loss_total,
+                                                      batches, single, training.max_grad_norm,
+                                                      self.ctx.options.step_timeout_s))
                 who.append((s, r, address))
                 if holders is not None:
                     for rows in micro_items:
@@ -162,12 +153,11 @@ class Phase1:
             norms.setdefault(s, reply.grad_square_norm)
         if not single:  # the pipeline-wide norm: every stage clips by the same coefficient
             clip = clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm)
-            await asyncio.gather(*(self.ctx.stages.call(a, f"optimiser step {step}", self.ctx.stages.stub(a).ApplyStep(
-                stage_pb2.ApplyStepRequest(job_id=self.ctx.job_id, step=step, clip_coefficient=clip), timeout=60.0))
-                for stage_addresses in addresses for a in stage_addresses))
+            await asyncio.gather(*(self.ctx.stages.apply_step(a, step, clip)
+                                   for stage_addresses in addresses for a in stage_addresses))
         events = []
         node = {d.address: d.node_id for d in self.ctx.devices}
         for reply, (s, r, address) in zip(replies, who, strict=True):
-            for event in json.loads(reply.events_json):
+            for event in reply.events:
                 events.append({**event, "stage": s, "replica": r, "device": node.get(address, address)})
         return loss, events

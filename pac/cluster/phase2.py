@@ -8,7 +8,6 @@ every device trains the whole side network on its rows of each step. docs/cluste
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,14 +15,12 @@ from dataclasses import asdict
 import torch
 
 from pac.cluster.assign import assign_phase2, phase2_counts, phase2_steps
-from pac.cluster.client import LOAD_TIMEOUT_S, blob_stream
 from pac.cluster.context import JobContext
 from pac.cluster.phase1 import gather_state
 from pac.data.batching import Encoded, collate
 from pac.pipeline.layers import LayerSlice
 from pac.pipeline.split import loss_count
 from pac.planner.plan import Plan
-from pac.v1 import stage_pb2
 from pac.worker.spec import Phase2Spec, encoded_to_json, stage_taps
 from pac.worker.tensors import pack
 
@@ -53,7 +50,7 @@ class Phase2:
         step = first_step
         for epoch in range(1, training.epochs):
             step = await self._epoch(epoch, step, members, assigned, counts)
-            state = await gather_state(self.ctx.stages, self.ctx.job_id, [[members[0]]])
+            state = await gather_state(self.ctx.stages, [[members[0]]])
             self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 2)
         return state
 
@@ -78,11 +75,9 @@ class Phase2:
         data = pack(tensors)
         self.started = time.perf_counter()
         cache_directory = str(job.cache.directory) if job.cache.directory else None
-        stages = self.ctx.stages
-        await asyncio.gather(*(stages.call(a, "loading phase 2", stages.stub(a).LoadPhase2(
-            blob_stream(data, {"spec": asdict(Phase2Spec(**spec_base, rank=rank)),
-                               "cache_directory": cache_directory}), timeout=LOAD_TIMEOUT_S))
-            for rank, a in enumerate(members)))
+        await asyncio.gather(*(self.ctx.stages.load(a, "loading phase 2", {
+            "spec": asdict(Phase2Spec(**spec_base, rank=rank)), "cache_directory": cache_directory}, data,
+            phase2=True) for rank, a in enumerate(members)))
         self.ctx.loaded.update(members)
 
     async def _gather(self, members: list[str], assigned: dict[str, list[str]], holders: dict[str, list[str]],
@@ -90,13 +85,12 @@ class Phase2:
         """Each member fetches the cached states of its samples from the devices holding them."""
         p, stages = self.ctx.prepared, self.ctx.stages
         items = dict(zip(p.keys, p.train_items, strict=True))
-        replies = await asyncio.gather(*(stages.call(a, "gathering the cache", stages.stub(a).GatherCache(
-            stage_pb2.GatherCacheRequest(job_id=self.ctx.job_id, timeout_s=600.0, plan_json=json.dumps({
-                "self": a, "stages": stage_count,
-                "samples": [{**encoded_to_json(k, items[k]), "sources": holders[k]} for k in assigned[a]]})),
-            timeout=1800.0)) for a in members))
-        moved = sum(r.fetched_bytes for r in replies)
-        kept = sum(r.local_bytes for r in replies)
+        replies = await asyncio.gather(*(stages.gather_cache(a, {
+            "self": a, "stages": stage_count,
+            "samples": [{**encoded_to_json(k, items[k]), "sources": holders[k]} for k in assigned[a]]})
+            for a in members))
+        moved = sum(fetched for fetched, _ in replies)
+        kept = sum(local for _, local in replies)
         seconds = time.perf_counter() - self.started
         self.info = {"devices": members, "samples_per_device": {a: len(assigned[a]) for a in members},
                      "moved_bytes": moved, "kept_bytes": kept, "redistribution_s": seconds}
@@ -111,15 +105,12 @@ class Phase2:
         self.ctx.record.update(state="running", phase=2, epoch=epoch + 1)
         plan_steps = phase2_steps(assigned, counts, training.seed, epoch)
         began = time.perf_counter()
-        streams = [stages.stub(a).TrainEpoch(stage_pb2.TrainEpochRequest(
-            job_id=self.ctx.job_id, epoch=epoch, first_step=step,
-            steps_json=json.dumps([{"keys": s[a], "loss_total": self._loss_total([items[k] for d in s for k in s[d]])}
-                                   for s in plan_steps])), timeout=self.ctx.options.step_timeout_s * len(plan_steps))
-            for a in members]
-        iterators = [s.__aiter__() for s in streams]
+        totals = [self._loss_total([items[k] for d in s for k in s[d]]) for s in plan_steps]
+        iterators = [stages.train_epoch(a, epoch, step, [{"keys": s[a], "loss_total": total}
+                                                         for s, total in zip(plan_steps, totals, strict=True)],
+                                        self.ctx.options.step_timeout_s * len(plan_steps)) for a in members]
         for index in range(len(plan_steps)):
-            reports = await asyncio.gather(*(stages.call(members[i], f"phase 2 epoch {epoch + 1}", anext(it))
-                                             for i, it in enumerate(iterators)))
+            reports = await asyncio.gather(*(anext(it) for it in iterators))
             self.on_step(step, epoch, 2, sum(r.loss for r in reports), max(r.seconds for r in reports),
                          sum(r.samples for r in reports), index + 1, len(plan_steps),
                          allreduce_s=max(r.allreduce_s for r in reports))

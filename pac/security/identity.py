@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 
+import pac.security.authority as authority
 from pac.errors import PacError
-from pac.security import authority
 from pac.security.files import check_private, ensure_private_dir, write_private
 
 

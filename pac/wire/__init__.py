@@ -5,9 +5,11 @@ Pure logic, no grpc: `encode` turns a tensor into a `TensorHeader` and a payload
 move these bytes.
 """
 
-from pac.wire.codecs import CODECS, Codec, codec_for, decode, encode, int8_error_bound
+from pac.wire.codecs import CODECS, Codec, codec_for, int8_error_bound
+from pac.wire.dtypes import DTYPES, dtype_name
 from pac.wire.errors import WireError
-from pac.wire.header import DTYPES, MAX_CHUNK_BYTES, TensorHeader, TensorKind, chunks, dtype_name
+from pac.wire.frame import decode, encode
+from pac.wire.header import MAX_CHUNK_BYTES, TensorHeader, TensorKind, chunks
 
 __all__ = [
     "CODECS",

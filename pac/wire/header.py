@@ -7,38 +7,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
+from pac.wire.codecs import codec_for
+from pac.wire.dtypes import DTYPES
 from pac.wire.errors import WireError
 
 # gRPC's default message limit is 4 MiB; a chunk leaves room for the message's other fields under it.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024 - 4096
-
-# Wire names of the dtypes a tensor may have. Floats are what we train in; the integer and bool types
-# carry token ids, labels and masks between stages.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The wire name of a torch dtype; a WireError for dtypes the wire does not carry."""
-    try:
-        return _NAMES[dtype]
-    except KeyError:
-        raise WireError(f"dtype {dtype} cannot travel on the wire; supported: {', '.join(DTYPES)}") from None
-
 
 class TensorKind(enum.StrEnum):
     """What a tensor is to the pipeline, so a receiver can ask for exactly the one it needs."""
@@ -69,8 +43,6 @@ class TensorHeader:
     payload_bytes: int  # length of the encoded payload; must equal what the codec gives for dtype+shape
 
     def __post_init__(self) -> None:
-        from pac.wire.codecs import codec_for  # codecs import this module
-
         where = f"tensor {self.key_text()}"
         if not self.job_id:
             raise WireError("tensor header has an empty job_id")

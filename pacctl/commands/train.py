@@ -22,8 +22,8 @@ def jobs_dir(home: Path | None) -> Path:
 
 
 def find_job_devices(job, home: Path | None):
-    """The devices the job's [devices] table names, as pac.cluster.client.Device."""
-    from pac.cluster.client import Device
+    """The devices the job's [devices] table names, as pac.cluster.context.Device."""
+    from pac.cluster.context import Device
     from pac.discovery.records import survey
     from pacd.discover import find_devices
 

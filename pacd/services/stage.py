@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from pac.cluster.blobs import blobs
 from pac.errors import PacError
+from pac.net.blobs import BlobError, blobs, read_blobs, read_records
 from pac.net.node import node_for
 from pac.net.peer_transport import PeerTransport
 from pac.pipeline.stage import clip_coefficient
@@ -33,20 +33,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "pac.v1.Stage"
 
 
-async def read_blobs(request_iterator) -> tuple[dict, bytes]:
-    meta, parts = None, []
-    async for blob in request_iterator:
-        if meta is None:
-            if not blob.json:
-                raise InvalidRequest("the first Blob must carry the JSON spec")
-            try:
-                meta = json.loads(blob.json)
-            except json.JSONDecodeError as error:
-                raise InvalidRequest(f"the first Blob's JSON is malformed: {error}") from None
-        parts.append(blob.data)
-    if meta is None:
-        raise InvalidRequest("empty request stream: expected a Blob with the JSON spec")
-    return meta, b"".join(parts)
+async def read_request(request_iterator) -> tuple[dict, bytes]:
+    """A Load request's one record (the spec as JSON, then the tensors)."""
+    try:
+        return await read_blobs(request_iterator)
+    except BlobError as error:
+        raise InvalidRequest(str(error)) from None
 
 
 class StageServicer(stage_pb2_grpc.StageServicer):
@@ -83,7 +75,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     # ---- phase 1 ---------------------------------------------------------------------------------
     @handler
     async def Load(self, request_iterator, context):
-        meta, data = await read_blobs(request_iterator)
+        meta, data = await read_request(request_iterator)
         spec = StageSpec.from_json(json.dumps(meta.get("spec", {})))
         job = self._open(spec.job_id, meta.get("cache_directory"))
         async with job.lock:
@@ -166,21 +158,15 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
     async def _fetch(self, address: str, stage: int, keys: list[str], timeout_s: float) -> dict[str, tuple]:
         stub = stage_pb2_grpc.StageStub(self.node.channels.get(address))
-        out, current, parts = {}, None, []
         try:
-            async for blob in stub.FetchCache(stage_pb2.FetchCacheRequest(job_id=self.job.job_id, stage=stage,
-                                                                          sample_keys=keys), timeout=timeout_s):
-                if blob.json:
-                    if current is not None:
-                        out[current["key"]] = (b"".join(parts), current["shapes"])
-                    current, parts = json.loads(blob.json), []
-                parts.append(blob.data)
+            records = await read_records(stub.FetchCache(stage_pb2.FetchCacheRequest(
+                job_id=self.job.job_id, stage=stage, sample_keys=keys), timeout=timeout_s))
         except grpc.aio.AioRpcError as error:
             raise JobError(f"fetching {len(keys)} cache records of stage {stage} from {address} failed "
                            f"({error.code().name}): {error.details()}") from None
-        if current is not None:
-            out[current["key"]] = (b"".join(parts), current["shapes"])
-        return out
+        except BlobError as error:
+            raise JobError(f"cache records of stage {stage} from {address}: {error}") from None
+        return {meta["key"]: (data, meta["shapes"]) for meta, data in records}
 
     @handler
     async def GatherCache(self, request, context):
@@ -208,7 +194,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     # ---- phase 2 ---------------------------------------------------------------------------------
     @handler
     async def LoadPhase2(self, request_iterator, context):
-        meta, data = await read_blobs(request_iterator)
+        meta, data = await read_request(request_iterator)
         spec = Phase2Spec.from_json(json.dumps(meta.get("spec", {})))
         job = self._open(spec.job_id, meta.get("cache_directory"))
         async with job.lock:

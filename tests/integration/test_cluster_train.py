@@ -15,7 +15,7 @@ from conftest import start_daemon
 from safetensors.torch import load_file
 
 from pac.cluster.assign import phase2_order
-from pac.cluster.client import Device
+from pac.cluster.context import Device
 from pac.cluster.controller import RunOptions, run_job
 from pac.cluster.measure import fixed_plan
 from pac.jobfile import parse_job

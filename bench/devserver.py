@@ -1,6 +1,6 @@
 """A bare daemon that serves only TensorStream and Collective, for tests and benchmarks of this layer.
 
-    python -m pac.net.devserver [--host 127.0.0.1] [--port 0] [--tls-ca CA --tls-cert PEM --tls-key KEY]
+    python -m bench.devserver [--host 127.0.0.1] [--port 0] [--tls-ca CA --tls-cert PEM --tls-key KEY]
 
 Prints "listening HOST:PORT" once serving, stops on SIGTERM/SIGINT. With the three --tls-* files it
 requires a client certificate from the same CA (mutual TLS) and dials peers with its own certificate.
@@ -18,9 +18,11 @@ from pathlib import Path
 import grpc
 import torch
 
+from bench.devtls import SERVER_NAME
 from pac.net.channels import CHANNEL_OPTIONS
-from pac.net.devtls import SERVER_NAME
 from pac.net.node import node_for
+
+REPO = Path(__file__).resolve().parents[1]  # `python -m bench.devserver` runs from here
 
 
 class DevDaemon:
@@ -69,7 +71,7 @@ async def serve(host: str, port: int, tls: tuple[Path, Path, Path] | None) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pac.net.devserver", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.devserver", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tls-ca", type=Path)
@@ -115,16 +117,16 @@ class DevCluster:
         import subprocess
         import time
 
-        from pac.net.devtls import make_tls_dir
+        from bench.devtls import make_tls_dir
 
         files = make_tls_dir(self.tls_dir, self.count) if self.tls_dir else None
         try:
             for index in range(self.count):
-                command = [*self.prefixes[index], sys.executable, "-m", "pac.net.devserver", "--host", self.hosts[index]]
+                command = [*self.prefixes[index], sys.executable, "-m", "bench.devserver", "--host", self.hosts[index]]
                 if files:
                     entry = files[index]
                     command += ["--tls-ca", str(entry.ca), "--tls-cert", str(entry.cert), "--tls-key", str(entry.key)]
-                self.processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
+                self.processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO))
             deadline = time.monotonic() + self.start_timeout_s
             for process in self.processes:
                 line = _read_line(process, deadline - time.monotonic())
