@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.accuracy import LEARNING_RATES, TASKS
 from bench.common import write_report
+from pac.formats import SIDE_PRECISIONS
 
 
 def main(argv=None) -> int:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="fp32,fp16,int8")
     parser.add_argument("--quantizations", default="int8,int4")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--side-precision", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--side-precision", default="fp32", choices=SIDE_PRECISIONS,
                         help="the side network's arithmetic in every run (bf16: autocast)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)

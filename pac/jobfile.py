@@ -25,19 +25,16 @@ from typing import Any
 
 from pac.data.readers import COLUMN_NAMES, QUOTINGS, TableFormat
 from pac.errors import ConfigError
+from pac.formats import CACHE_BYTES, CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS, WEIGHT_BITS
 from pac.planner.job import TrainingJob
 
 JOB_FORMAT_VERSION = 1
 TASKS = ("auto", "classification", "regression", "lm")
 TECHNIQUES = ("parallel",)  # the one technique the distributed path runs (others: `pacctl finetune`)
 OPTIMIZERS = ("adamw",)  # what pac.train.loop implements: AdamW, linear warm-up then linear decay
-QUANTIZATIONS = ("none", "bf16", "fp16", "int8", "int4")  # pac.quant.QUANTIZATIONS (kept here: that module imports torch)
-CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "none")  # pac.cache.codec.PRECISIONS, and no cache
-SIDE_PRECISIONS = ("fp32", "bf16")  # pac.train.loop.SIDE_PRECISIONS (kept here: that module imports torch)
+CACHE_CHOICES = (*CACHE_PRECISIONS, "none")  # "none": no activation cache
 DEVICE_MODES = ("discover", "list", "cluster")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what pac.data.readers reads
-WEIGHT_BITS = {"none": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}  # as the runtime holds the backbone
-CACHE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 DEFAULT_PORT = 7443  # pacd's
 
 
@@ -404,7 +401,7 @@ def _training(table: _Table) -> TrainingSection:
 
 
 def _cache(table: _Table, base: Path) -> CacheSection:
-    precision = table.choice("precision", "fp16", CACHE_PRECISIONS)
+    precision = table.choice("precision", "fp16", CACHE_CHOICES)
     keep = table.boolean("keep", False)
     directory = table.path("directory", base)
     if precision == "none":

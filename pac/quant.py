@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pac.errors import ConfigError
+from pac.formats import QUANTIZATIONS
 
-QUANTIZATIONS = ("none", "bf16", "fp16", "int8", "int4")
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from pac.errors import ConfigError
+from pac.limits import MESSAGE_LIMIT_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/pacd/pacd.toml")
 DEFAULT_PORT = 7443
@@ -42,7 +43,7 @@ class DaemonConfig:
     mdns: bool = True  # advertise over mDNS
     mdns_interfaces: tuple[str, ...] = ()  # interface addresses for mDNS; empty means all
     insecure: bool = False  # no TLS and no pairing; loopback only, warns loudly
-    max_message_bytes: int = 8 * MiB  # largest gRPC message accepted or sent (tensor chunks are 4 MiB)
+    max_message_bytes: int = MESSAGE_LIMIT_BYTES  # largest gRPC message accepted or sent (tensor chunks are 4 MiB)
     shutdown_grace_s: float = 5.0  # time in-flight calls get to finish on SIGTERM
     port_file: Path | None = None  # where to write the bound port once listening
     log_level: str = "info"  # debug, info, warning, error

@@ -20,6 +20,7 @@ import grpc
 
 from pac.discovery.mdns import Advertiser
 from pac.discovery.records import DeviceRecord
+from pac.limits import grpc_size_options
 from pac.security import Identity, is_paired, load_identity, secure_channel
 from pacd import notify, server
 from pacd.config import DaemonConfig
@@ -84,7 +85,7 @@ class Daemon:
     def channel(self, target: str, peer_node_id: str | None = None) -> grpc.aio.Channel:
         """A channel to another daemon: mutual TLS as this node, or plaintext in insecure mode."""
         size = self.config.max_message_bytes
-        options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+        options = grpc_size_options(size)
         if self.mode == "insecure":
             return grpc.aio.insecure_channel(target, options=options)
         if self.identity is None:

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pac.limits import grpc_size_options
 from pac.security import server_credentials
 from pac.security.identity import self_signed_pair
 from pacd.auth import PairingGate
@@ -51,8 +52,7 @@ def build(daemon: Daemon, port: int) -> tuple[grpc.aio.Server, health.aio.Health
     size = daemon.config.max_message_bytes
     server = grpc.aio.server(
         interceptors=[PairingGate()] if daemon.mode == "pairing" else [],
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                 ("grpc.so_reuseport", 0)],
+        options=[*grpc_size_options(size), ("grpc.so_reuseport", 0)],
     )
     names = []
     for module_name in SERVICE_MODULES:

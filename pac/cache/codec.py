@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from pac.errors import ConfigError
+from pac.formats import CACHE_PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = CACHE_PRECISIONS  # pac.formats
 _FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

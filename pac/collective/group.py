@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pac.collective.errors import InvalidGroup
+from pac.limits import MAX_CHUNK_BYTES
 
-MAX_SEGMENT_BYTES = 4 * 1024 * 1024 - 4096  # the wire's 4 MiB message rule, less room for the other fields
+MAX_SEGMENT_BYTES = MAX_CHUNK_BYTES  # a ring segment is one message
 
 
 @dataclass(frozen=True)

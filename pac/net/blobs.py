@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 from pac.errors import PacError
+from pac.limits import MAX_CHUNK_BYTES
 from pac.v1 import stage_pb2
 
-BLOB_BYTES = 4 * 1024 * 1024 - 4096
+BLOB_BYTES = MAX_CHUNK_BYTES
 
 
 class BlobError(PacError):

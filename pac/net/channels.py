@@ -6,12 +6,9 @@ from collections.abc import Callable
 
 import grpc
 
-# Ring segments and tensor chunks stay under 4 MiB; the margin covers the other fields of a message.
-MESSAGE_LIMIT_BYTES = 8 * 1024 * 1024
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
-    ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
-)
+from pac.limits import MESSAGE_LIMIT_BYTES, grpc_size_options
+
+CHANNEL_OPTIONS = tuple(grpc_size_options(MESSAGE_LIMIT_BYTES))
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
 

@@ -14,14 +14,14 @@ import grpc
 import torch
 
 from pac.errors import TrainingFailed
+from pac.limits import STAGE_MESSAGE_BYTES, grpc_size_options
 from pac.net.blobs import blobs, read_blobs
 from pac.security import Identity, secure_channel
 from pac.v1 import stage_pb2, stage_pb2_grpc
 from pac.worker.spec import MicroIn
 from pac.worker.tensors import pack, unpack
 
-# A stage's initial tensors and a phase-2 member's whole side network travel in one Load stream.
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+CHANNEL_OPTIONS = grpc_size_options(STAGE_MESSAGE_BYTES)
 LOAD_TIMEOUT_S = 900.0
 
 

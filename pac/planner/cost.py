@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pac.limits import MAX_CHUNK_BYTES
 from pac.planner.job import TrainingJob
 from pac.planner.memory import (
     MemoryUse,
@@ -30,7 +31,7 @@ NO_LIMIT = 1 << 30  # "any number of micro-batches in flight fits"
 # schedule.MIN_SEGMENT_BYTES and SEGMENTS_PER_STEP; tests/unit/test_simulator.py keeps them equal). Copied,
 # not imported: pac.collective imports torch and the planner does not.
 RING_BUCKET_BYTES = 32 * 1024 * 1024
-RING_MAX_SEGMENT_BYTES = 4 * 1024 * 1024 - 4096
+RING_MAX_SEGMENT_BYTES = MAX_CHUNK_BYTES
 RING_MIN_SEGMENT_BYTES = 256 * 1024
 RING_SEGMENTS_PER_STEP = 4
 

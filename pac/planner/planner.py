@@ -43,7 +43,7 @@ class PlanResult:
     simulation: Phase1Simulation  # its simulated mini-batch (events for the Gantt chart)
 
 
-QUANTIZATION_OF_BITS = {16: "bf16", 8: "int8", 4: "int4"}  # the job file's names (pac.jobfile.WEIGHT_BITS)
+QUANTIZATION_OF_BITS = {16: "bf16", 8: "int8", 4: "int4"}  # the job file's names (pac.formats.WEIGHT_BITS)
 
 
 def plan_job(home: HomeProfile, job: TrainingJob, strategy: str = "pac") -> PlanResult:

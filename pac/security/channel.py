@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import grpc
 
+from pac.limits import MESSAGE_LIMIT_BYTES, grpc_size_options
 from pac.security.authority import node_name
 from pac.security.identity import Identity
 
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -32,8 +32,7 @@ def secure_channel(target: str, identity: Identity, peer_node_id: str | None = N
 
     name = node_name(peer_node_id)
     opts = [("grpc.ssl_target_name_override", name),
-            ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES), *options]
+            *grpc_size_options(MESSAGE_LIMIT_BYTES), *options]
     credentials = grpc.ssl_channel_credentials(identity.ca_pem, None, None) if not identity.cert_pem \
         else identity_channel_credentials(identity)
     return grpc.aio.secure_channel(target, credentials, options=opts,

@@ -7,12 +7,11 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pac.limits import MAX_CHUNK_BYTES
 from pac.wire.codecs import codec_for
 from pac.wire.dtypes import DTYPES
 from pac.wire.errors import WireError
 
-# gRPC's default message limit is 4 MiB; a chunk leaves room for the message's other fields under it.
-MAX_CHUNK_BYTES = 4 * 1024 * 1024 - 4096
 
 class TensorKind(enum.StrEnum):
     """What a tensor is to the pipeline, so a receiver can ask for exactly the one it needs."""

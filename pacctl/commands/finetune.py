@@ -7,6 +7,7 @@ import json
 import click
 
 from pac.errors import PacError
+from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 
 
 @click.command("finetune")
@@ -33,10 +34,10 @@ from pac.errors import PacError
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
 @click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
 @click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
-@click.option("--quantization", type=click.Choice(["none", "bf16", "fp16", "int8", "int4"]), default="none",
+@click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none",
               show_default=True, help="The frozen backbone in 16 bits (bf16, fp16: weights and forward pass) or "
               "its linear weights in 8 or 4 bits (parallel only).")
-@click.option("--cache", "cache_precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+@click.option("--cache", "cache_precision", type=click.Choice(CACHE_PRECISIONS),
               help="Activation cache precision (parallel only): epochs after the first skip the backbone.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Where the cache lives [default: $PAC_CACHE_DIR or ~/.cache/pac/activations].")
@@ -45,7 +46,7 @@ from pac.errors import PacError
 @click.option("--checkpointing", is_flag=True,
               help="Parallel Adapters: recompute the side blocks in backward instead of keeping their "
                    "activations (less memory, about one more side forward of time).")
-@click.option("--side-precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--side-precision", type=click.Choice(SIDE_PRECISIONS), default="fp32", show_default=True,
               help="Parallel Adapters' arithmetic: fp32, or bf16 autocast (mixed precision: weights, "
                    "gradients and optimiser state stay fp32).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),

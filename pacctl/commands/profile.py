@@ -11,7 +11,7 @@ import click
 
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
-from pac.jobfile import QUANTIZATIONS
+from pac.formats import QUANTIZATIONS
 from pac.security import Identity
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.devices import discover, with_discovery

@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from pac.jobfile import QUANTIZATIONS
+from pac.formats import QUANTIZATIONS
 from pac.v1 import common_pb2, daemon_pb2, daemon_pb2_grpc
 from pacd import convert
 from pacd.profiles import MODEL_NAME_RE, ProfileKey, ProfileStore, in_thread, measure_profile

@@ -272,11 +272,23 @@ def test_plan_must_match_the_job(home):
     assert "plan.file was planned for batch_size 16 but this job has 32 (training.batch_size)" in message
 
 
-def test_enums_match_the_modules_they_mirror():
-    from pac.cache.codec import PRECISIONS
-    from pac.quant import QUANTIZATIONS as QUANT
+def test_every_format_a_job_can_name_is_implemented(home):
+    """pac.formats is the one list: each name the job file accepts runs in the code behind it."""
+    import torch
 
-    assert QUANTIZATIONS == QUANT and CACHE_PRECISIONS == (*PRECISIONS, "none")
+    from pac.cache.codec import decode, encode
+    from pac.models.backbone import load_backbone
+    from pac.quant import quantize_backbone
+
+    for precision in CACHE_PRECISIONS:
+        assert parse(home, minimal(cache={"precision": precision})).cache.precision == precision
+        states = torch.randn(3, 8)
+        torch.testing.assert_close(decode(encode(states, precision), precision, 3, 8), states, atol=0.05, rtol=0.02)
+    for quantization in QUANTIZATIONS:
+        assert parse(home, minimal(model={"quantization": quantization})).model.quantization == quantization
+        backbone = load_backbone("tiny-bert")
+        quantize_backbone(backbone, quantization)
+        assert backbone.run({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)}).final.isfinite().all()
 
 
 @pytest.mark.parametrize("name", ["mrpc-minilm.toml", "household-smollm2.toml"])

@@ -75,7 +75,7 @@ def test_infeasible_job_says_what_would_fit() -> None:
 def test_an_unquantised_backbone_is_planned_at_its_fp32_size() -> None:
     # 4 layers of 1000 params: 16000 bytes in fp32 (what the runtime holds for quantization "none"),
     # 8000 in 16 bits; two devices of 6000 bytes each hold the 16-bit backbone, not the fp32 one.
-    from pac.jobfile import WEIGHT_BITS
+    from pac.formats import WEIGHT_BITS
 
     home = tiny_home([[1.0] * 4, [1.0] * 4], [6_000, 6_000])
     assert WEIGHT_BITS["none"] == 32 and WEIGHT_BITS["bf16"] == 16

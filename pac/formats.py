@@ -1,0 +1,11 @@
+"""The number formats a job can choose, in one place (imports nothing, so the CLI and job file can use it).
+
+pac.quant, pac.cache.codec and pac.train.loop implement them; pac.jobfile, the CLI and the planner name
+them from here.
+"""
+
+QUANTIZATIONS = ("none", "bf16", "fp16", "int8", "int4")  # of the frozen backbone (pac.quant)
+WEIGHT_BITS = {"none": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}  # as the runtime holds the backbone
+CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # of the activation cache (pac.cache.codec)
+CACHE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}  # per element of a cached hidden state
+SIDE_PRECISIONS = ("fp32", "bf16")  # of the side network's arithmetic (pac.train.loop)
