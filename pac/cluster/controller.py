@@ -149,7 +149,7 @@ class Controller:
         """The plan in one line, and the phases' schedule to the progress display."""
         training = self.job.training
         if self.progress is not None and hasattr(self.progress, "set_schedule"):
-            from pac.cluster.report import PhaseSchedule
+            from pac.cluster.progress import PhaseSchedule
 
             phase2_guess = plan.phase2.epoch_s / steps_per_epoch if plan.phase2 and plan.phase2.epoch_s > 0 else None
             self.progress.set_schedule([PhaseSchedule("1", phase1_epochs, steps_per_epoch)] + (
@@ -191,7 +191,8 @@ class Controller:
 
     def finish(self, started: float) -> dict:
         from pac.adapter import save_adapter
-        from pac.cluster.report import plot_losses, plot_timeline, write_metrics
+        from pac.cluster.plots import plot_losses, plot_timeline
+        from pac.cluster.report import write_metrics
 
         p = self.prepared
         save_adapter(p.model, self.output_dir / "adapter.safetensors", extra={"task": p.task})

@@ -68,12 +68,9 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
     done: dict[tuple[str, int, int], float] = {}  # ("F"|"B", stage, j) -> end time
     arrive_f: dict[tuple[int, int], float] = {}  # (receiving stage, j) -> arrival
     arrive_b: dict[tuple[int, int], float] = {}
-    link_f_free = [0.0] * max(s - 1, 0)
-    link_b_free = [0.0] * max(s - 1, 0)
+    link_f_free, link_b_free = [0.0] * max(s - 1, 0), [0.0] * max(s - 1, 0)  # when each link is free again
     stage_free = [0.0] * s
-    position = [0] * s
-    in_flight = [0] * s
-    peak = [0] * s
+    position, in_flight, peak = [0] * s, [0] * s, [0] * s  # next op; micro-batches held; their most
     events: list[Event] = []
     remaining = sum(len(o) for o in ops)
     while remaining:
@@ -109,15 +106,7 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
                 progressed = True
         if not progressed:
             raise RuntimeError("1F1B schedule deadlocked; this is a bug in the simulator")
-    finish = 0.0
-    for i in range(s):
-        # Like StageHost.run_step: the stage's last backward, then its sends delivered (its last one is the
-        # gradient of that backward to the stage before), then its group's AllReduce; the other stages go
-        # on meanwhile. The mini-batch ends when every stage is done (then the optimiser step).
-        start = max(stage_free[i], link_b_free[i - 1] if i > 0 else 0.0)
-        if allreduce[i] > 0:
-            events.append(Event(f"stage {i}", "AR", -1, start, start + allreduce[i]))
-        finish = max(finish, start + allreduce[i])
+    finish = _end_with_allreduce(stage_free, link_b_free, allreduce, events)
     busy = sum(micro * (f + b) for f, b in times)
     bubble = 1.0 - busy / (s * finish) if finish > 0 else 0.0
     memory: dict[str, float] = {}
@@ -127,6 +116,20 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
             memory[name] = cost.stage_memory(device, share, x, y, peak[i]).total
     events.sort(key=lambda e: (e.start, e.resource, e.end))
     return Phase1Simulation(finish, bubble, tuple(peak), memory, tuple(events))
+
+
+def _end_with_allreduce(stage_free: list[float], link_b_free: list[float], allreduce: list[float],
+                        events: list[Event]) -> float:
+    """When the mini-batch ends. Like StageHost.run_step: each stage's last backward, then its sends
+    delivered (its last one is the gradient of that backward to the stage before), then its group's
+    AllReduce; the other stages go on meanwhile. It ends when every stage is done (then the optimiser step)."""
+    finish = 0.0
+    for i, free in enumerate(stage_free):
+        start = max(free, link_b_free[i - 1] if i > 0 else 0.0)
+        if allreduce[i] > 0:
+            events.append(Event(f"stage {i}", "AR", -1, start, start + allreduce[i]))
+        finish = max(finish, start + allreduce[i])
+    return finish
 
 
 def simulate_transfers(cost: CostModel, moves: Sequence[tuple[int, int, float]], label: str = "move"

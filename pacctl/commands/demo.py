@@ -26,7 +26,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     print its answers next to the untuned model's."""
     from pac.cluster.controller import RunOptions, run_job
     from pac.cluster.local import LocalCluster
-    from pac.cluster.report import Progress
+    from pac.cluster.progress import Progress
     from pac.jobfile import parse_job
     from pac.train.generate import generate
     from pac.train.household import HELDOUT_FILE, TRAIN_FILE, answer_is_right, heldout_questions

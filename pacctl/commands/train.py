@@ -67,7 +67,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
     and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint."""
     from pac.cluster.controller import RunOptions, run_job
-    from pac.cluster.report import Progress
+    from pac.cluster.progress import Progress
     from pac.jobfile import load_job
     from pac.planner.plan import Plan
 

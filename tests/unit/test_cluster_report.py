@@ -8,17 +8,16 @@ import math
 
 import pytest
 
-from pac.cluster.report import (
+from pac.cluster.plots import plot_losses, plot_timeline
+from pac.cluster.progress import (
     CLEAR_TO_END,
     PhaseSchedule,
     Progress,
     TimeLeft,
     estimate_time_left,
     format_duration,
-    plot_losses,
-    plot_timeline,
-    write_metrics,
 )
+from pac.cluster.report import write_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
