@@ -6,8 +6,7 @@ stage's cache shard, and how every device of a job loads its frozen backbone.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +23,16 @@ FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with th
 
 class JobError(PacError):
     """A training job on this device cannot go on; the message says why."""
+
+
+def spec_from(kind: type, data: object):
+    """A StageSpec or Phase2Spec from what the controller sent (JSON data); a ConfigError names the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind.__name__}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return kind(**data)
+    except TypeError as error:
+        raise ConfigError(f"{kind.__name__}: {error}") from None
 
 
 def load_model(name: str, quantization: str, seed: int):
@@ -58,15 +67,6 @@ class StageSpec:
     cache_keep: bool = False
     timeout_s: float = 120.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(text: str) -> StageSpec:
-        try:
-            return StageSpec(**json.loads(text))
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"stage spec: {error}") from None
 
     @property
     def num_stages(self) -> int:
@@ -130,15 +130,6 @@ class Phase2Spec:
     cache_keep: bool = False
     timeout_s: float = 120.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(text: str) -> Phase2Spec:
-        try:
-            return Phase2Spec(**json.loads(text))
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"phase-2 spec: {error}") from None
 
 
 def encoded_from_json(item: dict) -> Encoded:

@@ -23,7 +23,7 @@ from pac.pipeline.stage import clip_coefficient
 from pac.v1 import stage_pb2, stage_pb2_grpc
 from pac.worker.job import DeviceJob, trim_heap
 from pac.worker.phase2 import Phase2Host, assemble_records, fetches_for
-from pac.worker.spec import JobError, MicroIn, Phase2Spec, StageSpec
+from pac.worker.spec import JobError, MicroIn, Phase2Spec, StageSpec, spec_from
 from pac.worker.stage import StageHost
 from pac.worker.tensors import pack, unpack
 from pacd.rpc import InvalidRequest, NotReady, handler
@@ -76,7 +76,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     @handler
     async def Load(self, request_iterator, context):
         meta, data = await read_request(request_iterator)
-        spec = StageSpec.from_json(json.dumps(meta.get("spec", {})))
+        spec = spec_from(StageSpec, meta.get("spec", {}))
         job = self._open(spec.job_id, meta.get("cache_directory"))
         async with job.lock:
             if job.stage is not None:
@@ -195,7 +195,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     @handler
     async def LoadPhase2(self, request_iterator, context):
         meta, data = await read_request(request_iterator)
-        spec = Phase2Spec.from_json(json.dumps(meta.get("spec", {})))
+        spec = spec_from(Phase2Spec, meta.get("spec", {}))
         job = self._open(spec.job_id, meta.get("cache_directory"))
         async with job.lock:
             if job.stage is not None:

@@ -90,3 +90,18 @@ def test_generated_stubs_stay_at_the_edges():
     users = sorted(module for module, targets in graph().items()
                    if any(t.startswith("pac.v1") for t in targets) and not module.startswith(allowed))
     assert users == []
+
+
+def test_modules_and_functions_stay_small():
+    """A module reads in one sitting (<= 400 lines), a function fits on a screen (<= 60 lines)."""
+    too_long = []
+    for name, path in sorted(modules().items()):
+        if name.startswith("pac.v1"):
+            continue  # generated stubs
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
