@@ -25,6 +25,24 @@ from pac.security import Identity
 START_TIMEOUT_S = 60.0
 
 
+def pacd_args(state_dir: Path, port_file: Path, memory_budget: str, secure: bool,
+              mdns_interface: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """`pacd serve` on 127.0.0.1, a free port written to `port_file`; mDNS only on `mdns_interface`."""
+    return [sys.executable, "-m", "pacd", "serve", "--host", "127.0.0.1", "--port", "0",
+            *(["--mdns-interface", mdns_interface] if mdns_interface else ["--no-mdns"]),
+            "--state-dir", str(state_dir), "--port-file", str(port_file), "--memory-budget", memory_budget,
+            *([] if secure else ["--insecure"]), *extra]
+
+
+def wait_for_port(process: subprocess.Popen, port_file: Path, deadline: float) -> int | None:
+    """The port a starting pacd wrote; None if it exited or `deadline` (time.monotonic()) passed first."""
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
 @dataclass
 class LocalDaemon:
     process: subprocess.Popen
@@ -82,12 +100,10 @@ class LocalCluster:
             self.daemons.append(self._spawn(index))
         deadline = time.monotonic() + START_TIMEOUT_S
         for daemon in self.daemons:
-            port_file = daemon.state_dir.parent / f"{daemon.state_dir.name}.port"
-            while not (port_file.exists() and port_file.read_text().strip()):
-                if daemon.process.poll() is not None or time.monotonic() > deadline:
-                    raise PacError(f"pacd did not start (exit {daemon.process.poll()}):\n{daemon.log_tail()}")
-                time.sleep(0.05)
-            daemon.port = int(port_file.read_text())
+            port = wait_for_port(daemon.process, daemon.state_dir.parent / f"{daemon.state_dir.name}.port", deadline)
+            if port is None:
+                raise PacError(f"pacd did not start (exit {daemon.process.poll()}):\n{daemon.log_tail()}")
+            daemon.port = port
         if self.secure:
             for daemon in self.daemons:
                 asyncio.run(self._pair(daemon))
@@ -101,9 +117,7 @@ class LocalCluster:
         port_file = self.root / f"device{index}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.root / f"device{index}.log"
-        args = [sys.executable, "-m", "pacd", "serve", "--host", "127.0.0.1", "--port", "0", "--no-mdns",
-                "--state-dir", str(state), "--port-file", str(port_file), "--memory-budget", self.memory_budget,
-                *([] if self.secure else ["--insecure"])]
+        args = pacd_args(state, port_file, self.memory_budget, self.secure)
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         # Daemons on one machine share its cores: each gets its share of threads, and OpenMP threads

@@ -18,13 +18,13 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # failed handshakes while a da
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from pac.cluster.local import pacd_args, wait_for_port
 from pac.security import Identity
 from pac.security.home import init_home
 
@@ -86,22 +86,17 @@ def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: boo
     state_dir = state_dir or tmp_path / f"{name}-state"
     port_file = tmp_path / f"{name}-{time.monotonic_ns()}.port"
     log_path = tmp_path / f"{name}-{time.monotonic_ns()}.log"
-    args = [sys.executable, "-m", "pacd", "serve", "--host", "127.0.0.1", "--port", "0",
-            "--state-dir", str(state_dir), "--port-file", str(port_file), "--memory-budget", "1GiB",
-            *(["--mdns-interface", "127.0.0.1"] if mdns else ["--no-mdns"]),
-            *([] if secure else ["--insecure"]), *extra_args]
+    args = pacd_args(state_dir, port_file, "1GiB", secure, "127.0.0.1" if mdns else None, tuple(extra_args))
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     env.pop("NOTIFY_SOCKET", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(10)
-            raise RuntimeError(f"pacd did not start (exit {process.returncode}):\n{log_path.read_text()}")
-        time.sleep(0.05)
-    return RunningDaemon(process, int(port_file.read_text()), state_dir, log_path)
+    port = wait_for_port(process, port_file, time.monotonic() + START_TIMEOUT_S)
+    if port is None:
+        process.kill()
+        process.wait(10)
+        raise RuntimeError(f"pacd did not start (exit {process.returncode}):\n{log_path.read_text()}")
+    return RunningDaemon(process, port, state_dir, log_path)
 
 
 def pair_daemon(daemon: RunningDaemon, cluster: Cluster) -> None:
