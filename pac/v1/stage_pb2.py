@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pac/v1/stage.proto\x12\x06pac.v1\"\"\n\x04\x42lob\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\tLoadReply\x12\x12\n\nheld_bytes\x18\x01 \x01(\x04\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x63\x61\x63hed_records\x18\x03 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"`\n\nMicroBatch\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0f\n\x07tensors\x18\x03 \x01(\x0c\x12\x13\n\x0bsample_keys\x18\x04 \x03(\t\x12\x0f\n\x07lengths\x18\x05 \x03(\r\"\xa6\x01\n\x0eRunStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nloss_total\x18\x03 \x01(\x04\x12)\n\rmicro_batches\x18\x04 \x03(\x0b\x32\x12.pac.v1.MicroBatch\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\r\n\x05\x61pply\x18\x06 \x01(\x08\x12\x15\n\rmax_grad_norm\x18\x07 \x01(\x01\"b\n\x0cRunStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12\x18\n\x10grad_square_norm\x18\x02 \x01(\x01\x12\x13\n\x0b\x65vents_json\x18\x03 \x01(\t\x12\x15\n\rcache_records\x18\x04 \x01(\r\"J\n\x10\x41pplyStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x18\n\x10\x63lip_coefficient\x18\x03 \x01(\x01\"\'\n\x0e\x41pplyStepReply\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\"4\n\x0fGetStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\toptimizer\x18\x02 \x01(\x08\"J\n\x12GatherCacheRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"`\n\x10GatherCacheReply\x12\x0f\n\x07records\x18\x01 \x01(\r\x12\x15\n\rfetched_bytes\x18\x02 \x01(\x04\x12\x13\n\x0blocal_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"G\n\x11\x46\x65tchCacheRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\x0bsample_keys\x18\x03 \x03(\t\"m\n\x11TrainEpochRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x12\n\nfirst_step\x18\x03 \x01(\x04\x12\x12\n\nsteps_json\x18\x04 \x01(\t\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\"_\n\nStepReport\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x0f\n\x07samples\x18\x03 \x01(\r\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x61llreduce_s\x18\x05 \x01(\x01\"4\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nkeep_cache\x18\x02 \x01(\x08\" \n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\x08\"/\n\x0cRenewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\"\x1a\n\nRenewReply\x12\x0c\n\x04held\x18\x01 \x01(\x08\"\x14\n\x12StageStatusRequest\"?\n\x10StageStatusReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t2\xf9\x04\n\x05Stage\x12)\n\x04Load\x12\x0c.pac.v1.Blob\x1a\x11.pac.v1.LoadReply(\x01\x12\x37\n\x07RunStep\x12\x16.pac.v1.RunStepRequest\x1a\x14.pac.v1.RunStepReply\x12=\n\tApplyStep\x12\x18.pac.v1.ApplyStepRequest\x1a\x16.pac.v1.ApplyStepReply\x12\x33\n\x08GetState\x12\x17.pac.v1.GetStateRequest\x1a\x0c.pac.v1.Blob0\x01\x12\x43\n\x0bGatherCache\x12\x1a.pac.v1.GatherCacheRequest\x1a\x18.pac.v1.GatherCacheReply\x12\x37\n\nFetchCache\x12\x19.pac.v1.FetchCacheRequest\x1a\x0c.pac.v1.Blob0\x01\x12/\n\nLoadPhase2\x12\x0c.pac.v1.Blob\x1a\x11.pac.v1.LoadReply(\x01\x12=\n\nTrainEpoch\x12\x19.pac.v1.TrainEpochRequest\x1a\x12.pac.v1.StepReport0\x01\x12\x37\n\x07Release\x12\x16.pac.v1.ReleaseRequest\x1a\x14.pac.v1.ReleaseReply\x12>\n\x06Status\x12\x1a.pac.v1.StageStatusRequest\x1a\x18.pac.v1.StageStatusReply\x12\x31\n\x05Renew\x12\x14.pac.v1.RenewRequest\x1a\x12.pac.v1.RenewReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pac/v1/stage.proto\x12\x06pac.v1\"\"\n\x04\x42lob\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\tLoadReply\x12\x12\n\nheld_bytes\x18\x01 \x01(\x04\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x63\x61\x63hed_records\x18\x03 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"`\n\nMicroBatch\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0f\n\x07tensors\x18\x03 \x01(\x0c\x12\x13\n\x0bsample_keys\x18\x04 \x03(\t\x12\x0f\n\x07lengths\x18\x05 \x03(\r\"\xa6\x01\n\x0eRunStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nloss_total\x18\x03 \x01(\x04\x12)\n\rmicro_batches\x18\x04 \x03(\x0b\x32\x12.pac.v1.MicroBatch\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\r\n\x05\x61pply\x18\x06 \x01(\x08\x12\x15\n\rmax_grad_norm\x18\x07 \x01(\x01\"b\n\x0cRunStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12\x18\n\x10grad_square_norm\x18\x02 \x01(\x01\x12\x13\n\x0b\x65vents_json\x18\x03 \x01(\t\x12\x15\n\rcache_records\x18\x04 \x01(\r\"J\n\x10\x41pplyStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x18\n\x10\x63lip_coefficient\x18\x03 \x01(\x01\"\'\n\x0e\x41pplyStepReply\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\"4\n\x0fGetStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\toptimizer\x18\x02 \x01(\x08\"J\n\x12GatherCacheRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"`\n\x10GatherCacheReply\x12\x0f\n\x07records\x18\x01 \x01(\r\x12\x15\n\rfetched_bytes\x18\x02 \x01(\x04\x12\x13\n\x0blocal_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"G\n\x11\x46\x65tchCacheRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\x0bsample_keys\x18\x03 \x03(\t\"k\n\x11TrainEpochRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x12\n\nfirst_step\x18\x03 \x01(\x04\x12\x12\n\nsteps_json\x18\x04 \x01(\tJ\x04\x08\x05\x10\x06R\ttimeout_s\"_\n\nStepReport\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x0f\n\x07samples\x18\x03 \x01(\r\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x61llreduce_s\x18\x05 \x01(\x01\"4\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nkeep_cache\x18\x02 \x01(\x08\" \n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\x08\"/\n\x0cRenewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\"\x1a\n\nRenewReply\x12\x0c\n\x04held\x18\x01 \x01(\x08\"\x14\n\x12StageStatusRequest\"?\n\x10StageStatusReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t2\xf9\x04\n\x05Stage\x12)\n\x04Load\x12\x0c.pac.v1.Blob\x1a\x11.pac.v1.LoadReply(\x01\x12\x37\n\x07RunStep\x12\x16.pac.v1.RunStepRequest\x1a\x14.pac.v1.RunStepReply\x12=\n\tApplyStep\x12\x18.pac.v1.ApplyStepRequest\x1a\x16.pac.v1.ApplyStepReply\x12\x33\n\x08GetState\x12\x17.pac.v1.GetStateRequest\x1a\x0c.pac.v1.Blob0\x01\x12\x43\n\x0bGatherCache\x12\x1a.pac.v1.GatherCacheRequest\x1a\x18.pac.v1.GatherCacheReply\x12\x37\n\nFetchCache\x12\x19.pac.v1.FetchCacheRequest\x1a\x0c.pac.v1.Blob0\x01\x12/\n\nLoadPhase2\x12\x0c.pac.v1.Blob\x1a\x11.pac.v1.LoadReply(\x01\x12=\n\nTrainEpoch\x12\x19.pac.v1.TrainEpochRequest\x1a\x12.pac.v1.StepReport0\x01\x12\x37\n\x07Release\x12\x16.pac.v1.ReleaseRequest\x1a\x14.pac.v1.ReleaseReply\x12>\n\x06Status\x12\x1a.pac.v1.StageStatusRequest\x1a\x18.pac.v1.StageStatusReply\x12\x31\n\x05Renew\x12\x14.pac.v1.RenewRequest\x1a\x12.pac.v1.RenewReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,21 +54,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHCACHEREQUEST']._serialized_start=872
   _globals['_FETCHCACHEREQUEST']._serialized_end=943
   _globals['_TRAINEPOCHREQUEST']._serialized_start=945
-  _globals['_TRAINEPOCHREQUEST']._serialized_end=1054
-  _globals['_STEPREPORT']._serialized_start=1056
-  _globals['_STEPREPORT']._serialized_end=1151
-  _globals['_RELEASEREQUEST']._serialized_start=1153
-  _globals['_RELEASEREQUEST']._serialized_end=1205
-  _globals['_RELEASEREPLY']._serialized_start=1207
-  _globals['_RELEASEREPLY']._serialized_end=1239
-  _globals['_RENEWREQUEST']._serialized_start=1241
-  _globals['_RENEWREQUEST']._serialized_end=1288
-  _globals['_RENEWREPLY']._serialized_start=1290
-  _globals['_RENEWREPLY']._serialized_end=1316
-  _globals['_STAGESTATUSREQUEST']._serialized_start=1318
-  _globals['_STAGESTATUSREQUEST']._serialized_end=1338
-  _globals['_STAGESTATUSREPLY']._serialized_start=1340
-  _globals['_STAGESTATUSREPLY']._serialized_end=1403
-  _globals['_STAGE']._serialized_start=1406
-  _globals['_STAGE']._serialized_end=2039
+  _globals['_TRAINEPOCHREQUEST']._serialized_end=1052
+  _globals['_STEPREPORT']._serialized_start=1054
+  _globals['_STEPREPORT']._serialized_end=1149
+  _globals['_RELEASEREQUEST']._serialized_start=1151
+  _globals['_RELEASEREQUEST']._serialized_end=1203
+  _globals['_RELEASEREPLY']._serialized_start=1205
+  _globals['_RELEASEREPLY']._serialized_end=1237
+  _globals['_RENEWREQUEST']._serialized_start=1239
+  _globals['_RENEWREQUEST']._serialized_end=1286
+  _globals['_RENEWREPLY']._serialized_start=1288
+  _globals['_RENEWREPLY']._serialized_end=1314
+  _globals['_STAGESTATUSREQUEST']._serialized_start=1316
+  _globals['_STAGESTATUSREQUEST']._serialized_end=1336
+  _globals['_STAGESTATUSREPLY']._serialized_start=1338
+  _globals['_STAGESTATUSREPLY']._serialized_end=1401
+  _globals['_STAGE']._serialized_start=1404
+  _globals['_STAGE']._serialized_end=2037
 # @@protoc_insertion_point(module_scope)

@@ -127,18 +127,16 @@ class FetchCacheRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainEpochRequest(_message.Message):
-    __slots__ = ("job_id", "epoch", "first_step", "steps_json", "timeout_s")
+    __slots__ = ("job_id", "epoch", "first_step", "steps_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_JSON_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     epoch: int
     first_step: int
     steps_json: str
-    timeout_s: float
-    def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_step: _Optional[int] = ..., steps_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_step: _Optional[int] = ..., steps_json: _Optional[str] = ...) -> None: ...
 
 class StepReport(_message.Message):
     __slots__ = ("step", "loss", "samples", "seconds", "allreduce_s")
