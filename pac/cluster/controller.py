@@ -131,7 +131,7 @@ class Controller:
         leases = asyncio.get_running_loop().create_task(self.renew_leases(), name=f"leases of job {self.job_id}")
         try:
             phase1 = Phase1(self.ctx, plan, self._on_step)
-            addresses = await phase1.load(plan, steps_per_epoch * training.epochs, use_cache)
+            addresses = await phase1.load(steps_per_epoch * training.epochs, use_cache)
             state, holders, step = await phase1.run(addresses, phase1_epochs, steps_per_epoch, use_cache)
             if phase1_epochs < training.epochs:
                 self.phase2 = Phase2(self.ctx, plan, self._on_step)

@@ -53,7 +53,7 @@ class Phase1:
             groups = batches(p.train_items, training.batch_size, generator)
             for index, group in enumerate(groups):
                 tick = time.perf_counter()
-                loss, events = await self.step(self.plan, addresses, step, group, [key_of[id(i)] for i in group],
+                loss, events = await self.step(addresses, step, group, [key_of[id(i)] for i in group],
                                                holders if epoch == 0 and use_cache else None)
                 if step == min(2, steps_per_epoch - 1) and epoch == 0:
                     self.ctx.record.history.events = events  # a step after warm-up, for the timeline
@@ -64,7 +64,8 @@ class Phase1:
             self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 1)
         return state, holders, step
 
-    async def load(self, plan: Plan, total_steps: int, use_cache: bool) -> list[list[str]]:
+    async def load(self, total_steps: int, use_cache: bool) -> list[list[str]]:
+        plan = self.plan
         p = self.ctx.prepared
         by_node = {d.node_id: d.address for d in self.ctx.devices}
         missing = sorted({n for s in plan.phase1.stages for n in s.devices} - set(by_node))
@@ -105,9 +106,10 @@ class Phase1:
                  f"loaded (largest stage {max(held) / 1e6:.0f} MB, slowest load {max(r.load_s for r in replies):.1f} s)")
         return addresses
 
-    def _micro_batches(self, plan: Plan, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
+    def _micro_batches(self, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
                        group_keys: list[str], stage: int, replica: int) -> list[MicroIn]:
         """What one replica of `stage` is sent of each micro-batch: its rows (the labels to the last stage)."""
+        plan = self.plan
         shares = tuple(plan.phase1.stages[stage].shares)
         last = stage == len(plan.phase1.stages) - 1
         out = []
@@ -123,9 +125,10 @@ class Phase1:
                                [lengths_of(group[i]) for i in rows[start:stop]]))
         return out
 
-    async def step(self, plan: Plan, addresses, step: int, group: list[Encoded], group_keys: list[str],
-                          holders: dict[str, list[str]] | None) -> tuple[float, list[dict]]:
+    async def step(self, addresses: list[list[str]], step: int, group: list[Encoded], group_keys: list[str],
+                   holders: dict[str, list[str]] | None) -> tuple[float, list[dict]]:
         p, training = self.ctx.prepared, self.ctx.job.training
+        plan = self.plan
         m = min(plan.phase1.micro_batches, len(group))
         ranges = row_ranges(len(group), m)
         micro_items = [list(range(a, b)) for a, b in ranges]
@@ -136,7 +139,7 @@ class Phase1:
         single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
         for s, stage_addresses in enumerate(addresses):
             for r, address in enumerate(stage_addresses):
-                batches = self._micro_batches(plan, micro, micro_items, group, group_keys, s, r)
+                batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
                 calls.append(self.ctx.stages.run_step(address, f"step {step} of stage {s}", step, loss_total,
                                                       batches, single, training.max_grad_norm,
                                                       self.ctx.options.step_timeout_s))
