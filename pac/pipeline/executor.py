@@ -1,9 +1,10 @@
 """Run mini-batches through S stages of R replicas each, in one process: phase 1 without the network.
 
 The executor follows the 1F1B schedule stage by stage (an operation runs once its inputs have arrived,
-so a schedule that could deadlock fails loudly), routes each replica's rows to the next stage's
-replicas, sums each stage's gradients over its replicas (`LocalGroup`, the ring AllReduce's stand-in),
-clips by the pipeline-wide gradient norm and steps every replica. The daemons and the controller do the
+so a schedule that could deadlock fails loudly); every replica runs its operations through the same
+`ReplicaDrive` as a device does (pac/pipeline/drive.py), its pieces kept in memory (`MemoryLinks`).
+It sums each stage's gradients over its replicas (`LocalGroup`, the ring AllReduce's stand-in), clips
+by the pipeline-wide gradient norm and steps every replica. The daemons and the controller do the
 same over gRPC; this is the reference they are tested against.
 """
 
@@ -17,10 +18,11 @@ import torch
 
 from pac.data.batching import Encoded, collate, to_device
 from pac.pipeline.errors import PipelineError
-from pac.pipeline.schedule import Op, one_f_one_b
-from pac.pipeline.split import loss_count, route, row_ranges, select_rows
+from pac.pipeline.drive import Piece, ReplicaDrive
+from pac.pipeline.schedule import Op
+from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import StageWorker, clip_coefficient
-from pac.pipeline.transport import InMemoryTransport, LocalGroup, run_members
+from pac.pipeline.transport import LocalGroup, run_members
 from pac.train.loop import TrainConfig, batches
 
 
@@ -59,7 +61,7 @@ class InProcessPipeline:
                  for a, b in row_ranges(len(group), min(self.config.micro_batches, len(group)))]
         family = self.stages[-1][0].module.head.family
         run = _Run(self, micro, sum(loss_count(b, self.config.task, family) for b in micro))
-        run.execute(one_f_one_b(len(self.stages), len(micro)))
+        run.execute()
         for group_, replicas in zip(self.groups, self.stages, strict=True):
             members = [group_.member(rank) for rank in range(len(replicas))]
             run_members([lambda w=w, m=m: w.reduce_gradients(m) for w, m in zip(replicas, members, strict=True)])
@@ -71,19 +73,36 @@ class InProcessPipeline:
         return run.loss
 
 
+class MemoryLinks:
+    """Pieces between the replicas of one process: kept until the receiver's operation takes them."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[Piece, dict[str, torch.Tensor]] = {}
+
+    def send(self, piece: Piece, tensors: dict[str, torch.Tensor]) -> None:
+        self._pieces[piece] = tensors
+
+    def arrived(self, piece: Piece) -> bool:
+        return piece in self._pieces
+
+    def receive(self, piece: Piece) -> dict[str, torch.Tensor]:
+        return self._pieces.pop(piece)
+
+
 class _Run:
     """The state of one mini-batch going through the pipeline."""
 
     def __init__(self, pipeline: InProcessPipeline, micro: list[dict], loss_total: int) -> None:
-        self.stages, self.micro, self.loss_total = pipeline.stages, micro, loss_total
-        self.shares = pipeline.config.shares
-        self.transport = InMemoryTransport()
+        self.micro, self.loss_total = micro, loss_total
+        self.links = MemoryLinks()
+        shares = pipeline.config.shares
+        self.drives = [[ReplicaDrive(worker, stage, replica, shares, self.links)
+                        for replica, worker in enumerate(replicas)] for stage, replicas in enumerate(pipeline.stages)]
         self.loss = 0.0
 
-    def rows(self, stage: int, micro: int) -> tuple[tuple[int, int], ...]:
-        return row_ranges(self.micro[micro]["input_ids"].shape[0], self.shares[stage])
-
-    def execute(self, schedule: tuple[tuple[Op, ...], ...]) -> None:
+    def execute(self) -> None:
+        """Every stage's 1F1B operations, each as soon as its inputs have arrived."""
+        schedule = [replicas[0].ops(len(self.micro)) for replicas in self.drives]
         position = [0] * len(schedule)
         while any(p < len(ops) for p, ops in zip(position, schedule, strict=True)):
             progressed = False
@@ -97,50 +116,21 @@ class _Run:
                            if p < len(ops)}
                 raise PipelineError(f"the schedule cannot make progress; stages wait at {waiting}")
 
-    def _expected(self, op: Op, stage: int, replica: int) -> int:
-        source = stage - 1 if op.kind == "F" else stage + 1
-        pieces = route(self.rows(source, op.micro), self.rows(stage, op.micro))
-        return sum(1 for piece in pieces if piece[1] == replica)
+    def _rows(self, micro: int) -> int:
+        return self.micro[micro]["input_ids"].shape[0]
 
     def ready(self, stage: int, op: Op) -> bool:
-        if (op.kind == "F" and stage == 0) or (op.kind == "B" and stage == len(self.stages) - 1):
-            return True
-        return all(self.transport.arrived((op.kind, stage, op.micro, r)) == self._expected(op, stage, r)
-                   for r in range(len(self.stages[stage])))
+        return all(self.links.arrived(piece) for drive in self.drives[stage]
+                   for piece in drive.inbound(op, self._rows(op.micro)))
 
     def run_op(self, stage: int, op: Op) -> None:
-        for replica, (start, stop) in enumerate(self.rows(stage, op.micro)):
+        rows = self._rows(op.micro)
+        for drive in self.drives[stage]:
+            start, stop = drive.own(rows)
             if start < stop:
-                self._run_replica(stage, replica, start, stop, op)
-
-    def _inbound(self, stage: int, replica: int, op: Op) -> dict[str, torch.Tensor]:
-        first_f, last_b = op.kind == "F" and stage == 0, op.kind == "B" and stage == len(self.stages) - 1
-        if first_f or last_b:
-            return {}
-        return self.transport.take((op.kind, stage, op.micro, replica), self._expected(op, stage, replica))
-
-    def _run_replica(self, stage: int, replica: int, start: int, stop: int, op: Op) -> None:
-        worker = self.stages[stage][replica]
-        inbound = self._inbound(stage, replica, op)
-        device = worker.backbone.backbone.device
-        if op.kind == "F":
-            batch = to_device(select_rows(self.micro[op.micro], start, stop), device)
-            out = worker.forward(op.micro, batch, inbound, self.loss_total)
-            if stage == len(self.stages) - 1:
-                self.loss += out["loss"].item()
-                return
-            self._send("F", stage, stage + 1, op.micro, replica, start, out)
-        else:
-            grads = worker.backward(op.micro, inbound)
-            if stage > 0:
-                self._send("B", stage, stage - 1, op.micro, replica, start, grads)
-
-    def _send(self, kind: str, stage: int, target: int, micro: int, replica: int, offset: int,
-              tensors: dict[str, torch.Tensor]) -> None:
-        for sender, receiver, start, stop in route(self.rows(stage, micro), self.rows(target, micro)):
-            if sender == replica:
-                piece = {name: t[start - offset:stop - offset] for name, t in tensors.items()}
-                self.transport.send((kind, target, micro, receiver), start, piece)
+                device = drive.worker.backbone.backbone.device
+                self.loss += drive.run(op, rows, lambda: to_device(select_rows(self.micro[op.micro], start, stop),
+                                                                   device), self.loss_total)
 
 
 def train_pipeline(pipeline: InProcessPipeline, items: list[Encoded], config: TrainConfig,

@@ -4,10 +4,9 @@
 blocks (and the head on the last stage) from the tensors the controller sends, and runs a mini-batch's
 1F1B operations: what it computes goes straight to the neighbouring stages' devices and comes back from
 them through a `Transport` (pacd: TensorStream and Collective over mutual TLS), never through the
-controller. Every hidden state it computes is written to its activation-cache shard.
-
-A piece of a micro-batch travels as a stream "<job>/<F|B><first row>": first a manifest (kind "other",
-the names it carries as UTF-8 JSON), then one tensor per name. See docs/cluster.md.
+controller. Its operations run through `ReplicaDrive` (pac/pipeline/drive.py), the drive the in-process
+executor uses too, with `PeerLinks` carrying the pieces. Every hidden state it computes is written to
+its activation-cache shard. See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from pac.collective import RingGroup
 from pac.heads import HeadConfig
 from pac.pipeline.build import build_stage
 from pac.pipeline.layers import LayerSlice
-from pac.pipeline.schedule import one_f_one_b
-from pac.pipeline.split import route, row_ranges
+from pac.pipeline.drive import Piece, ReplicaDrive
 from pac.side.network import side_spec
 from pac.train.loop import TrainConfig
 from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, side_config, stage_taps
@@ -50,6 +48,39 @@ class Transport(Protocol):
 
     def allreduce_(self, tensors: list[torch.Tensor], group: RingGroup, op_id: int) -> None: ...
 
+
+class PeerLinks:
+    """Pieces to and from the neighbouring stages' devices through a `Transport`.
+
+    A piece travels as the stream "<job>/<F|B><first row>": a manifest (kind "other", the names it
+    carries as UTF-8 JSON), then one tensor per name; forward activations in the job's codec."""
+
+    def __init__(self, spec: StageSpec, transport: Transport, step: int) -> None:
+        self.spec, self.transport, self.step = spec, transport, step
+
+    def _stream(self, piece: Piece) -> str:
+        return f"{self.spec.job_id}/{piece.direction}{piece.start}"
+
+    def send(self, piece: Piece, tensors: dict[str, torch.Tensor]) -> None:
+        target, stream = self.spec.addresses[piece.stage][piece.replica], self._stream(piece)
+        kinds = FORWARD_KINDS if piece.direction == "F" else BACKWARD_KINDS
+        names = sorted(tensors)
+        manifest = torch.frombuffer(bytearray(json.dumps(names).encode()), dtype=torch.uint8)
+        self.transport.send(target, manifest, stream=stream, step=self.step, micro=piece.micro, kind="other",
+                            codec="none")
+        for name in names:
+            tensor = tensors[name].contiguous()
+            codec = self.spec.codec if piece.direction == "F" and tensor.is_floating_point() else "none"
+            self.transport.send(target, tensor, stream=stream, step=self.step, micro=piece.micro,
+                                kind=kinds[name], codec=codec)
+
+    def receive(self, piece: Piece) -> dict[str, torch.Tensor]:
+        stream, timeout_s = self._stream(piece), self.spec.timeout_s
+        kinds = FORWARD_KINDS if piece.direction == "F" else BACKWARD_KINDS
+        manifest = self.transport.receive(stream, self.step, piece.micro, "other", timeout_s)
+        names = json.loads(bytes(manifest.numpy()).decode())
+        return {name: self.transport.receive(stream, self.step, piece.micro, kinds[name], timeout_s)
+                for name in names}
 
 
 class StageHost:
@@ -116,55 +147,6 @@ class StageHost:
             self.records_written += 1
 
     # ---- one mini-batch ----------------------------------------------------------------------------
-    def _ranges(self, stage: int, rows: int) -> tuple[tuple[int, int], ...]:
-        return row_ranges(rows, tuple(self.spec.shares[stage]))
-
-    def _stream(self, direction: str, start: int) -> str:
-        return f"{self.spec.job_id}/{direction}{start}"
-
-    def _send(self, direction: str, target_stage: int, micro: MicroIn, step: int,
-              tensors: dict[str, torch.Tensor]) -> None:
-        spec = self.spec
-        mine = self._ranges(spec.stage, micro.rows)
-        offset = mine[spec.replica][0]
-        kinds = FORWARD_KINDS if direction == "F" else BACKWARD_KINDS
-        for sender, receiver, start, stop in route(mine, self._ranges(target_stage, micro.rows)):
-            if sender != spec.replica:
-                continue
-            target = spec.addresses[target_stage][receiver]
-            stream = self._stream(direction, start)
-            names = sorted(tensors)
-            manifest = torch.frombuffer(bytearray(json.dumps(names).encode()), dtype=torch.uint8)
-            self.transport.send(target, manifest, stream=stream, step=step, micro=micro.index, kind="other",
-                                codec="none")
-            for name in names:
-                piece = tensors[name][start - offset:stop - offset].contiguous()
-                codec = spec.codec if direction == "F" and piece.is_floating_point() else "none"
-                self.transport.send(target, piece, stream=stream, step=step, micro=micro.index,
-                                    kind=kinds[name], codec=codec)
-
-    def _gather(self, direction: str, source_stage: int, micro: MicroIn, step: int) -> dict[str, torch.Tensor]:
-        spec = self.spec
-        mine = self._ranges(spec.stage, micro.rows)
-        kinds = FORWARD_KINDS if direction == "F" else BACKWARD_KINDS
-        pieces = []
-        for _, receiver, start, _ in route(self._ranges(source_stage, micro.rows), mine):
-            if receiver != spec.replica:
-                continue
-            stream = self._stream(direction, start)
-            manifest = self.transport.receive(stream, step, micro.index, "other", spec.timeout_s)
-            names = json.loads(bytes(manifest.numpy()).decode())
-            pieces.append((start, {name: self.transport.receive(stream, step, micro.index, kinds[name],
-                                                                spec.timeout_s) for name in names}))
-        pieces.sort(key=lambda piece: piece[0])
-        if not pieces:
-            raise JobError(f"stage {spec.stage} replica {spec.replica}: no rows of micro-batch {micro.index} "
-                           f"come from stage {source_stage}")
-        names = set(pieces[0][1])
-        if any(set(p[1]) != names for p in pieces):
-            raise JobError(f"micro-batch {micro.index}: pieces from stage {source_stage} carry different tensors")
-        return {name: torch.cat([p[1][name] for p in pieces]) for name in pieces[0][1]}
-
     def run_step(self, step: int, loss_total: int, micro_batches: list[MicroIn],
                  clock: Callable[[], float] = time.time) -> tuple[float, float, list[dict]]:
         """One mini-batch: this replica's 1F1B operations, then the stage group's AllReduce.
@@ -175,27 +157,18 @@ class StageHost:
         self._micro = {m.index: m for m in micro_batches}
         if sorted(self._micro) != list(range(len(micro_batches))):
             raise JobError(f"step {step}: micro-batches must be numbered 0..{len(micro_batches) - 1}")
+        drive = ReplicaDrive(worker, spec.stage, spec.replica, tuple(map(tuple, spec.shares)),
+                             PeerLinks(spec, self.transport, step))
         events, loss = [], 0.0
         device = worker.backbone.backbone.device
-        for op in one_f_one_b(spec.num_stages, len(micro_batches))[spec.stage]:
+        for op in drive.ops(len(micro_batches)):
             micro = self._micro[op.micro]
-            start, stop = self._ranges(spec.stage, micro.rows)[spec.replica]
+            start, stop = drive.own(micro.rows)
             if start == stop:
                 continue
             began = clock()
-            if op.kind == "F":
-                inbound = self._gather("F", spec.stage - 1, micro, step) if spec.stage > 0 else {}
-                batch = {k: v.to(device) for k, v in micro.batch.items()}
-                out = worker.forward(op.micro, batch, inbound, loss_total)
-                if spec.is_last:
-                    loss += float(out["loss"])
-                else:
-                    self._send("F", spec.stage + 1, micro, step, out)
-            else:
-                grads = self._gather("B", spec.stage + 1, micro, step) if not spec.is_last else {}
-                out = worker.backward(op.micro, grads)
-                if spec.stage > 0:
-                    self._send("B", spec.stage - 1, micro, step, out)
+            loss += drive.run(op, micro.rows, lambda m=micro: {k: v.to(device) for k, v in m.batch.items()},
+                              loss_total)
             events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
         began = clock()
         self.transport.flush()
