@@ -48,7 +48,7 @@ def _free_port() -> int:
 # ---- pac: daemons driven through Collective.AllReduce -----------------------------------------------
 async def _pac_sizes(cluster, sizes: list[int], iterations: int, timeout_s: float) -> list[dict]:
     from pac.collective import RingGroup
-    from pac.net.convert import group_to_proto
+    from pac.net.convert.collective import group_to_proto
     from pac.v1 import collective_pb2, collective_pb2_grpc
 
     members = tuple(cluster.addresses)
@@ -82,7 +82,7 @@ async def _pac_sizes(cluster, sizes: list[int], iterations: int, timeout_s: floa
 async def _pac_stream(cluster, codecs: list[str], nbytes: int, timeout_s: float) -> list[dict]:
     import torch
 
-    from pac.net.convert import key_to_proto
+    from pac.net.convert.tensor import key_to_proto
     from pac.net.node import send_encoded
     from pac.v1 import tensor_pb2, tensor_pb2_grpc
     from pac.wire import encode

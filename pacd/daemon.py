@@ -112,7 +112,7 @@ class Daemon:
         self._wake.set()
 
     def facts(self) -> dict[str, Any]:
-        """What NodeInfo reports (pacd/convert.py makes the message)."""
+        """What NodeInfo reports (pac/net/convert/common.py makes the message)."""
         return dict(node_id=self.node_id, cluster_id=self.cluster_id, memory_budget_bytes=self.memory_budget,
                     total_memory_bytes=total_memory(), accelerator=self.accelerator, cpu_count=cpu_count(),
                     hostname=socket.gethostname(), paired=bool(self.cluster_id),

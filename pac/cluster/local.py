@@ -131,7 +131,7 @@ class LocalCluster:
         return LocalDaemon(process, 0, state, log_path)
 
     async def _pair(self, daemon: LocalDaemon) -> None:
-        from pacd.client import DaemonClient, DaemonError, pair
+        from pac.net.daemon_client import DaemonClient, DaemonError, pair
 
         await pair("127.0.0.1", daemon.port, self.root / "home",
                    lambda info: (daemon.state_dir / "pairing-code").read_text().strip())

@@ -20,7 +20,7 @@ def profile_sizes(batch_size: int, micro_batches: int | None) -> list[int]:
 async def measure_home(devices: list[Device], identity: Identity | None, job, sizes: list[int],
                        log_line: Callable[[str], None]) -> dict:
     """Profiles of every device (one measurement per host, reused by the daemons next time) and links."""
-    from pacd.client import DaemonClient
+    from pac.net.daemon_client import DaemonClient
     from pacd.homeprofile import home_document, with_host
 
     by_host: dict[str, list[Device]] = {}

@@ -19,8 +19,8 @@ import torch
 
 from pac.collective import RingGroup, allreduce, allreduce_
 from pac.errors import PacError
-from pac.net import convert
 from pac.net.channels import ChannelFactory, ChannelPool, insecure_channel
+from pac.net.convert.tensor import header_to_proto
 from pac.net.memory import reuse_large_buffers
 from pac.net.ring_inbox import RingInboxes
 from pac.net.ring_transport import GrpcRingTransport
@@ -97,7 +97,7 @@ async def send_encoded(
         for piece in chunks(payload):
             message = tensor_pb2.TensorChunk(data=bytes(piece))
             if first:
-                message.header.CopyFrom(convert.header_to_proto(header))
+                message.header.CopyFrom(header_to_proto(header))
                 first = False
             await call.write(message)
         await call.done_writing()

@@ -16,8 +16,8 @@ import asyncio
 import grpc
 
 from pac.collective import PeerFailed, RingGroup, RingMessage, RingOpen, check_open
-from pac.net import convert
 from pac.net.channels import ChannelPool
+from pac.net.convert.collective import ring_frame_to_bytes
 from pac.net.ring_inbox import Broken, RingInbox, RingInboxes
 from pac.v1 import collective_pb2
 
@@ -26,10 +26,10 @@ RING_PUSH = "/pac.v1.Collective/RingPush"
 
 
 def ring_push(channel: grpc.aio.Channel):
-    """The RingPush method with the hand-written frame codec (see pac/net/convert.py) instead of protobuf's."""
+    """The RingPush method with the hand-written frame codec (see pac/net/convert/collective.py) instead of protobuf's."""
     return channel.stream_unary(
         RING_PUSH,
-        request_serializer=convert.ring_frame_to_bytes,
+        request_serializer=ring_frame_to_bytes,
         response_deserializer=collective_pb2.RingAck.FromString,
         _registered_method=True,
     )

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from pac.data.batching import Encoded, collate, to_device
-from pac.pipeline.errors import PipelineError
 from pac.pipeline.drive import Piece, ReplicaDrive
+from pac.pipeline.errors import PipelineError
 from pac.pipeline.schedule import Op
 from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import StageWorker, clip_coefficient
@@ -128,9 +129,11 @@ class _Run:
         for drive in self.drives[stage]:
             start, stop = drive.own(rows)
             if start < stop:
-                device = drive.worker.backbone.backbone.device
-                self.loss += drive.run(op, rows, lambda: to_device(select_rows(self.micro[op.micro], start, stop),
-                                                                   device), self.loss_total)
+                batch = partial(self._batch, op.micro, start, stop, drive.worker.backbone.backbone.device)
+                self.loss += drive.run(op, rows, batch, self.loss_total)
+
+    def _batch(self, micro: int, start: int, stop: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return to_device(select_rows(self.micro[micro], start, stop), device)
 
 
 def train_pipeline(pipeline: InProcessPipeline, items: list[Encoded], config: TrainConfig,

@@ -15,6 +15,7 @@ import torch
 
 from pac.pipeline.errors import PipelineError
 
+
 class LocalGroup:
     """`size` replicas of one stage in this process, summing gradients in place."""
 

@@ -24,8 +24,8 @@ from pac.cache import ActivationCache
 from pac.collective import RingGroup
 from pac.heads import HeadConfig
 from pac.pipeline.build import build_stage
-from pac.pipeline.layers import LayerSlice
 from pac.pipeline.drive import Piece, ReplicaDrive
+from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
 from pac.train.loop import TrainConfig
 from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, side_config, stage_taps

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
+from pac.cluster.discover import find_devices
 from pac.discovery.records import DeviceRecord, Survey, survey
 from pac.errors import PacError
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.init import home_option
-from pacd.discover import find_devices
 
 discovery_options = [
     click.option("--peer", "peers", multiple=True, help="HOST:PORT of a device to ask directly (repeatable), "

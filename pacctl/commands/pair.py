@@ -9,9 +9,9 @@ import click
 
 from pac.discovery.records import parse_peer
 from pac.errors import PacError
+from pac.net.daemon_client import pair
 from pac.security.home import default_home
 from pacctl.commands.init import home_option
-from pacd.client import pair
 
 
 @click.command("pair")

@@ -12,10 +12,10 @@ import click
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
 from pac.formats import QUANTIZATIONS
+from pac.net.daemon_client import DaemonClient
 from pac.security import Identity
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.devices import discover, with_discovery
-from pacd.client import DaemonClient
 from pacd.homeprofile import home_document, with_host
 
 

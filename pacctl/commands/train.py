@@ -23,8 +23,8 @@ def jobs_dir(home: Path | None) -> Path:
 def find_job_devices(job, home: Path | None):
     """The devices the job's [devices] table names, as pac.cluster.context.Device."""
     from pac.cluster.context import Device
+    from pac.cluster.discover import find_devices
     from pac.discovery.records import survey
-    from pacd.discover import find_devices
 
     section = job.devices
     identity = None if section.insecure else controller_identity(home or default_home())

@@ -6,7 +6,7 @@ Every module named in SERVICE_MODULES defines
 
 which adds its servicer(s) to `server` and returns their full service names (for health and reflection).
 The servicers stay thin: they check the request, convert protobuf to the product's own types
-(pacd/convert.py) and delegate to the logic in `pac/`.
+(pac/net/convert/, one module per proto) and delegate to the logic in `pac/`.
 """
 
 SERVICE_MODULES: list[str] = ["device", "link", "pairing", "tensor", "collective", "stage"]

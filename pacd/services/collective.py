@@ -11,7 +11,12 @@ import grpc
 import torch
 
 from pac.collective import CollectiveError, InvalidGroup, RingGroup, RingMessage, RingOpen
-from pac.net import convert
+from pac.net.convert.collective import (
+    group_from_proto,
+    inline_from_proto,
+    inline_to_proto,
+    ring_frame_from_bytes,
+)
 from pac.net.node import PeerNode, node_for
 from pac.net.ring_inbox import InboxClosed
 from pac.v1 import collective_pb2, collective_pb2_grpc
@@ -76,7 +81,7 @@ class CollectiveServicer(collective_pb2_grpc.CollectiveServicer):
 
     async def AllReduce(self, request, context):
         try:
-            group = convert.group_from_proto(request.group)
+            group = group_from_proto(request.group)
             tensors = _request_tensors(request, group)
         except (InvalidGroup, WireError, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -98,13 +103,13 @@ class CollectiveServicer(collective_pb2_grpc.CollectiveServicer):
             await context.abort(code, str(error))
         reply = collective_pb2.AllReduceReply(seconds=seconds, checksum=sum(float(t.double().sum()) for t in result))
         if request.return_result:
-            reply.result.extend(convert.inline_to_proto(t) for t in result)
+            reply.result.extend(inline_to_proto(t) for t in result)
         return reply
 
 
 def _request_tensors(request, group: RingGroup) -> list[torch.Tensor]:
     if request.tensors:
-        return [convert.inline_from_proto(t) for t in request.tensors]
+        return [inline_from_proto(t) for t in request.tensors]
     synthetic = request.synthetic
     if synthetic.dtype not in DTYPES or not DTYPES[synthetic.dtype].is_floating_point:
         raise ValueError(f"synthetic tensors need a floating-point dtype, not {synthetic.dtype!r}")
@@ -113,12 +118,12 @@ def _request_tensors(request, group: RingGroup) -> list[torch.Tensor]:
 
 
 def register(server: grpc.aio.Server, daemon: object) -> list[str]:
-    """Serve pac.v1.Collective; RingPush reads frames with the hand-written codec (pac/net/convert.py)."""
+    """Serve pac.v1.Collective; RingPush reads frames with the hand-written codec (pac/net/convert/collective.py)."""
     servicer = CollectiveServicer(node_for(daemon))
     handlers = {
         "RingPush": grpc.stream_unary_rpc_method_handler(
             servicer.RingPush,
-            request_deserializer=convert.ring_frame_from_bytes,
+            request_deserializer=ring_frame_from_bytes,
             response_serializer=collective_pb2.RingAck.SerializeToString,
         ),
         "AllReduce": grpc.unary_unary_rpc_method_handler(

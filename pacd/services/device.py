@@ -8,8 +8,9 @@ import time
 import grpc
 
 from pac.formats import QUANTIZATIONS
+from pac.net.convert.common import node_info
+from pac.net.convert.daemon import profile_to_proto
 from pac.v1 import common_pb2, daemon_pb2, daemon_pb2_grpc
-from pacd import convert
 from pacd.profiles import MODEL_NAME_RE, ProfileKey, ProfileStore, in_thread, measure_profile
 from pacd.rpc import InvalidRequest, check_pattern, check_range, handler
 
@@ -45,7 +46,7 @@ class DeviceServicer(daemon_pb2_grpc.DeviceServicer):
 
     @handler
     async def GetInfo(self, request, context) -> common_pb2.NodeInfo:
-        return convert.node_info(self._daemon.facts())
+        return node_info(self._daemon.facts())
 
     @handler
     async def Profile(self, request, context) -> daemon_pb2.ProfileReply:
@@ -53,11 +54,11 @@ class DeviceServicer(daemon_pb2_grpc.DeviceServicer):
         async with self._measuring:
             stored = None if request.refresh else self._store.get(key)
             if stored is not None:
-                return daemon_pb2.ProfileReply(profile=convert.profile_to_proto(stored), from_store=True)
+                return daemon_pb2.ProfileReply(profile=profile_to_proto(stored), from_store=True)
             started = time.perf_counter()
             stored = await in_thread(measure_profile, key, self._daemon.memory_budget, self._daemon.accelerator)
             self._store.put(key, stored)
-        return daemon_pb2.ProfileReply(profile=convert.profile_to_proto(stored), from_store=False,
+        return daemon_pb2.ProfileReply(profile=profile_to_proto(stored), from_store=False,
                                        elapsed_s=time.perf_counter() - started)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from pac.discovery.records import parse_peer
+from pac.net.convert.daemon import link_to_proto
 from pac.security import NODE_ID_RE
 from pac.v1 import daemon_pb2, daemon_pb2_grpc
-from pacd import convert
 from pacd.linkprobe import measure_link
 from pacd.rpc import InvalidRequest, check_pattern, check_range, handler
 
@@ -46,7 +46,7 @@ class LinkServicer(daemon_pb2_grpc.LinkServicer):
                                 timeout=CALL_TIMEOUT_S)
 
             rtt, bandwidth = await measure_link(echo, size, rounds)
-        return convert.link_to_proto({"source": self._daemon.node_id, "target": peer_info.node_id,
+        return link_to_proto({"source": self._daemon.node_id, "target": peer_info.node_id,
                                       "rtt_s": rtt, "bandwidth_bytes_per_s": bandwidth,
                                       "payload_bytes": size, "rounds": rounds})
 

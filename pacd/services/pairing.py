@@ -7,9 +7,9 @@ import logging
 
 import grpc
 
+from pac.net.convert.common import node_info
 from pac.security import CLUSTER_ID_RE
 from pac.v1 import pairing_pb2, pairing_pb2_grpc
-from pacd import convert
 from pacd.pairing import WrongCode
 from pacd.rpc import InvalidRequest, NotReady, check_pattern, handler
 
@@ -34,7 +34,7 @@ class PairingServicer(pairing_pb2_grpc.PairingServicer):
             raise InvalidRequest("controller_name must be at most 64 printable characters")
         offer = self._session().offer()
         log.warning("controller %r asks to pair; it needs the pairing code", name or "(unnamed)")
-        return pairing_pb2.BeginPairingReply(info=convert.node_info(self._daemon.facts()), csr_pem=offer.csr_pem, salt=offer.salt)
+        return pairing_pb2.BeginPairingReply(info=node_info(self._daemon.facts()), csr_pem=offer.csr_pem, salt=offer.salt)
 
     @handler
     async def CompletePairing(self, request, context) -> pairing_pb2.CompletePairingReply:
@@ -54,7 +54,7 @@ class PairingServicer(pairing_pb2_grpc.PairingServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
         self._daemon.identity = identity
         log.info("paired: node %s joined cluster %s", identity.node_id, identity.cluster_id)
-        reply = pairing_pb2.CompletePairingReply(proof=proof, info=convert.node_info(self._daemon.facts()))
+        reply = pairing_pb2.CompletePairingReply(proof=proof, info=node_info(self._daemon.facts()))
         asyncio.get_running_loop().call_later(0.2, self._daemon.restart_secure)
         return reply
 

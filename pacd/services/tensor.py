@@ -1,6 +1,6 @@
 """TensorStream servicer: receive tensors into the daemon's buffer, hand them out, relay them to peers.
 
-Thin: checks what it is sent, converts with pac/net/convert.py and delegates to the PeerNode.
+Thin: checks what it is sent, converts with pac/net/convert/tensor.py and delegates to the PeerNode.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 
 import grpc
 
-from pac.net import convert
+from pac.net.convert.tensor import header_from_proto, header_to_proto, key_from_proto
 from pac.net.node import PeerNode, SendFailed, node_for, send_encoded
 from pac.net.tensor_inbox import BufferFull, DuplicateTensor, TensorNotReceived
 from pac.v1 import tensor_pb2, tensor_pb2_grpc
@@ -55,7 +55,7 @@ class TensorStreamServicer(tensor_pb2_grpc.TensorStreamServicer):
         if first is None or not first.HasField("header"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk of a tensor must carry its header")
         try:
-            header = convert.header_from_proto(first.header)
+            header = header_from_proto(first.header)
         except WireError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
@@ -85,7 +85,7 @@ class TensorStreamServicer(tensor_pb2_grpc.TensorStreamServicer):
 
     async def Take(self, request, context):
         try:
-            key = convert.key_from_proto(request.key)
+            key = key_from_proto(request.key)
             codec = codec_for(request.codec or "none")
         except WireError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -103,12 +103,12 @@ class TensorStreamServicer(tensor_pb2_grpc.TensorStreamServicer):
         for index, piece in enumerate(chunks(payload)):
             message = tensor_pb2.TensorChunk(data=bytes(piece))
             if index == 0:
-                message.header.CopyFrom(convert.header_to_proto(header))
+                message.header.CopyFrom(header_to_proto(header))
             yield message
 
     async def Relay(self, request, context):
         try:
-            key = convert.key_from_proto(request.key)
+            key = key_from_proto(request.key)
             codec_for(request.codec or "none")
         except WireError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -101,7 +101,7 @@ def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: boo
 
 def pair_daemon(daemon: RunningDaemon, cluster: Cluster) -> None:
     """Pair with the code the daemon wrote to its state dir, then wait until it serves mutual TLS."""
-    from pacd.client import DaemonClient, DaemonError, pair
+    from pac.net.daemon_client import DaemonClient, DaemonError, pair
 
     asyncio.run(pair("127.0.0.1", daemon.port, cluster.home, lambda info: daemon.pairing_code()))
 

@@ -10,7 +10,7 @@ import torch
 
 from bench.devserver import LocalServers
 from pac.collective import PeerFailed, RingGroup
-from pac.net.convert import group_to_proto, inline_from_proto, inline_to_proto
+from pac.net.convert.collective import group_to_proto, inline_from_proto, inline_to_proto
 from pac.v1 import collective_pb2, collective_pb2_grpc
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}

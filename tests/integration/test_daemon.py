@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pac.discovery.mdns import browse
+from pac.net.daemon_client import DaemonClient, DaemonError, pair
 from pac.security import secure_channel
 from pac.v1 import daemon_pb2, daemon_pb2_grpc
-from pacd.client import DaemonClient, DaemonError, pair
 
 
 def call(address, identity, method, request, node_id=None):

@@ -8,10 +8,10 @@ import json
 from click.testing import CliRunner
 from conftest import copy_state, make_cluster
 
+from pac.cluster.discover import find_devices
 from pac.discovery.mdns import browse
 from pac.discovery.records import survey
 from pacctl.commands.devices import command as devices_command
-from pacd.discover import find_devices
 
 
 def test_three_daemons_found_over_mdns_and_static_list_with_strangers_kept_apart(daemons, cluster, tmp_path):

@@ -16,9 +16,9 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from pac.net.daemon_client import DaemonClient, DaemonError
 from pac.planner.profile import load_home
 from pacctl.commands.profile import command as profile_command
-from pacd.client import DaemonClient, DaemonError
 
 FAKE = '''
 import sys, time, types, dataclasses, os

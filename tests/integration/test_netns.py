@@ -21,7 +21,7 @@ def _leftovers() -> list[str]:
 def test_daemons_in_namespaces_allreduce_over_shaped_links_and_everything_is_removed():
     from bench.devserver import DevCluster
     from pac.collective import RingGroup
-    from pac.net.convert import group_to_proto
+    from pac.net.convert.collective import group_to_proto
     from pac.v1 import collective_pb2, collective_pb2_grpc
 
     tag = f"t{time.monotonic_ns() % 10000}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.devserver import LocalServers
-from pac.net.convert import key_to_proto
+from pac.net.convert.tensor import key_to_proto
 from pac.net.node import SendFailed
 from pac.net.tensor_inbox import TensorNotReceived
 from pac.v1 import tensor_pb2, tensor_pb2_grpc

@@ -1,4 +1,4 @@
-"""pacd/convert.py round trips, and the committed stubs match proto/ (make proto-check)."""
+"""pac/net/convert/ round trips, and the committed stubs match proto/ (make proto-check)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pac.net.convert.common import info_to_dict, node_info, record_from_info
+from pac.net.convert.daemon import profile_from_proto, profile_to_proto
 from pac.v1 import common_pb2
-from pacd import convert
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def stored_profile() -> dict:
 
 def test_profile_round_trip_keeps_unknown_fields():
     stored = stored_profile()
-    back = convert.profile_from_proto(convert.profile_to_proto(stored))
+    back = profile_from_proto(profile_to_proto(stored))
     assert back["measurement"] == stored["measurement"]
     assert {k: back[k] for k in ("node_id", "model", "seq_len", "batch_sizes")} == \
         {k: stored[k] for k in ("node_id", "model", "seq_len", "batch_sizes")}
@@ -37,14 +38,14 @@ def test_timings_as_lists_in_batch_order():
     stored = stored_profile()
     for name in ("forward_s", "side_forward_s", "side_backward_s"):
         stored["measurement"][name] = list(stored["measurement"][name].values())
-    assert convert.profile_from_proto(convert.profile_to_proto(stored))["measurement"]["forward_s"] == \
+    assert profile_from_proto(profile_to_proto(stored))["measurement"]["forward_s"] == \
         {"1": [0.1, 0.2], "4": [0.3, 0.4]}
 
 
 def test_node_info():
-    info = convert.node_info({"node_id": "a" * 16, "cluster_id": "", "memory_budget_bytes": 5})
+    info = node_info({"node_id": "a" * 16, "cluster_id": "", "memory_budget_bytes": 5})
     assert info.api_version == "v1"
-    record = convert.record_from_info(common_pb2.NodeInfo(**convert.info_to_dict(info)), "h", 1, "static")
+    record = record_from_info(common_pb2.NodeInfo(**info_to_dict(info)), "h", 1, "static")
     assert (record.node_id, record.paired, record.address) == ("a" * 16, False, "h:1")
 
 
@@ -60,7 +61,7 @@ def test_home_document_carries_the_machine_a_device_runs_on():
 
     stored = stored_profile()
     stored["measurement"]["threads"] = 1
-    back = convert.profile_from_proto(convert.profile_to_proto({**stored, "quantization": "bf16"}))
+    back = profile_from_proto(profile_to_proto({**stored, "quantization": "bf16"}))
     assert back["quantization"] == "bf16" and back["measurement"]["threads"] == 1
     twins = [with_host({**back, "node_id": n}, {"hostname": "box", "cpu_count": 2}) for n in ("a" * 16, "b" * 16)]
     link = {"source": "a" * 16, "target": "b" * 16, "bandwidth_bytes_per_s": 1e9, "rtt_s": 1e-4}

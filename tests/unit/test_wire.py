@@ -6,7 +6,7 @@ import torch
 
 from pac.collective import CollectiveError, InvalidGroup, RingMessage, RingOpen
 from pac.errors import PacError
-from pac.net import convert
+from pac.net.convert.collective import ring_frame_from_bytes, ring_frame_to_bytes
 from pac.net.node import SendFailed
 from pac.net.tensor_inbox import BufferFull, TensorNotReceived
 from pac.v1 import collective_pb2
@@ -77,7 +77,7 @@ def test_decode_refuses_a_payload_of_the_wrong_size():
         decode(_header(), b"abc")
 
 
-# ---- RingFrame's hand-written codec (pac/net/convert.py) must be protobuf's wire format, both ways ----
+# ---- RingFrame's hand-written codec (pac/net/convert/collective.py) must be protobuf's wire format, both ways ----
 
 
 @pytest.mark.parametrize("bucket, step, segment, nbytes", [
@@ -85,29 +85,29 @@ def test_decode_refuses_a_payload_of_the_wrong_size():
 def test_ring_data_frames_are_exactly_protobufs_bytes(bucket, step, segment, nbytes):
     values = torch.randn(nbytes // 4)
     payload = memoryview(values.numpy()).cast("B")
-    ours = convert.ring_frame_to_bytes(RingMessage(bucket, step, segment, payload))
+    ours = ring_frame_to_bytes(RingMessage(bucket, step, segment, payload))
     theirs = collective_pb2.RingFrame(data=collective_pb2.RingData(
         bucket=bucket, step=step, segment=segment, payload=bytes(payload))).SerializeToString()
     assert ours == theirs
-    back = convert.ring_frame_from_bytes(theirs)
+    back = ring_frame_from_bytes(theirs)
     assert (back.bucket, back.step, back.segment, bytes(back.payload)) == (bucket, step, segment, bytes(payload))
     assert isinstance(back.payload, memoryview)  # read in place, not copied
 
 
 def test_ring_open_frames_and_unexpected_fields_go_through_protobuf():
     opening = RingOpen("job/dp", 7, 1, 4, "abcd", 30.0, 1, 2)
-    assert convert.ring_frame_from_bytes(convert.ring_frame_to_bytes(opening)) == opening
-    assert convert.ring_frame_from_bytes(b"") is None
+    assert ring_frame_from_bytes(ring_frame_to_bytes(opening)) == opening
+    assert ring_frame_from_bytes(b"") is None
     # a data frame with its fields out of the usual order still reads the same
     reordered = b"\x12\x09" + b"\x22\x03abc" + b"\x18\x02" + b"\x08\x01"
-    back = convert.ring_frame_from_bytes(reordered)
+    back = ring_frame_from_bytes(reordered)
     assert (back.bucket, back.step, back.segment, bytes(back.payload)) == (1, 0, 2, b"abc")
 
 
 def test_a_truncated_ring_frame_is_a_wire_error():
-    frame = convert.ring_frame_to_bytes(RingMessage(1, 2, 3, b"x" * 100))
+    frame = ring_frame_to_bytes(RingMessage(1, 2, 3, b"x" * 100))
     with pytest.raises(WireError, match="not a RingFrame"):
-        convert.ring_frame_from_bytes(frame[:-10])
+        ring_frame_from_bytes(frame[:-10])
 
 
 @pytest.mark.parametrize("error", [WireError, CollectiveError, InvalidGroup, SendFailed, BufferFull, TensorNotReceived])

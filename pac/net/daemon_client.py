@@ -10,11 +10,13 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
+from pac.net.convert.common import info_to_dict, record_from_info
+from pac.net.convert.daemon import link_to_dict, profile_from_proto
 from pac.security import Identity, authority, node_name, pairing, secure_channel
 from pac.security.home import load_authority
-from pac.v1 import daemon_pb2, daemon_pb2_grpc, pairing_pb2, pairing_pb2_grpc
-from pacd import convert
+from pac.v1 import common_pb2, daemon_pb2, daemon_pb2_grpc, pairing_pb2, pairing_pb2_grpc
 
 INFO_TIMEOUT_S = 5.0
 PAIR_TIMEOUT_S = 15.0
@@ -50,10 +52,16 @@ class DaemonClient:
         except grpc.aio.AioRpcError as error:
             raise DaemonError(self.address, error) from error
 
+    async def _info(self) -> common_pb2.NodeInfo:
+        return await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo, daemon_pb2.GetInfoRequest(),
+                                INFO_TIMEOUT_S)
+
     async def info(self) -> dict[str, Any]:
-        reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo,
-                                 daemon_pb2.GetInfoRequest(), INFO_TIMEOUT_S)
-        return convert.info_to_dict(reply)
+        return info_to_dict(await self._info())
+
+    async def record(self, host: str, port: int, source: str) -> DeviceRecord:
+        """The daemon as discovery lists it (`source`: how it was found)."""
+        return record_from_info(await self._info(), host, port, source)
 
     async def profile(self, model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 0,
                       refresh: bool = False, timeout: float = 3600.0, quantization: str = "none") -> dict[str, Any]:
@@ -61,7 +69,7 @@ class DaemonClient:
                                             reduction_factor=reduction_factor, refresh=refresh,
                                             quantization=quantization)
         reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).Profile, request, timeout)
-        return {**convert.profile_from_proto(reply.profile), "from_store": reply.from_store,
+        return {**profile_from_proto(reply.profile), "from_store": reply.from_store,
                 "elapsed_s": reply.elapsed_s}
 
     async def probe(self, address: str, peer_node_id: str = "", payload_bytes: int = 0, rounds: int = 0,
@@ -69,7 +77,7 @@ class DaemonClient:
         request = daemon_pb2.ProbePeerRequest(address=address, peer_node_id=peer_node_id,
                                               payload_bytes=payload_bytes, rounds=rounds)
         reply = await self._call(daemon_pb2_grpc.LinkStub(self._channel).ProbePeer, request, timeout)
-        return convert.link_to_dict(reply)
+        return link_to_dict(reply)
 
 
 def fetch_server_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
@@ -100,7 +108,7 @@ async def pair(host: str, port: int, home, ask_code, controller_name: str = "pac
             if not authority.same_public_key(csr.public_key(), x509.load_pem_x509_certificate(served).public_key()):
                 raise PacError(f"{address}: the pairing request is not for the key the device serves; "
                                "someone may be in the middle; pairing stopped")
-            code = ask_code(convert.info_to_dict(begun.info))
+            code = ask_code(info_to_dict(begun.info))
             cert = authority.cert_pem(authority.issue(ca_key, ca_cert, csr, cluster_id, "device"))
             ca_pem = authority.cert_pem(ca_cert)
             digest = pairing.transcript(salt=begun.salt, node_id=node_id, csr_pem=begun.csr_pem,
@@ -114,4 +122,4 @@ async def pair(host: str, port: int, home, ask_code, controller_name: str = "pac
             raise DaemonError(address, error) from error
     if not pairing.check(key, "daemon", digest, done.proof):
         raise PacError(f"{address}: the device's answer does not prove it knows the code; do not trust it")
-    return convert.info_to_dict(done.info)
+    return info_to_dict(done.info)

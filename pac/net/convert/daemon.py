@@ -1,30 +1,14 @@
-"""Protobuf <-> the product's own types. Nothing else in pacd or pacctl touches pac.v1 messages' fields
-beyond building a request."""
+"""pac.v1 daemon.proto <-> the product's own types: stored profiles and link measurements."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from pac.discovery.records import API_VERSION, DeviceRecord
-from pac.v1 import common_pb2, daemon_pb2
+from pac.v1 import daemon_pb2
 
 _MEASUREMENT_LAYER_FIELDS = ("param_bytes", "activation_bytes_per_sample", "side_param_bytes")
 _TIMING_FIELDS = ("forward_s", "side_forward_s", "side_backward_s")
-
-
-def node_info(facts: dict[str, Any]) -> common_pb2.NodeInfo:
-    return common_pb2.NodeInfo(api_version=API_VERSION, **facts)
-
-
-def info_to_dict(info: common_pb2.NodeInfo) -> dict[str, Any]:
-    fields = common_pb2.NodeInfo.DESCRIPTOR.fields
-    return {f.name: getattr(info, f.name) for f in fields}
-
-
-def record_from_info(info: common_pb2.NodeInfo, host: str, port: int, source: str) -> DeviceRecord:
-    return DeviceRecord(info.node_id, info.cluster_id, host, port, info.api_version,
-                        info.memory_budget_bytes, info.accelerator, info.hostname, source)
 
 
 def _per_batch(value: Any, batch_sizes: list[int]) -> dict[int, list[float]]:

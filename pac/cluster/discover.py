@@ -7,10 +7,8 @@ from collections.abc import Sequence
 
 from pac.discovery.mdns import browse
 from pac.discovery.records import DeviceRecord, parse_peer
+from pac.net.daemon_client import DaemonClient, DaemonError
 from pac.security import Identity
-from pac.v1 import common_pb2
-from pacd import convert
-from pacd.client import DaemonClient, DaemonError
 
 
 async def ask_peer(text: str, identity: Identity | None) -> DeviceRecord | str:
@@ -19,13 +17,11 @@ async def ask_peer(text: str, identity: Identity | None) -> DeviceRecord | str:
         host, port = parse_peer(text)
     except ValueError as error:
         return str(error)
-    address = f"{host}:{port}"
     try:
-        async with DaemonClient(address, identity) as client:
-            info = await client.info()
+        async with DaemonClient(f"{host}:{port}", identity) as client:
+            return await client.record(host, port, "static")
     except DaemonError as error:
         return str(error)
-    return convert.record_from_info(common_pb2.NodeInfo(**info), host, port, "static")
 
 
 async def find_devices(identity: Identity | None, timeout_s: float = 2.0, interfaces: Sequence[str] = (),

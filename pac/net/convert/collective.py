@@ -1,4 +1,4 @@
-"""All protobuf <-> domain conversion for tensor streaming and collectives (pac.v1 tensor/collective)."""
+"""pac.v1 collective.proto <-> the ring AllReduce's own types (pac.collective)."""
 
 from __future__ import annotations
 
@@ -10,56 +10,9 @@ from google.protobuf.message import DecodeError
 from pac.collective import RingGroup, RingMessage, RingOpen
 from pac.collective.bucket import DEFAULT_BUCKET_BYTES
 from pac.collective.group import MAX_SEGMENT_BYTES
-from pac.v1 import collective_pb2, tensor_pb2
-from pac.wire import DTYPES, TensorHeader, TensorKind, WireError, dtype_name
+from pac.v1 import collective_pb2
+from pac.wire import DTYPES, WireError, dtype_name
 from pac.wire.codecs import tensor_bytes, tensor_from_bytes
-
-
-def header_to_proto(header: TensorHeader) -> tensor_pb2.TensorHeader:
-    return tensor_pb2.TensorHeader(
-        job_id=header.job_id,
-        step=header.step,
-        micro_batch=header.micro_batch,
-        kind=str(header.kind),
-        dtype=header.dtype,
-        shape=list(header.shape),
-        codec=header.codec,
-        payload_bytes=header.payload_bytes,
-    )
-
-
-def header_from_proto(message: tensor_pb2.TensorHeader) -> TensorHeader:
-    """A validated TensorHeader; WireError naming the field otherwise."""
-    try:
-        kind = TensorKind(message.kind)
-    except ValueError:
-        raise WireError(
-            f"unknown tensor kind {message.kind!r}; supported: {', '.join(k.value for k in TensorKind)}"
-        ) from None
-    return TensorHeader(
-        job_id=message.job_id,
-        step=message.step,
-        micro_batch=message.micro_batch,
-        kind=kind,
-        dtype=message.dtype,
-        shape=tuple(message.shape),
-        codec=message.codec or "none",
-        payload_bytes=message.payload_bytes,
-    )
-
-
-def key_to_proto(job_id: str, step: int, micro_batch: int, kind: str) -> tensor_pb2.TensorKey:
-    return tensor_pb2.TensorKey(job_id=job_id, step=step, micro_batch=micro_batch, kind=str(kind))
-
-
-def key_from_proto(message: tensor_pb2.TensorKey) -> tuple[str, int, int, str]:
-    if not message.job_id:
-        raise WireError("tensor key has an empty job_id")
-    try:
-        kind = TensorKind(message.kind)
-    except ValueError:
-        raise WireError(f"unknown tensor kind {message.kind!r}") from None
-    return (message.job_id, message.step, message.micro_batch, str(kind))
 
 
 def group_to_proto(group: RingGroup) -> collective_pb2.GroupSpec:
