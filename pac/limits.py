@@ -2,7 +2,7 @@
 
 MiB = 1024 * 1024
 
-# gRPC's default message limit is 4 MiB: a tensor chunk, a ring segment or a Blob stays under it, with
+# gRPC's default message limit is 4 MiB: a tensor chunk, a ring segment or a Stage chunk stays under it, with
 # room for the message's other fields.
 MAX_CHUNK_BYTES = 4 * MiB - 4096
 

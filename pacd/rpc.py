@@ -9,6 +9,7 @@ import re
 import grpc
 
 from pac.errors import ConfigError, ModelNotFoundError, PacError
+from pac.worker.job import JobStateError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ _STATUS = [
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 
 import torch
 
@@ -21,6 +20,7 @@ from pac.net.stage_client import StageClient
 from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import clip_coefficient
 from pac.planner.plan import Plan
+from pac.side.network import SideConfig
 from pac.train.loop import batches
 from pac.worker.spec import MicroIn, StageSpec
 from pac.worker.tensors import pack
@@ -74,27 +74,26 @@ class Phase1:
                                  f"{sorted(by_node)}; plan again (pacctl plan) or list them in [devices]")
         addresses = [[by_node[n] for n in s.devices] for s in plan.phase1.stages]
         shares = [list(s.shares) for s in plan.phase1.stages]
-        training = self.ctx.job.training
+        job, training = self.ctx.job, self.ctx.job.training
         state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
         data = pack(state)
-        train = asdict(self.ctx.job.train_config())
+        train = job.train_config()
+        side = SideConfig(training.reduction_factor,
+                          tuple(training.side_layers) if training.side_layers is not None else None)
         calls = []
         for s, stage in enumerate(plan.phase1.stages):
             for r, address in enumerate(addresses[s]):
                 spec = StageSpec(
-                    job_id=self.ctx.job_id, model=self.ctx.job.model.name_or_path, quantization=self.ctx.job.model.quantization,
+                    job_id=self.ctx.job_id, model=job.model.name_or_path, quantization=job.model.quantization,
                     seed=training.seed, stage=s, replica=r, first=stage.first_layer, end=stage.end_layer,
-                    side={"reduction_factor": training.reduction_factor,
-                          "layers": list(training.side_layers) if training.side_layers is not None else None},
-                    head=asdict(p.head), train=train, total_steps=total_steps, shares=shares, addresses=addresses,
+                    side=side, head=p.head, train=train, total_steps=total_steps, shares=shares, addresses=addresses,
                     pad_id=p.pad_id, codec=self.ctx.options.codec,
-                    cache_precision=self.ctx.job.cache.precision if use_cache else None,
-                    cache_keep=self.ctx.job.cache.keep, timeout_s=self.ctx.options.step_timeout_s)
-                meta = {"spec": asdict(spec), "cache_directory": str(self.ctx.job.cache.directory)
-                        if self.ctx.job.cache.directory else None}
+                    cache_precision=job.cache.precision if use_cache else None, cache_keep=job.cache.keep,
+                    timeout_s=self.ctx.options.step_timeout_s,
+                    cache_directory=str(job.cache.directory) if job.cache.directory else None)
                 self.ctx.loaded.add(address)
                 calls.append(self.ctx.stages.load(address, f"loading stage {s} ({stage.first_layer}-"
-                                                  f"{stage.end_layer - 1})", meta, data))
+                                                  f"{stage.end_layer - 1})", spec, data))
         replies = await asyncio.gather(*calls)
         for reply in replies:
             if reply.fingerprint != p.fingerprint:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 
 import torch
 
@@ -21,7 +20,7 @@ from pac.data.batching import Encoded, collate
 from pac.pipeline.layers import LayerSlice
 from pac.pipeline.split import loss_count
 from pac.planner.plan import Plan
-from pac.worker.spec import Phase2Spec, encoded_to_json, stage_taps
+from pac.worker.spec import EpochStep, GatherPlan, GatherSample, Phase2Spec, stage_taps
 from pac.worker.tensors import pack
 
 
@@ -60,11 +59,11 @@ class Phase2:
         p, job = self.ctx.prepared, self.ctx.job
         spec_base = dict(
             job_id=self.ctx.job_id, model=job.model.name_or_path, quantization=job.model.quantization,
-            seed=job.training.seed, side_spec=p.model.side.spec.to_dict(), head=asdict(p.head),
-            train=asdict(job.train_config()), total_steps=total_steps, steps_done=first_step, members=members,
-            fingerprint=p.fingerprint, tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
-            cache_precision=job.cache.precision, cache_keep=job.cache.keep,
-            timeout_s=self.ctx.options.step_timeout_s)
+            seed=job.training.seed, side_spec=p.model.side.spec, head=p.head, train=job.train_config(),
+            total_steps=total_steps, steps_done=first_step, members=members, fingerprint=p.fingerprint,
+            tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
+            cache_precision=job.cache.precision, cache_keep=job.cache.keep, timeout_s=self.ctx.options.step_timeout_s,
+            cache_directory=str(job.cache.directory) if job.cache.directory else None)
         tensors = dict(state)
         if p.task == "lm":
             head = p.backbone.lm_head()
@@ -74,10 +73,8 @@ class Phase2:
             spec_base["lm_head_scale"] = head.scale
         data = pack(tensors)
         self.started = time.perf_counter()
-        cache_directory = str(job.cache.directory) if job.cache.directory else None
-        await asyncio.gather(*(self.ctx.stages.load(a, "loading phase 2", {
-            "spec": asdict(Phase2Spec(**spec_base, rank=rank)), "cache_directory": cache_directory}, data,
-            phase2=True) for rank, a in enumerate(members)))
+        await asyncio.gather(*(self.ctx.stages.load(a, "loading phase 2", Phase2Spec(**spec_base, rank=rank), data)
+                               for rank, a in enumerate(members)))
         self.ctx.loaded.update(members)
 
     async def _gather(self, members: list[str], assigned: dict[str, list[str]], holders: dict[str, list[str]],
@@ -85,10 +82,8 @@ class Phase2:
         """Each member fetches the cached states of its samples from the devices holding them."""
         p, stages = self.ctx.prepared, self.ctx.stages
         items = dict(zip(p.keys, p.train_items, strict=True))
-        replies = await asyncio.gather(*(stages.gather_cache(a, {
-            "self": a, "stages": stage_count,
-            "samples": [{**encoded_to_json(k, items[k]), "sources": holders[k]} for k in assigned[a]]})
-            for a in members))
+        replies = await asyncio.gather(*(stages.gather_cache(a, GatherPlan(a, stage_count, tuple(
+            GatherSample(k, items[k], tuple(holders[k])) for k in assigned[a]))) for a in members))
         moved = sum(fetched for fetched, _ in replies)
         kept = sum(local for _, local in replies)
         seconds = time.perf_counter() - self.started
@@ -106,7 +101,7 @@ class Phase2:
         plan_steps = phase2_steps(assigned, counts, training.seed, epoch)
         began = time.perf_counter()
         totals = [self._loss_total([items[k] for d in s for k in s[d]]) for s in plan_steps]
-        iterators = [stages.train_epoch(a, epoch, step, [{"keys": s[a], "loss_total": total}
+        iterators = [stages.train_epoch(a, epoch, step, [EpochStep(tuple(s[a]), total)
                                                          for s, total in zip(plan_steps, totals, strict=True)],
                                         self.ctx.options.step_timeout_s * len(plan_steps)) for a in members]
         for index in range(len(plan_steps)):

@@ -1,12 +1,12 @@
 """The controller's calls to the devices of one job (pac.v1.Stage), in the controller's own terms.
 
 Every call has a deadline; a failed call is a TrainingFailed that names the device, what was asked and
-what it answered. Tensors travel as safetensors bytes in Blob streams (pac/net/blobs.py).
+what it answered. Tensors travel as safetensors bytes, large ones in chunks (pac/net/chunks.py); the
+messages convert in pac/net/convert/stage.py. `fetch_records` is a device's call to another device.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,11 +15,12 @@ import torch
 
 from pac.errors import TrainingFailed
 from pac.limits import STAGE_MESSAGE_BYTES, grpc_size_options
-from pac.net.blobs import blobs, read_blobs
+from pac.net.chunks import ChunkError, chunked, read_chunked, read_one
+from pac.net.convert import stage as convert
 from pac.security import Identity, secure_channel
 from pac.v1 import stage_pb2, stage_pb2_grpc
-from pac.worker.spec import MicroIn
-from pac.worker.tensors import pack, unpack
+from pac.worker.spec import EpochStep, GatherPlan, JobError, MicroIn, Phase2Spec, StageSpec, StepReport
+from pac.worker.tensors import unpack
 
 CHANNEL_OPTIONS = grpc_size_options(STAGE_MESSAGE_BYTES)
 LOAD_TIMEOUT_S = 900.0
@@ -37,15 +38,6 @@ class StepResult:
     loss: float  # this replica's share of the mini-batch loss (last stage; else 0)
     grad_square_norm: float  # of the stage's gradients
     events: list[dict]  # the measured timeline of the replica's operations
-
-
-@dataclass(frozen=True)
-class StepReport:
-    step: int
-    loss: float
-    samples: int
-    seconds: float
-    allreduce_s: float
 
 
 class StageClient:
@@ -69,26 +61,25 @@ class StageClient:
         except grpc.aio.AioRpcError as error:
             raise TrainingFailed(f"{what} on {address} failed ({error.code().name}): {error.details()}") from None
 
-    async def load(self, address: str, what: str, meta: dict, data: bytes, phase2: bool = False) -> Loaded:
-        """A phase-1 stage (or, `phase2`, a phase-2 member): its spec in `meta`, its tensors packed in `data`."""
+    async def load(self, address: str, what: str, spec: StageSpec | Phase2Spec, data: bytes) -> Loaded:
+        """A phase-1 stage replica or a phase-2 member: its spec, its tensors packed in `data`."""
         stub = self._stub(address)
-        method = stub.LoadPhase2 if phase2 else stub.Load
-        reply = await self._call(address, what, method(iter(blobs(data, meta)), timeout=LOAD_TIMEOUT_S))
+        if isinstance(spec, StageSpec):
+            method, chunks = stub.Load, chunked(stage_pb2.LoadStageChunk, "spec", convert.stage_spec_to_proto(spec),
+                                                "tensors", data)
+        else:
+            method, chunks = stub.LoadPhase2, chunked(stage_pb2.LoadPhase2Chunk, "spec",
+                                                      convert.phase2_spec_to_proto(spec), "tensors", data)
+        reply = await self._call(address, what, method(iter(chunks), timeout=LOAD_TIMEOUT_S))
         return Loaded(reply.held_bytes, reply.load_s, reply.fingerprint)
 
     async def run_step(self, address: str, what: str, step: int, loss_total: int, micro: list[MicroIn],
                        apply: bool, max_grad_norm: float, timeout_s: float) -> StepResult:
         request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, loss_total=loss_total,
-                                           timeout_s=timeout_s, apply=apply, max_grad_norm=max_grad_norm)
-        for m in micro:
-            message = stage_pb2.MicroBatch(index=m.index, rows=m.rows)
-            if m.batch is not None:
-                message.tensors = pack(m.batch)
-                message.sample_keys.extend(m.keys)
-                message.lengths.extend(n for row in m.lengths for n in row)
-            request.micro_batches.append(message)
+                                           timeout_s=timeout_s, apply=apply, max_grad_norm=max_grad_norm,
+                                           micro_batches=[convert.micro_to_proto(m) for m in micro])
         reply = await self._call(address, what, self._stub(address).RunStep(request, timeout=timeout_s * 4))
-        return StepResult(reply.loss, reply.grad_square_norm, json.loads(reply.events_json))
+        return StepResult(reply.loss, reply.grad_square_norm, convert.events_from_proto(reply.events))
 
     async def apply_step(self, address: str, step: int, clip: float) -> None:
         request = stage_pb2.ApplyStepRequest(job_id=self.job_id, step=step, clip_coefficient=clip)
@@ -97,25 +88,28 @@ class StageClient:
     async def get_state(self, address: str) -> dict[str, torch.Tensor]:
         """The trained tensors and optimiser state the device holds."""
         request = stage_pb2.GetStateRequest(job_id=self.job_id, optimizer=True)
-        _, data = await self._call(address, "reading the trained state",
-                                   read_blobs(self._stub(address).GetState(request, timeout=300.0)))
+        try:
+            _, data = await self._call(address, "reading the trained state",
+                                       read_one(self._stub(address).GetState(request, timeout=300.0), "info", "tensors"))
+        except ChunkError as error:
+            raise TrainingFailed(f"the trained state from {address}: {error}") from None
         return unpack(data)
 
-    async def gather_cache(self, address: str, plan: dict) -> tuple[int, int]:
+    async def gather_cache(self, address: str, plan: GatherPlan) -> tuple[int, int]:
         """The member fetches its samples' cached states; returns (bytes fetched, bytes it held itself)."""
-        request = stage_pb2.GatherCacheRequest(job_id=self.job_id, timeout_s=600.0, plan_json=json.dumps(plan))
+        request = convert.gather_to_proto(self.job_id, plan, 600.0)
         reply = await self._call(address, "gathering the cache", self._stub(address).GatherCache(request,
                                                                                               timeout=1800.0))
         return reply.fetched_bytes, reply.local_bytes
 
-    async def train_epoch(self, address: str, epoch: int, first_step: int, steps: list[dict],
+    async def train_epoch(self, address: str, epoch: int, first_step: int, steps: list[EpochStep],
                           timeout_s: float) -> AsyncIterator[StepReport]:
         """A phase-2 epoch on one member: its report after every step."""
         request = stage_pb2.TrainEpochRequest(job_id=self.job_id, epoch=epoch, first_step=first_step,
-                                              steps_json=json.dumps(steps))
+                                              steps=convert.steps_to_proto(steps))
         try:
             async for r in self._stub(address).TrainEpoch(request, timeout=timeout_s):
-                yield StepReport(r.step, r.loss, r.samples, r.seconds, r.allreduce_s)
+                yield convert.report_from_proto(r)
         except grpc.aio.AioRpcError as error:
             raise TrainingFailed(f"phase 2 epoch {epoch + 1} on {address} failed ({error.code().name}): "
                                  f"{error.details()}") from None
@@ -132,3 +126,18 @@ class StageClient:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+
+async def fetch_records(channel: grpc.aio.Channel, address: str, job_id: str, stage: int, keys: list[str],
+                        timeout_s: float) -> dict[str, tuple[bytes, list]]:
+    """Records of stage `stage`'s cache shard on the device at `address`: key -> (bytes, shapes)."""
+    request = stage_pb2.FetchCacheRequest(job_id=job_id, stage=stage, sample_keys=keys)
+    try:
+        records = await read_chunked(stage_pb2_grpc.StageStub(channel).FetchCache(request, timeout=timeout_s),
+                                     "header", "data")
+    except grpc.aio.AioRpcError as error:
+        raise JobError(f"fetching {len(keys)} cache records of stage {stage} from {address} failed "
+                       f"({error.code().name}): {error.details()}") from None
+    except ChunkError as error:
+        raise JobError(f"cache records of stage {stage} from {address}: {error}") from None
+    return {header.key: (data, [tuple(s.dims) for s in header.shapes]) for header, data in records}

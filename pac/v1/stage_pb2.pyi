@@ -6,13 +6,243 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class Blob(_message.Message):
-    __slots__ = ("json", "data")
-    JSON_FIELD_NUMBER: _ClassVar[int]
+class SideConfig(_message.Message):
+    __slots__ = ("reduction_factor", "layers")
+    REDUCTION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    reduction_factor: int
+    layers: LayerList
+    def __init__(self, reduction_factor: _Optional[int] = ..., layers: _Optional[_Union[LayerList, _Mapping]] = ...) -> None: ...
+
+class LayerList(_message.Message):
+    __slots__ = ("indices",)
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HeadConfig(_message.Message):
+    __slots__ = ("task", "num_labels", "pooling")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    NUM_LABELS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    num_labels: int
+    pooling: str
+    def __init__(self, task: _Optional[str] = ..., num_labels: _Optional[int] = ..., pooling: _Optional[str] = ...) -> None: ...
+
+class TrainConfig(_message.Message):
+    __slots__ = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "seed", "max_grad_norm", "activation_checkpointing", "side_precision")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    SIDE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    seed: int
+    max_grad_norm: float
+    activation_checkpointing: bool
+    side_precision: str
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., activation_checkpointing: _Optional[bool] = ..., side_precision: _Optional[str] = ...) -> None: ...
+
+class BlockStyle(_message.Message):
+    __slots__ = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "causal", "rope_theta", "num_heads", "num_kv_heads", "head_dim")
+    NORM_FIELD_NUMBER: _ClassVar[int]
+    NORM_EPS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    GATED_MLP_FIELD_NUMBER: _ClassVar[int]
+    PRE_NORM_FIELD_NUMBER: _ClassVar[int]
+    CAUSAL_FIELD_NUMBER: _ClassVar[int]
+    ROPE_THETA_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    norm: str
+    norm_eps: float
+    activation: str
+    gated_mlp: bool
+    pre_norm: bool
+    causal: bool
+    rope_theta: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    def __init__(self, norm: _Optional[str] = ..., norm_eps: _Optional[float] = ..., activation: _Optional[str] = ..., gated_mlp: _Optional[bool] = ..., pre_norm: _Optional[bool] = ..., causal: _Optional[bool] = ..., rope_theta: _Optional[float] = ..., num_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ...) -> None: ...
+
+class SideSpec(_message.Message):
+    __slots__ = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "style", "stack_sizes", "taps")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    MLP_INNER_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    STACK_SIZES_FIELD_NUMBER: _ClassVar[int]
+    TAPS_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    hidden_size: int
+    width: int
+    heads: int
+    head_dim: int
+    mlp_inner: int
+    bias: bool
+    style: BlockStyle
+    stack_sizes: _containers.RepeatedScalarFieldContainer[int]
+    taps: _containers.RepeatedCompositeFieldContainer[LayerList]
+    def __init__(self, family: _Optional[str] = ..., hidden_size: _Optional[int] = ..., width: _Optional[int] = ..., heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., mlp_inner: _Optional[int] = ..., bias: _Optional[bool] = ..., style: _Optional[_Union[BlockStyle, _Mapping]] = ..., stack_sizes: _Optional[_Iterable[int]] = ..., taps: _Optional[_Iterable[_Union[LayerList, _Mapping]]] = ...) -> None: ...
+
+class StageReplicas(_message.Message):
+    __slots__ = ("shares", "addresses")
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedScalarFieldContainer[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shares: _Optional[_Iterable[int]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StageSpec(_message.Message):
+    __slots__ = ("job_id", "model", "quantization", "seed", "stage", "replica", "first_layer", "end_layer", "side", "head", "train", "total_steps", "stages", "pad_id", "codec", "cache_precision", "cache_keep", "timeout_s", "cache_directory")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LAYER_FIELD_NUMBER: _ClassVar[int]
+    END_LAYER_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    PAD_ID_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEEP_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CACHE_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    quantization: str
+    seed: int
+    stage: int
+    replica: int
+    first_layer: int
+    end_layer: int
+    side: SideConfig
+    head: HeadConfig
+    train: TrainConfig
+    total_steps: int
+    stages: _containers.RepeatedCompositeFieldContainer[StageReplicas]
+    pad_id: int
+    codec: str
+    cache_precision: str
+    cache_keep: bool
+    timeout_s: float
+    cache_directory: str
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., pad_id: _Optional[int] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
+
+class Phase2Spec(_message.Message):
+    __slots__ = ("job_id", "model", "quantization", "seed", "side_spec", "head", "train", "total_steps", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "pad_id", "lm_head_scale", "cache_precision", "cache_keep", "timeout_s", "cache_directory")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SIDE_SPEC_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PAD_ID_FIELD_NUMBER: _ClassVar[int]
+    LM_HEAD_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEEP_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CACHE_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    quantization: str
+    seed: int
+    side_spec: SideSpec
+    head: HeadConfig
+    train: TrainConfig
+    total_steps: int
+    steps_done: int
+    rank: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    fingerprint: str
+    tokenizer_fingerprint: str
+    pad_id: int
+    lm_head_scale: float
+    cache_precision: str
+    cache_keep: bool
+    timeout_s: float
+    cache_directory: str
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., pad_id: _Optional[int] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
+
+class LoadStageChunk(_message.Message):
+    __slots__ = ("spec", "tensors")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    spec: StageSpec
+    tensors: bytes
+    def __init__(self, spec: _Optional[_Union[StageSpec, _Mapping]] = ..., tensors: _Optional[bytes] = ...) -> None: ...
+
+class LoadPhase2Chunk(_message.Message):
+    __slots__ = ("spec", "tensors")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    spec: Phase2Spec
+    tensors: bytes
+    def __init__(self, spec: _Optional[_Union[Phase2Spec, _Mapping]] = ..., tensors: _Optional[bytes] = ...) -> None: ...
+
+class StateChunk(_message.Message):
+    __slots__ = ("info", "tensors")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    info: StateInfo
+    tensors: bytes
+    def __init__(self, info: _Optional[_Union[StateInfo, _Mapping]] = ..., tensors: _Optional[bytes] = ...) -> None: ...
+
+class StateInfo(_message.Message):
+    __slots__ = ("steps_done",)
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    steps_done: int
+    def __init__(self, steps_done: _Optional[int] = ...) -> None: ...
+
+class CacheRecordChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    json: str
+    header: CacheRecordHeader
     data: bytes
-    def __init__(self, json: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[CacheRecordHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CacheRecordHeader(_message.Message):
+    __slots__ = ("key", "shapes")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    shapes: _containers.RepeatedCompositeFieldContainer[Shape]
+    def __init__(self, key: _Optional[str] = ..., shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ...) -> None: ...
+
+class Shape(_message.Message):
+    __slots__ = ("dims",)
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadReply(_message.Message):
     __slots__ = ("held_bytes", "load_s", "cached_records", "fingerprint")
@@ -59,16 +289,28 @@ class RunStepRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class RunStepReply(_message.Message):
-    __slots__ = ("loss", "grad_square_norm", "events_json", "cache_records")
+    __slots__ = ("loss", "grad_square_norm", "cache_records", "events")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     GRAD_SQUARE_NORM_FIELD_NUMBER: _ClassVar[int]
-    EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CACHE_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     grad_square_norm: float
-    events_json: str
     cache_records: int
-    def __init__(self, loss: _Optional[float] = ..., grad_square_norm: _Optional[float] = ..., events_json: _Optional[str] = ..., cache_records: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[TimelineEvent]
+    def __init__(self, loss: _Optional[float] = ..., grad_square_norm: _Optional[float] = ..., cache_records: _Optional[int] = ..., events: _Optional[_Iterable[_Union[TimelineEvent, _Mapping]]] = ...) -> None: ...
+
+class TimelineEvent(_message.Message):
+    __slots__ = ("op", "micro", "start_s", "end_s")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    MICRO_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    micro: int
+    start_s: float
+    end_s: float
+    def __init__(self, op: _Optional[str] = ..., micro: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
 
 class ApplyStepRequest(_message.Message):
     __slots__ = ("job_id", "step", "clip_coefficient")
@@ -95,14 +337,54 @@ class GetStateRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., optimizer: _Optional[bool] = ...) -> None: ...
 
 class GatherCacheRequest(_message.Message):
-    __slots__ = ("job_id", "plan_json", "timeout_s")
+    __slots__ = ("job_id", "timeout_s", "self_address", "stages", "samples")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SELF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    plan_json: str
     timeout_s: float
-    def __init__(self, job_id: _Optional[str] = ..., plan_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    self_address: str
+    stages: int
+    samples: _containers.RepeatedCompositeFieldContainer[GatherSample]
+    def __init__(self, job_id: _Optional[str] = ..., timeout_s: _Optional[float] = ..., self_address: _Optional[str] = ..., stages: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[GatherSample, _Mapping]]] = ...) -> None: ...
+
+class GatherSample(_message.Message):
+    __slots__ = ("key", "sample", "sources")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    sample: Sample
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., sample: _Optional[_Union[Sample, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Sample(_message.Message):
+    __slots__ = ("input_ids", "label", "score", "tokens", "decoder_ids")
+    INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODER_IDS_FIELD_NUMBER: _ClassVar[int]
+    input_ids: _containers.RepeatedScalarFieldContainer[int]
+    label: int
+    score: float
+    tokens: TokenLabels
+    decoder_ids: TokenIds
+    def __init__(self, input_ids: _Optional[_Iterable[int]] = ..., label: _Optional[int] = ..., score: _Optional[float] = ..., tokens: _Optional[_Union[TokenLabels, _Mapping]] = ..., decoder_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class TokenLabels(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GatherCacheReply(_message.Message):
     __slots__ = ("records", "fetched_bytes", "local_bytes", "seconds")
@@ -127,16 +409,24 @@ class FetchCacheRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainEpochRequest(_message.Message):
-    __slots__ = ("job_id", "epoch", "first_step", "steps_json")
+    __slots__ = ("job_id", "epoch", "first_step", "steps")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
-    STEPS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     epoch: int
     first_step: int
-    steps_json: str
-    def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_step: _Optional[int] = ..., steps_json: _Optional[str] = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[EpochStep]
+    def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_step: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[EpochStep, _Mapping]]] = ...) -> None: ...
+
+class EpochStep(_message.Message):
+    __slots__ = ("keys", "loss_total")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    loss_total: int
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., loss_total: _Optional[int] = ...) -> None: ...
 
 class StepReport(_message.Message):
     __slots__ = ("step", "loss", "samples", "seconds", "allreduce_s")
@@ -185,11 +475,37 @@ class StageStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StageStatusReply(_message.Message):
-    __slots__ = ("job_id", "phase", "json")
+    __slots__ = ("job_id", "phase", "step", "stage", "member")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
-    JSON_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     phase: str
-    json: str
-    def __init__(self, job_id: _Optional[str] = ..., phase: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+    step: int
+    stage: HeldStage
+    member: HeldMember
+    def __init__(self, job_id: _Optional[str] = ..., phase: _Optional[str] = ..., step: _Optional[int] = ..., stage: _Optional[_Union[HeldStage, _Mapping]] = ..., member: _Optional[_Union[HeldMember, _Mapping]] = ...) -> None: ...
+
+class HeldStage(_message.Message):
+    __slots__ = ("stage", "replica", "first_layer", "end_layer", "shard_records")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LAYER_FIELD_NUMBER: _ClassVar[int]
+    END_LAYER_FIELD_NUMBER: _ClassVar[int]
+    SHARD_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    stage: int
+    replica: int
+    first_layer: int
+    end_layer: int
+    shard_records: int
+    def __init__(self, stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., shard_records: _Optional[int] = ...) -> None: ...
+
+class HeldMember(_message.Message):
+    __slots__ = ("rank", "cache_records")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    cache_records: int
+    def __init__(self, rank: _Optional[int] = ..., cache_records: _Optional[int] = ...) -> None: ...

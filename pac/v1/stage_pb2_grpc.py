@@ -36,7 +36,7 @@ class StageStub:
         """
         self.Load = channel.stream_unary(
                 '/pac.v1.Stage/Load',
-                request_serializer=pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+                request_serializer=pac_dot_v1_dot_stage__pb2.LoadStageChunk.SerializeToString,
                 response_deserializer=pac_dot_v1_dot_stage__pb2.LoadReply.FromString,
                 _registered_method=True)
         self.RunStep = channel.unary_unary(
@@ -52,7 +52,7 @@ class StageStub:
         self.GetState = channel.unary_stream(
                 '/pac.v1.Stage/GetState',
                 request_serializer=pac_dot_v1_dot_stage__pb2.GetStateRequest.SerializeToString,
-                response_deserializer=pac_dot_v1_dot_stage__pb2.Blob.FromString,
+                response_deserializer=pac_dot_v1_dot_stage__pb2.StateChunk.FromString,
                 _registered_method=True)
         self.GatherCache = channel.unary_unary(
                 '/pac.v1.Stage/GatherCache',
@@ -62,11 +62,11 @@ class StageStub:
         self.FetchCache = channel.unary_stream(
                 '/pac.v1.Stage/FetchCache',
                 request_serializer=pac_dot_v1_dot_stage__pb2.FetchCacheRequest.SerializeToString,
-                response_deserializer=pac_dot_v1_dot_stage__pb2.Blob.FromString,
+                response_deserializer=pac_dot_v1_dot_stage__pb2.CacheRecordChunk.FromString,
                 _registered_method=True)
         self.LoadPhase2 = channel.stream_unary(
                 '/pac.v1.Stage/LoadPhase2',
-                request_serializer=pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+                request_serializer=pac_dot_v1_dot_stage__pb2.LoadPhase2Chunk.SerializeToString,
                 response_deserializer=pac_dot_v1_dot_stage__pb2.LoadReply.FromString,
                 _registered_method=True)
         self.TrainEpoch = channel.unary_stream(
@@ -97,8 +97,8 @@ class StageServicer:
     def Load(self, request_iterator, context):
         """Phase 1: load one replica of one pipeline stage (backbone layers [first, end) at the job's
         quantisation from this device's own model store, their side blocks, the head on the last stage).
-        The first Blob carries the stage spec as JSON; the data of all Blobs is the initial side/head
-        tensors (safetensors). FAILED_PRECONDITION if the device already runs another job.
+        The first chunk carries the stage spec; the tensors of all chunks are the initial side/head tensors
+        (safetensors). FAILED_PRECONDITION if the device already runs another job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +120,7 @@ class StageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetState(self, request, context):
-        """The replica's trained tensors and optimiser state (safetensors in Blobs; JSON: the optimiser's scalars).
+        """The replica's trained tensors and optimiser state (safetensors).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +143,7 @@ class StageServicer:
 
     def LoadPhase2(self, request_iterator, context):
         """Phase 2: the whole side network, head and optimiser state (no backbone), and the AllReduce group.
+        The first chunk carries the member's spec.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,7 +184,7 @@ def add_StageServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Load': grpc.stream_unary_rpc_method_handler(
                     servicer.Load,
-                    request_deserializer=pac_dot_v1_dot_stage__pb2.Blob.FromString,
+                    request_deserializer=pac_dot_v1_dot_stage__pb2.LoadStageChunk.FromString,
                     response_serializer=pac_dot_v1_dot_stage__pb2.LoadReply.SerializeToString,
             ),
             'RunStep': grpc.unary_unary_rpc_method_handler(
@@ -199,7 +200,7 @@ def add_StageServicer_to_server(servicer, server):
             'GetState': grpc.unary_stream_rpc_method_handler(
                     servicer.GetState,
                     request_deserializer=pac_dot_v1_dot_stage__pb2.GetStateRequest.FromString,
-                    response_serializer=pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+                    response_serializer=pac_dot_v1_dot_stage__pb2.StateChunk.SerializeToString,
             ),
             'GatherCache': grpc.unary_unary_rpc_method_handler(
                     servicer.GatherCache,
@@ -209,11 +210,11 @@ def add_StageServicer_to_server(servicer, server):
             'FetchCache': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchCache,
                     request_deserializer=pac_dot_v1_dot_stage__pb2.FetchCacheRequest.FromString,
-                    response_serializer=pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+                    response_serializer=pac_dot_v1_dot_stage__pb2.CacheRecordChunk.SerializeToString,
             ),
             'LoadPhase2': grpc.stream_unary_rpc_method_handler(
                     servicer.LoadPhase2,
-                    request_deserializer=pac_dot_v1_dot_stage__pb2.Blob.FromString,
+                    request_deserializer=pac_dot_v1_dot_stage__pb2.LoadPhase2Chunk.FromString,
                     response_serializer=pac_dot_v1_dot_stage__pb2.LoadReply.SerializeToString,
             ),
             'TrainEpoch': grpc.unary_stream_rpc_method_handler(
@@ -262,7 +263,7 @@ class Stage:
             request_iterator,
             target,
             '/pac.v1.Stage/Load',
-            pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+            pac_dot_v1_dot_stage__pb2.LoadStageChunk.SerializeToString,
             pac_dot_v1_dot_stage__pb2.LoadReply.FromString,
             options,
             channel_credentials,
@@ -344,7 +345,7 @@ class Stage:
             target,
             '/pac.v1.Stage/GetState',
             pac_dot_v1_dot_stage__pb2.GetStateRequest.SerializeToString,
-            pac_dot_v1_dot_stage__pb2.Blob.FromString,
+            pac_dot_v1_dot_stage__pb2.StateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -398,7 +399,7 @@ class Stage:
             target,
             '/pac.v1.Stage/FetchCache',
             pac_dot_v1_dot_stage__pb2.FetchCacheRequest.SerializeToString,
-            pac_dot_v1_dot_stage__pb2.Blob.FromString,
+            pac_dot_v1_dot_stage__pb2.CacheRecordChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -424,7 +425,7 @@ class Stage:
             request_iterator,
             target,
             '/pac.v1.Stage/LoadPhase2',
-            pac_dot_v1_dot_stage__pb2.Blob.SerializeToString,
+            pac_dot_v1_dot_stage__pb2.LoadPhase2Chunk.SerializeToString,
             pac_dot_v1_dot_stage__pb2.LoadReply.FromString,
             options,
             channel_credentials,

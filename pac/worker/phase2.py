@@ -8,7 +8,7 @@ summing gradients over all devices each step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -16,14 +16,14 @@ import torch
 from pac.cache import ActivationCache, CacheKey
 from pac.collective import RingGroup
 from pac.data.batching import Encoded, collate
-from pac.heads import Head, HeadConfig
+from pac.heads import Head
 from pac.models.backbone import FrozenLMHead
 from pac.pipeline.split import loss_count
-from pac.side.network import SideNetwork, SideSpec
+from pac.side.network import SideNetwork
 from pac.techniques.build import ParallelAdaptersModel, trainable_parameters
 from pac.train.cached import CachedStates
-from pac.train.loop import TrainConfig, apply_side_options, make_optimizer
-from pac.worker.spec import JobError, Phase2Spec, encoded_from_json, load_model
+from pac.train.loop import apply_side_options, make_optimizer
+from pac.worker.spec import EpochStep, GatherSample, JobError, Phase2Spec, StepReport, load_model
 from pac.worker.stage import Transport
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
@@ -34,8 +34,7 @@ class Phase2Host:
     def __init__(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor], cache_root: Path,
                  transport: Transport) -> None:
         self.spec, self.transport = spec, transport
-        side = SideSpec.from_dict(spec.side_spec)
-        head_config = HeadConfig(**spec.head)
+        side, head_config = spec.side_spec, spec.head
         lm_head = None
         if head_config.task == "lm":
             if "lm_head.weight" not in tensors:
@@ -49,7 +48,7 @@ class Phase2Host:
         trained_missing = [k for k in missing if k.startswith(("side.", "head."))]
         if trained_missing:
             raise JobError(f"phase 2 was not sent {len(trained_missing)} trained tensors, e.g. {trained_missing[:3]}")
-        self.config = TrainConfig(**spec.train)
+        self.config = spec.train
         apply_side_options(self.model.side, self.config)
         torch.manual_seed(self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config, spec.total_steps)
@@ -72,11 +71,11 @@ class Phase2Host:
         return RingGroup(f"{self.spec.job_id}/phase2", self.spec.rank, tuple(self.spec.members),
                          step_timeout_s=self.spec.timeout_s)
 
-    def add_samples(self, samples: list[dict]) -> None:
-        for item in samples:
-            self.items[item["key"]] = encoded_from_json(item)
+    def add_samples(self, samples: Iterable[GatherSample]) -> None:
+        for sample in samples:
+            self.items[sample.key] = sample.item
 
-    def train_epoch(self, first_step: int, steps: list[dict]) -> Iterator[dict]:
+    def train_epoch(self, first_step: int, steps: list[EpochStep]) -> Iterator[StepReport]:
         """Each step: forward/backward of this device's rows from the cache, loss scaled by its share of
         the mini-batch, AllReduce of the gradients over every device, clipping, AdamW."""
         parameters = trainable_parameters(self.model)
@@ -85,7 +84,7 @@ class Phase2Host:
         self.model.train()
         for offset, step in enumerate(steps):
             tick = time.perf_counter()
-            keys = step["keys"]
+            keys = step.keys
             unknown = [k for k in keys if k not in self.items]
             if unknown:
                 raise JobError(f"step {first_step + offset}: {len(unknown)} samples were never sent to this device")
@@ -95,7 +94,7 @@ class Phase2Host:
                 batch = collate(group_items, self.spec.pad_id, task)
                 out = self.states.forward(self.model, group_items, batch)
                 count = loss_count(batch, task, family)
-                scaled = out.loss * (count / step["loss_total"]) if count else out.loss.sum() * 0.0
+                scaled = out.loss * (count / step.loss_total) if count else out.loss.sum() * 0.0
                 scaled.backward()
                 share = float(scaled.detach())
             for p in parameters:
@@ -111,14 +110,14 @@ class Phase2Host:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.steps_done += 1
-            yield {"step": first_step + offset, "loss": share, "samples": len(keys),
-                   "seconds": time.perf_counter() - tick, "allreduce_s": reduce_s}
+            yield StepReport(first_step + offset, share, len(keys), time.perf_counter() - tick, reduce_s)
 
-    def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], int]:
+        """The trained tensors (and the optimiser's), and the optimiser steps they have taken."""
         tensors = {k: v for k, v in self.model.state_dict().items() if k.startswith(("side.", "head."))}
         if optimizer:
             tensors.update(optimizer_tensors(self.model, self.optimizer))
-        return tensors, {"steps_done": self.steps_done}
+        return tensors, self.steps_done
 
 
 def join_records(pieces: list[tuple[bytes, list]]) -> tuple[bytes, list]:
@@ -126,19 +125,19 @@ def join_records(pieces: list[tuple[bytes, list]]) -> tuple[bytes, list]:
     return b"".join(p[0] for p in pieces), [tuple(s) for p in pieces for s in p[1]]
 
 
-def fetches_for(samples: list[dict], local_stage: int | None, me: str) -> dict[tuple[str, int], list[str]]:
+def fetches_for(samples: list[GatherSample], local_stage: int | None, me: str) -> dict[tuple[str, int], list[str]]:
     """Which records to fetch from whom: per (source device, stage), the keys of `samples` (each with its
     `sources`, the device holding each stage's part) that this device (`me`, holding `local_stage`'s
     shard) does not hold itself."""
     fetches: dict[tuple[str, int], list[str]] = {}
     for sample in samples:
-        for stage, source in enumerate(sample["sources"]):
+        for stage, source in enumerate(sample.sources):
             if not (stage == local_stage and source == me):
-                fetches.setdefault((source, stage), []).append(sample["key"])
+                fetches.setdefault((source, stage), []).append(sample.key)
     return fetches
 
 
-def assemble_records(cache: ActivationCache, samples: list[dict], stages: int, local_stage: int | None, me: str,
+def assemble_records(cache: ActivationCache, samples: list[GatherSample], stages: int, local_stage: int | None, me: str,
                      shard: ActivationCache | None, fetched: dict[tuple[str, int], dict[str, tuple]]) -> int:
     """Write each sample's full record into `cache` from its stage parts: this device's own shard where it
     holds the part, else what was fetched. Returns the bytes read locally."""
@@ -146,14 +145,14 @@ def assemble_records(cache: ActivationCache, samples: list[dict], stages: int, l
     for sample in samples:
         pieces = []
         for stage in range(stages):
-            source = sample["sources"][stage]
+            source = sample.sources[stage]
             if stage == local_stage and source == me:
-                piece = shard.get_raw(sample["key"])
+                piece = shard.get_raw(sample.key)
                 local += len(piece[0])
             else:
-                piece = fetched[(source, stage)][sample["key"]]
+                piece = fetched[(source, stage)][sample.key]
             pieces.append(piece)
         record, shapes = join_records(pieces)
-        cache.put_raw(sample["key"], record, shapes)
+        cache.put_raw(sample.key, record, shapes)
     cache.flush()
     return local

@@ -12,27 +12,19 @@ import torch
 
 from pac.cache import CacheKey
 from pac.data.batching import Encoded
-from pac.errors import ConfigError, PacError
+from pac.errors import PacError
+from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
 from pac.pipeline.layers import LayerSlice
 from pac.quant import quantize_backbone
 from pac.side.network import SideConfig, SideSpec
+from pac.train.loop import TrainConfig
 
 FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with the head's input
 
 
 class JobError(PacError):
     """A training job on this device cannot go on; the message says why."""
-
-
-def spec_from(kind: type, data: object):
-    """A StageSpec or Phase2Spec from what the controller sent (JSON data); a ConfigError names the field."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind.__name__}: expected a JSON object, got {type(data).__name__}")
-    try:
-        return kind(**data)
-    except TypeError as error:
-        raise ConfigError(f"{kind.__name__}: {error}") from None
 
 
 def load_model(name: str, quantization: str, seed: int):
@@ -45,7 +37,7 @@ def load_model(name: str, quantization: str, seed: int):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What the controller tells one stage replica (JSON on the wire)."""
+    """What the controller tells one stage replica (pac.v1.StageSpec on the wire)."""
 
     job_id: str
     model: str
@@ -55,9 +47,9 @@ class StageSpec:
     replica: int
     first: int
     end: int
-    side: dict  # SideConfig: reduction_factor, layers
-    head: dict  # HeadConfig
-    train: dict  # TrainConfig
+    side: SideConfig
+    head: HeadConfig
+    train: TrainConfig
     total_steps: int
     shares: list[list[int]]  # per stage, each replica's share of a micro-batch's rows
     addresses: list[list[str]]  # per stage, each replica's daemon ("host:port")
@@ -66,7 +58,7 @@ class StageSpec:
     cache_precision: str | None = "fp16"  # None: no activation cache
     cache_keep: bool = False
     timeout_s: float = 120.0
-
+    cache_directory: str | None = None  # None: the daemon's state directory
 
     @property
     def num_stages(self) -> int:
@@ -88,11 +80,6 @@ class MicroIn:
     lengths: list[list[int]] = field(default_factory=list)  # per row, per stack: real tokens
 
 
-def side_config(data: dict) -> SideConfig:
-    layers = data.get("layers")
-    return SideConfig(int(data.get("reduction_factor", 8)), tuple(layers) if layers is not None else None)
-
-
 def stage_taps(spec: SideSpec, layers: LayerSlice) -> list[tuple[int, int]]:
     """The (stack, i) hidden states this stage computes that the side network reads, in record order."""
     needed = spec.needed_taps()
@@ -111,13 +98,15 @@ def shard_key(fingerprint: str, taps: list[tuple[int, int]], stacks: int, last: 
 
 @dataclass(frozen=True)
 class Phase2Spec:
+    """What the controller tells one phase-2 member (pac.v1.Phase2Spec on the wire)."""
+
     job_id: str
     model: str  # to recompute a corrupt record (the backbone is loaded only then)
     quantization: str
     seed: int
-    side_spec: dict
-    head: dict
-    train: dict
+    side_spec: SideSpec
+    head: HeadConfig
+    train: TrainConfig
     total_steps: int
     steps_done: int  # optimiser steps already taken (phase 1)
     rank: int
@@ -129,16 +118,41 @@ class Phase2Spec:
     cache_precision: str = "fp16"
     cache_keep: bool = False
     timeout_s: float = 120.0
+    cache_directory: str | None = None
 
 
+@dataclass(frozen=True)
+class GatherSample:
+    """A sample a phase-2 member trains, and where each of its stage parts is cached."""
 
-def encoded_from_json(item: dict) -> Encoded:
-    target = item["target"]
-    return Encoded(tuple(item["input_ids"]), tuple(target) if isinstance(target, list) else target,
-                   tuple(item["decoder_ids"]) if item.get("decoder_ids") is not None else None)
+    key: str
+    item: Encoded
+    sources: tuple[str, ...]  # per phase-1 stage: the address whose shard holds that part
 
 
-def encoded_to_json(key: str, item: Encoded) -> dict:
-    target = list(item.target) if isinstance(item.target, tuple) else item.target
-    return {"key": key, "input_ids": list(item.input_ids), "target": target,
-            "decoder_ids": list(item.decoder_ids) if item.decoder_ids is not None else None}
+@dataclass(frozen=True)
+class GatherPlan:
+    """What one phase-2 member gathers before it trains."""
+
+    me: str  # this member's address, as the sources name it
+    stages: int  # phase-1 stages: the parts of every record
+    samples: tuple[GatherSample, ...]
+
+
+@dataclass(frozen=True)
+class EpochStep:
+    """One phase-2 step of one member: its samples, and the whole step's loss count (all members)."""
+
+    keys: tuple[str, ...]
+    loss_total: int
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a phase-2 member reports after a step."""
+
+    step: int
+    loss: float  # this member's share of the step's loss
+    samples: int
+    seconds: float
+    allreduce_s: float

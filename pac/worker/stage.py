@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,11 @@ import torch
 
 from pac.cache import ActivationCache
 from pac.collective import RingGroup
-from pac.heads import HeadConfig
 from pac.pipeline.build import build_stage
 from pac.pipeline.drive import Piece, ReplicaDrive
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
-from pac.train.loop import TrainConfig
-from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, side_config, stage_taps
+from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, stage_taps
 from pac.worker.tensors import optimizer_tensors
 
 FORWARD_KINDS = {"hidden": "hidden", "encoder_hidden": "encoder_hidden", "side": "side",
@@ -37,7 +36,10 @@ BACKWARD_KINDS = {"side": "side_grad", "side_memory": "side_memory_grad"}
 
 
 class Transport(Protocol):
-    """How a stage reaches the other devices of its job (pacd: SyncPeer over the daemon's PeerNode)."""
+    """How a stage reaches the other devices of its job (pacd: pac.net.peer_transport over its PeerNode)."""
+
+    aborted: threading.Event  # set when the job is released: a waiting receive or send gives up
+    send_timeout_s: float
 
     def send(self, target: str, tensor: torch.Tensor, *, stream: str, step: int, micro: int, kind: str,
              codec: str) -> None: ...
@@ -91,8 +93,7 @@ class StageHost:
         started = time.perf_counter()
         self.spec, self.transport = spec, transport
         backbone, self.fingerprint = load_model(spec.model, spec.quantization, spec.seed)
-        config = side_config(spec.side)
-        self.side_spec = side_spec(backbone, config)
+        self.side_spec = side_spec(backbone, spec.side)
         self.layers = LayerSlice(spec.first, spec.end, self.side_spec.stack_sizes)
         if self.layers.is_last != spec.is_last:
             raise JobError(f"stage {spec.stage} [{spec.first}, {spec.end}) of {self.layers.num_layers} layers "
@@ -104,11 +105,11 @@ class StageHost:
             key = shard_key(self.fingerprint, self.taps, len(self.side_spec.stack_sizes), spec.is_last,
                             spec.quantization, backbone.tokenizer.fingerprint())
             self.shard = ActivationCache(cache_root / "shards", key, spec.cache_precision, keep=spec.cache_keep)
-        self.worker = build_stage(backbone, self.layers, config, HeadConfig(**spec.head), state=state or None,
+        self.worker = build_stage(backbone, self.layers, spec.side, spec.head, state=state or None,
                                   on_states=self._on_states)
         del backbone
         gc.collect()
-        self.worker.start(TrainConfig(**spec.train), spec.total_steps)
+        self.worker.start(spec.train, spec.total_steps)
         self._micro: dict[int, MicroIn] = {}
         self.records_written = 0
         self.steps_done = 0
@@ -189,11 +190,12 @@ class StageHost:
         optimizer = self.worker.optimizer
         return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else 0.0
 
-    def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], int]:
+        """The trained tensors (and the optimiser's), and the optimiser steps they have taken."""
         tensors = dict(self.worker.module.state_dict())
         if optimizer:
             tensors.update(optimizer_tensors(self.worker.module, self.worker.optimizer))
-        return tensors, {"steps_done": self.steps_done, "stage": self.spec.stage}
+        return tensors, self.steps_done
 
     def release_model(self) -> None:
         """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays."""
