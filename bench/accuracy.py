@@ -135,7 +135,7 @@ def _log(line: str) -> None:
 def _single_row(args, task: str, technique: str) -> dict:
     """The run without a search: the technique's usual learning rate, evaluated on test/dev."""
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, run_job
+    from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
     train_file, eval_file, metric = TASKS[task]
@@ -147,7 +147,7 @@ def _single_row(args, task: str, technique: str) -> dict:
                           learning_rate=LEARNING_RATES[technique]),
         seq_len=args.seq_len, train_limit=args.train_limit, eval_limit=args.eval_limit,
     )
-    result = run_job(job, log=_log)
+    result = run_finetune(job, log=_log)
     return {"task": task, "technique": technique, "model": args.model, "metric": metric,
             "value": result["eval"][metric], "eval": result["eval"], "history": result["eval_history"],
             "train_examples": result["train_examples"], "eval_examples": result["eval_examples"],
@@ -161,7 +161,7 @@ def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], 
 
     from pac.data.readers import read_examples
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, run_job
+    from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
     train_file, eval_file, metric = TASKS[task]
@@ -175,7 +175,7 @@ def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], 
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, learning_rate=rate),
             seq_len=args.seq_len, eval_limit=args.eval_limit,
         )
-        result = run_job(job, log=_log)
+        result = run_finetune(job, log=_log)
         runs.append({"seed": seed, "value": result["eval"][metric], "eval": result["eval"],
                      "train_time_s": sum(result["epoch_times_s"])})
         print(f"{task} {technique} lr {rate:g} seed {seed}: {metric} {runs[-1]['value'] * 100:.2f}", flush=True)
@@ -193,7 +193,7 @@ def _searched_row(args, task: str, technique: str, rates: list[float], split_dir
     from pac.data.prepare import subset
     from pac.data.readers import read_examples
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, run_job
+    from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig, evaluate
 
     train_file, eval_file, metric = TASKS[task]
@@ -209,7 +209,7 @@ def _searched_row(args, task: str, technique: str, rates: list[float], split_dir
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, learning_rate=rate),
             seq_len=args.seq_len,  # no train_limit: the file already is the training subset, in split order
         )
-        result = run_job(job, log=_log)
+        result = run_finetune(job, log=_log)
         score = result["eval"][metric]
         runs.append({"learning_rate": rate, "value": score, "eval": result["eval"],
                      "history": result["eval_history"], "train_time_s": sum(result["epoch_times_s"])})

@@ -21,7 +21,7 @@ from pac.formats import SIDE_PRECISIONS
 
 def main(argv=None) -> int:
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, run_job
+    from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
                 seq_len=args.seq_len, train_limit=args.train_limit, quantization=quantization,
                 cache_precision=precision, cache_dir=cache_dir,
             )
-            result = run_job(job, log=lambda line: print(line, file=sys.stderr, flush=True))
+            result = run_finetune(job, log=lambda line: print(line, file=sys.stderr, flush=True))
         row = {"task": args.task, "model": args.model, "quantization": quantization, "cache": precision,
                "side_precision": args.side_precision,
                "metric": metric, "value": result["eval"][metric], "eval": result["eval"],

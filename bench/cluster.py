@@ -74,7 +74,7 @@ def pac_job(cluster, args, system: str, train: str, evaluation: str, task: str, 
 
 def run_pac_system(cluster, args, system: str, train: str, evaluation: str, task: str, lr: float,
                    out: Path) -> dict:
-    from pac.cluster.controller import RunOptions, run_job
+    from pac.cluster.controller import RunOptions, run_training
 
     job = pac_job(cluster, args, system, train, evaluation, task, lr, out)
     strategy = "pac" if system == "pac" else system
@@ -82,7 +82,7 @@ def run_pac_system(cluster, args, system: str, train: str, evaluation: str, task
     for daemon in cluster.daemons:
         _reset_peak(daemon.process.pid)
     started = time.perf_counter()
-    metrics, controller = run_job(job, cluster.devices, cluster.identity, out / system, options,
+    metrics, controller = run_training(job, cluster.devices, cluster.identity, out / system, options,
                                   log_line=lambda line: print(f"  [{system}] {line}", file=sys.stderr))
     wall = time.perf_counter() - started
     return {

@@ -10,7 +10,7 @@ this host (one process per "device") and times it; `run_ddp_lora()` is the same 
 
 The model is the project's own LoRA (TechniqueConfig("lora"): r=8, alpha=16, q/v projections) with a
 classification head, built by build_model around load_backbone; the data are the project's (the same
-seeded subset as pac.train.job for the same --samples and --seed, encoded by encode_example). Every
+seeded subset as pac.train.finetune for the same --samples and --seed, encoded by encode_example). Every
 rank holds the whole model. Each global mini-batch of B samples (the order of pac.train.loop.batches
 with the seed) is cut into `world` contiguous near-equal parts, one per rank; rank r's mean loss is
 scaled by world * rows_r / B, so DDP's gradient average equals the single-process mean-loss gradient
@@ -70,7 +70,7 @@ def disable_dropout(model) -> None:
 
 def prepare(model_name: str, train_file: str, eval_file: str | None, samples: int | None,
             eval_samples: int | None, seq_len: int, seed: int):
-    """(model, pad_id, task, train_items, eval_items), as pac.train.job.run_job loads and builds them."""
+    """(model, pad_id, task, train_items, eval_items), as pac.train.finetune.run_finetune loads and builds them."""
     import torch
 
     from pac.data.batching import encode_example

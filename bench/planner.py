@@ -31,9 +31,9 @@ from pathlib import Path
 from bench.common import write_report
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
-from pac.planner.job import TrainingJob
 from pac.planner.planner import plan_job
 from pac.planner.synthetic import BATCH_SCALING, MEASURED_BATCHES, synthetic_home
+from pac.planner.workload import TrainingJob
 
 PAPER_SPEEDUP = 1.4  # the paper's smallest throughput gain over Eco-FL (§6.4: 1.40x to 1.85x)
 DEFAULT_JSON = Path("bench/results/planner.json")
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("json", "png")}
     config["home"] = ("pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links, "
                       "16-bit backbone, fp32 side-network gradients AllReduced every mini-batch")
-    config["allreduce"] = ("as StageHost.run_step: each stage, after its own last backward and its sends, "
+    config["allreduce"] = ("as StageReplica.run_step: each stage, after its own last backward and its sends, "
                            "ring-AllReduces its side gradients in its group while earlier stages drain "
                            "(32 MiB buckets, pipelined segments, see CostModel.allreduce); the optimiser "
                            "step follows once every stage is done")

@@ -9,7 +9,7 @@ import re
 import grpc
 
 from pac.errors import ConfigError, ModelNotFoundError, PacError
-from pac.worker.job import JobStateError
+from pac.worker.device_job import JobStateError
 
 log = logging.getLogger(__name__)
 

@@ -218,7 +218,7 @@ class Controller:
         return metrics
 
 
-def run_job(job, devices: list[Device], identity: Identity | None, output_dir: Path,
+def run_training(job, devices: list[Device], identity: Identity | None, output_dir: Path,
             options: RunOptions | None = None, progress=None, log_line: Callable[[str], None] = print,
             plan: Plan | None = None) -> tuple[dict, Controller]:
     controller = Controller(job, devices, identity, output_dir, options, progress, log_line, plan)

@@ -2,7 +2,7 @@
 each with its own state directory, paired with a fresh cluster authority (mutual TLS), stopped at exit.
 
     with LocalCluster(root, count=3) as cluster:
-        run_job(job, cluster.devices, cluster.identity, ...)
+        run_training(job, cluster.devices, cluster.identity, ...)
 
 `secure=False` starts them in insecure mode instead (plaintext loopback development; they say so).
 """

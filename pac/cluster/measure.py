@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from pac.cluster.context import Device
-from pac.planner.job import TrainingJob
 from pac.planner.plan import DeviceUse, Phase1Plan, Phase2Plan, Plan, StagePlan
+from pac.planner.workload import TrainingJob
 from pac.security import Identity
 
 

@@ -30,6 +30,7 @@ class Phase2:
         self.info: dict | None = None  # what moved, for metrics.json
         self.assigned_by_node: dict[str, list[str]] = {}  # node -> its samples' keys
         self.step_counts_by_node: list[dict[str, int]] = []  # per step, node -> samples
+        self.started = 0.0  # when loading phase 2 began: the redistribution's clock
 
     async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
                   first_step: int, total_steps: int) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ class Prepared:
 
 def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     """Load the backbone here, encode the data and initialise the side network exactly as a single-device
-    run of the same job would (`pac.train.job.run_job`), so the result is comparable."""
+    run of the same job would (`pac.train.finetune.run_finetune`), so the result is comparable."""
     training, data = job.training, job.data
     torch.manual_seed(training.seed)
     backbone, fingerprint = load_model(job.model.name_or_path, job.model.quantization, training.seed)

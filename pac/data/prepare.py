@@ -1,6 +1,6 @@
 """A job's examples as every path reads them: the same seeded subsets, task and label count.
 
-`pacctl finetune` (pac.train.job), the controller of `pacctl train` (pac.cluster.prepare) and the
+`pacctl finetune` (pac.train.finetune), the controller of `pacctl train` (pac.cluster.prepare) and the
 benchmarks read their data here, so that a distributed job and a single-device run of the same job see
 the very same examples in the same order.
 """

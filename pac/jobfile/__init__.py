@@ -12,20 +12,7 @@ is documented in docs/job.md. This module is pure: no torch, grpc or sockets (th
 imports transformers, is only asked when a model is given by name).
 """
 
-from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 from pac.jobfile.parse import load_job, parse_job
-from pac.jobfile.sections import (
-    CacheSection,
-    DataSection,
-    DevicesSection,
-    Job,
-    ModelSection,
-    OutputSection,
-    PlanSection,
-    TrainingSection,
-)
+from pac.jobfile.sections import Job
 
-__all__ = [
-    "CACHE_PRECISIONS", "QUANTIZATIONS", "SIDE_PRECISIONS", "CacheSection", "DataSection", "DevicesSection",
-    "Job", "ModelSection", "OutputSection", "PlanSection", "TrainingSection", "load_job", "parse_job",
-]
+__all__ = ["Job", "load_job", "parse_job"]  # the sections: pac.jobfile.sections

@@ -13,12 +13,12 @@ from pac.errors import ConfigError
 from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS
 from pac.jobfile.sections import (
     CACHE_CHOICES,
+    CLUSTER_TECHNIQUES,
     DEFAULT_PORT,
     DEVICE_MODES,
     JOB_FORMAT_VERSION,
     OPTIMIZERS,
     TASKS,
-    TECHNIQUES,
     CacheSection,
     DataSection,
     DevicesSection,
@@ -29,7 +29,7 @@ from pac.jobfile.sections import (
     TrainingSection,
 )
 from pac.jobfile.table import Table, closest, described, looks_like_path, refuse_unknown, section_keys
-from pac.planner.job import TrainingJob
+from pac.planner.workload import TrainingJob
 
 
 def _model(table: Table, base: Path) -> ModelSection:
@@ -98,7 +98,7 @@ def _training(table: Table) -> TrainingSection:
             raise table.fail("side_layers", "lists a layer twice", side_layers)
         side_layers = tuple(sorted(side_layers))
     return TrainingSection(
-        technique=table.choice("technique", "parallel", TECHNIQUES, why), epochs=table.integer("epochs", 3, 1),
+        technique=table.choice("technique", "parallel", CLUSTER_TECHNIQUES, why), epochs=table.integer("epochs", 3, 1),
         batch_size=batch_size, micro_batches=micro_batches, seq_len=table.integer("seq_len", 128, 4),
         reduction_factor=table.integer("reduction_factor", 8, 1), side_layers=side_layers,
         learning_rate=table.number("learning_rate", 1e-3, 0.0, low_open=True),

@@ -9,11 +9,11 @@ from typing import Any
 
 from pac.data.readers import TableFormat
 from pac.formats import CACHE_BYTES, CACHE_PRECISIONS, WEIGHT_BITS
-from pac.planner.job import TrainingJob
+from pac.planner.workload import TrainingJob
 
 JOB_FORMAT_VERSION = 1
 TASKS = ("auto", "classification", "regression", "lm")
-TECHNIQUES = ("parallel",)  # the one technique the distributed path runs (others: `pacctl finetune`)
+CLUSTER_TECHNIQUES = ("parallel",)  # the one technique the distributed path runs (others: `pacctl finetune`)
 OPTIMIZERS = ("adamw",)  # what pac.train.loop implements: AdamW, linear warm-up then linear decay
 CACHE_CHOICES = (*CACHE_PRECISIONS, "none")  # "none": no activation cache
 DEVICE_MODES = ("discover", "list", "cluster")
@@ -104,9 +104,9 @@ class Job:
     version: int = JOB_FORMAT_VERSION
 
     def to_finetune_job(self):
-        """The same job on this device alone (pac.train.job.FinetuneJob)."""
+        """The same job on this device alone (pac.train.finetune.FinetuneJob)."""
         from pac.techniques.build import TechniqueConfig
-        from pac.train.job import FinetuneJob
+        from pac.train.finetune import FinetuneJob
 
         t, cache = self.training, self.cache
         return FinetuneJob(

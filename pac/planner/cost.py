@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from pac.limits import MAX_CHUNK_BYTES
-from pac.planner.job import TrainingJob
 from pac.planner.memory import (
     MemoryUse,
     boundary_bytes_per_sample,
@@ -23,6 +22,7 @@ from pac.planner.memory import (
     stage_memory,
 )
 from pac.planner.profile import HomeProfile, interpolation_weights
+from pac.planner.workload import TrainingJob
 
 INF = math.inf
 NO_LIMIT = 1 << 30  # "any number of micro-batches in flight fits"

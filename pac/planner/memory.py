@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pac.planner.job import TrainingJob
 from pac.planner.profile import DeviceProfile, ModelProfile
+from pac.planner.workload import TrainingJob
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pac.planner.errors import ProfileError
-from pac.planner.job import TrainingJob
+from pac.planner.workload import TrainingJob
 
 PLAN_FORMAT_VERSION = 1
 

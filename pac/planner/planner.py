@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pac.planner.baselines import STRATEGIES, candidates
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
-from pac.planner.job import TrainingJob
 from pac.planner.memory import cache_bytes_per_sample, phase2_memory
 from pac.planner.phase1 import Partition, estimate
 from pac.planner.phase2 import Phase2Assignment, phase1_disk, plan_phase2
@@ -23,6 +22,7 @@ from pac.planner.simulator import (
     simulate_phase2_epoch,
     simulate_transfers,
 )
+from pac.planner.workload import TrainingJob
 
 # The best candidates by the Eq. 4-6 estimate that are simulated to pick one. The estimate misranks close
 # candidates (it cannot see transfers queueing behind each other): on benchmark homes (24 and 96 layers,

@@ -3,7 +3,7 @@
 Phase 1, one mini-batch: each stage runs its micro-batches one-forward-one-backward (warm-up of
 min(stages after it, M) forwards, then alternate, then drain), its group in lock-step (the slowest device
 of the group sets each op's length). A stage boundary has one channel each way; a micro-batch's transfer
-starts when it is produced and the channel is free. As in the runtime (`StageHost.run_step`), each stage,
+starts when it is produced and the channel is free. As in the runtime (`StageReplica.run_step`), each stage,
 once its own last backward is done and its sends are delivered, AllReduces its side-network gradients in
 its group while the stages before it are still draining. Mini-batches are separated by the optimiser step
 (the controller applies it once every stage is done), so an epoch is the mini-batch time times the number
@@ -120,7 +120,7 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
 
 def _end_with_allreduce(stage_free: list[float], link_b_free: list[float], allreduce: list[float],
                         events: list[Event]) -> float:
-    """When the mini-batch ends. Like StageHost.run_step: each stage's last backward, then its sends
+    """When the mini-batch ends. Like StageReplica.run_step: each stage's last backward, then its sends
     delivered (its last one is the gradient of that backward to the stage before), then its group's
     AllReduce; the other stages go on meanwhile. It ends when every stage is done (then the optimiser step)."""
     finish = 0.0

@@ -11,6 +11,7 @@ import torch
 
 from pac.data.batching import Encoded, collate, to_device
 from pac.errors import ConfigError
+from pac.formats import SIDE_PRECISIONS
 from pac.metrics import classification_metrics, regression_metrics
 from pac.techniques.build import trainable_parameters
 
@@ -38,10 +39,11 @@ class TrainConfig:
 
     @property
     def side_dtype(self) -> torch.dtype:
-        return SIDE_PRECISIONS[self.side_precision]
+        return SIDE_DTYPES[self.side_precision]
 
 
-SIDE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SIDE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # one per pac.formats.SIDE_PRECISIONS
+assert tuple(SIDE_DTYPES) == SIDE_PRECISIONS
 
 
 def apply_side_options(side, config: TrainConfig) -> None:

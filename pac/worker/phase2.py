@@ -1,6 +1,6 @@
 """This device's part of phase 2: the whole side network and head, trained from the cache.
 
-`Phase2Host` holds no backbone; its cache holds every layer's states of the samples this device trains
+`Phase2Member` holds no backbone; its cache holds every layer's states of the samples this device trains
 (its own shard's records plus the ones fetched from other devices), and it trains its rows of every step,
 summing gradients over all devices each step.
 """
@@ -28,7 +28,7 @@ from pac.worker.stage import Transport
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
 
-class Phase2Host:
+class Phase2Member:
     """This device's part of phase 2: the side network and head, from the cache, data parallel."""
 
     def __init__(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor], cache_root: Path,

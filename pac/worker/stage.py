@@ -1,6 +1,6 @@
 """One replica of one phase-1 pipeline stage of a job, on this device.
 
-`StageHost` loads backbone layers [first, end) from the device's own model store, builds the stage's side
+`StageReplica` loads backbone layers [first, end) from the device's own model store, builds the stage's side
 blocks (and the head on the last stage) from the tensors the controller sends, and runs a mini-batch's
 1F1B operations: what it computes goes straight to the neighbouring stages' devices and comes back from
 them through a `Transport` (pacd: TensorStream and Collective over mutual TLS), never through the
@@ -85,7 +85,7 @@ class PeerLinks:
                 for name in names}
 
 
-class StageHost:
+class StageReplica:
     """One replica of one pipeline stage of a job, on this device."""
 
     def __init__(self, spec: StageSpec, state: dict[str, torch.Tensor], cache_root: Path,

@@ -24,7 +24,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     """Start DEVICES daemons on this machine, pair them (mutual TLS), fine-tune a chat model on a built-in
     household dataset across them with `pacctl train`'s controller, then ask it held-out questions and
     print its answers next to the untuned model's."""
-    from pac.cluster.controller import RunOptions, run_job
+    from pac.cluster.controller import RunOptions, run_training
     from pac.cluster.local import LocalCluster
     from pac.cluster.progress import Progress
     from pac.jobfile import parse_job
@@ -49,7 +49,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
             }, source="pacctl demo", base_dir=out)
             # one profiling batch size (the mini-batch): the three devices share this machine's cores, so
             # one quick measurement serves them all (pac/cluster/controller.py: once per host)
-            metrics, controller = run_job(job, cluster.devices, cluster.identity, out,
+            metrics, controller = run_training(job, cluster.devices, cluster.identity, out,
                                           RunOptions(profile_batch_sizes=(8,)),
                                           progress=progress, log_line=progress.message)
     except KeyboardInterrupt:

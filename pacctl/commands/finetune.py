@@ -57,7 +57,7 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.data.readers import TableFormat
     from pac.techniques.build import TechniqueConfig
-    from pac.train.job import FinetuneJob, run_job
+    from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
     defaults = {"parallel": 1e-3, "lora": 5e-4, "adapters": 5e-4, "full": 3e-5}
@@ -73,7 +73,7 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
             quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
             table=TableFormat(quoting=quoting, names=names),
         )
-        metrics = run_job(job, log=lambda line: click.echo(line, err=True))
+        metrics = run_finetune(job, log=lambda line: click.echo(line, err=True))
     except PacError as error:
         raise click.ClickException(str(error)) from error
     metrics.pop("model")

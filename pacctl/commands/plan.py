@@ -8,10 +8,10 @@ import click
 
 from pac.errors import PacError
 from pac.planner.baselines import STRATEGIES
-from pac.planner.job import TrainingJob
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import load_home
+from pac.planner.workload import TrainingJob
 
 GIB = float(1 << 30)
 

@@ -66,7 +66,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     """Fine-tune across the home's devices as JOB_FILE says (docs/job.md): plan, phase 1 (pipeline),
     phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
     and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint."""
-    from pac.cluster.controller import RunOptions, run_job
+    from pac.cluster.controller import RunOptions, run_training
     from pac.cluster.progress import Progress
     from pac.jobfile import load_job
     from pac.planner.plan import Plan
@@ -87,7 +87,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
                          lease_s=lease_s)
     progress = Progress(stream=sys.stderr)
     try:
-        metrics, _ = run_job(job, devices, identity, output, options, progress=progress,
+        metrics, _ = run_training(job, devices, identity, output, options, progress=progress,
                              log_line=progress.message, plan=plan)
     except KeyboardInterrupt:
         progress.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import grpc
 
 from pac.discovery.records import parse_peer
+from pac.limits import MAX_CHUNK_BYTES
 from pac.net.convert.daemon import link_to_proto
 from pac.security import NODE_ID_RE
 from pac.v1 import daemon_pb2, daemon_pb2_grpc
 from pacd.linkprobe import measure_link
 from pacd.rpc import InvalidRequest, check_pattern, check_range, handler
 
-MAX_ECHO_BYTES = 4 * 1024 * 1024
+MAX_ECHO_BYTES = MAX_CHUNK_BYTES  # an echo fits one message under gRPC's default limit
 CALL_TIMEOUT_S = 10.0
 
 

@@ -1,7 +1,7 @@
 """Stage service: a training job's phase-1 stage replica and phase-2 member on this device.
 
 Thin: it converts requests (pac/net/convert/stage.py), delegates to the job this device holds
-(pac.worker.job: the work runs in worker threads, one request of the job at a time) and turns errors
+(pac.worker.device_job: the work runs in worker threads, one request of the job at a time) and turns errors
 into statuses. One job at a time.
 """
 
@@ -21,7 +21,7 @@ from pac.net.node import node_for
 from pac.net.peer_transport import PeerTransport
 from pac.net.stage_client import fetch_records
 from pac.v1 import stage_pb2, stage_pb2_grpc
-from pac.worker.job import DeviceJob, JobSlot
+from pac.worker.device_job import DeviceJob, JobSlot
 from pac.worker.tensors import pack, unpack
 from pacd.rpc import InvalidRequest, handler
 

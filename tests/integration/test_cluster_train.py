@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from pac.cluster.assign import phase2_order
 from pac.cluster.context import Device
-from pac.cluster.controller import RunOptions, run_job
+from pac.cluster.controller import RunOptions, run_training
 from pac.cluster.measure import fixed_plan
 from pac.jobfile import parse_job
-from pac.planner.job import TrainingJob
+from pac.planner.workload import TrainingJob
 from pac.train.loop import TrainConfig, batches, train
 from tests.tolerance import ADAM_ROUNDING_SHARE, adam_movement_bound, assert_trained_close
 
@@ -99,7 +99,7 @@ def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, 
     plan = fixed_plan(model, TrainingJob(samples=count, batch_size=batch_size, epochs=epochs), stages,
                       micro_batches=micro_batches, phase2_shares={ids[i]: n for i, n in phase2.items()})
     out = tmp_path / "out"
-    metrics, controller = run_job(job, devices, None, out, RunOptions(), log_line=lambda line: None, plan=plan)
+    metrics, controller = run_training(job, devices, None, out, RunOptions(), log_line=lambda line: None, plan=plan)
 
     def order(prepared):
         items = dict(zip(prepared.keys, prepared.train_items, strict=True))
@@ -177,7 +177,7 @@ def test_phase2_with_activation_checkpointing_from_an_fp16_cache(tmp_path, four)
         where.mkdir()
         job = make_job(where, "tiny-llama", "lm", count=10, epochs=2, batch_size=5, precision="fp16",
                        activation_checkpointing=checkpointing)
-        metrics, _ = run_job(job, devices, None, where / "out", RunOptions(), log_line=lambda line: None,
+        metrics, _ = run_training(job, devices, None, where / "out", RunOptions(), log_line=lambda line: None,
                              plan=plan)
         assert metrics["phase2"] is not None
         adapters.append(load_file(str(where / "out" / "adapter.safetensors")))
@@ -217,7 +217,7 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
     assert len(plan.phase1.stages) >= 2
     assert all(use.phase1_peak_bytes <= use.memory_budget_bytes for use in plan.usage)
     plan = dataclasses.replace(plan, model="tiny-llama")
-    metrics, _ = run_job(job, devices, cluster.identity, tmp_path / "out", RunOptions(),
+    metrics, _ = run_training(job, devices, cluster.identity, tmp_path / "out", RunOptions(),
                          log_line=lambda line: None, plan=plan)
     assert len(metrics["steps"]) == 6 and metrics["steps"][-1]["loss"] < metrics["steps"][0]["loss"]
     assert metrics["plan"]["stages"] == [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
@@ -391,7 +391,7 @@ def test_same_job_on_the_same_plan_is_bit_identical(tmp_path, four):
         plan = fixed_plan("tiny-llama", TrainingJob(samples=14, batch_size=6, epochs=2),
                           [(0, 2, [ids[0], ids[1]], [2, 1]), (2, 3, [ids[2], ids[3]], [2, 1])], micro_batches=2,
                           phase2_shares={ids[0]: 5, ids[1]: 4, ids[2]: 5})
-        metrics, _ = run_job(job, devices_of(four), None, out / "out", RunOptions(), log_line=lambda line: None,
+        metrics, _ = run_training(job, devices_of(four), None, out / "out", RunOptions(), log_line=lambda line: None,
                              plan=plan)
         losses.append([s["loss"] for s in metrics["steps"]])
         adapters.append(load_file(str(out / "out" / "adapter.safetensors")))

@@ -1,7 +1,7 @@
 """The torchrun DDP LoRA baseline (bench/ddp_lora.py): 2 gloo ranks on tiny-bert train exactly what one
 process trains on the same mini-batches: the all-reduced gradient is the whole mini-batch's mean-loss
 gradient (the batch of 7 is split 4 / 3, so an unweighted rank average would differ), and the LoRA and
-head parameters after two steps equal those of pac.train.job.run_job (the project's own loop)."""
+head parameters after two steps equal those of pac.train.finetune.run_finetune (the project's own loop)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from bench.ddp_lora import disable_dropout, prepare, rank_slices, run_ddp_lora
 from pac.data.batching import collate
 from pac.techniques.build import TechniqueConfig
-from pac.train import job as job_module
+from pac.train import finetune as job_module
 from pac.train.loop import TrainConfig, batches
 from tests.tolerance import adam_movement_bound, assert_rounding_close, assert_trained_close
 
@@ -89,7 +89,7 @@ def test_two_ranks_train_what_one_process_trains(data_file, tmp_path, monkeypatc
     job = job_module.FinetuneJob(model="tiny-bert", train_file=str(data_file), technique=TechniqueConfig("lora"),
                                  train=TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED),
                                  seq_len=SEQ_LEN, train_limit=SAMPLES)
-    reference = job_module.run_job(job, log=lambda *_: None)["model"]
+    reference = job_module.run_finetune(job, log=lambda *_: None)["model"]
     params = {name: p.detach() for name, p in reference.named_parameters() if p.requires_grad}
     trained = {k.removeprefix("param/"): v for k, v in saved.items() if k.startswith("param/")}
     steps = SAMPLES // BATCH

@@ -67,14 +67,12 @@ def test_shard_records_join_into_the_full_record(tmp_path):
             torch.testing.assert_close(got, want.half().float())
 
 
-def test_phase2_host_takes_activation_checkpointing_from_the_job(tmp_path):
-    from dataclasses import asdict
-
+def test_phase2_member_takes_activation_checkpointing_from_the_job(tmp_path):
     from pac.heads import HeadConfig
     from pac.models.backbone import load_backbone
     from pac.techniques.build import TechniqueConfig, build_model
     from pac.train.loop import TrainConfig
-    from pac.worker.phase2 import Phase2Host
+    from pac.worker.phase2 import Phase2Member
     from pac.worker.spec import Phase2Spec
 
     backbone = load_backbone("tiny-bert")
@@ -82,12 +80,12 @@ def test_phase2_host_takes_activation_checkpointing_from_the_job(tmp_path):
     tensors = {k: v for k, v in model.state_dict().items() if k.startswith(("side.", "head."))}
     for checkpointing in (False, True):
         spec = Phase2Spec(job_id="j", model="tiny-bert", quantization="none", seed=0,
-                          side_spec=model.side.spec.to_dict(), head=asdict(HeadConfig("classification")),
-                          train=asdict(TrainConfig(activation_checkpointing=checkpointing)), total_steps=4,
+                          side_spec=model.side.spec, head=HeadConfig("classification"),
+                          train=TrainConfig(activation_checkpointing=checkpointing), total_steps=4,
                           steps_done=2, rank=0, members=["127.0.0.1:1"], fingerprint="f",
                           tokenizer_fingerprint="t", cache_precision="fp16")
-        host = Phase2Host(spec, tensors, tmp_path / str(checkpointing), transport=None)
-        assert host.model.side.checkpoint_blocks is checkpointing
-        assert host.states.tap_dtype() == torch.float16  # the cache's own format, with or without checkpointing
-        assert host.scheduler.last_epoch == 2  # the learning-rate schedule continues from phase 1
-        host.cache.close()
+        member = Phase2Member(spec, tensors, tmp_path / str(checkpointing), transport=None)
+        assert member.model.side.checkpoint_blocks is checkpointing
+        assert member.states.tap_dtype() == torch.float16  # the cache's own format, with or without checkpointing
+        assert member.scheduler.last_epoch == 2  # the learning-rate schedule continues from phase 1
+        member.cache.close()

@@ -9,7 +9,7 @@ from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
 from pac.quant import quantize_backbone
 from pac.techniques.build import TechniqueConfig, build_model, trainable_parameters
-from pac.train.job import FinetuneJob
+from pac.train.finetune import FinetuneJob
 from pac.train.loop import TrainConfig, train
 from tests.unit.test_parallel_adapters import (
     FAMILIES,

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 
 from pac.errors import ConfigError
-from pac.jobfile import (
-    CACHE_PRECISIONS,
-    QUANTIZATIONS,
-    CacheSection,
-    DevicesSection,
-    PlanSection,
-    TrainingSection,
-    load_job,
-    parse_job,
-)
+from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS
+from pac.jobfile import load_job, parse_job
+from pac.jobfile.sections import CacheSection, DevicesSection, PlanSection, TrainingSection
 
 ROOT = Path(__file__).resolve().parents[2]
 

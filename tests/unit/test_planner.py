@@ -8,13 +8,13 @@ import pytest
 
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError, ProfileError
-from pac.planner.job import TrainingJob
 from pac.planner.phase1 import Partition
 from pac.planner.phase2 import plan_phase2
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict, interpolate, load_home
 from pac.planner.synthetic import synthetic_home, tiny_home
+from pac.planner.workload import TrainingJob
 
 
 @pytest.mark.parametrize("layers,devices,seed", [(12, 3, 0), (24, 4, 1), (24, 6, 2)])

@@ -9,9 +9,9 @@ import random
 import pytest
 
 from pac.planner.cost import INF, CostModel
-from pac.planner.job import TrainingJob
 from pac.planner.phase1 import best_partitions, candidate_orders
 from pac.planner.synthetic import tiny_home
+from pac.planner.workload import TrainingJob
 
 
 def random_home(seed: int, layers: int, devices: int):

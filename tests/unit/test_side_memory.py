@@ -12,7 +12,7 @@ from pac.models.backbone import load_backbone
 from pac.side.blocks import SideMLP
 from pac.side.weights import BlockStyle
 from pac.techniques.build import TechniqueConfig, build_model, model_masks
-from pac.train.job import FinetuneJob
+from pac.train.finetune import FinetuneJob
 from pac.train.loop import TrainConfig, train
 from tests.tolerance import assert_rounding_close
 from tests.unit.test_parallel_adapters import FAMILIES, batch_of, classification_items

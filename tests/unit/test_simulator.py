@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pac.planner.cost import CostModel
-from pac.planner.job import TrainingJob
 from pac.planner.phase1 import Partition, estimate
 from pac.planner.simulator import one_f_one_b, simulate_phase1, simulate_transfers
 from pac.planner.synthetic import tiny_home
+from pac.planner.workload import TrainingJob
 
 
 def pipeline(stage_seconds: list[float], micro: int, latency: float = 0.0, backward_fraction: float = 1.0):

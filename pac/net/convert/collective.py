@@ -39,32 +39,15 @@ def group_from_proto(message: collective_pb2.GroupSpec) -> RingGroup:
     )
 
 
+_OPEN_FIELDS = ("group_id", "op_id", "from_rank", "world_size", "layout", "timeout_s", "stream", "streams")
+
+
 def open_to_proto(value: RingOpen) -> collective_pb2.RingFrame:
-    return collective_pb2.RingFrame(
-        open=collective_pb2.RingOpen(
-            group_id=value.group_id,
-            op_id=value.op_id,
-            from_rank=value.from_rank,
-            world_size=value.world_size,
-            layout=value.layout,
-            timeout_s=value.timeout_s,
-            stream=value.stream,
-            streams=value.streams,
-        )
-    )
+    return collective_pb2.RingFrame(open=collective_pb2.RingOpen(**{f: getattr(value, f) for f in _OPEN_FIELDS}))
 
 
 def open_from_proto(message: collective_pb2.RingOpen) -> RingOpen:
-    return RingOpen(
-        group_id=message.group_id,
-        op_id=message.op_id,
-        from_rank=message.from_rank,
-        world_size=message.world_size,
-        layout=message.layout,
-        timeout_s=message.timeout_s,
-        stream=message.stream,
-        streams=message.streams,
-    )
+    return RingOpen(**{f: getattr(message, f) for f in _OPEN_FIELDS})
 
 
 # ---- RingFrame, written and read by hand ---------------------------------------------------------------

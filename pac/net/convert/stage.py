@@ -13,7 +13,7 @@ from pac.side.network import SideConfig, SideSpec
 from pac.side.weights import BlockStyle
 from pac.train.loop import TrainConfig
 from pac.v1 import stage_pb2
-from pac.worker.job import DeviceJob
+from pac.worker.device_job import DeviceJob
 from pac.worker.spec import EpochStep, GatherPlan, GatherSample, MicroIn, Phase2Spec, StageSpec, StepReport
 from pac.worker.tensors import pack, unpack
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from pac.pipeline.stage import clip_coefficient
-from pac.worker.phase2 import Phase2Host, assemble_records, fetches_for
+from pac.worker.phase2 import Phase2Member, assemble_records, fetches_for
 from pac.worker.spec import EpochStep, GatherPlan, JobError, MicroIn, Phase2Spec, StageSpec, StepReport
-from pac.worker.stage import StageHost, Transport
+from pac.worker.stage import StageReplica, Transport
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class DeviceJob:
 
     def __init__(self, job_id: str, cache_root: Path, transport: Transport) -> None:
         self.job_id, self.cache_root, self.transport = job_id, cache_root, transport
-        self.stage: StageHost | None = None
-        self.phase2: Phase2Host | None = None
+        self.stage: StageReplica | None = None
+        self.phase2: Phase2Member | None = None
         self.lock = asyncio.Lock()  # one request of the job at a time
         self.step = 0
         # The controller's lease (pacctl train renews it): None until the first Renew, then the job is
@@ -95,15 +95,15 @@ class DeviceJob:
         return not self.lock.locked() and time.monotonic() > self.expires
 
     # ---- phase 1 ---------------------------------------------------------------------------------
-    async def load_stage(self, spec: StageSpec, state: dict[str, torch.Tensor]) -> StageHost:
+    async def load_stage(self, spec: StageSpec, state: dict[str, torch.Tensor]) -> StageReplica:
         async with self.lock:
             if self.stage is not None:
                 self.stage.release_model()
             self.transport.send_timeout_s = spec.timeout_s
-            self.stage = await asyncio.to_thread(StageHost, spec, state, self.cache_root, self.transport)
+            self.stage = await asyncio.to_thread(StageReplica, spec, state, self.cache_root, self.transport)
             return self.stage
 
-    def loaded_stage(self) -> StageHost:
+    def loaded_stage(self) -> StageReplica:
         if self.stage is None or self.stage.worker is None:
             raise JobStateError(f"job {self.job_id}: this device holds no phase-1 stage")
         return self.stage
@@ -133,12 +133,12 @@ class DeviceJob:
             return await asyncio.to_thread(holder.state, optimizer)
 
     # ---- phase 2 ---------------------------------------------------------------------------------
-    async def load_phase2(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor]) -> Phase2Host:
+    async def load_phase2(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor]) -> Phase2Member:
         async with self.lock:
             if self.stage is not None:
                 self.stage.release_model()  # phase 1 is over: the backbone slice goes, the shard stays
             trim_heap()
-            self.phase2 = await asyncio.to_thread(Phase2Host, spec, tensors, self.cache_root, self.transport)
+            self.phase2 = await asyncio.to_thread(Phase2Member, spec, tensors, self.cache_root, self.transport)
             return self.phase2
 
     async def gather(self, plan: GatherPlan, fetch: Fetch) -> tuple[int, int]:

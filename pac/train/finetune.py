@@ -69,7 +69,7 @@ def _load(job: FinetuneJob):
     return backbone
 
 
-def run_job(job: FinetuneJob, log=print) -> dict:
+def run_finetune(job: FinetuneJob, log=print) -> dict:
     torch.manual_seed(job.train.seed)
     backbone = _load(job)
     data = read_job_data(job.train_file, job.eval_file, job.table, job.train_limit, job.eval_limit, job.train.seed,
