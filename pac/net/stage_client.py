@@ -140,4 +140,8 @@ async def fetch_records(channel: grpc.aio.Channel, address: str, job_id: str, st
                        f"({error.code().name}): {error.details()}") from None
     except ChunkError as error:
         raise JobError(f"cache records of stage {stage} from {address}: {error}") from None
-    return {header.key: (data, [tuple(s.dims) for s in header.shapes]) for header, data in records}
+    out = {}
+    for header, data in records:
+        key, shapes = convert.record_from_header(header)
+        out[key] = (data, shapes)
+    return out

@@ -110,7 +110,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                 record, shapes = await asyncio.to_thread(shard.get_raw, key)
             except PacError as error:  # a corrupt record: the requester reports it
                 await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
-            header = stage_pb2.CacheRecordHeader(key=key, shapes=[stage_pb2.Shape(dims=list(s)) for s in shapes])
+            header = convert.record_header(key, shapes)
             for chunk in chunked(stage_pb2.CacheRecordChunk, "header", header, "data", record):
                 yield chunk
 

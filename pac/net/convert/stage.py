@@ -223,6 +223,15 @@ def report_from_proto(message: stage_pb2.StepReport) -> StepReport:
     return StepReport(message.step, message.loss, message.samples, message.seconds, message.allreduce_s)
 
 
+def record_header(key: str, shapes: list) -> stage_pb2.CacheRecordHeader:
+    """The header of one cache record a device sends a peer: its key and its tensors' shapes."""
+    return stage_pb2.CacheRecordHeader(key=key, shapes=[stage_pb2.Shape(dims=list(s)) for s in shapes])
+
+
+def record_from_header(header: stage_pb2.CacheRecordHeader) -> tuple[str, list[tuple[int, ...]]]:
+    return header.key, [tuple(s.dims) for s in header.shapes]
+
+
 # ---- what a device holds ---------------------------------------------------------------------------
 def status_to_proto(job: DeviceJob | None) -> stage_pb2.StageStatusReply:
     if job is None:
