@@ -8,7 +8,9 @@ states h_0 (the input of the first layer) .. h_L (the output of each layer), plu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -127,18 +129,54 @@ class Backbone:
         inference tensors may not be saved by the side network's autograd graph, which reads them.
         """
         taps: list[list[torch.Tensor]] = [[] for _ in self.stacks]
+        with self._tapped(taps, range(len(self.stacks))), torch.no_grad():
+            final, encoder_final = self._forward(batch)
+        return BackboneOutput(taps=taps, final=final, encoder_final=encoder_final)
+
+    @contextlib.contextmanager
+    def _tapped(self, taps: list[list[torch.Tensor]], stacks):
+        """While inside: every layer of `stacks` appends its input (the first layer) and output to taps."""
         handles = []
-        for index, stack in enumerate(self.stacks):
+        for index in stacks:
+            stack = self.stacks[index]
             handles.append(stack[0].register_forward_pre_hook(_capture_input(taps[index]), with_kwargs=True))
-            for layer in stack:
-                handles.append(layer.register_forward_hook(_capture_output(taps[index])))
+            handles += [layer.register_forward_hook(_capture_output(taps[index])) for layer in stack]
         try:
-            with torch.no_grad():
-                final, encoder_final = self._forward(batch)
+            yield
         finally:
             for handle in handles:
                 handle.remove()
-        return BackboneOutput(taps=taps, final=final, encoder_final=encoder_final)
+
+    @torch.no_grad()
+    def run_cached(self, batch: dict[str, torch.Tensor], cache=None,
+                   encoder: BackboneOutput | None = None) -> tuple[BackboneOutput, object]:
+        """Decoding with the model's own key/value cache: the tapped states of the new positions only.
+
+        `batch["input_ids"]` (decoder-only) or `batch["decoder_input_ids"]` (encoder-decoder) holds the new
+        tokens, its attention mask every position so far; `cache` is what the previous call returned
+        (None at first). An encoder-decoder model runs its encoder on the first call only: pass that
+        call's output as `encoder` afterwards (its encoder taps and output are reused)."""
+        if self.family == "encoder":
+            raise ValueError(f"{self.name} is an encoder: it does not decode")
+        taps: list[list[torch.Tensor]] = [[] for _ in self.stacks]
+        decoder = len(self.stacks) - 1
+        if self.family == "decoder":
+            with self._tapped(taps, [decoder]):
+                out = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                            use_cache=True, **{_cache_argument(self.model.base_model): cache})
+            return BackboneOutput(taps, out.last_hidden_state), _cache_of(out)
+        if encoder is None:
+            with self._tapped(taps, [0]):
+                encoded = self.model.get_encoder()(input_ids=batch["input_ids"],
+                                                   attention_mask=batch["attention_mask"]).last_hidden_state
+        else:
+            taps[0], encoded = encoder.taps[0], encoder.encoder_final
+        step = self.model.get_decoder()
+        with self._tapped(taps, [decoder]):
+            out = step(input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
+                       encoder_hidden_states=encoded, encoder_attention_mask=batch["attention_mask"],
+                       use_cache=True, **{_cache_argument(step): cache})
+        return BackboneOutput(taps, out.last_hidden_state, encoded), _cache_of(out)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.family == "encoder-decoder":
@@ -195,6 +233,15 @@ class FrozenLMHead:
         if self.bias is not None:
             logits = logits + self.bias.to(logits.dtype)
         return logits.to(dtype)
+
+
+def _cache_argument(module: nn.Module) -> str:
+    """The name transformers gives a forward's key/value cache argument (`cache` from 5.24 on)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def _first_tensor(value):

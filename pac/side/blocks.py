@@ -100,6 +100,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+class KeyValues:
+    """One attention's keys and values so far, for decoding one position at a time (fp32, rotated)."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None  # [batch, heads, positions, head_dim]
+        self.values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys and values; all of them so far."""
+        if self.keys is not None:
+            keys, values = torch.cat((self.keys, keys), dim=2), torch.cat((self.values, values), dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
 class SideAttention(nn.Module):
     """Multi-head attention of width r; rotary positions with the frequencies kept by pruning."""
 
@@ -118,22 +137,32 @@ class SideAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def _rotation(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(length, device=like.device, dtype=like.dtype)
+    def _rotation(self, start: int, end: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start, end, device=like.device, dtype=like.dtype)
         angles = positions[None, None, :, None] * self.inv_freq.to(like.dtype)[None, :, None, :]
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+    def forward(self, x, mask, memory=None, memory_mask=None, cache: KeyValues | None = None) -> torch.Tensor:
+        """Attention of x's positions over x (self) or `memory` (cross). With `cache` (decoding), x holds
+        only the new positions: self-attention appends their keys and values to the cache and attends
+        over all so far; cross-attention computes the memory's keys and values once."""
         source = x if memory is None else memory
-        q, k, v = self._split(self.q(x)), self._split(self.k(source)), self._split(self.v(source))
+        q = self._split(self.q(x))
         narrow = q.dtype
         # Rotary angles and attention itself always in fp32 (under 16-bit autocast too): bf16 cannot
         # hold angles of a few hundred radians, and CPU attention's 16-bit backward is ~3x slower.
-        q, k, v = q.float(), k.float(), v.float()
-        if self.inv_freq is not None and memory is None:
-            cos, sin = self._rotation(x.shape[1], q)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        q = q.float()
+        if memory is not None and cache is not None and cache.keys is not None:
+            k, v = cache.keys, cache.values
+        else:
+            k, v = self._split(self.k(source)).float(), self._split(self.v(source)).float()
+            if self.inv_freq is not None and memory is None:
+                start = cache.length if cache is not None else 0
+                cos, sin = self._rotation(start, start + x.shape[1], q)
+                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            if cache is not None:
+                k, v = cache.extend(k, v)
         attend = mask if memory is None else memory_mask
         with torch.autocast(q.device.type, enabled=False):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend if attend.dtype == torch.bool else attend.float())
@@ -173,10 +202,13 @@ class SideBlock(nn.Module):
     def _sublayer(self, x, norm, fn) -> torch.Tensor:
         return x + fn(norm(x)) if self.pre_norm else norm(x + fn(x))
 
-    def forward(self, hidden, previous, mask, memory=None, memory_mask=None) -> torch.Tensor:
+    def forward(self, hidden, previous, mask, memory=None, memory_mask=None,
+                cache: tuple[KeyValues, KeyValues] | None = None) -> torch.Tensor:
+        """`cache` (decoding): the self- and cross-attention's keys and values so far."""
+        mine, cross = cache if cache is not None else (None, None)
         mu = torch.sigmoid(self.gate)
         x = mu * down_project(self.down, hidden) + (1 - mu) * previous
-        x = self._sublayer(x, self.norms[0], lambda y: self.attention(y, mask))
+        x = self._sublayer(x, self.norms[0], lambda y: self.attention(y, mask, cache=mine))
         if self.cross is not None:
-            x = self._sublayer(x, self.norms[1], lambda y: self.cross(y, None, memory, memory_mask))
+            x = self._sublayer(x, self.norms[1], lambda y: self.cross(y, None, memory, memory_mask, cache=cross))
         return self._sublayer(x, self.norms[-1], self.mlp)

@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from pac.errors import ConfigError
-from pac.side.blocks import SideBlock, down_project, make_norm
+from pac.side.blocks import KeyValues, SideBlock, down_project, make_norm
 from pac.side.weights import BlockStyle, block_style
 
 
@@ -108,6 +108,17 @@ def side_spec(backbone, config: SideConfig) -> SideSpec:
     )
 
 
+@dataclass
+class SideCache:
+    """What a side network keeps between decoding steps: the keys and values of every block of its last
+    stack, the positions seen, and (encoder-decoder) the encoder stack's output, computed once."""
+
+    blocks: list[tuple[KeyValues, KeyValues]]  # per block of the last stack: (self, cross) attention
+    length: int = 0
+    memory: torch.Tensor | None = None
+    memory_mask: torch.Tensor | None = None
+
+
 class SideNetwork(nn.Module):
     def __init__(self, spec: SideSpec) -> None:
         super().__init__()
@@ -132,31 +143,52 @@ class SideNetwork(nn.Module):
         # gradients and optimiser state stay float32; attention runs in float32). Not saved either.
         self.compute_dtype = torch.float32
 
-    def forward(self, taps: list[list[torch.Tensor | None]], masks: list[torch.Tensor]) -> torch.Tensor:
-        """taps[s][i] = h_i of stack s (entries not in needed_taps may be None); masks[s]: [batch, len]."""
+    def forward(self, taps: list[list[torch.Tensor | None]], masks: list[torch.Tensor],
+                cache: SideCache | None = None) -> torch.Tensor:
+        """taps[s][i] = h_i of stack s (entries not in needed_taps may be None); masks[s]: [batch, len].
+
+        Decoding (`cache`, from `new_cache`): the last stack's taps hold only the new positions, its mask
+        every position so far; the other stacks run on the first call only."""
         dtype = self.up.weight.dtype
         if self.compute_dtype == dtype:
-            return self._forward(taps, masks)
+            return self._forward(taps, masks, cache)
         with torch.autocast(self.up.weight.device.type, dtype=self.compute_dtype):
-            return self._forward(taps, masks).to(dtype)
+            return self._forward(taps, masks, cache).to(dtype)
 
-    def _forward(self, taps, masks) -> torch.Tensor:
+    def new_cache(self) -> SideCache:
+        if not self.spec.causal_stacks[-1]:
+            raise ConfigError(f"a side network of an {self.spec.family} model does not decode")
+        return SideCache([(KeyValues(), KeyValues()) for _ in self.stacks[-1]])
+
+    def _forward(self, taps, masks, cache: SideCache | None = None) -> torch.Tensor:
         memory = memory_mask = None
         a = None
+        last = len(self.stacks) - 1
         for stack_index, blocks in enumerate(self.stacks):
+            if cache is not None and stack_index < last and cache.memory is not None:
+                memory, memory_mask = cache.memory, cache.memory_mask  # the encoder ran on the first call
+                continue
+            decoding = cache is not None and stack_index == last
             states = taps[stack_index]
-            entry = self.entry[stack_index]
-            mask = additive(attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index]),
-                            torch.float32)  # attention runs in fp32 (SideAttention)
-            a = down_project(entry, states[0])
+            if decoding:
+                mask = decoding_mask(masks[stack_index], cache.length, states[0].shape[1])
+            else:
+                mask = attention_mask(masks[stack_index], self.spec.causal_stacks[stack_index])
+            mask = additive(mask, torch.float32)  # attention runs in fp32 (SideAttention)
+            a = down_project(self.entry[stack_index], states[0])
             checkpointing = self.checkpoint_blocks and torch.is_grad_enabled()
-            for layer, block in zip(self.spec.taps[stack_index], blocks, strict=True):
+            for index, (layer, block) in enumerate(zip(self.spec.taps[stack_index], blocks, strict=True)):
                 if checkpointing:
                     a = torch.utils.checkpoint.checkpoint(block, states[layer], a, mask, memory, memory_mask,
                                                           use_reentrant=False)
                 else:
-                    a = block(states[layer], a, mask, memory, memory_mask)
+                    a = block(states[layer], a, mask, memory, memory_mask,
+                              cache=cache.blocks[index] if decoding else None)
             memory, memory_mask = a, masks[stack_index].bool()[:, None, None, :]
+            if cache is not None and stack_index < last:
+                cache.memory, cache.memory_mask = memory, memory_mask
+        if cache is not None:
+            cache.length += taps[last][0].shape[1]
         return self.up(self.final_norm(a))
 
 
@@ -164,6 +196,15 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean mask as the 0 / -inf float mask attention adds (what it would make of the boolean one
     itself, in every block; made once, so backward keeps one copy instead of one per block)."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def decoding_mask(padding: torch.Tensor, start: int, new: int) -> torch.Tensor:
+    """Boolean [batch, 1, new, start + new] mask of the `new` positions after `start` (causal): each
+    attends to every earlier position and itself that `padding` ([batch, start + new]) does not mask."""
+    keys = padding.bool()[:, None, None, :]
+    seen = torch.arange(start + new, device=padding.device)[None, :] <= torch.arange(
+        start, start + new, device=padding.device)[:, None]
+    return keys & seen[None, None]
 
 
 def attention_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Using the tuned model at home: decoding with key/value caches (decode.py) and what a daemon serves."""

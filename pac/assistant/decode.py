@@ -1,0 +1,162 @@
+"""Answering with the tuned model: one new position per token through the backbone and the side network.
+
+`Decoding` keeps the backbone's own key/value cache (transformers') and the side network's
+(`SideNetwork.new_cache`): after the prompt, every token runs one position through both, so an answer
+costs time in proportion to its length, not its square. `tokens` draws the answer from the logits
+(greedy, or temperature and nucleus sampling from a seeded generator) and stops at the end-of-sequence
+token, a stop string or `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pac.errors import ConfigError
+from pac.techniques.build import ParallelAdaptersModel, model_masks
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How an answer is drawn."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy (the most likely token every time)
+    top_p: float = 1.0  # nucleus sampling: draw from the fewest tokens holding this much probability
+    seed: int | None = None  # the same seed, prompt and model give the same answer
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ConfigError("a stop string must not be empty")
+
+
+class Decoding:
+    """One sequence being answered: the prompt, then a token at a time, with both models' caches."""
+
+    def __init__(self, backbone, side_model: ParallelAdaptersModel | None, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty")
+        self.backbone = backbone
+        self.side = side_model.side.eval() if side_model is not None else None
+        self.side_cache = self.side.new_cache() if self.side is not None else None
+        self.prompt = torch.tensor([prompt_ids], device=backbone.device)
+        self.cache = None
+        self.encoder = None  # encoder-decoder: the encoder's output, from the first step
+        self.positions = 0  # of the decoding stack, so far
+
+    def _batch(self, new: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = torch.ones(1, self.positions + new.shape[1], dtype=torch.long, device=new.device)
+        if self.backbone.family == "encoder-decoder":
+            return {"input_ids": self.prompt, "attention_mask": torch.ones_like(self.prompt),
+                    "decoder_input_ids": new, "decoder_attention_mask": mask}
+        return {"input_ids": new, "attention_mask": mask}
+
+    @torch.no_grad()
+    def _step(self, new: torch.Tensor) -> torch.Tensor:
+        batch = self._batch(new)
+        out, self.cache = self.backbone.run_cached(batch, self.cache, self.encoder)
+        if self.backbone.family == "encoder-decoder":
+            self.encoder = out
+        hidden = out.final
+        if self.side is not None:
+            hidden = hidden + self.side(out.taps, model_masks(batch, self.backbone.family), self.side_cache)
+        self.positions += new.shape[1]
+        return self.backbone.lm_logits(hidden[:, -1])[0]
+
+    def start(self) -> torch.Tensor:
+        """The logits of the answer's first token."""
+        if self.backbone.family == "encoder-decoder":
+            start = self.backbone.config.decoder_start_token_id
+            return self._step(torch.tensor([[start]], device=self.prompt.device))
+        return self._step(self.prompt)
+
+    def feed(self, token: int) -> torch.Tensor:
+        """The logits of the token after `token`."""
+        return self._step(torch.tensor([[token]], device=self.prompt.device))
+
+
+def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """The next token: the most likely (temperature 0), else drawn from the nucleus at that temperature."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    probabilities = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        ordered, order = probabilities.sort(descending=True)
+        before = ordered.cumsum(0) - ordered  # probability of the tokens ranked above each one
+        ordered[before >= sampling.top_p] = 0.0  # keep the fewest whose mass reaches top_p
+        probabilities = torch.zeros_like(probabilities).scatter_(0, order, ordered)
+    return int(torch.multinomial(probabilities.cpu(), 1, generator=generator))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of the answer: the text it adds and the tokens it took (text may wait for later tokens:
+    a character still incomplete, or what could be the start of a stop string)."""
+
+    text: str
+    tokens: int
+
+
+class _Text:
+    """The answer's text as its tokens arrive, shown as soon as no stop string can still begin in it."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.shown = ""
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if found:
+            self.stopped = True
+            return self._show(text[:min(found)])
+        if text.endswith("\ufffd"):  # a character is still incomplete
+            return ""
+        held = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be starting
+        return self._show(text[:len(text) - held] if held else text)
+
+    def rest(self) -> str:
+        return "" if self.stopped else self._show(self.tokenizer.decode(self.ids))
+
+    def _show(self, text: str) -> str:
+        if not text.startswith(self.shown) or len(text) <= len(self.shown):
+            return ""
+        delta, self.shown = text[len(self.shown):], text
+        return delta
+
+
+def answer(decoding: Decoding, tokenizer, sampling: Sampling) -> Iterator[Piece]:
+    """The answer, piece by piece, until the end-of-sequence token, a stop string or the token limit."""
+    generator = None
+    if sampling.temperature > 0:
+        generator = torch.Generator()
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()
+    text = _Text(tokenizer, sampling.stop)
+    logits = decoding.start()
+    for count in range(1, sampling.max_new_tokens + 1):
+        token = choose(logits, sampling, generator)
+        if token == tokenizer.eos_token_id:
+            break
+        yield Piece(text.add(token), 1)
+        if text.stopped:
+            return
+        if count < sampling.max_new_tokens:
+            logits = decoding.feed(token)
+    rest = text.rest()
+    if rest:
+        yield Piece(rest, 0)

@@ -1,0 +1,114 @@
+"""Decoding with key/value caches computes what recomputing the whole sequence computes, for every
+family that generates; sampling is seeded and bounded; stop strings end the answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pac.assistant.decode import Decoding, Sampling, _Text, answer, choose
+from pac.errors import ConfigError
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.models.tiny import ByteTokenizer
+from pac.techniques.build import TechniqueConfig, build_model, model_masks
+from pac.train.generate import generate_recomputing
+
+FAMILIES = ["tiny-llama", "tiny-gpt2", "tiny-t5", "tiny-bart"]
+
+
+def tuned(name: str):
+    """A backbone and a Parallel Adapter with random (not zero-initialised) weights, so the side network
+    changes every logit."""
+    backbone = load_backbone(name, seed=0)
+    model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("lm"))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.side.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return backbone, model
+
+
+def full_logits(backbone, model, prompt: list[int], answer_ids: list[int]) -> torch.Tensor:
+    """The logits of every answer position, from one pass over the whole sequence."""
+    if backbone.family == "encoder-decoder":
+        decoder = torch.tensor([[backbone.config.decoder_start_token_id, *answer_ids]])
+        ids = torch.tensor([prompt])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": decoder,
+                 "decoder_attention_mask": torch.ones_like(decoder)}
+        first = 0
+    else:
+        ids = torch.tensor([prompt + answer_ids])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        first = len(prompt) - 1
+    with torch.no_grad():
+        out = backbone.run(batch)
+        hidden = out.final + model.side.eval()(out.taps, model_masks(batch, backbone.family))
+        return backbone.lm_logits(hidden[0, first:])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cached_decoding_gives_the_logits_of_recomputing(name):
+    backbone, model = tuned(name)
+    prompt, answer_ids = [1, 40, 41, 42, 43, 44], [50, 51, 52, 53, 54, 55, 56]
+    decoding = Decoding(backbone, model, prompt)
+    steps = [decoding.start()] + [decoding.feed(t) for t in answer_ids]
+    torch.testing.assert_close(torch.stack(steps), full_logits(backbone, model, prompt, answer_ids),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_greedy_answers_are_the_tokens_of_recomputing(name):
+    backbone, model = tuned(name)
+    tokenizer = backbone.tokenizer
+    for question in ("what time is it", "turn on the lights"):
+        prompt = tokenizer.chat_prompt(question)
+        want = generate_recomputing(backbone, prompt, model, max_new_tokens=12)
+        pieces = list(answer(Decoding(backbone, model, prompt), tokenizer, Sampling(max_new_tokens=12)))
+        assert sum(p.tokens for p in pieces) == len(want)
+        assert "".join(p.text for p in pieces) == tokenizer.decode(want)
+
+
+def test_the_untuned_backbone_decodes_too():
+    backbone = load_backbone("tiny-llama", seed=0)
+    prompt = backbone.tokenizer.chat_prompt("hello")
+    pieces = list(answer(Decoding(backbone, None, prompt), backbone.tokenizer, Sampling(max_new_tokens=8)))
+    assert "".join(p.text for p in pieces) == backbone.tokenizer.decode(generate_recomputing(backbone, prompt, None, 8))
+
+
+def test_sampling_is_seeded_and_the_nucleus_narrows_it():
+    backbone, model = tuned("tiny-llama")
+    prompt = backbone.tokenizer.chat_prompt("sample")
+
+    def draw(**options) -> str:
+        pieces = answer(Decoding(backbone, model, prompt), backbone.tokenizer, Sampling(max_new_tokens=10, **options))
+        return "".join(p.text for p in pieces)
+
+    assert draw(temperature=1.0, seed=3) == draw(temperature=1.0, seed=3)
+    assert len({draw(temperature=2.0, seed=s) for s in range(4)}) > 1
+    assert draw(temperature=1.0, top_p=1e-6, seed=5) == draw()  # only the most likely token is left
+
+
+def test_choose_keeps_the_fewest_tokens_holding_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    generator = torch.Generator().manual_seed(0)
+    drawn = {choose(logits, Sampling(temperature=1.0, top_p=0.7), generator) for _ in range(200)}
+    assert drawn == {0, 1}
+
+
+@pytest.mark.parametrize("field, value", [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0),
+                                          ("top_p", 1.5)])
+def test_bad_sampling_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        Sampling(**{field: value})
+
+
+def test_stop_strings_end_the_answer_before_them_and_hold_nothing_back():
+    tokenizer = ByteTokenizer()
+    text = _Text(tokenizer, ("STOP",))
+    shown = "".join(text.add(t) for t in tokenizer.encode("lights on STOP and more", add_special_tokens=False)
+                    if not text.stopped)
+    assert shown == "lights on " and text.stopped
+    text = _Text(tokenizer, ("STOP",))
+    shown = "".join(text.add(t) for t in tokenizer.encode("all ST", add_special_tokens=False)) + text.rest()
+    assert shown == "all ST"  # held back while it could have begun a stop string, then shown
