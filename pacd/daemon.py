@@ -22,6 +22,7 @@ from pac.discovery.mdns import Advertiser
 from pac.discovery.records import DeviceRecord
 from pac.limits import grpc_size_options
 from pac.security import Identity, is_paired, load_identity, secure_channel
+from pac.worker.device_job import JobSlot
 from pacd import notify, server
 from pacd.config import DaemonConfig
 from pacd.pairing import PairingSession
@@ -65,6 +66,7 @@ class Daemon:
         self.pairing: PairingSession | None = None
         self.port = config.port
         self.service_names: list[str] = []
+        self.jobs = JobSlot(self.spawn)  # the one training job this device holds (Stage); Assistant asks it
         self._out = out
         self._tasks: set[asyncio.Task] = set()
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []

@@ -8,7 +8,7 @@ import re
 
 import grpc
 
-from pac.errors import ConfigError, ModelNotFoundError, PacError
+from pac.errors import AdapterMismatchError, ConfigError, ModelNotFoundError, PacError
 from pac.worker.device_job import JobStateError
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,23 @@ class NotReady(PacError):
     """The device cannot do this in its current state (for example: not paired, already paired)."""
 
 
+class Overloaded(PacError):
+    """Too many requests wait already; the client should try again shortly."""
+
+
+class Occupied(PacError):
+    """The device is doing something that excludes this request for now (training a job)."""
+
+
 _STATUS = [
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Occupied, grpc.StatusCode.UNAVAILABLE),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AdapterMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]

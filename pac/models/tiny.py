@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import transformers
 
+from pac.models.tokenizer import plain_chat
+
 VOCAB_SIZE = 128
 
 
@@ -93,4 +95,7 @@ class ByteTokenizer:
         return f"byte-tokenizer-v1-{VOCAB_SIZE}"
 
     def chat_prompt(self, prompt: str) -> list[int]:
-        return self.encode(f"Q: {prompt}\nA: ")[:-1]
+        return self.chat_ids([{"role": "user", "content": prompt}])
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.encode(plain_chat(messages, "Q: ", "\nA: "))[:-1]

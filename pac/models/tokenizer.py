@@ -29,11 +29,15 @@ class HFTokenizer:
 
     def chat_prompt(self, prompt: str) -> list[int]:
         """Token ids of a user turn followed by the start of the assistant's answer."""
+        return self.chat_ids([{"role": "user", "content": prompt}])
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation (roles system, user, assistant) ending with the start of the
+        assistant's next answer: the model's chat template, else plain "Question: / Answer:" turns."""
         if self.chat_template:
-            messages = [{"role": "user", "content": prompt}]
             text = self.inner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return self.encode(text, add_special_tokens=False)
-        return self.encode(f"Question: {prompt}\nAnswer: ")
+        return self.encode(plain_chat(messages, "Question: ", "\nAnswer: "))
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.inner.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -42,3 +46,14 @@ class HFTokenizer:
         vocab = self.inner.get_vocab()
         digest = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()
         return f"{type(self.inner).__name__}-{len(vocab)}-{digest[:16]}"
+
+
+def plain_chat(messages: list[dict[str, str]], question: str, answer: str) -> str:
+    """A conversation as text for a model without a chat template; it ends where the answer begins."""
+    parts = []
+    for message in messages:
+        if message["role"] == "user":
+            parts.append(f"{question}{message['content']}{answer}")
+        else:  # the assistant's earlier answers, a system instruction
+            parts.append(f"{message['content']}\n")
+    return "".join(parts)

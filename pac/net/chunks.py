@@ -26,10 +26,15 @@ def chunked(kind: type[Message], header_field: str, header: Message, data_field:
     return chunks
 
 
-async def read_chunked(stream, header_field: str, data_field: str) -> list[tuple[Message, bytes]]:
-    """Every record of a chunk stream, as (header, bytes)."""
+async def read_chunked(stream, header_field: str, data_field: str,
+                       limit: int | None = None) -> list[tuple[Message, bytes]]:
+    """Every record of a chunk stream, as (header, bytes); ChunkError past `limit` bytes in all."""
     records: list[tuple[Message, list[bytes]]] = []
+    total = 0
     async for chunk in stream:
+        total += len(getattr(chunk, data_field))
+        if limit is not None and total > limit:
+            raise ChunkError(f"the stream carries more than {limit} bytes")
         if chunk.HasField(header_field):
             records.append((getattr(chunk, header_field), []))
         elif not records:
@@ -38,9 +43,9 @@ async def read_chunked(stream, header_field: str, data_field: str) -> list[tuple
     return [(header, b"".join(parts)) for header, parts in records]
 
 
-async def read_one(stream, header_field: str, data_field: str) -> tuple[Message, bytes]:
+async def read_one(stream, header_field: str, data_field: str, limit: int | None = None) -> tuple[Message, bytes]:
     """The one record of a chunk stream."""
-    records = await read_chunked(stream, header_field, data_field)
+    records = await read_chunked(stream, header_field, data_field, limit)
     if len(records) != 1:
         raise ChunkError(f"expected one record (its first chunk with the {header_field}), got {len(records)}")
     return records[0]

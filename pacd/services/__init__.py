@@ -9,4 +9,4 @@ The servicers stay thin: they check the request, convert protobuf to the product
 (pac/net/convert/, one module per proto) and delegate to the logic in `pac/`.
 """
 
-SERVICE_MODULES: list[str] = ["device", "link", "pairing", "tensor", "collective", "stage"]
+SERVICE_MODULES: list[str] = ["device", "link", "pairing", "tensor", "collective", "stage", "assistant"]

@@ -43,7 +43,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     def __init__(self, daemon) -> None:
         self.daemon = daemon
         self.node = node_for(daemon)
-        self.slot = JobSlot(daemon.spawn)  # the one job this device holds
+        self.slot: JobSlot = daemon.jobs  # the one job this device holds
 
     def _open(self, job_id: str, directory: str | None) -> DeviceJob:
         def cache_root() -> Path:

@@ -1,0 +1,106 @@
+"""Answering with a deployed adapter: its backbone from the device's model store, at the quantisation it
+was trained at, with the adapter attached; chat answers decoded with key/value caches; classification
+and regression in batches.
+
+One model is held at a time (the last one asked for); requests take turns (the daemon queues them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pac.adapter import load_adapter
+from pac.assistant.decode import Decoding, Piece, Sampling, answer
+from pac.assistant.store import Deployed, ModelStore
+from pac.data.batching import collate, encode_example
+from pac.data.readers import Example
+from pac.errors import AdapterMismatchError, ConfigError
+from pac.models.backbone import load_backbone
+from pac.quant import quantize_backbone
+
+MAX_TEXTS = 256
+CLASSIFY_SEQ_LEN = 512
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One text's classification: every label's probability, most probable first; or a regression score."""
+
+    labels: tuple[tuple[str, int, float], ...] = ()  # (label, class index, probability)
+    score: float | None = None
+
+
+def check_messages(messages: list[dict[str, str]]) -> None:
+    if not messages:
+        raise ConfigError("messages: the conversation is empty")
+    for i, message in enumerate(messages):
+        if message["role"] not in ROLES:
+            raise ConfigError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {message['role']!r}")
+    if messages[-1]["role"] != "user":
+        raise ConfigError(f"messages: the last turn must be the user's, got {messages[-1]['role']!r}")
+
+
+class Assistant:
+    """What the daemon's Assistant service answers with."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self._loaded: tuple[str, object, object] | None = None  # (adapter id, backbone, tuned model)
+        self._fingerprints: dict[str, str] = {}  # backbone name -> fingerprint of this device's copy
+
+    def check_backbone(self, name: str, fingerprint: str) -> None:
+        """Refuse an adapter for a backbone this device lacks, or holds with other weights."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = load_backbone(name).fingerprint()  # ModelNotFoundError names it
+        mine = self._fingerprints[name]
+        if mine != fingerprint:
+            raise AdapterMismatchError(
+                f"the adapter needs backbone {name!r} with fingerprint {fingerprint[:12]}; this device's model "
+                f"store has {name!r} with fingerprint {mine[:12]} (other weights): install the same model here")
+
+    def _model(self, deployed: Deployed):
+        if self._loaded is None or self._loaded[0] != deployed.id:
+            self._loaded = None  # the previous model goes before the next one loads
+            backbone = load_backbone(deployed.backbone)
+            backbone.fingerprint()  # of the weights as stored, before quantising (what the adapter names)
+            quantize_backbone(backbone, deployed.quantization)
+            self._loaded = (deployed.id, backbone, load_adapter(self.store.path(deployed), backbone).eval())
+        return self._loaded[1], self._loaded[2]
+
+    def chat(self, deployed: Deployed, messages: list[dict[str, str]],
+             sampling: Sampling) -> tuple[int, Iterator[Piece]]:
+        """The prompt's token count and the answer's pieces (decoded as they are taken)."""
+        check_messages(messages)
+        backbone, model = self._model(deployed)
+        prompt = backbone.tokenizer.chat_ids(messages)
+        return len(prompt), answer(Decoding(backbone, model, prompt), backbone.tokenizer, sampling)
+
+    @torch.no_grad()
+    def classify(self, deployed: Deployed, texts: list[str], pairs: list[str]) -> list[Result]:
+        if not texts or len(texts) > MAX_TEXTS:
+            raise ConfigError(f"texts: send 1 to {MAX_TEXTS} texts, got {len(texts)}")
+        if pairs and len(pairs) != len(texts):
+            raise ConfigError(f"second_texts: one per text ({len(texts)}) or none, got {len(pairs)}")
+        backbone, model = self._model(deployed)
+        task = "regression" if deployed.task == "regression" else "classification"
+        items = [encode_example(Example(text=t, text_pair=pairs[i] if pairs else None, label=0, score=0.0),
+                                backbone.tokenizer, task, backbone.family, CLASSIFY_SEQ_LEN, i)
+                 for i, t in enumerate(texts)]
+        batch = {k: v.to(backbone.device) for k, v in collate(items, backbone.tokenizer.pad_token_id or 0,
+                                                               task).items()}
+        logits = model(batch).logits.float()
+        if task == "regression":
+            return [Result(score=float(v)) for v in logits.reshape(-1)]
+        results = []
+        for row in torch.softmax(logits, dim=-1):
+            order = row.argsort(descending=True).tolist()
+            results.append(Result(tuple((_label(deployed, i), i, float(row[i])) for i in order)))
+        return results
+
+
+def _label(deployed: Deployed, index: int) -> str:
+    return deployed.labels[index] if index < len(deployed.labels) else str(index)

@@ -1,0 +1,165 @@
+"""The Assistant service on a real daemon over mutual TLS: deploy, list, chat answers streamed as the
+in-process decoder gives them, classification, refusals that name what is wrong, cancellation and a
+crowd of clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+import torch
+
+from pac.adapter import load_side_model, save_adapter
+from pac.assistant.decode import Decoding, Sampling, answer
+from pac.assistant.store import Provenance
+from pac.heads import HeadConfig
+from pac.models.backbone import load_backbone
+from pac.net.assistant_client import AssistantClient, Usage
+from pac.net.daemon_client import DaemonError
+from pac.techniques.build import TechniqueConfig, build_model
+from tests.integration.conftest import make_cluster, pair_daemon, start_daemon
+
+QUESTION = [{"role": "system", "content": "You run the house."}, {"role": "user", "content": "lights?"}]
+
+
+def random_adapter(name: str, head: HeadConfig, path, seed: int = 1):
+    backbone = load_backbone(name, seed=0)
+    model = build_model(backbone, TechniqueConfig("parallel"), head)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in list(model.side.parameters()) + list(model.head.parameters()):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    save_adapter(model, path, extra={"task": head.task})
+    return backbone, model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    where = tmp_path_factory.mktemp("assistant")
+    cluster = make_cluster(where / "controller")
+    daemon = start_daemon(where, secure=True, name="home")
+    try:
+        pair_daemon(daemon, cluster)
+        chat = random_adapter("tiny-llama", HeadConfig("lm"), where / "chat.safetensors")
+        classify = random_adapter("tiny-bert", HeadConfig("classification", 3), where / "classify.safetensors")
+        yield daemon, cluster, where, chat, classify
+    finally:
+        daemon.kill()
+
+
+def client(served) -> AssistantClient:
+    daemon, cluster, *_ = served
+    return AssistantClient(daemon.address, cluster.identity, daemon.node_id)
+
+
+TWELVE = Sampling(max_new_tokens=12)
+FOUR = Sampling(max_new_tokens=4)
+
+
+async def collect(c: AssistantClient, messages, sampling=TWELVE, model="") -> tuple[str, Usage]:
+    text, usage = "", None
+    async for item in c.generate(messages, sampling, model):
+        if isinstance(item, Usage):
+            usage = item
+        else:
+            text += item
+    return text, usage
+
+
+def test_deploy_list_and_answer_as_the_tuned_model_does_in_process(served):
+    daemon, _, where, (backbone, model), _ = served
+
+    async def run():
+        async with client(served) as c:
+            deployed, replaced = await c.deploy(where / "chat.safetensors",
+                                                Provenance(name="household-chat", job_id="job-7", metrics={"loss": 1.5}))
+            again, replaced_again = await c.deploy(where / "chat.safetensors", Provenance(name="household-chat"))
+            models = await c.list_models()
+            text, usage = await collect(c, QUESTION, model="household-chat")
+            stop = text[3:5] or "never"
+            stopped, _ = await collect(c, QUESTION, Sampling(max_new_tokens=12, stop=(stop,)))
+            return deployed, replaced, again.id, replaced_again, models, text, usage, stop, stopped
+
+    deployed, replaced, again, replaced_again, models, text, usage, stop, stopped = asyncio.run(run())
+    assert (deployed.task, deployed.backbone, deployed.job_id, deployed.metrics) == ("chat", "tiny-llama", "job-7",
+                                                                                     {"loss": 1.5})
+    assert not replaced and replaced_again and again == deployed.id
+    assert deployed.id in [m.id for m in models]
+    prompt = backbone.tokenizer.chat_ids(QUESTION)
+    want = "".join(p.text for p in answer(Decoding(backbone, model, prompt), backbone.tokenizer,
+                                          Sampling(max_new_tokens=12)))
+    assert text == want
+    assert (usage.prompt_tokens, usage.model) == (len(prompt), deployed.id)
+    assert usage.generated_tokens <= 12 and 0 < usage.time_to_first_token_s <= usage.seconds
+    assert stopped == (text[:text.find(stop)] if stop in text else text)
+
+
+def test_classify_gives_every_label_its_probability(served):
+    _, _, where, _, (backbone, model) = served
+
+    async def run():
+        async with client(served) as c:
+            await c.deploy(where / "classify.safetensors", Provenance(name="rooms", labels=("kitchen", "hall", "attic")))
+            return await c.classify(["the oven is on", "shoes by the door"], model="rooms")
+
+    _, results = asyncio.run(run())
+    assert len(results) == 2
+    for result in results:
+        assert sorted(label for label, _, _ in result.labels) == ["attic", "hall", "kitchen"]
+        assert sum(p for _, _, p in result.labels) == pytest.approx(1.0, abs=1e-5)
+        assert [p for _, _, p in result.labels] == sorted((p for _, _, p in result.labels), reverse=True)
+
+
+def test_a_mismatched_or_damaged_adapter_is_refused_naming_why(served, tmp_path):
+    _, _, where, (backbone, _), _ = served
+    other = load_side_model(where / "chat.safetensors", backbone.lm_head())
+    other._identity = ("tiny-llama", "0" * 64)  # as if trained on other weights under the same name
+    save_adapter(other, tmp_path / "other.safetensors", extra={"task": "lm"})
+    (tmp_path / "junk.safetensors").write_bytes(b"not an adapter at all")
+
+    async def run(path):
+        async with client(served) as c:
+            return await c.deploy(path, Provenance())
+
+    with pytest.raises(DaemonError) as refused:
+        asyncio.run(run(tmp_path / "other.safetensors"))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs backbone 'tiny-llama' with fingerprint 000000000000" in str(refused.value)
+    with pytest.raises(DaemonError) as junk:
+        asyncio.run(run(tmp_path / "junk.safetensors"))
+    assert junk.value.code == grpc.StatusCode.INVALID_ARGUMENT and "not an adapter file" in str(junk.value)
+
+
+def test_bad_requests_name_the_field(served):
+    async def run(messages, sampling=FOUR, model=""):
+        async with client(served) as c:
+            return await collect(c, messages, sampling, model)
+
+    with pytest.raises(DaemonError, match="the last turn must be the user's") as last:
+        asyncio.run(run([{"role": "assistant", "content": "hi"}]))
+    assert last.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(DaemonError, match="serves no model 'nope'") as missing:
+        asyncio.run(run(QUESTION, model="nope"))
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_cancelled_answer_frees_the_daemon_and_a_crowd_is_answered(served):
+    daemon, _, where, _, _ = served
+
+    async def run():
+        async with client(served) as c:
+            await c.deploy(where / "chat.safetensors", Provenance(name="household-chat"))
+            long = c.generate(QUESTION, Sampling(max_new_tokens=4000, stop=("\x00never",)))
+            await anext(long)  # decoding has begun
+            await long.aclose()  # the client goes away
+            began = time.perf_counter()
+            text, _ = await collect(c, QUESTION, Sampling(max_new_tokens=2))
+            freed_s = time.perf_counter() - began
+            crowd = await asyncio.gather(*(collect(c, QUESTION, Sampling(max_new_tokens=4)) for _ in range(16)))
+            return freed_s, crowd
+
+    freed_s, crowd = asyncio.run(run())
+    assert freed_s < 1.0
+    assert len(crowd) == 16 and len({text for text, _ in crowd}) == 1 and all(u is not None for _, u in crowd)
