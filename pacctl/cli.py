@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "plan",
     "job",
     "train",
+    "assistant",
 ]
 
 
@@ -43,9 +44,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 for _name in COMMAND_MODULES:
     _module = importlib.import_module(f"pacctl.commands.{_name}")
-    cli.add_command(_module.command)
-    if hasattr(_module, "status_command"):
-        cli.add_command(_module.status_command)
+    for _attribute in dir(_module):  # `command`, and any other `*_command` the module defines
+        if _attribute == "command" or _attribute.endswith("_command"):
+            cli.add_command(getattr(_module, _attribute))
 
 
 def main(argv: list[str] | None = None) -> int:

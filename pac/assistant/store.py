@@ -33,7 +33,7 @@ class Provenance:
     """What the sender says about an adapter: its name, the quantisation it was trained at, where it came from."""
 
     name: str = ""
-    quantization: str = "none"
+    quantization: str = ""  # "": as the adapter's metadata says (else "none")
     labels: tuple[str, ...] = ()
     job_id: str = ""
     trained_at_unix: float = 0.0
@@ -98,7 +98,7 @@ class ModelStore:
         if digest != sha256.lower():
             raise DeployError(f"the adapter's SHA-256 is {digest[:16]}..., its header says {sha256[:16]}...: it "
                               f"was damaged on the way; send it again")
-        if about.quantization not in QUANTIZATIONS:
+        if about.quantization and about.quantization not in QUANTIZATIONS:
             raise DeployError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {about.quantization!r}")
         ensure_private_dir(self.root)
         staged = self.root / f".{digest[:12]}.incoming"
@@ -114,7 +114,8 @@ class ModelStore:
                                        if head["task"] == "classification")
         model = Deployed(
             id=digest[:12], name=about.name or digest[:12], backbone=metadata["backbone_name"],
-            backbone_fingerprint=metadata["backbone_fingerprint"], quantization=about.quantization,
+            backbone_fingerprint=metadata["backbone_fingerprint"],
+            quantization=about.quantization or _extra(metadata).get("quantization") or "none",
             task=TASKS[head["task"]], labels=labels, job_id=about.job_id, trained_at_unix=about.trained_at_unix,
             deployed_at_unix=time.time(), metrics=dict(about.metrics), size_bytes=len(data))
         record = self.root / f"{model.id}.json"
@@ -138,3 +139,11 @@ def _read(path: Path) -> tuple[dict, dict]:
     if head.get("task") not in TASKS:
         raise DeployError(f"the adapter's task {head.get('task')!r} is not one a daemon serves ({', '.join(TASKS)})")
     return metadata, head
+
+
+def _extra(metadata: dict) -> dict:
+    try:
+        extra = json.loads(metadata.get("extra", "{}"))
+    except ValueError:
+        return {}
+    return extra if isinstance(extra, dict) else {}

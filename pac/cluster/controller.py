@@ -195,7 +195,8 @@ class Controller:
         from pac.cluster.report import write_metrics
 
         p = self.prepared
-        save_adapter(p.model, self.output_dir / "adapter.safetensors", extra={"task": p.task})
+        save_adapter(p.model, self.output_dir / "adapter.safetensors",
+                     extra={"task": p.task, "quantization": self.job.model.quantization})
         evaluation = {}
         if self.options.evaluate and p.eval_items:
             evaluation = evaluate(p.model, p.eval_items, p.task, p.pad_id)
@@ -205,6 +206,7 @@ class Controller:
         total_s = time.perf_counter() - started  # evaluation and the plots included
         metrics = {
             "job_id": self.job_id, "model": p.backbone.name, "task": p.task, "strategy": self.plan.strategy,
+            "quantization": self.job.model.quantization,
             "devices": [asdict(d) for d in self.devices], "train_examples": len(p.train_items),
             "eval_examples": len(p.eval_items), "training_time_s": self.training_s, "total_time_s": total_s,
             "epoch_times_s": [e["seconds"] for e in self.record.history.epochs], "epochs": self.record.history.epochs,
@@ -219,8 +221,8 @@ class Controller:
 
 
 def run_training(job, devices: list[Device], identity: Identity | None, output_dir: Path,
-            options: RunOptions | None = None, progress=None, log_line: Callable[[str], None] = print,
-            plan: Plan | None = None) -> tuple[dict, Controller]:
+                 options: RunOptions | None = None, progress=None, log_line: Callable[[str], None] = print,
+                 plan: Plan | None = None) -> tuple[dict, Controller]:
     controller = Controller(job, devices, identity, output_dir, options, progress, log_line, plan)
     try:
         metrics = asyncio.run(controller.run())

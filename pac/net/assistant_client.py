@@ -49,12 +49,12 @@ class AssistantClient(DaemonClient):
         reply = await self._call(self._stub().Deploy, iter(chunks), DEPLOY_TIMEOUT_S)
         return convert.model_from_proto(reply.model), reply.replaced
 
-    async def generate(self, messages: list[dict[str, str]], sampling: Sampling = Sampling(), model: str = "",
+    async def generate(self, messages: list[dict[str, str]], sampling: Sampling | None = None, model: str = "",
                        timeout: float = 600.0) -> AsyncIterator[str | Usage]:
         """The answer's text as it is decoded, then its Usage. Closing the iterator early cancels the call
         (the daemon stops decoding)."""
         request = assistant_pb2.GenerateRequest(model=model, messages=convert.messages_to_proto(messages),
-                                                **convert.sampling_to_proto(sampling))
+                                                **convert.sampling_to_proto(sampling or Sampling()))
         call = self._stub().Generate(request, timeout=timeout)
         try:
             async for reply in call:

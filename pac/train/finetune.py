@@ -115,7 +115,7 @@ def run_finetune(job: FinetuneJob, log=print) -> dict:
         out = Path(job.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         if isinstance(model, ParallelAdaptersModel):
-            save_adapter(model, out / "adapter.safetensors", extra={"task": task})
+            save_adapter(model, out / "adapter.safetensors", extra={"task": task, "quantization": job.quantization})
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     metrics["model"] = model
     return metrics

@@ -5,6 +5,9 @@ crowd of clients."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 
 import grpc
@@ -163,3 +166,31 @@ def test_a_cancelled_answer_frees_the_daemon_and_a_crowd_is_answered(served):
     freed_s, crowd = asyncio.run(run())
     assert freed_s < 1.0
     assert len(crowd) == 16 and len({text for text, _ in crowd}) == 1 and all(u is not None for _, u in crowd)
+
+
+def test_pacctl_deploys_a_run_lists_it_and_asks_it(served, tmp_path):
+    daemon, cluster, where, (backbone, model), _ = served
+    run = tmp_path / "kitchen-run"
+    run.mkdir()
+    (run / "adapter.safetensors").write_bytes((where / "chat.safetensors").read_bytes())
+    (run / "metrics.json").write_text(json.dumps({"job_id": "job-9", "eval": {"accuracy": 0.75}}))
+    common = ["--peer", daemon.address, "--no-mdns", "--home", str(cluster.home)]
+
+    def pacctl(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pacctl", *args, *common], capture_output=True, text=True,
+                              timeout=120)
+
+    deployed = pacctl("deploy", str(run))
+    assert deployed.returncode == 0, deployed.stderr
+    assert "(kitchen-run: chat on tiny-llama)" in deployed.stdout
+    listed = pacctl("models")
+    assert "kitchen-run" in listed.stdout and "job job-9" in listed.stdout and "accuracy 0.750" in listed.stdout
+    asked = pacctl("ask", "lights?", "--model", "kitchen-run", "--max-new-tokens", "10")
+    assert asked.returncode == 0, asked.stderr
+    prompt = backbone.tokenizer.chat_prompt("lights?")
+    want = "".join(p.text for p in answer(Decoding(backbone, model, prompt), backbone.tokenizer,
+                                          Sampling(max_new_tokens=10)))
+    assert asked.stdout == want + "\n"
+    assert "tokens/s" in asked.stderr
+    missing = pacctl("deploy", str(tmp_path))
+    assert missing.returncode == 1 and "no adapter.safetensors" in missing.stderr

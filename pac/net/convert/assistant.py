@@ -36,7 +36,7 @@ def header_to_proto(about: Provenance, size_bytes: int, sha256: str) -> assistan
 
 
 def header_from_proto(message: assistant_pb2.DeployHeader) -> Provenance:
-    return Provenance(name=message.name, quantization=message.quantization or "none", labels=tuple(message.labels),
+    return Provenance(name=message.name, quantization=message.quantization, labels=tuple(message.labels),
                       job_id=message.job_id, trained_at_unix=message.trained_at_unix, metrics=dict(message.metrics))
 
 
