@@ -49,13 +49,24 @@ class Assistant:
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
-        self._loaded: tuple[str, object, object] | None = None  # (adapter id, backbone, tuned model)
+        self._backbone: tuple[tuple[str, str], object] | None = None  # ((name, quantization), backbone)
+        self._loaded: tuple[str, object] | None = None  # (adapter id, tuned model) on that backbone
         self._fingerprints: dict[str, str] = {}  # backbone name -> fingerprint of this device's copy
 
-    def check_backbone(self, name: str, fingerprint: str) -> None:
+    def backbone(self, name: str, quantization: str):
+        """The backbone `name` from this device's model store at `quantization`; the one held is reused."""
+        if self._backbone is None or self._backbone[0] != (name, quantization):
+            self._backbone = self._loaded = None  # the previous one goes before the next one loads
+            backbone = load_backbone(name)  # ModelNotFoundError names it
+            self._fingerprints[name] = backbone.fingerprint()  # of the weights as stored, before quantising
+            quantize_backbone(backbone, quantization)
+            self._backbone = ((name, quantization), backbone)
+        return self._backbone[1]
+
+    def check_backbone(self, name: str, fingerprint: str, quantization: str = "none") -> None:
         """Refuse an adapter for a backbone this device lacks, or holds with other weights."""
         if name not in self._fingerprints:
-            self._fingerprints[name] = load_backbone(name).fingerprint()  # ModelNotFoundError names it
+            self.backbone(name, quantization)
         mine = self._fingerprints[name]
         if mine != fingerprint:
             raise AdapterMismatchError(
@@ -63,13 +74,10 @@ class Assistant:
                 f"store has {name!r} with fingerprint {mine[:12]} (other weights): install the same model here")
 
     def _model(self, deployed: Deployed):
+        backbone = self.backbone(deployed.backbone, deployed.quantization)
         if self._loaded is None or self._loaded[0] != deployed.id:
-            self._loaded = None  # the previous model goes before the next one loads
-            backbone = load_backbone(deployed.backbone)
-            backbone.fingerprint()  # of the weights as stored, before quantising (what the adapter names)
-            quantize_backbone(backbone, deployed.quantization)
-            self._loaded = (deployed.id, backbone, load_adapter(self.store.path(deployed), backbone).eval())
-        return self._loaded[1], self._loaded[2]
+            self._loaded = (deployed.id, load_adapter(self.store.path(deployed), backbone).eval())
+        return backbone, self._loaded[1]
 
     def chat(self, deployed: Deployed, messages: list[dict[str, str]],
              sampling: Sampling) -> tuple[int, Iterator[Piece]]:

@@ -89,9 +89,9 @@ class ModelStore:
         return matches[0]
 
     def add(self, data: bytes, size_bytes: int, sha256: str, about: Provenance,
-            check_backbone: Callable[[str, str], None]) -> tuple[Deployed, bool]:
+            check_backbone: Callable[[str, str, str], None]) -> tuple[Deployed, bool]:
         """Keep the adapter `data` (checked against its size and digest, and by `check_backbone(name,
-        fingerprint)` against the device's model store). Returns it and whether it was deployed before."""
+        fingerprint, quantization)` against the device's model store). Returns it and whether it was deployed before."""
         if len(data) != size_bytes:
             raise DeployError(f"the adapter is {len(data)} bytes, its header says {size_bytes}")
         digest = hashlib.sha256(data).hexdigest()
@@ -105,7 +105,10 @@ class ModelStore:
         write_private(staged, data)
         try:
             metadata, head = _read(staged)
-            check_backbone(metadata["backbone_name"], metadata["backbone_fingerprint"])
+            quantization = about.quantization or _extra(metadata).get("quantization") or "none"
+            if quantization not in QUANTIZATIONS:
+                raise DeployError(f"the adapter's quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+            check_backbone(metadata["backbone_name"], metadata["backbone_fingerprint"], quantization)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
@@ -114,8 +117,7 @@ class ModelStore:
                                        if head["task"] == "classification")
         model = Deployed(
             id=digest[:12], name=about.name or digest[:12], backbone=metadata["backbone_name"],
-            backbone_fingerprint=metadata["backbone_fingerprint"],
-            quantization=about.quantization or _extra(metadata).get("quantization") or "none",
+            backbone_fingerprint=metadata["backbone_fingerprint"], quantization=quantization,
             task=TASKS[head["task"]], labels=labels, job_id=about.job_id, trained_at_unix=about.trained_at_unix,
             deployed_at_unix=time.time(), metrics=dict(about.metrics), size_bytes=len(data))
         record = self.root / f"{model.id}.json"

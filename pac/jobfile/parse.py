@@ -166,7 +166,7 @@ def _output(table: Table, base: Path) -> OutputSection:
     directory = table.path("directory", base, required=True)
     if directory.exists() and not directory.is_dir():
         raise table.fail("directory", f"must be a directory, {directory} is a file", show=False)
-    return OutputSection(directory)
+    return OutputSection(directory, table.string("deploy", "") or "")
 
 
 def _plan(table: Table, base: Path, job: TrainingJob) -> PlanSection:

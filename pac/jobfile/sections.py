@@ -82,6 +82,7 @@ class DevicesSection:
 @dataclass(frozen=True)
 class OutputSection:
     directory: Path  # adapter.safetensors and metrics.json go here, absolute
+    deploy: str = ""  # a device of the job to deploy the tuned adapter to at the end; "": none
 
 
 @dataclass(frozen=True)

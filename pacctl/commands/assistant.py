@@ -24,7 +24,7 @@ def pick_device(home, peers, interfaces, timeout, no_mdns, insecure, wanted: str
     found, problems, _ = discover(home, peers, interfaces, timeout, no_mdns, insecure)
     devices = found.ours + (found.unpaired if insecure else [])
     if wanted:
-        devices = [d for d in devices if d.node_id.startswith(wanted) or wanted in (d.hostname, d.address)]
+        devices = named(devices, wanted)
     if not devices:
         where = f" named {wanted!r}" if wanted else ""
         hint = f": {'; '.join(problems)}" if problems else " (try --peer HOST:PORT; pacctl devices lists them)"
@@ -35,6 +35,12 @@ def pick_device(home, peers, interfaces, timeout, no_mdns, insecure, wanted: str
 def client_for(device: DeviceRecord, home, insecure: bool) -> AssistantClient:
     identity = None if insecure else controller_identity(home or default_home())
     return AssistantClient(device.address, identity, device.node_id if identity else None)
+
+
+def named(devices: list, wanted: str) -> list:
+    """The devices (DeviceRecord or pac.cluster.context.Device) that `wanted` names: a node id or its
+    start, a hostname or HOST:PORT."""
+    return [d for d in devices if d.node_id.startswith(wanted) or wanted in (d.hostname, d.address)]
 
 
 def provenance(run: Path, name: str | None, labels: str | None) -> Provenance:
@@ -49,15 +55,15 @@ def provenance(run: Path, name: str | None, labels: str | None) -> Provenance:
                       trained_at_unix=(run / "adapter.safetensors").stat().st_mtime, metrics=metrics)
 
 
-def deploy_run(run: Path, device: DeviceRecord, home, insecure: bool, name: str | None = None,
-               labels: str | None = None) -> str:
-    """Send RUN/adapter.safetensors to `device`; a line saying what it serves now."""
+def deploy_run(run: Path, device, identity, name: str | None = None, labels: str | None = None) -> str:
+    """Send RUN/adapter.safetensors to `device` (as `identity`; None: insecure loopback); a line saying
+    what it serves now."""
     adapter = run / "adapter.safetensors"
     if not adapter.is_file():
         raise click.ClickException(f"{run}: no adapter.safetensors (the output of pacctl train or pacctl finetune)")
 
     async def send():
-        async with client_for(device, home, insecure) as c:
+        async with AssistantClient(device.address, identity, device.node_id if identity else None) as c:
             return await c.deploy(adapter, provenance(run, name, labels))
 
     try:
@@ -81,7 +87,8 @@ device_option = click.option("--device", help="node id (or its start), hostname 
 def command(run, device, name, labels, home, peers, interfaces, timeout, no_mdns, insecure) -> None:
     """Deploy the adapter of RUN (a pacctl train / finetune output directory) to a device's Assistant."""
     target = pick_device(home, peers, interfaces, timeout, no_mdns, insecure, device)
-    click.echo(deploy_run(run, target, home, insecure, name, labels))
+    identity = None if insecure else controller_identity(home or default_home())
+    click.echo(deploy_run(run, target, identity, name, labels))
 
 
 @click.command("ask")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -10,6 +11,22 @@ from pathlib import Path
 import click
 
 from pac.errors import PacError
+
+ANSWER_TOKENS = 24
+
+
+async def _ask_all(daemon, identity, prompts: list[str]) -> list[str]:
+    """Each question through the daemon's Assistant.Generate (greedy), as a home-automation client asks."""
+    from pac.assistant.decode import Sampling
+    from pac.net.assistant_client import AssistantClient
+
+    answers = []
+    async with AssistantClient(daemon.address, identity, daemon.node_id) as client:
+        for prompt in prompts:
+            pieces = [p async for p in client.generate([{"role": "user", "content": prompt}],
+                                                       Sampling(max_new_tokens=ANSWER_TOKENS)) if isinstance(p, str)]
+            answers.append("".join(pieces).strip())
+    return answers
 
 
 @click.command("demo")
@@ -22,14 +39,16 @@ from pac.errors import PacError
 @click.option("--out", "output_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     """Start DEVICES daemons on this machine, pair them (mutual TLS), fine-tune a chat model on a built-in
-    household dataset across them with `pacctl train`'s controller, then ask it held-out questions and
-    print its answers next to the untuned model's."""
+    household dataset across them with `pacctl train`'s controller, deploy the tuned adapter to one of
+    them and ask it held-out questions through its Assistant API; print its answers next to the untuned
+    model's."""
     from pac.cluster.controller import RunOptions, run_training
     from pac.cluster.local import LocalCluster
     from pac.cluster.progress import Progress
     from pac.jobfile import parse_job
     from pac.train.generate import generate
     from pac.train.household import HELDOUT_FILE, TRAIN_FILE, answer_is_right, heldout_questions
+    from pacctl.commands.assistant import deploy_run
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -50,23 +69,24 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
             # one profiling batch size (the mini-batch): the three devices share this machine's cores, so
             # one quick measurement serves them all (pac/cluster/controller.py: once per host)
             metrics, controller = run_training(job, cluster.devices, cluster.identity, out,
-                                          RunOptions(profile_batch_sizes=(8,)),
-                                          progress=progress, log_line=progress.message)
+                                               RunOptions(profile_batch_sizes=(8,)),
+                                               progress=progress, log_line=progress.message)
+            progress.close()
+            server = cluster.daemons[0]
+            click.echo(deploy_run(out, server, cluster.identity, name="household-demo"), err=True)
+            asked = heldout_questions(questions)
+            tuned = asyncio.run(_ask_all(server, cluster.identity, [q.prompt for q in asked]))
     except KeyboardInterrupt:
         progress.close()
         raise click.ClickException("stopped: the daemons were shut down") from None
     except PacError as error:
         progress.close()
         raise click.ClickException(str(error)) from error
-    progress.close()
-    tuned = controller.prepared.model
     backbone = controller.prepared.backbone
     scores = {"untuned": 0, "tuned": 0}
-    asked = heldout_questions(questions)
     rows = []
-    for question in asked:
-        before = generate(backbone, question.prompt, None, max_new_tokens=24)
-        after = generate(backbone, question.prompt, tuned, max_new_tokens=24)
+    for question, after in zip(asked, tuned, strict=True):
+        before = generate(backbone, question.prompt, None, max_new_tokens=ANSWER_TOKENS)
         scores["untuned"] += answer_is_right(before, question)
         scores["tuned"] += answer_is_right(after, question)
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})

@@ -64,6 +64,7 @@ insecure = false                     # loopback development daemons only
 
 [output]
 directory = "runs/household"         # the adapter and metrics.json
+# deploy = "kitchen-pi"              # optional: a device to serve the tuned model from (pacctl deploy)
 
 [plan]
 # file = "plan.json"                 # optional: a plan from `pacctl plan`; default: plan when starting

@@ -88,7 +88,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     progress = Progress(stream=sys.stderr)
     try:
         metrics, _ = run_training(job, devices, identity, output, options, progress=progress,
-                             log_line=progress.message, plan=plan)
+                                  log_line=progress.message, plan=plan)
     except KeyboardInterrupt:
         progress.close()
         checkpoint = output / "checkpoint"
@@ -103,6 +103,15 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     click.echo(f"done in {metrics['total_time_s']:.0f} s; epochs " +
                ", ".join(f"{t:.1f} s" for t in metrics["epoch_times_s"]) + f"; {evaluation}")
     click.echo(f"adapter: {output / 'adapter.safetensors'}; metrics, plan and plots in {output}")
+    if job.output.deploy:
+        from pacctl.commands.assistant import deploy_run, named
+
+        targets = named(devices, job.output.deploy)
+        if not targets:
+            raise click.ClickException(f"{job.source}: output.deploy {job.output.deploy!r} names none of the job's "
+                                       f"devices ({', '.join(d.node_id for d in devices)}); deploy by hand: "
+                                       f"pacctl deploy {output} --device DEVICE")
+        click.echo(deploy_run(output, targets[0], identity))
 
 
 @click.command("status")
