@@ -40,28 +40,43 @@ class Sampling:
 
 
 class Decoding:
-    """One sequence being answered: the prompt, then a token at a time, with both models' caches."""
+    """Sequences answered together: the prompts (padded to one length), then a token per sequence at a
+    time, with both models' caches. One prompt: `start` and `feed` give that sequence's logits."""
 
-    def __init__(self, backbone, side_model: ParallelAdaptersModel | None, prompt_ids: list[int]) -> None:
-        if not prompt_ids:
+    def __init__(self, backbone, side_model: ParallelAdaptersModel | None, prompt_ids: list[int] | list[list[int]]) -> None:
+        self.single = bool(prompt_ids) and isinstance(prompt_ids[0], int)
+        prompts = [prompt_ids] if self.single else list(prompt_ids)
+        if not prompts or any(not p for p in prompts):
             raise ConfigError("the prompt is empty")
         self.backbone = backbone
         self.side = side_model.side.eval() if side_model is not None else None
         self.side_cache = self.side.new_cache() if self.side is not None else None
-        self.prompt = torch.tensor([prompt_ids], device=backbone.device)
+        device, width = backbone.device, max(len(p) for p in prompts)
+        pad = backbone.tokenizer.pad_token_id or 0
+        # Decoder-only prompts are padded on the left, so every sequence's next token is at the end; an
+        # encoder's on the right, as in training (its absolute position embeddings, BART's, start at 0).
+        left = backbone.family != "encoder-decoder"
+        self.prompt = torch.tensor([_padded(list(p), width, pad, left) for p in prompts], device=device)
+        self.prompt_mask = torch.tensor([_padded([1] * len(p), width, 0, left) for p in prompts], device=device)
         self.cache = None
         self.encoder = None  # encoder-decoder: the encoder's output, from the first step
-        self.positions = 0  # of the decoding stack, so far
+        # the decoding stack's positions so far: the prompts' (decoder-only) or none yet (encoder-decoder)
+        self.mask = self.prompt_mask[:, :0]
+
+    @property
+    def size(self) -> int:
+        return self.prompt.shape[0]
 
     def _batch(self, new: torch.Tensor) -> dict[str, torch.Tensor]:
-        mask = torch.ones(1, self.positions + new.shape[1], dtype=torch.long, device=new.device)
         if self.backbone.family == "encoder-decoder":
-            return {"input_ids": self.prompt, "attention_mask": torch.ones_like(self.prompt),
-                    "decoder_input_ids": new, "decoder_attention_mask": mask}
-        return {"input_ids": new, "attention_mask": mask}
+            return {"input_ids": self.prompt, "attention_mask": self.prompt_mask,
+                    "decoder_input_ids": new, "decoder_attention_mask": self.mask}
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1]:]  # left padding takes none
+        return {"input_ids": new, "attention_mask": self.mask, "position_ids": positions}
 
     @torch.no_grad()
-    def _step(self, new: torch.Tensor) -> torch.Tensor:
+    def _step(self, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat((self.mask, mask), dim=1)
         batch = self._batch(new)
         out, self.cache = self.backbone.run_cached(batch, self.cache, self.encoder)
         if self.backbone.family == "encoder-decoder":
@@ -69,19 +84,25 @@ class Decoding:
         hidden = out.final
         if self.side is not None:
             hidden = hidden + self.side(out.taps, model_masks(batch, self.backbone.family), self.side_cache)
-        self.positions += new.shape[1]
-        return self.backbone.lm_logits(hidden[:, -1])[0]
+        logits = self.backbone.lm_logits(hidden[:, -1])
+        return logits[0] if self.single else logits
 
     def start(self) -> torch.Tensor:
-        """The logits of the answer's first token."""
+        """The logits of the answers' first tokens ([vocab] for one prompt, else [sequences, vocab])."""
         if self.backbone.family == "encoder-decoder":
-            start = self.backbone.config.decoder_start_token_id
-            return self._step(torch.tensor([[start]], device=self.prompt.device))
-        return self._step(self.prompt)
+            start = torch.full((self.size, 1), self.backbone.config.decoder_start_token_id, device=self.prompt.device)
+            return self._step(start, torch.ones_like(start))
+        return self._step(self.prompt, self.prompt_mask)
 
-    def feed(self, token: int) -> torch.Tensor:
-        """The logits of the token after `token`."""
-        return self._step(torch.tensor([[token]], device=self.prompt.device))
+    def feed(self, tokens: int | list[int]) -> torch.Tensor:
+        """The logits of the tokens after `tokens` (one per sequence)."""
+        column = torch.tensor([[tokens]] if isinstance(tokens, int) else [[t] for t in tokens], device=self.prompt.device)
+        return self._step(column, torch.ones_like(column))
+
+
+def _padded(values: list[int], width: int, pad: int, left: bool) -> list[int]:
+    padding = [pad] * (width - len(values))
+    return padding + values if left else values + padding
 
 
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:

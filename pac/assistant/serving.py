@@ -1,19 +1,17 @@
 """Answering with a deployed adapter: its backbone from the device's model store, at the quantisation it
-was trained at, with the adapter attached; chat answers decoded with key/value caches; classification
-and regression in batches.
+was trained at, with the adapter attached; chat answers are decoded in waves (pac/assistant/batching.py),
+classification and regression in batches.
 
-One model is held at a time (the last one asked for); requests take turns (the daemon queues them).
+One model is held at a time (the last one asked for); the daemon runs one wave or batch at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from pac.adapter import load_adapter
-from pac.assistant.decode import Decoding, Piece, Sampling, answer
 from pac.assistant.store import Deployed, ModelStore
 from pac.data.batching import collate, encode_example
 from pac.data.readers import Example
@@ -73,19 +71,12 @@ class Assistant:
                 f"the adapter needs backbone {name!r} with fingerprint {fingerprint[:12]}; this device's model "
                 f"store has {name!r} with fingerprint {mine[:12]} (other weights): install the same model here")
 
-    def _model(self, deployed: Deployed):
+    def model(self, deployed: Deployed):
+        """The backbone and the tuned model of `deployed`, loaded (the one held is reused)."""
         backbone = self.backbone(deployed.backbone, deployed.quantization)
         if self._loaded is None or self._loaded[0] != deployed.id:
             self._loaded = (deployed.id, load_adapter(self.store.path(deployed), backbone).eval())
         return backbone, self._loaded[1]
-
-    def chat(self, deployed: Deployed, messages: list[dict[str, str]],
-             sampling: Sampling) -> tuple[int, Iterator[Piece]]:
-        """The prompt's token count and the answer's pieces (decoded as they are taken)."""
-        check_messages(messages)
-        backbone, model = self._model(deployed)
-        prompt = backbone.tokenizer.chat_ids(messages)
-        return len(prompt), answer(Decoding(backbone, model, prompt), backbone.tokenizer, sampling)
 
     @torch.no_grad()
     def classify(self, deployed: Deployed, texts: list[str], pairs: list[str]) -> list[Result]:
@@ -93,7 +84,7 @@ class Assistant:
             raise ConfigError(f"texts: send 1 to {MAX_TEXTS} texts, got {len(texts)}")
         if pairs and len(pairs) != len(texts):
             raise ConfigError(f"second_texts: one per text ({len(texts)}) or none, got {len(pairs)}")
-        backbone, model = self._model(deployed)
+        backbone, model = self.model(deployed)
         task = "regression" if deployed.task == "regression" else "classification"
         items = [encode_example(Example(text=t, text_pair=pairs[i] if pairs else None, label=0, score=0.0),
                                 backbone.tokenizer, task, backbone.family, CLASSIFY_SEQ_LEN, i)

@@ -154,16 +154,19 @@ class Backbone:
 
         `batch["input_ids"]` (decoder-only) or `batch["decoder_input_ids"]` (encoder-decoder) holds the new
         tokens, its attention mask every position so far; `cache` is what the previous call returned
-        (None at first). An encoder-decoder model runs its encoder on the first call only: pass that
-        call's output as `encoder` afterwards (its encoder taps and output are reused)."""
+        (None at first); `batch["position_ids"]` (decoder-only, optional) places left-padded rows' tokens.
+        An encoder-decoder model runs its encoder on the first call only: pass that call's output as
+        `encoder` afterwards (its encoder taps and output are reused)."""
         if self.family == "encoder":
             raise ValueError(f"{self.name} is an encoder: it does not decode")
         taps: list[list[torch.Tensor]] = [[] for _ in self.stacks]
         decoder = len(self.stacks) - 1
         if self.family == "decoder":
+            positions = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
             with self._tapped(taps, [decoder]):
                 out = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                            use_cache=True, **{_cache_argument(self.model.base_model): cache})
+                                            use_cache=True, **positions,
+                                            **{_cache_argument(self.model.base_model): cache})
             return BackboneOutput(taps, out.last_hidden_state), _cache_of(out)
         if encoder is None:
             with self._tapped(taps, [0]):

@@ -200,11 +200,13 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def decoding_mask(padding: torch.Tensor, start: int, new: int) -> torch.Tensor:
     """Boolean [batch, 1, new, start + new] mask of the `new` positions after `start` (causal): each
-    attends to every earlier position and itself that `padding` ([batch, start + new]) does not mask."""
+    attends to every earlier position and itself that `padding` ([batch, start + new]) does not mask. A
+    padding position (a left-padded prompt's) attends to itself alone: a row with nothing to attend to
+    would make NaN, which the real positions would read through their zero weights."""
     keys = padding.bool()[:, None, None, :]
-    seen = torch.arange(start + new, device=padding.device)[None, :] <= torch.arange(
-        start, start + new, device=padding.device)[:, None]
-    return keys & seen[None, None]
+    columns = torch.arange(start + new, device=padding.device)[None, :]
+    rows = torch.arange(start, start + new, device=padding.device)[:, None]
+    return (keys & (columns <= rows)[None, None]) | (columns == rows)[None, None]
 
 
 def attention_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor:

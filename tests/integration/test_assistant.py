@@ -148,8 +148,9 @@ def test_bad_requests_name_the_field(served):
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_cancelled_answer_frees_the_daemon_and_a_crowd_is_answered(served):
-    daemon, _, where, _, _ = served
+def test_a_cancelled_answer_frees_the_daemon_and_a_crowd_is_answered_as_each_alone(served):
+    daemon, _, where, (backbone, model), _ = served
+    questions = [[{"role": "user", "content": "room " * (i % 5) + f"number {i}?"}] for i in range(16)]
 
     async def run():
         async with client(served) as c:
@@ -160,12 +161,16 @@ def test_a_cancelled_answer_frees_the_daemon_and_a_crowd_is_answered(served):
             began = time.perf_counter()
             text, _ = await collect(c, QUESTION, Sampling(max_new_tokens=2))
             freed_s = time.perf_counter() - began
-            crowd = await asyncio.gather(*(collect(c, QUESTION, Sampling(max_new_tokens=4)) for _ in range(16)))
+            crowd = await asyncio.gather(*(collect(c, q, Sampling(max_new_tokens=6)) for q in questions))
             return freed_s, crowd
 
     freed_s, crowd = asyncio.run(run())
     assert freed_s < 1.0
-    assert len(crowd) == 16 and len({text for text, _ in crowd}) == 1 and all(u is not None for _, u in crowd)
+    for question, (text, usage) in zip(questions, crowd, strict=True):  # answered together, each as alone
+        prompt = backbone.tokenizer.chat_ids(question)
+        alone = "".join(p.text for p in answer(Decoding(backbone, model, prompt), backbone.tokenizer,
+                                               Sampling(max_new_tokens=6)))
+        assert (text, usage.prompt_tokens) == (alone, len(prompt))
 
 
 def test_pacctl_deploys_a_run_lists_it_and_asks_it(served, tmp_path):

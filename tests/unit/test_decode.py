@@ -129,3 +129,44 @@ def test_smollm2_cached_answers_are_the_recomputed_ones():
         want = generate_recomputing(backbone, prompt, side, max_new_tokens=16)
         got = "".join(p.text for p in answer(Decoding(backbone, side, prompt), tokenizer, Sampling(max_new_tokens=16)))
         assert got == tokenizer.decode(want)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sequences_decoded_together_give_each_one_s_own_logits(name):
+    """Prompts of different lengths (left-padded) decode in one batch as each would alone."""
+    backbone, model = tuned(name)
+    prompts = [[1, 40, 41, 42, 43, 44, 45, 46], [1, 60, 61], [1, 70, 71, 72, 73]]
+    answers = [[50, 51, 52, 53], [54, 55, 56, 57], [58, 59, 60, 61]]
+    together = Decoding(backbone, model, prompts)
+    steps = [together.start()] + [together.feed([a[i] for a in answers]) for i in range(4)]
+    for row, (prompt, answer_ids) in enumerate(zip(prompts, answers, strict=True)):
+        alone = Decoding(backbone, model, prompt)
+        want = [alone.start()] + [alone.feed(t) for t in answer_ids]
+        torch.testing.assert_close(torch.stack([s[row] for s in steps]), torch.stack(want), rtol=1e-4, atol=1e-4)
+
+
+def test_a_wave_answers_each_request_as_alone_and_ends_each_its_own_way():
+    from pac.assistant.batching import Ask, Done, answer_wave
+
+    backbone, model = tuned("tiny-llama")
+    tokenizer = backbone.tokenizer
+    questions = [[{"role": "user", "content": q}] for q in ("one", "a longer question", "three", "four")]
+
+    def alone(messages, sampling) -> str:
+        return "".join(p.text for p in answer(Decoding(backbone, model, tokenizer.chat_ids(messages)), tokenizer,
+                                              sampling))
+
+    greedy = Sampling(max_new_tokens=5)
+    stop = alone(questions[1], Sampling(max_new_tokens=8))[2:4] or "x"
+    samplings = [greedy, Sampling(max_new_tokens=8, stop=(stop,)), Sampling(max_new_tokens=5, temperature=1.0, seed=4),
+                 greedy]
+    got: list[list] = [[] for _ in questions]
+    asks = [Ask(None, q, s, got[i].append) for i, (q, s) in enumerate(zip(questions, samplings, strict=True))]
+    asks[3].cancelled.set()
+    answer_wave(backbone, model, asks)
+    for i in range(3):
+        *pieces, done = got[i]
+        assert isinstance(done, Done) and "".join(p.text for p in pieces) == alone(questions[i], samplings[i])
+        assert done.generated_tokens == sum(p.tokens for p in pieces)
+    assert got[0][-1].finish_reason in ("length", "stop") and got[3] == [Done(len(tokenizer.chat_ids(questions[3])), 0,
+                                                                               "cancelled")]
