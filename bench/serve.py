@@ -4,12 +4,14 @@
 
 Rows carry `impl`, `prompt`, `clients`, `ttft_s`, `tokens_per_s`, `peak_memory_bytes`:
 - `tuned-grpc`: the tuned model (backbone + side network, key/value caches) answering through a `pacd`'s
-  Assistant.Generate over mutual TLS, 1, 4 and 16 clients at once (they take turns: one answer is decoded
-  at a time). `ttft_s` is the mean over the clients, `ttft_max_s` the worst, `tokens_per_s` all
-  clients' tokens over the wall time, `peak_memory_bytes` the daemon's peak RSS.
+  Assistant.Generate over mutual TLS, 1, 4 and 16 clients at once (requests that wait together are
+  decoded together, pac/assistant/batching.py). `ttft_s` is the mean over the clients, `ttft_max_s` the
+  worst, `tokens_per_s` all clients' tokens over the wall time, `peak_memory_bytes` the daemon's peak RSS.
 - in process, one answer at a time, the bench's own peak RSS: `tuned-cached` (what the daemon runs),
   `untuned-cached`, `untuned-hf-generate` (transformers' `generate` with its own cache, greedy) and
-  `tuned-recompute` (the whole sequence through both models again for every token).
+  `tuned-recompute` (the whole sequence through both models again for every token). Each runs
+  `--repeats` times, interleaved with the others (this machine's speed drifts); the median is reported
+  with the range.
 
 Every answer is greedy, `--tokens` long at most. The adapter is the backbone's own pruned side network
 with a random (seeded) output projection: decoding speed does not depend on what it learned. Prompts:
@@ -66,7 +68,7 @@ def _timed(run) -> tuple[float, int, float]:
     return first or 0.0, tokens, time.perf_counter() - began
 
 
-def in_process(backbone, model, prompt: str, messages, tokens: int) -> list[dict]:
+def in_process(backbone, model, prompt: str, messages, tokens: int, repeats: int) -> list[dict]:
     import torch
 
     from pac.assistant.decode import Decoding, Sampling, answer
@@ -88,14 +90,22 @@ def in_process(backbone, model, prompt: str, messages, tokens: int) -> list[dict
         "untuned-hf-generate": hf_generate,
         "tuned-recompute": lambda: [len(generate_recomputing(backbone, ids, model, tokens))],
     }
+    runs: dict[str, list[tuple[float, int, float, int]]] = {impl: [] for impl in impls}
+    for _ in range(repeats):  # interleaved, so a drift in the machine's speed touches every impl alike
+        for impl, run in impls.items():
+            reset_peak_rss()
+            ttft, generated, seconds = _timed(run)
+            runs[impl].append((ttft, generated, seconds, peak_rss_bytes()))
     rows = []
-    for impl, run in impls.items():
-        reset_peak_rss()
-        ttft, generated, seconds = _timed(run)
+    for impl, measured in runs.items():
+        rates = sorted(generated / seconds for _, generated, seconds, _ in measured)
         rows.append({"impl": impl, "prompt": prompt, "prompt_tokens": len(ids), "clients": 1,
-                     "ttft_s": ttft if impl.endswith("cached") else None, "generated_tokens": generated,
-                     "seconds": seconds, "tokens_per_s": generated / seconds, "peak_memory_bytes": peak_rss_bytes()})
-        print(f"{impl:>20} {prompt:>5}: {generated} tokens, {generated / seconds:.1f} tokens/s", flush=True)
+                     "ttft_s": statistics.median(m[0] for m in measured) if impl.endswith("cached") else None,
+                     "generated_tokens": measured[0][1], "tokens_per_s": statistics.median(rates),
+                     "tokens_per_s_range": [rates[0], rates[-1]], "repeats": len(measured),
+                     "peak_memory_bytes": max(m[3] for m in measured)})
+        print(f"{impl:>20} {prompt:>5}: {measured[0][1]} tokens, {statistics.median(rates):.1f} tokens/s "
+              f"(range {rates[0]:.1f}-{rates[-1]:.1f} over {len(measured)})", flush=True)
     return rows
 
 
@@ -115,34 +125,34 @@ async def _crowd(daemon, identity, messages, clients: int, tokens: int) -> tuple
     return [t for t, _ in done], sum(n for _, n in done), time.perf_counter() - began
 
 
-def over_grpc(args, adapter: Path) -> list[dict]:
+async def _served_rows(daemon, identity, adapter: Path, args) -> list[dict]:
+    """Every gRPC row, in one event loop (gRPC's channels outlive a loop badly)."""
     from bench.cluster import _peak, _reset_peak
     from pac.assistant.store import Provenance
-    from pac.cluster.local import LocalCluster
     from pac.net.assistant_client import AssistantClient
 
+    async with AssistantClient(daemon.address, identity, daemon.node_id) as c:
+        await c.deploy(adapter, Provenance(name="bench"))
+    await _crowd(daemon, identity, PROMPTS["short"], 1, 4)  # the daemon loads the model once
     rows = []
-    with tempfile.TemporaryDirectory() as root, LocalCluster(Path(root), 1, memory_budget="8GiB") as cluster:
-        daemon = cluster.daemons[0]
-
-        async def deploy():
-            async with AssistantClient(daemon.address, cluster.identity, daemon.node_id) as c:
-                await c.deploy(adapter, Provenance(name="bench"))
-
-        asyncio.run(deploy())
-        asyncio.run(_crowd(daemon, cluster.identity, PROMPTS["short"], 1, 4))  # loads the model once
-        for prompt, messages in PROMPTS.items():
-            for clients in args.clients:
-                _reset_peak(daemon.process.pid)
-                ttfts, generated, seconds = asyncio.run(_crowd(daemon, cluster.identity, messages, clients,
-                                                               args.tokens))
-                rows.append({"impl": "tuned-grpc", "prompt": prompt, "clients": clients,
-                             "ttft_s": statistics.mean(ttfts), "ttft_max_s": max(ttfts), "generated_tokens": generated,
-                             "seconds": seconds, "tokens_per_s": generated / seconds,
-                             "peak_memory_bytes": _peak(daemon.process.pid)})
-                print(f"{'tuned-grpc':>20} {prompt:>5}: {clients:2d} clients, ttft {statistics.mean(ttfts):.2f} s "
-                      f"(max {max(ttfts):.2f}), {generated / seconds:.1f} tokens/s", flush=True)
+    for prompt, messages in PROMPTS.items():
+        for clients in args.clients:
+            _reset_peak(daemon.process.pid)
+            ttfts, generated, seconds = await _crowd(daemon, identity, messages, clients, args.tokens)
+            rows.append({"impl": "tuned-grpc", "prompt": prompt, "clients": clients,
+                         "ttft_s": statistics.mean(ttfts), "ttft_max_s": max(ttfts), "generated_tokens": generated,
+                         "seconds": seconds, "tokens_per_s": generated / seconds,
+                         "peak_memory_bytes": _peak(daemon.process.pid)})
+            print(f"{'tuned-grpc':>20} {prompt:>5}: {clients:2d} clients, ttft {statistics.mean(ttfts):.2f} s "
+                  f"(max {max(ttfts):.2f}), {generated / seconds:.1f} tokens/s", flush=True)
     return rows
+
+
+def over_grpc(args, adapter: Path) -> list[dict]:
+    from pac.cluster.local import LocalCluster
+
+    with tempfile.TemporaryDirectory() as root, LocalCluster(Path(root), 1, memory_budget="8GiB") as cluster:
+        return asyncio.run(_served_rows(cluster.daemons[0], cluster.identity, adapter, args))
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -175,6 +185,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each in-process impl (median reported)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     from pac.adapter import save_adapter
@@ -182,13 +193,13 @@ def main() -> None:
     backbone, model = tuned_model(args.model, args.seed)
     rows = []
     for prompt, messages in PROMPTS.items():
-        rows += in_process(backbone, model, prompt, messages, args.tokens)
+        rows += in_process(backbone, model, prompt, messages, args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as scratch:
         adapter = save_adapter(model, Path(scratch) / "adapter.safetensors", extra={"task": "lm"})
         del backbone, model  # the daemon loads its own copy: the bench's would only take memory
         rows += over_grpc(args, adapter)
     write_report(args.json, "serve", {"model": args.model, "tokens": args.tokens, "clients": args.clients,
-                                      "seed": args.seed, "prompts": {k: v for k, v in PROMPTS.items()}}, rows)
+                                      "seed": args.seed, "repeats": args.repeats, "prompts": {k: v for k, v in PROMPTS.items()}}, rows)
     plot(rows, args.json.with_suffix(".png"))
 
 

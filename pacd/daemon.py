@@ -18,6 +18,9 @@ from typing import Any
 
 import grpc
 
+from pac.assistant.queue import AnswerQueue
+from pac.assistant.serving import Assistant
+from pac.assistant.store import ModelStore
 from pac.discovery.mdns import Advertiser
 from pac.discovery.records import DeviceRecord
 from pac.limits import grpc_size_options
@@ -67,6 +70,8 @@ class Daemon:
         self.port = config.port
         self.service_names: list[str] = []
         self.jobs = JobSlot(self.spawn)  # the one training job this device holds (Stage); Assistant asks it
+        # the tuned models this device serves, and the one queue of requests for them (Assistant, Wyoming)
+        self.answers = AnswerQueue(Assistant(ModelStore(self.state.root / "models")), self.spawn)
         self._out = out
         self._tasks: set[asyncio.Task] = set()
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []

@@ -8,6 +8,7 @@ import re
 
 import grpc
 
+from pac.assistant.queue import Overloaded
 from pac.errors import AdapterMismatchError, ConfigError, ModelNotFoundError, PacError
 from pac.worker.device_job import JobStateError
 
@@ -20,10 +21,6 @@ class InvalidRequest(PacError):
 
 class NotReady(PacError):
     """The device cannot do this in its current state (for example: not paired, already paired)."""
-
-
-class Overloaded(PacError):
-    """Too many requests wait already; the client should try again shortly."""
 
 
 class Occupied(PacError):
