@@ -46,8 +46,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     from pac.cluster.local import LocalCluster
     from pac.cluster.progress import Progress
     from pac.jobfile import parse_job
-    from pac.train.generate import generate
-    from pac.train.household import HELDOUT_FILE, TRAIN_FILE, answer_is_right, heldout_questions
+    from pac.train.household import HELDOUT_FILE, TRAIN_FILE, heldout_questions
     from pacctl.commands.assistant import deploy_run
 
     started = time.perf_counter()
@@ -82,6 +81,14 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     except PacError as error:
         progress.close()
         raise click.ClickException(str(error)) from error
+    _report(controller, metrics, asked, tuned, count, started, out)
+
+
+def _report(controller, metrics: dict, asked, tuned: list[str], count: int, started: float, out: Path) -> None:
+    """Each held-out question's tuned answer (through the API) next to the untuned model's, and the score."""
+    from pac.train.generate import generate
+    from pac.train.household import answer_is_right
+
     backbone = controller.prepared.backbone
     scores = {"untuned": 0, "tuned": 0}
     rows = []
@@ -92,11 +99,11 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})
         click.echo(f"\nQ: {question.prompt}\n  untuned: {before}\n  tuned:   {after}")
     working = len(controller.plan.devices) if controller.plan is not None else count
-    summary = {"devices": count, "devices_used": working, "held_out_questions": len(asked), "right_untuned": scores["untuned"],
-               "right_tuned": scores["tuned"], "training_time_s": metrics["total_time_s"],
-               "total_time_s": time.perf_counter() - started}
+    summary = {"devices": count, "devices_used": working, "held_out_questions": len(asked),
+               "right_untuned": scores["untuned"], "right_tuned": scores["tuned"],
+               "training_time_s": metrics["total_time_s"], "total_time_s": time.perf_counter() - started}
     (out / "answers.json").write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
-    click.echo(f"\nheld-out questions answered with the expected fact: tuned {scores['tuned']}/{len(asked)}, "
-               f"untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} s; {working} of {count} "
-               f"device(s) took part, the plan's reason says why; "
+    click.echo(f"\nheld-out questions answered with the expected fact: tuned {scores['tuned']}/{len(asked)} (asked "
+               f"through the Assistant API), untuned {scores['untuned']}/{len(asked)} ({summary['total_time_s']:.0f} "
+               f"s; {working} of {count} device(s) took part, the plan's reason says why; "
                f"adapter, plan, metrics.json and plots in {out})")
