@@ -110,19 +110,28 @@ def in_process(backbone, model, prompt: str, messages, tokens: int, repeats: int
 
 
 async def _crowd(daemon, identity, messages, clients: int, tokens: int) -> tuple[list[float], int, float]:
+    """`clients` clients, each connected already, ask at the same moment."""
     from pac.assistant.decode import Sampling
     from pac.net.assistant_client import AssistantClient, Usage
 
-    async def one() -> tuple[float, int]:
-        async with AssistantClient(daemon.address, identity, daemon.node_id) as c:
-            async for item in c.generate(messages, Sampling(max_new_tokens=tokens)):
-                if isinstance(item, Usage):
-                    return item.time_to_first_token_s, item.generated_tokens
+    connected = [AssistantClient(daemon.address, identity, daemon.node_id) for _ in range(clients)]
+    for client in connected:
+        await client.__aenter__()
+        await client.info()  # the channel is up (TLS done) before the clock starts
+
+    async def one(client) -> tuple[float, int]:
+        async for item in client.generate(messages, Sampling(max_new_tokens=tokens)):
+            if isinstance(item, Usage):
+                return item.time_to_first_token_s, item.generated_tokens
         raise RuntimeError("no usage")
 
-    began = time.perf_counter()
-    done = await asyncio.gather(*(one() for _ in range(clients)))
-    return [t for t, _ in done], sum(n for _, n in done), time.perf_counter() - began
+    try:
+        began = time.perf_counter()
+        done = await asyncio.gather(*(one(c) for c in connected))
+        return [t for t, _ in done], sum(n for _, n in done), time.perf_counter() - began
+    finally:
+        for client in connected:
+            await client.__aexit__(None, None, None)
 
 
 async def _served_rows(daemon, identity, adapter: Path, args) -> list[dict]:

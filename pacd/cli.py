@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=None,
                        help="do not import the training code in the background at start")
     serve.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
+    serve.add_argument("--wyoming", action="store_true", default=None,
+                       help="serve the tuned model to Home Assistant over Wyoming (plain TCP, no authentication)")
+    serve.add_argument("--wyoming-port", type=int, help="Wyoming port (default 10800; 0 picks a free one)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     info = commands.add_parser("info", help="print this device's node id, pairing state and pairing code")
     _common(info)
@@ -48,7 +51,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> DaemonConfig:
     keys = ("host", "port", "state_dir", "memory_budget", "insecure", "mdns", "mdns_interfaces", "port_file",
-            "log_level", "warm_up")
+            "log_level", "warm_up", "wyoming", "wyoming_port")
     return load_config(args.config, {k: getattr(args, k, None) for k in keys})
 
 

@@ -10,6 +10,11 @@ Example file (every key optional):
     mdns_interfaces = []        # addresses of the interfaces to advertise on; empty: all
     insecure = false            # loopback development only: no TLS, no pairing
     warm_up = true              # load the training code in the background at start (faster first job)
+    wyoming = false             # serve the tuned model to Home Assistant over Wyoming (plain TCP, no auth)
+    wyoming_host = ""           # its address; empty: as host
+    wyoming_port = 10800        # 0 picks a free port
+    wyoming_model = ""          # a deployed chat model's id or name; empty: the newest
+    wyoming_languages = ["en"]  # what Home Assistant is told the model speaks
 """
 
 from __future__ import annotations
@@ -48,10 +53,16 @@ class DaemonConfig:
     port_file: Path | None = None  # where to write the bound port once listening
     log_level: str = "info"  # debug, info, warning, error
     warm_up: bool = True  # import the training code in the background once serving (the first job loads faster)
+    wyoming: bool = False  # serve the tuned model to Home Assistant over Wyoming (pacd/wyoming.py)
+    wyoming_host: str = ""  # "": as host
+    wyoming_port: int = 10800
+    wyoming_model: str = ""  # "": the newest deployed chat model
+    wyoming_languages: tuple[str, ...] = ("en",)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        for key in ("port", "wyoming_port"):
+            if not 0 <= getattr(self, key) <= 65535:
+                raise ConfigError(f"{key} must be 0..65535, got {getattr(self, key)}")
         if self.memory_budget_bytes < 0:
             raise ConfigError(f"memory_budget must be positive, got {self.memory_budget_bytes}")
         if not MiB <= self.max_message_bytes <= 256 * MiB:
@@ -99,12 +110,13 @@ def _coerce(key: str, value: Any) -> Any:
         return name, parse_size(value, key)
     if name in ("state_dir", "port_file"):
         return name, Path(value) if value is not None else None
-    if name == "mdns_interfaces":
+    if name in ("mdns_interfaces", "wyoming_languages"):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key} must be a list of addresses, got {value!r}")
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
         return name, tuple(value)
     expected = {"host": str, "port": int, "mdns": bool, "insecure": bool, "shutdown_grace_s": (int, float),
-                "log_level": str, "warm_up": bool}[name]
+                "log_level": str, "warm_up": bool, "wyoming": bool, "wyoming_host": str, "wyoming_port": int,
+                "wyoming_model": str}[name]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{key} has the wrong type: {value!r}")
     return name, value

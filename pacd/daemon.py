@@ -145,6 +145,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         advertiser = Advertiser(self.config.mdns_interfaces) if self.config.mdns else None
+        wyoming = None
         first = True
         try:
             while True:
@@ -156,6 +157,8 @@ class Daemon:
                     first = False
                 if advertiser:
                     await advertiser.update(self.record(), self._advertised_host())
+                if self.config.wyoming and wyoming is None:
+                    wyoming = await self._start_wyoming(advertiser)
                 await self._wake.wait()
                 if self._reason != "restart":
                     break
@@ -163,11 +166,25 @@ class Daemon:
                 await grpc_server.stop(self.config.shutdown_grace_s)
                 self._reason, self._wake = "", asyncio.Event()
                 self._refresh_mode()
+            if wyoming is not None:
+                await wyoming.stop()
             await self._shutdown(grpc_server, health_servicer, advertiser)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return 0
+
+    async def _start_wyoming(self, advertiser: Advertiser | None):
+        from pacd.wyoming import WyomingServer
+
+        c = self.config
+        wyoming = WyomingServer(self, c.wyoming_host or c.host, c.wyoming_port, c.wyoming_model, c.wyoming_languages)
+        port = await wyoming.start()
+        self._out(f"pacd Wyoming conversation service on {wyoming.host}:{port}")
+        if advertiser:
+            host = wyoming.host if wyoming.host not in ("0.0.0.0", "::", "") else self._advertised_host()
+            await advertiser.add_wyoming(self.record(), port, host)
+        return wyoming
 
     def _announce(self) -> None:
         if self.mode == "insecure":

@@ -18,6 +18,7 @@ from pac.assistant.store import Deployed
 from pac.errors import PacError
 
 MAX_WAITING = 32
+GATHER_S = 0.02  # a wave waits this long for the requests sent at the same moment as its first
 
 
 class Overloaded(PacError):
@@ -83,6 +84,9 @@ class AnswerQueue:
         """While chat requests wait: the oldest one's model answers it and up to MAX_BATCH - 1 more."""
         while self.asks:
             async with self.turn:
+                await asyncio.sleep(GATHER_S)
+                if not self.asks:  # every waiting request went away
+                    return
                 model = self.asks[0].model
                 wave = [a for a in self.asks if a.model.id == model.id][:MAX_BATCH]
                 for ask in wave:

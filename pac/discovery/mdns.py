@@ -31,8 +31,12 @@ def _local_addresses(interfaces: Sequence[str]) -> list[bytes]:
     return [socket.inet_aton(a) for a in (found or ["127.0.0.1"])]
 
 
+WYOMING_TYPE = "_wyoming._tcp.local."  # what Home Assistant's Wyoming integration browses for
+
+
 class Advertiser:
-    """Registers one daemon as `_pacd._tcp.local.`; `close()` unregisters it (goodbye packets)."""
+    """Registers one daemon as `_pacd._tcp.local.` (and, serving Wyoming, as `_wyoming._tcp.local.`);
+    `close()` unregisters them (goodbye packets)."""
 
     def __init__(self, interfaces: Sequence[str] = ()):
         self._interfaces = tuple(interfaces)
@@ -63,6 +67,15 @@ class Advertiser:
         if name:
             self._info.name = name  # keep a name changed to settle a conflict
         await self._zc.async_update_service(self._info)
+
+    async def add_wyoming(self, record: DeviceRecord, port: int, host: str | None = None) -> str:
+        """Advertise the daemon's Wyoming server (after `start` or `update`); the name it got."""
+        addresses = [socket.inet_aton(host)] if host else _local_addresses(self._interfaces)
+        info = AsyncServiceInfo(WYOMING_TYPE, f"pac-{record.node_id[:12]}.{WYOMING_TYPE}", port=port,
+                                addresses=addresses, server=f"pacd-{record.node_id}.local.")
+        await self._zc.async_register_service(info, allow_name_change=True)
+        log.info("advertising %s on mDNS (Wyoming)", info.name)
+        return info.name
 
     async def close(self) -> None:
         if self._zc is None:

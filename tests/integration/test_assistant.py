@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -199,3 +200,20 @@ def test_pacctl_deploys_a_run_lists_it_and_asks_it(served, tmp_path):
     assert "tokens/s" in asked.stderr
     missing = pacctl("deploy", str(tmp_path))
     assert missing.returncode == 1 and "no adapter.safetensors" in missing.stderr
+
+
+def test_the_example_client_asks_with_the_stubs_alone(served):
+    daemon, cluster, where, (backbone, model), _ = served
+
+    async def deploy():
+        async with client(served) as c:
+            await c.deploy(where / "chat.safetensors", Provenance(name="household-chat"))
+
+    asyncio.run(deploy())
+    asked = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "ask.py"), daemon.address,
+                            "lights?", "--home", str(cluster.home)], capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    prompt = backbone.tokenizer.chat_prompt("lights?")
+    want = "".join(p.text for p in answer(Decoding(backbone, model, prompt), backbone.tokenizer,
+                                          Sampling(max_new_tokens=96)))
+    assert asked.stdout.startswith(want) and "tokens, first after" in asked.stdout
