@@ -106,6 +106,17 @@ class KeyValues:
     def __init__(self) -> None:
         self.keys: torch.Tensor | None = None  # [batch, heads, positions, head_dim]
         self.values: torch.Tensor | None = None
+        self._rotation: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin of positions 0.. so far
+
+    def rotation(self, attention: SideAttention, start: int, end: int,
+                 like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`attention`'s rotary cos and sin for positions [start, end), from a table made once per doubling
+        (the same numbers as computing them for those positions alone: each angle is position * frequency)."""
+        if self._rotation is None or self._rotation[0].shape[2] < end:
+            made = self._rotation[0].shape[2] if self._rotation is not None else 0
+            self._rotation = attention._rotation(0, max(end, 2 * made, 64), like)
+        cos, sin = self._rotation
+        return cos[:, :, start:end], sin[:, :, start:end]
 
     @property
     def length(self) -> int:
@@ -159,7 +170,8 @@ class SideAttention(nn.Module):
             k, v = self._split(self.k(source)).float(), self._split(self.v(source)).float()
             if self.inv_freq is not None and memory is None:
                 start = cache.length if cache is not None else 0
-                cos, sin = self._rotation(start, start + x.shape[1], q)
+                end = start + x.shape[1]
+                cos, sin = cache.rotation(self, start, end, q) if cache is not None else self._rotation(0, end, q)
                 q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             if cache is not None:
                 k, v = cache.extend(k, v)

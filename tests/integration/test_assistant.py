@@ -217,3 +217,38 @@ def test_the_example_client_asks_with_the_stubs_alone(served):
     want = "".join(p.text for p in answer(Decoding(backbone, model, prompt), backbone.tokenizer,
                                           Sampling(max_new_tokens=96)))
     assert asked.stdout.startswith(want) and "tokens, first after" in asked.stdout
+
+
+def test_a_device_training_a_job_says_so_instead_of_answering(served):
+    from pac.net.stage_client import StageClient
+    from pac.side.network import SideConfig
+    from pac.train.loop import TrainConfig
+    from pac.worker.spec import StageSpec
+    from pac.worker.tensors import pack
+
+    daemon, cluster, where, _, _ = served
+    backbone = load_backbone("tiny-bert", seed=0)
+    initial = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("classification")).state_dict()
+    spec = StageSpec(job_id="job-busy", model="tiny-bert", quantization="none", seed=0, stage=0, replica=0, first=0,
+                     end=3, side=SideConfig(), head=HeadConfig("classification"), train=TrainConfig(), total_steps=1,
+                     shares=[[1]], addresses=[[daemon.address]], cache_precision=None)
+
+    async def run():
+        stages = StageClient("job-busy", {daemon.address: daemon.node_id}, cluster.identity)
+        try:
+            await stages.load(daemon.address, "loading", spec,
+                              pack({k: v for k, v in initial.items() if k.startswith(("side.", "head."))}))
+            async with client(served) as c:
+                await c.deploy(where / "chat.safetensors", Provenance(name="household-chat"))
+                with pytest.raises(DaemonError) as busy:
+                    await collect(c, QUESTION, FOUR)
+            await stages.release(daemon.address, keep_cache=False)
+            async with client(served) as c:
+                after, _ = await collect(c, QUESTION, FOUR)
+            return busy.value, after
+        finally:
+            await stages.close()
+
+    busy, after = asyncio.run(run())
+    assert busy.code == grpc.StatusCode.UNAVAILABLE and "training job job-busy" in str(busy)
+    assert isinstance(after, str)
