@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "job",
     "train",
     "assistant",
+    "client",
 ]
 
 

@@ -1,8 +1,15 @@
-"""The server's gate for an unpaired device: only pairing, health and reflection are open."""
+"""The server's gates: an unpaired device opens only pairing, health and reflection (PairingGate); a
+paired one lets each certificate's role call what that role may (RoleGate): devices and the controller
+everything, a home-automation client (role "assistant") only what asking the household's model needs."""
 
 from __future__ import annotations
 
+import functools
+
 import grpc
+from cryptography import x509
+
+from pac.security import authority
 
 OPEN_WHILE_UNPAIRED = ("/pac.v1.Pairing/", "/grpc.health.v1.Health/", "/grpc.reflection.")
 _NOT_PAIRED = "this device is not paired with a cluster yet: run 'pacctl pair HOST:PORT' on the controller"
@@ -29,3 +36,62 @@ class PairingGate(grpc.aio.ServerInterceptor):
         make = grpc.stream_unary_rpc_method_handler if handler.request_streaming \
             else grpc.unary_unary_rpc_method_handler
         return make(_refuse_unary, handler.request_deserializer, handler.response_serializer)
+
+
+# What each role may call, by method-name prefix; a role not listed here may call nothing.
+ALLOWED = {
+    "device": ("/",),
+    "controller": ("/",),
+    "assistant": ("/pac.v1.Assistant/Generate", "/pac.v1.Assistant/Classify", "/pac.v1.Assistant/ListModels",
+                  "/pac.v1.Device/GetInfo", "/grpc.health.v1.Health/", "/grpc.reflection."),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _role(pem: bytes) -> str:
+    return authority.describe(x509.load_pem_x509_certificate(pem)).role
+
+
+def peer_role(context) -> str:
+    """The role in the caller's certificate (verified by TLS against the home's authority)."""
+    certificates = context.auth_context().get("x509_pem_cert") or []
+    return _role(certificates[0]) if certificates else ""
+
+
+def _guarded(behavior, method: str, streaming_response: bool):
+    def refusal(context) -> str:
+        role = peer_role(context)
+        if any(method.startswith(prefix) for prefix in ALLOWED.get(role, ())):
+            return ""
+        return f"a certificate of role {role or 'none'!r} may not call {method}"
+
+    if streaming_response:
+        async def checked_stream(request_or_iterator, context):
+            if why := refusal(context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            async for reply in behavior(request_or_iterator, context):
+                yield reply
+
+        return checked_stream
+
+    async def checked(request_or_iterator, context):
+        if why := refusal(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        return await behavior(request_or_iterator, context)
+
+    return checked
+
+
+class RoleGate(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kinds = {(False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+                 (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                 (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                 (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler)}
+        name, make = kinds[(handler.request_streaming, handler.response_streaming)]
+        behavior = _guarded(getattr(handler, name), method, handler.response_streaming)
+        return make(behavior, handler.request_deserializer, handler.response_serializer)

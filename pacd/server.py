@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from pac.limits import grpc_size_options
 from pac.security import server_credentials
 from pac.security.identity import self_signed_pair
-from pacd.auth import PairingGate
+from pacd.auth import PairingGate, RoleGate
 from pacd.services import SERVICE_MODULES
 
 
@@ -51,7 +51,7 @@ def build(daemon: Daemon, port: int) -> tuple[grpc.aio.Server, health.aio.Health
     """A started-ready server bound to `port` (0: any); returns (server, health servicer, bound port)."""
     size = daemon.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[PairingGate()] if daemon.mode == "pairing" else [],
+        interceptors=[PairingGate()] if daemon.mode == "pairing" else [RoleGate()] if daemon.mode == "secure" else [],
         options=[*grpc_size_options(size), ("grpc.so_reuseport", 0)],
     )
     names = []

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NODE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 CLUSTER_ID_RE = NODE_ID_RE
-ROLES = ("device", "controller")
+ROLES = ("device", "controller", "assistant")  # assistant: a home-automation client (pacctl client add)
 ANY_NODE_NAME = "node.pac"
 CA_DAYS = 3650
 LEAF_DAYS = 825

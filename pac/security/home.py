@@ -1,12 +1,14 @@
 """The controller's home directory: the cluster authority and the controller's own identity.
 
 Layout (all owner-only): `<home>/ca/{key.pem,ca.pem}` (the authority; its key signs devices at
-pairing) and `<home>/tls/` (the controller's identity, as for any node; see identity.py).
+pairing), `<home>/tls/` (the controller's identity, as for any node; see identity.py) and
+`<home>/clients/<name>/tls/` (home-automation clients' identities, `pacctl client add`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from cryptography import x509
 from pac.errors import PacError
 from pac.security import authority
 from pac.security.files import check_private, ensure_private_dir, write_private
-from pac.security.identity import Identity, ensure_key, load_identity, store_identity
+from pac.security.identity import Identity, NotPairedError, ensure_key, load_identity, store_identity
 
 
 class HomeError(PacError):
@@ -61,3 +63,35 @@ def controller_identity(home: Path) -> Identity:
     if not (home / "ca" / "key.pem").exists():
         raise HomeError(f"no cluster in {home}: run 'pacctl init' first (or set PAC_HOME / --home)")
     return load_identity(home)
+
+
+CLIENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def clients_dir(home: Path) -> Path:
+    return home / "clients"
+
+
+def add_client(home: Path, name: str, role: str = "assistant") -> Identity:
+    """A certificate of `role` for a client (a home-automation system) named `name`, kept owner-only in
+    `home/clients/<name>/tls/` (key.pem, cert.pem, ca.pem): what that client presents to the daemons."""
+    if not CLIENT_NAME_RE.match(name):
+        raise HomeError(f"client name must be lowercase letters, digits and dashes (at most 63), got {name!r}")
+    where = clients_dir(home) / name
+    if where.exists():
+        raise HomeError(f"a client named {name!r} exists already ({where}); remove it first (pacctl client remove)")
+    ca_key, ca_cert, cluster_id = load_authority(home)
+    ensure_private_dir(where)
+    key = authority.load_key(ensure_key(where))
+    cert = authority.issue(ca_key, ca_cert, authority.make_csr(key, secrets.token_hex(8)), cluster_id, role)
+    return store_identity(where, authority.cert_pem(cert), authority.cert_pem(ca_cert))
+
+
+def list_clients(home: Path) -> list[tuple[str, Identity]]:
+    found = []
+    for where in sorted(clients_dir(home).glob("*")) if clients_dir(home).is_dir() else ():
+        try:
+            found.append((where.name, load_identity(where)))
+        except (OSError, ValueError, NotPairedError):
+            continue
+    return found

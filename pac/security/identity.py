@@ -31,7 +31,7 @@ class Identity:
 
     node_id: str
     cluster_id: str
-    role: str  # "device" or "controller"
+    role: str  # "device", "controller" or "assistant"
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes

@@ -252,3 +252,41 @@ def test_a_device_training_a_job_says_so_instead_of_answering(served):
     busy, after = asyncio.run(run())
     assert busy.code == grpc.StatusCode.UNAVAILABLE and "training job job-busy" in str(busy)
     assert isinstance(after, str)
+
+
+def test_an_assistant_client_may_ask_and_nothing_else(served):
+    from pac.errors import TrainingFailed
+    from pac.net.stage_client import StageClient
+    from pac.security.home import add_client, list_clients
+    from pac.side.network import SideConfig
+    from pac.train.loop import TrainConfig
+    from pac.worker.spec import StageSpec
+
+    daemon, cluster, where, _, _ = served
+    home_assistant = add_client(cluster.home, "home-assistant-test")
+    assert ("home-assistant-test", home_assistant) in list_clients(cluster.home) and home_assistant.role == "assistant"
+    spec = StageSpec(job_id="job-intruder", model="tiny-bert", quantization="none", seed=0, stage=0, replica=0,
+                     first=0, end=3, side=SideConfig(), head=HeadConfig("classification"), train=TrainConfig(),
+                     total_steps=1, shares=[[1]], addresses=[[daemon.address]], cache_precision=None)
+
+    async def run():
+        async with client(served) as c:  # the controller deploys
+            await c.deploy(where / "chat.safetensors", Provenance(name="household-chat"))
+        async with AssistantClient(daemon.address, home_assistant, daemon.node_id) as c:
+            text, _ = await collect(c, QUESTION, FOUR)
+            models = await c.list_models()
+            info = await c.info()
+            with pytest.raises(DaemonError) as deploy:
+                await c.deploy(where / "chat.safetensors", Provenance())
+        stages = StageClient("job-intruder", {daemon.address: daemon.node_id}, home_assistant)
+        try:
+            with pytest.raises(TrainingFailed) as load:
+                await stages.load(daemon.address, "loading", spec, b"")
+        finally:
+            await stages.close()
+        return text, models, info, deploy.value, load.value
+
+    text, models, info, deploy, load = asyncio.run(run())
+    assert isinstance(text, str) and models and info["node_id"] == daemon.node_id
+    assert deploy.code == grpc.StatusCode.PERMISSION_DENIED and "role 'assistant' may not call" in str(deploy)
+    assert "PERMISSION_DENIED" in str(load) and "/pac.v1.Stage/Load" in str(load)
