@@ -108,89 +108,75 @@ class StageReplicas(_message.Message):
     addresses: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, shares: _Optional[_Iterable[int]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class StageSpec(_message.Message):
-    __slots__ = ("job_id", "model", "quantization", "seed", "stage", "replica", "first_layer", "end_layer", "side", "head", "train", "total_steps", "stages", "pad_id", "codec", "cache_precision", "cache_keep", "timeout_s", "cache_directory")
+class JobBasics(_message.Message):
+    __slots__ = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "head", "train", "cache_keep", "timeout_s", "cache_directory")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PAD_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEEP_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CACHE_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    quantization: str
+    seed: int
+    total_steps: int
+    pad_id: int
+    head: HeadConfig
+    train: TrainConfig
+    cache_keep: bool
+    timeout_s: float
+    cache_directory: str
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., total_steps: _Optional[int] = ..., pad_id: _Optional[int] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
+
+class StageSpec(_message.Message):
+    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision")
+    JOB_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     FIRST_LAYER_FIELD_NUMBER: _ClassVar[int]
     END_LAYER_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
-    HEAD_FIELD_NUMBER: _ClassVar[int]
-    TRAIN_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
-    PAD_ID_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
-    CACHE_KEEP_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
-    CACHE_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    model: str
-    quantization: str
-    seed: int
+    job: JobBasics
     stage: int
     replica: int
     first_layer: int
     end_layer: int
     side: SideConfig
-    head: HeadConfig
-    train: TrainConfig
-    total_steps: int
     stages: _containers.RepeatedCompositeFieldContainer[StageReplicas]
-    pad_id: int
     codec: str
     cache_precision: str
-    cache_keep: bool
-    timeout_s: float
-    cache_directory: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., pad_id: _Optional[int] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ...) -> None: ...
 
 class Phase2Spec(_message.Message):
-    __slots__ = ("job_id", "model", "quantization", "seed", "side_spec", "head", "train", "total_steps", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "pad_id", "lm_head_scale", "cache_precision", "cache_keep", "timeout_s", "cache_directory")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision")
+    JOB_FIELD_NUMBER: _ClassVar[int]
     SIDE_SPEC_FIELD_NUMBER: _ClassVar[int]
-    HEAD_FIELD_NUMBER: _ClassVar[int]
-    TRAIN_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
-    PAD_ID_FIELD_NUMBER: _ClassVar[int]
     LM_HEAD_SCALE_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
-    CACHE_KEEP_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
-    CACHE_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    model: str
-    quantization: str
-    seed: int
+    job: JobBasics
     side_spec: SideSpec
-    head: HeadConfig
-    train: TrainConfig
-    total_steps: int
     steps_done: int
     rank: int
     members: _containers.RepeatedScalarFieldContainer[str]
     fingerprint: str
     tokenizer_fingerprint: str
-    pad_id: int
     lm_head_scale: float
     cache_precision: str
-    cache_keep: bool
-    timeout_s: float
-    cache_directory: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., pad_id: _Optional[int] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ...) -> None: ...
 
 class LoadStageChunk(_message.Message):
     __slots__ = ("spec", "tensors")

@@ -224,7 +224,7 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
                                          for s in plan.phase1.stages]
 
 
-def write_job_file(tmp_path: Path, addresses: list[str], count: int, epochs: int) -> Path:
+def write_job_file(tmp_path: Path, addresses: list[str], count: int, epochs: int, deploy: str = "") -> Path:
     data = write_data(tmp_path / "data.jsonl", "classification", count)
     path = tmp_path / "job.toml"
     path.write_text(f"""version = 1
@@ -246,7 +246,7 @@ addresses = {json.dumps(addresses)}
 insecure = true
 [output]
 directory = "{tmp_path / 'out'}"
-""")
+""" + (f'deploy = "{deploy}"\n' if deploy else ""))
     return path
 
 
@@ -399,3 +399,22 @@ def test_same_job_on_the_same_plan_is_bit_identical(tmp_path, four):
     assert adapters[0].keys() == adapters[1].keys()
     for key in adapters[0]:
         assert torch.equal(adapters[0][key], adapters[1][key]), key
+
+
+def test_pacctl_train_deploys_the_adapter_where_the_job_says(tmp_path, four):
+    import asyncio
+
+    from pac.net.assistant_client import AssistantClient
+
+    job = write_job_file(tmp_path, [d.address for d in four[:2]], count=16, epochs=2, deploy=four[1].address)
+    process = start_train(tmp_path, job)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"to {four[1].node_id}" in output and "(out: classification on tiny-bert)" in output
+
+    async def served():
+        async with AssistantClient(four[1].address, None) as client:
+            return await client.list_models()
+
+    (model,) = asyncio.run(served())
+    assert (model.name, model.task, model.backbone) == ("out", "classification", "tiny-bert")

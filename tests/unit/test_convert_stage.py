@@ -62,7 +62,7 @@ def test_a_malformed_stage_spec_names_what_is_wrong(changes, field):
 
 def test_a_bad_config_inside_a_spec_names_its_section():
     message = convert.stage_spec_to_proto(stage_spec())
-    message.train.side_precision = "fp8"
+    message.job.train.side_precision = "fp8"
     with pytest.raises(ConfigError, match="train: side_precision must be one of"):
         convert.stage_spec_from_proto(message)
     message = convert.stage_spec_to_proto(stage_spec())

@@ -22,10 +22,9 @@ _TRAIN_FIELDS = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmu
 _STYLE_FIELDS = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "causal", "num_heads", "num_kv_heads",
                  "head_dim")
 _SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias")
-# fields StageSpec and Phase2Spec carry as they are
-_SHARED_FIELDS = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "cache_keep", "timeout_s")
-_STAGE_FIELDS = _SHARED_FIELDS + ("stage", "replica", "codec")
-_PHASE2_FIELDS = _SHARED_FIELDS + ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision")
+_BASIC_FIELDS = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "cache_keep", "timeout_s")
+_STAGE_FIELDS = ("stage", "replica", "codec")  # carried as they are
+_PHASE2_FIELDS = ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision")
 
 
 def _checked(kind: type, where: str, **fields):
@@ -85,13 +84,24 @@ def side_spec_from_proto(message: stage_pb2.SideSpec) -> SideSpec:
 
 
 # ---- the specs -------------------------------------------------------------------------------------
+def basics_to_proto(spec: StageSpec | Phase2Spec) -> stage_pb2.JobBasics:
+    return stage_pb2.JobBasics(**{name: getattr(spec, name) for name in _BASIC_FIELDS}, head=head_to_proto(spec.head),
+                               train=train_to_proto(spec.train), cache_directory=spec.cache_directory or "")
+
+
+def basics_from_proto(message: stage_pb2.JobBasics) -> dict:
+    """The shared fields of a StageSpec or Phase2Spec, as keyword arguments."""
+    return dict(**{name: getattr(message, name) for name in _BASIC_FIELDS}, head=head_from_proto(message.head),
+                train=train_from_proto(message.train), cache_directory=message.cache_directory or None)
+
+
 def stage_spec_to_proto(spec: StageSpec) -> stage_pb2.StageSpec:
     return stage_pb2.StageSpec(
-        **{name: getattr(spec, name) for name in _STAGE_FIELDS}, first_layer=spec.first, end_layer=spec.end,
-        side=side_config_to_proto(spec.side), head=head_to_proto(spec.head), train=train_to_proto(spec.train),
+        job=basics_to_proto(spec), **{name: getattr(spec, name) for name in _STAGE_FIELDS}, first_layer=spec.first,
+        end_layer=spec.end, side=side_config_to_proto(spec.side),
         stages=[stage_pb2.StageReplicas(shares=list(shares), addresses=list(addresses))
                 for shares, addresses in zip(spec.shares, spec.addresses, strict=True)],
-        cache_precision=spec.cache_precision or "", cache_directory=spec.cache_directory or "")
+        cache_precision=spec.cache_precision or "")
 
 
 def stage_spec_from_proto(message: stage_pb2.StageSpec) -> StageSpec:
@@ -108,18 +118,15 @@ def stage_spec_from_proto(message: stage_pb2.StageSpec) -> StageSpec:
     if message.first_layer >= message.end_layer:
         raise ConfigError(f"stage spec: layers [{message.first_layer}, {message.end_layer}) are empty")
     return StageSpec(
-        **{name: getattr(message, name) for name in _STAGE_FIELDS}, first=message.first_layer,
-        end=message.end_layer, side=side_config_from_proto(message.side), head=head_from_proto(message.head),
-        train=train_from_proto(message.train), shares=[list(g.shares) for g in stages],
-        addresses=[list(g.addresses) for g in stages], cache_precision=message.cache_precision or None,
-        cache_directory=message.cache_directory or None)
+        **basics_from_proto(message.job), **{name: getattr(message, name) for name in _STAGE_FIELDS},
+        first=message.first_layer, end=message.end_layer, side=side_config_from_proto(message.side),
+        shares=[list(g.shares) for g in stages], addresses=[list(g.addresses) for g in stages],
+        cache_precision=message.cache_precision or None)
 
 
 def phase2_spec_to_proto(spec: Phase2Spec) -> stage_pb2.Phase2Spec:
-    message = stage_pb2.Phase2Spec(
-        **{name: getattr(spec, name) for name in _PHASE2_FIELDS}, side_spec=side_spec_to_proto(spec.side_spec),
-        head=head_to_proto(spec.head), train=train_to_proto(spec.train), members=list(spec.members),
-        cache_directory=spec.cache_directory or "")
+    message = stage_pb2.Phase2Spec(job=basics_to_proto(spec), **{name: getattr(spec, name) for name in _PHASE2_FIELDS},
+                                   side_spec=side_spec_to_proto(spec.side_spec), members=list(spec.members))
     if spec.lm_head_scale is not None:
         message.lm_head_scale = spec.lm_head_scale
     return message
@@ -129,10 +136,9 @@ def phase2_spec_from_proto(message: stage_pb2.Phase2Spec) -> Phase2Spec:
     if message.rank >= len(message.members):
         raise ConfigError(f"phase-2 spec: rank {message.rank} of {len(message.members)} members")
     return Phase2Spec(
-        **{name: getattr(message, name) for name in _PHASE2_FIELDS}, side_spec=side_spec_from_proto(message.side_spec),
-        head=head_from_proto(message.head), train=train_from_proto(message.train), members=list(message.members),
-        lm_head_scale=message.lm_head_scale if message.HasField("lm_head_scale") else None,
-        cache_directory=message.cache_directory or None)
+        **basics_from_proto(message.job), **{name: getattr(message, name) for name in _PHASE2_FIELDS},
+        side_spec=side_spec_from_proto(message.side_spec), members=list(message.members),
+        lm_head_scale=message.lm_head_scale if message.HasField("lm_head_scale") else None)
 
 
 # ---- one mini-batch --------------------------------------------------------------------------------
