@@ -71,7 +71,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
                                                RunOptions(profile_batch_sizes=(8,)),
                                                progress=progress, log_line=progress.message)
             progress.close()
-            server = cluster.daemons[0]
+            server = cluster.devices[0]  # node id, address, host name
             click.echo(deploy_run(out, server, cluster.identity, name="household-demo"), err=True)
             asked = heldout_questions(questions)
             tuned = asyncio.run(_ask_all(server, cluster.identity, [q.prompt for q in asked]))
