@@ -44,14 +44,17 @@ PROMPTS = {"short": [{"role": "user", "content": QUESTION}],
            "home": [{"role": "system", "content": HOME}, {"role": "user", "content": QUESTION}]}
 
 
-def tuned_model(name: str, seed: int):
+def tuned_model(name: str, seed: int, quantization: str = "none"):
     import torch
 
     from pac.heads import HeadConfig
     from pac.models.backbone import load_backbone
+    from pac.quant import quantize_backbone
     from pac.techniques.build import TechniqueConfig, build_model
 
     backbone = load_backbone(name)
+    backbone.fingerprint()  # of the stored weights, as an adapter names them
+    quantize_backbone(backbone, quantization)
     model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("lm")).eval()
     with torch.no_grad():
         model.side.up.weight.copy_(torch.randn(model.side.up.weight.shape,
@@ -144,7 +147,7 @@ async def _served_rows(daemon, identity, adapter: Path, args) -> list[dict]:
         await c.deploy(adapter, Provenance(name="bench"))
     await _crowd(daemon, identity, PROMPTS["short"], 1, 4)  # the daemon loads the model once
     rows = []
-    for prompt, messages in PROMPTS.items():
+    for prompt, messages in _prompts(args).items():
         for clients in args.clients:
             _reset_peak(daemon.process.pid)
             ttfts, generated, seconds = await _crowd(daemon, identity, messages, clients, args.tokens)
@@ -188,6 +191,10 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def _prompts(args) -> dict:
+    return {name: PROMPTS[name] for name in args.prompts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -195,20 +202,26 @@ def main() -> None:
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each in-process impl (median reported)")
+    parser.add_argument("--quantization", default="none", help="of the backbone (none, bf16, fp16, int8, int4)")
+    parser.add_argument("--prompts", type=lambda s: s.split(","), default=list(PROMPTS), help="short,home")
+    parser.add_argument("--skip-grpc", action="store_true", help="the in-process rows only")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     from pac.adapter import save_adapter
 
-    backbone, model = tuned_model(args.model, args.seed)
+    backbone, model = tuned_model(args.model, args.seed, args.quantization)
     rows = []
-    for prompt, messages in PROMPTS.items():
+    for prompt, messages in _prompts(args).items():
         rows += in_process(backbone, model, prompt, messages, args.tokens, args.repeats)
-    with tempfile.TemporaryDirectory() as scratch:
-        adapter = save_adapter(model, Path(scratch) / "adapter.safetensors", extra={"task": "lm"})
-        del backbone, model  # the daemon loads its own copy: the bench's would only take memory
-        rows += over_grpc(args, adapter)
+    if not args.skip_grpc:
+        with tempfile.TemporaryDirectory() as scratch:
+            adapter = save_adapter(model, Path(scratch) / "adapter.safetensors",
+                                   extra={"task": "lm", "quantization": args.quantization})
+            del backbone, model  # the daemon loads its own copy: the bench's would only take memory
+            rows += over_grpc(args, adapter)
     write_report(args.json, "serve", {"model": args.model, "tokens": args.tokens, "clients": args.clients,
-                                      "seed": args.seed, "repeats": args.repeats, "prompts": {k: v for k, v in PROMPTS.items()}}, rows)
+                                      "seed": args.seed, "repeats": args.repeats, "quantization": args.quantization,
+                                      "prompts": _prompts(args)}, rows)
     plot(rows, args.json.with_suffix(".png"))
 
 
