@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pac.assistant.decode import Decoding, Piece, Sampling, _Text, choose
+from pac.assistant.decode import Answer, Decoding, Piece, Sampling
 from pac.assistant.store import Deployed
 
 MAX_BATCH = 16
@@ -41,31 +41,19 @@ class Ask:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-def _generator(sampling: Sampling) -> torch.Generator | None:
-    if sampling.temperature == 0:
-        return None
-    generator = torch.Generator()
-    if sampling.seed is not None:
-        return generator.manual_seed(sampling.seed)
-    generator.seed()
-    return generator
-
-
 class _Row:
-    """One sequence of a wave."""
+    """One sequence of a wave: its request and its answer so far."""
 
     def __init__(self, ask: Ask, tokenizer, prompt_tokens: int) -> None:
-        self.ask, self.tokenizer, self.prompt_tokens = ask, tokenizer, prompt_tokens
-        self.text = _Text(tokenizer, ask.sampling.stop)
-        self.generator = _generator(ask.sampling)
-        self.generated = 0
+        self.ask, self.prompt_tokens = ask, prompt_tokens
+        self.answer = Answer(tokenizer, ask.sampling)
         self.open = True
 
     def finish(self, reason: str) -> None:
-        rest = self.text.rest() if reason != "cancelled" else ""
-        if rest:
-            self.ask.emit(Piece(rest, 0))
-        self.ask.emit(Done(self.prompt_tokens, self.generated, reason))
+        rest = self.answer.rest() if reason != "cancelled" else None
+        if rest is not None:
+            self.ask.emit(rest)
+        self.ask.emit(Done(self.prompt_tokens, self.answer.generated, reason))
         self.open = False
 
     def take(self, logits: torch.Tensor) -> int | None:
@@ -73,16 +61,11 @@ class _Row:
         if self.ask.cancelled.is_set():
             self.finish("cancelled")
             return None
-        token = choose(logits, self.ask.sampling, self.generator)
-        if token == self.tokenizer.eos_token_id:
-            self.finish("stop")
-            return None
-        self.generated += 1
-        self.ask.emit(Piece(self.text.add(token), 1))
-        if self.text.stopped:
-            self.finish("stop")
-        elif self.generated >= self.ask.sampling.max_new_tokens:
-            self.finish("length")
+        token, piece = self.answer.take(logits)
+        if piece is not None:
+            self.ask.emit(piece)
+        if token is None:
+            self.finish(self.answer.finish_reason)
         return token
 
 

@@ -145,8 +145,9 @@ class _Text:
             return self._show(text[:min(found)])
         if text.endswith("\ufffd"):  # a character is still incomplete
             return ""
-        held = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be starting
-        return self._show(text[:len(text) - held] if held else text)
+        # the longest end of the text that a stop string begins with waits for the next token
+        held = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return self._show(text[:len(text) - held])
 
     def rest(self) -> str:
         return "" if self.stopped else self._show(self.tokenizer.decode(self.ids))
@@ -158,26 +159,57 @@ class _Text:
         return delta
 
 
+def _generator(sampling: Sampling) -> torch.Generator | None:
+    """Sampling's random numbers: seeded when asked, else fresh; none for greedy answers."""
+    if sampling.temperature == 0:
+        return None
+    generator = torch.Generator()
+    if sampling.seed is not None:
+        return generator.manual_seed(sampling.seed)
+    generator.seed()
+    return generator
+
+
+class Answer:
+    """One sequence's answer as its tokens are chosen: the sampling state, the text, how it ended."""
+
+    def __init__(self, tokenizer, sampling: Sampling) -> None:
+        self.tokenizer, self.sampling = tokenizer, sampling
+        self.text = _Text(tokenizer, sampling.stop)
+        self.generator = _generator(sampling)
+        self.generated = 0
+        self.finish_reason: str | None = None  # stop (end of answer or a stop string) | length
+
+    def take(self, logits: torch.Tensor) -> tuple[int | None, Piece | None]:
+        """The token to decode next (None: the answer has ended) and the piece this step adds."""
+        token = choose(logits, self.sampling, self.generator)
+        if token == self.tokenizer.eos_token_id:
+            self.finish_reason = "stop"
+            return None, None
+        self.generated += 1
+        piece = Piece(self.text.add(token), 1)
+        if self.text.stopped:
+            self.finish_reason = "stop"
+        elif self.generated >= self.sampling.max_new_tokens:
+            self.finish_reason = "length"
+        return (None if self.finish_reason else token), piece
+
+    def rest(self) -> Piece | None:
+        """What the text held back, now that the answer has ended."""
+        rest = self.text.rest()
+        return Piece(rest, 0) if rest else None
+
+
 def answer(decoding: Decoding, tokenizer, sampling: Sampling) -> Iterator[Piece]:
     """The answer, piece by piece, until the end-of-sequence token, a stop string or the token limit."""
-    generator = None
-    if sampling.temperature > 0:
-        generator = torch.Generator()
-        if sampling.seed is not None:
-            generator.manual_seed(sampling.seed)
-        else:
-            generator.seed()
-    text = _Text(tokenizer, sampling.stop)
+    state = Answer(tokenizer, sampling)
     logits = decoding.start()
-    for count in range(1, sampling.max_new_tokens + 1):
-        token = choose(logits, sampling, generator)
-        if token == tokenizer.eos_token_id:
+    while True:
+        token, piece = state.take(logits)
+        if piece is not None:
+            yield piece
+        if token is None:
             break
-        yield Piece(text.add(token), 1)
-        if text.stopped:
-            return
-        if count < sampling.max_new_tokens:
-            logits = decoding.feed(token)
-    rest = text.rest()
-    if rest:
-        yield Piece(rest, 0)
+        logits = decoding.feed(token)
+    if (rest := state.rest()) is not None:
+        yield rest
