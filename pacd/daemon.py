@@ -71,7 +71,8 @@ class Daemon:
         self.service_names: list[str] = []
         self.jobs = JobSlot(self.spawn)  # the one training job this device holds (Stage); Assistant asks it
         # the tuned models this device serves, and the one queue of requests for them (Assistant, Wyoming)
-        self.answers = AnswerQueue(Assistant(ModelStore(self.state.root / "models")), self.spawn)
+        self.answers = AnswerQueue(Assistant(ModelStore(self.state.root / "models")), self.spawn,
+                                   training=lambda: self.jobs.job.job_id if self.jobs.job else None)
         self._out = out
         self._tasks: set[asyncio.Task] = set()
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []

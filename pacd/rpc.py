@@ -8,7 +8,7 @@ import re
 
 import grpc
 
-from pac.assistant.queue import Overloaded
+from pac.assistant.queue import Occupied, Overloaded
 from pac.errors import AdapterMismatchError, ConfigError, ModelNotFoundError, PacError
 from pac.worker.device_job import JobStateError
 
@@ -21,10 +21,6 @@ class InvalidRequest(PacError):
 
 class NotReady(PacError):
     """The device cannot do this in its current state (for example: not paired, already paired)."""
-
-
-class Occupied(PacError):
-    """The device is doing something that excludes this request for now (training a job)."""
 
 
 _STATUS = [

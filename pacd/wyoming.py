@@ -74,11 +74,13 @@ class WyomingServer:
         self._task: asyncio.Task | None = None
 
     def info(self) -> Info:
-        deployed = [m for m in self.answers.assistant.store.list() if m.task == "chat"]
-        chosen = [m for m in deployed if not self.model or m.id.startswith(self.model) or m.name == self.model]
-        name = chosen[0].name if chosen else "no model deployed yet (pacctl deploy)"
-        model = HandleModel(name=name, attribution=ATTRIBUTION, installed=True, languages=list(self.languages),
-                            description="the household's own tuned model", version=chosen[0].id if chosen else None)
+        try:
+            chosen = self.answers.assistant.store.find(self.model, ("chat",))
+        except PacError:
+            chosen = None
+        model = HandleModel(name=chosen.name if chosen else "no model deployed yet (pacctl deploy)",
+                            attribution=ATTRIBUTION, installed=True, languages=list(self.languages),
+                            description="the household's own tuned model", version=chosen.id if chosen else None)
         program = HandleProgram(name="pac", attribution=ATTRIBUTION, installed=True, version=software_version(),
                                 description="PAC: the household's language model, tuned on its own devices",
                                 models=[model], supports_handled_streaming=True)
@@ -103,9 +105,6 @@ class WyomingServer:
         context = transcript.context or {}
         conversation = context.get("conversation_id")
         try:
-            job = self.daemon.jobs.job
-            if job is not None:
-                raise PacError(f"this device is training ({job.job_id}); ask again after the job")
             model = await asyncio.to_thread(self.answers.assistant.store.find, self.model, ("chat",))
             messages = self.conversations.messages(conversation, transcript.text)
             await write(HandledStart(context=context).event())

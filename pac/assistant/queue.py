@@ -25,10 +25,15 @@ class Overloaded(PacError):
     """Too many requests wait already; the client should try again shortly."""
 
 
+class Occupied(PacError):
+    """The device is doing something that excludes answering for now (training a job)."""
+
+
 class AnswerQueue:
     def __init__(self, assistant: Assistant, spawn: Callable[[Awaitable, str], asyncio.Task],
-                 max_waiting: int = MAX_WAITING) -> None:
+                 training: Callable[[], str | None] = lambda: None, max_waiting: int = MAX_WAITING) -> None:
         self.assistant, self._spawn, self.max_waiting = assistant, spawn, max_waiting
+        self._training = training  # the id of the job the device trains, if any
         self._turn: asyncio.Lock | None = None  # made in the event loop that uses it
         self.waiting = 0  # deploys and classifications waiting for their turn
         self.asks: list[Ask] = []  # chat requests waiting for a wave
@@ -39,6 +44,12 @@ class AnswerQueue:
         if self._turn is None:
             self._turn = asyncio.Lock()
         return self._turn
+
+    def check_idle(self) -> None:
+        """Occupied while the device trains a job: a model loaded beside it could take the job's memory."""
+        job = self._training()
+        if job:
+            raise Occupied(f"this device is training job {job}; ask another device, or after the job")
 
     def check_room(self) -> None:
         if self.waiting + len(self.asks) >= self.max_waiting:
@@ -62,6 +73,7 @@ class AnswerQueue:
     async def chat(self, model: Deployed, messages: list[dict[str, str]],
                    sampling: Sampling) -> AsyncIterator[Piece | Done]:
         """The answer's pieces, then Done. Leaving the iteration early stops the answer at the next token."""
+        self.check_idle()
         self.check_room()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

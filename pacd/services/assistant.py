@@ -22,7 +22,7 @@ from pac.errors import ConfigError, PacError
 from pac.net.chunks import ChunkError, read_one
 from pac.net.convert import assistant as convert
 from pac.v1 import assistant_pb2, assistant_pb2_grpc
-from pacd.rpc import InvalidRequest, Occupied, handler, status_for
+from pacd.rpc import InvalidRequest, handler, status_for
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
         self.daemon = daemon
         self.answers: AnswerQueue = daemon.answers  # shared with the Wyoming server
         self.store = self.answers.assistant.store
-
-    def _check_idle(self) -> None:
-        job = self.daemon.jobs.job
-        if job is not None:
-            raise Occupied(f"this device is training job {job.job_id}; ask another device, or after the job")
 
     @handler
     async def ListModels(self, request, context):
@@ -64,7 +59,6 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     async def Generate(self, request, context):
         arrived = time.perf_counter()
         try:
-            self._check_idle()
             sampling, messages = _chat_request(request)
             model = await asyncio.to_thread(self.store.find, request.model, ("chat",))
             first = None
@@ -88,7 +82,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
 
     @handler
     async def Classify(self, request, context):
-        self._check_idle()
+        self.answers.check_idle()
         model = await asyncio.to_thread(self.store.find, request.model, ("classification", "regression"))
         async with self.answers.exclusive():
             try:
