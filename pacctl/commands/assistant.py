@@ -32,8 +32,13 @@ def pick_device(home, peers, interfaces, timeout, no_mdns, insecure, wanted: str
     return max(devices, key=lambda d: d.memory_budget_bytes)
 
 
-def client_for(device: DeviceRecord, home, insecure: bool) -> AssistantClient:
-    identity = None if insecure else controller_identity(home or default_home())
+def identity_for(home, insecure: bool):
+    """The controller's identity (None: insecure loopback development)."""
+    return None if insecure else controller_identity(home or default_home())
+
+
+def client_for(device, identity) -> AssistantClient:
+    """`device` (a DeviceRecord or pac.cluster.context.Device) as `identity` sees it."""
     return AssistantClient(device.address, identity, device.node_id if identity else None)
 
 
@@ -45,7 +50,6 @@ def named(devices: list, wanted: str) -> list:
 
 def provenance(run: Path, name: str | None, labels: str | None) -> Provenance:
     """What a run directory of `pacctl train` / `pacctl finetune` says about its adapter."""
-    metrics = {}
     path = run / "metrics.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     evaluation = data.get("eval") or {}
@@ -63,7 +67,7 @@ def deploy_run(run: Path, device, identity, name: str | None = None, labels: str
         raise click.ClickException(f"{run}: no adapter.safetensors (the output of pacctl train or pacctl finetune)")
 
     async def send():
-        async with AssistantClient(device.address, identity, device.node_id if identity else None) as c:
+        async with client_for(device, identity) as c:
             return await c.deploy(adapter, provenance(run, name, labels))
 
     try:
@@ -87,8 +91,7 @@ device_option = click.option("--device", help="node id (or its start), hostname 
 def command(run, device, name, labels, home, peers, interfaces, timeout, no_mdns, insecure) -> None:
     """Deploy the adapter of RUN (a pacctl train / finetune output directory) to a device's Assistant."""
     target = pick_device(home, peers, interfaces, timeout, no_mdns, insecure, device)
-    identity = None if insecure else controller_identity(home or default_home())
-    click.echo(deploy_run(run, target, identity, name, labels))
+    click.echo(deploy_run(run, target, identity_for(home, insecure), name, labels))
 
 
 @click.command("ask")
@@ -113,7 +116,7 @@ def ask_command(question, device, model, max_new_tokens, temperature, top_p, see
 
     async def run() -> Usage | None:
         usage = None
-        async with client_for(target, home, insecure) as c:
+        async with client_for(target, identity_for(home, insecure)) as c:
             async for item in c.generate(messages, sampling, model):
                 if isinstance(item, Usage):
                     usage = item
@@ -141,7 +144,7 @@ def models_command(device, home, peers, interfaces, timeout, no_mdns, insecure) 
     target = pick_device(home, peers, interfaces, timeout, no_mdns, insecure, device)
 
     async def run():
-        async with client_for(target, home, insecure) as c:
+        async with client_for(target, identity_for(home, insecure)) as c:
             return await c.list_models()
 
     try:
