@@ -98,8 +98,6 @@ class ModelStore:
         if digest != sha256.lower():
             raise DeployError(f"the adapter's SHA-256 is {digest[:16]}..., its header says {sha256[:16]}...: it "
                               f"was damaged on the way; send it again")
-        if about.quantization and about.quantization not in QUANTIZATIONS:
-            raise DeployError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {about.quantization!r}")
         ensure_private_dir(self.root)
         staged = self.root / f".{digest[:12]}.incoming"
         write_private(staged, data)
@@ -107,7 +105,7 @@ class ModelStore:
             metadata, head = _read(staged)
             quantization = about.quantization or _extra(metadata).get("quantization") or "none"
             if quantization not in QUANTIZATIONS:
-                raise DeployError(f"the adapter's quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+                raise DeployError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
             check_backbone(metadata["backbone_name"], metadata["backbone_fingerprint"], quantization)
         except BaseException:
             staged.unlink(missing_ok=True)
