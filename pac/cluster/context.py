@@ -29,6 +29,7 @@ class RunOptions:
     lease_s: float = 120.0  # a device releases the job after this long without word from the controller
     codec: str = "none"  # forward activations on the wire
     evaluate: bool = True
+    resume: bool = False  # continue the stopped job from its newest checkpoint in the output directory
 
 
 @dataclass

@@ -21,13 +21,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
+from pac.cluster.checkpoint import Checkpoint, Position, job_identity, latest_checkpoint, remove_checkpoints
 from pac.cluster.context import Device, JobContext, RunOptions
 from pac.cluster.measure import measure_home, profile_sizes
 from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
 from pac.cluster.prepare import Prepared, prepare
 from pac.cluster.record import JobRecord
-from pac.errors import TrainingFailed
+from pac.errors import ConfigError, TrainingFailed
 from pac.net.stage_client import StageClient
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
@@ -83,11 +86,20 @@ class Controller:
             raise KeyboardInterrupt
 
     # ---- the plan ------------------------------------------------------------------------------------
-    async def make_plan(self, samples: int, use_cache: bool) -> Plan:
+    async def make_plan(self, samples: int, use_cache: bool, resuming: bool = False) -> Plan:
         if self.plan is not None:
             return self.plan
         if self.job.plan.file is not None:
             return Plan.load(self.job.plan.file)
+        if resuming and (self.output_dir / "plan.json").exists():
+            plan = Plan.load(self.output_dir / "plan.json")
+            used = {n for s in plan.phase1.stages for n in s.devices} | set(plan.phase2.step_shares if plan.phase2
+                                                                            else ())
+            missing = sorted(used - {d.node_id for d in self.devices})
+            if not missing:
+                self.log("the stopped job's plan (plan.json): the same devices, the same result")
+                return plan
+            self.log(f"the stopped job's plan uses devices that are not here ({', '.join(missing)}): planning again")
         sizes = list(self.options.profile_batch_sizes or profile_sizes(self.job.training.batch_size,
                                                                         self.job.training.micro_batches))
         document = await measure_home(self.devices, self.identity, self.job, sizes, self.log)
@@ -114,12 +126,19 @@ class Controller:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         job, training = self.job, self.job.training
         started = time.perf_counter()
+        previous = self._previous_run()
+        if not self.options.resume:
+            self._refuse_stopped_job()
         self.record.update(state="preparing")
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
+        self.record.identity = job_identity(job, p.fingerprint)
+        resume = self._resume_point() if self.options.resume else None
+        if resume is not None:
+            await self._release_stopped({resume.job_id, previous.get("job_id", "")} - {""})
         self.ctx = JobContext(job, self.job_id, self.devices, self.stages, self.options, p, self.record,
                               self.loaded)
         use_cache = (job.cache.precision != "none") if self.options.use_cache is None else self.options.use_cache
-        plan = self.plan = await self.make_plan(len(p.train_items), use_cache)
+        plan = self.plan = await self.make_plan(len(p.train_items), use_cache, resume is not None)
         plan.save(self.output_dir / "plan.json")
         if use_cache and plan.phase2 is None and training.epochs > 1 and not job.cache.keep:
             use_cache = False  # the planner found no room for a phase-2 cache: writing one would be wasted
@@ -129,21 +148,97 @@ class Controller:
         phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
         self._announce(plan, phase1_epochs, steps_per_epoch)
         leases = asyncio.get_running_loop().create_task(self.renew_leases(), name=f"leases of job {self.job_id}")
+        completed = False
         try:
-            phase1 = Phase1(self.ctx, plan, self._on_step)
-            addresses = await phase1.load(steps_per_epoch * training.epochs, use_cache)
-            state, holders, step = await phase1.run(addresses, phase1_epochs, steps_per_epoch, use_cache)
-            if phase1_epochs < training.epochs:
-                self.phase2 = Phase2(self.ctx, plan, self._on_step)
-                state = await self.phase2.run(state, holders, len(addresses), step, steps_per_epoch * training.epochs)
-                self.assigned_by_node = self.phase2.assigned_by_node
-                self.step_counts_by_node = self.phase2.step_counts_by_node
+            state = await self._train(plan, resume, use_cache, phase1_epochs, steps_per_epoch)
+            completed = True
         finally:
             leases.cancel()
-            await self.release()
+            await self.release(keep=job.cache.keep or not completed)  # a stopped job's cache, for --resume
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
         p.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
         return await asyncio.to_thread(self.finish, started)
+
+    async def _train(self, plan: Plan, resume: Checkpoint | None, use_cache: bool, phase1_epochs: int,
+                     steps_per_epoch: int) -> dict[str, torch.Tensor]:
+        """Both phases, from the start or from `resume`'s checkpoint; returns the trained state."""
+        training = self.job.training
+        total = steps_per_epoch * training.epochs
+        start = resume.position if resume else Position(1, 0, 0)
+        state = resume.tensors() if resume else None
+        holders = resume.holders_at(self.ctx.address_of()) if resume else {}
+        if start.epoch >= training.epochs:
+            return state  # the checkpoint is of the last epoch: only the evaluation and the outputs are left
+        if start.phase == 2 and phase1_epochs >= training.epochs:
+            raise ConfigError(f"{self.job.source}: the checkpoint {resume.directory} was taken in phase 2 (from the "
+                              f"activation cache); resume it with the cache (without --no-cache)")
+        step, stage_count = start.step, len(plan.phase1.stages)
+        if start.phase == 1:  # the stages train phase 1, or serve the cache shards they wrote to phase 2
+            phase1 = Phase1(self.ctx, plan, self._on_step)
+            addresses = await phase1.load(total, use_cache, state, start.step)
+            if start.epoch < phase1_epochs:
+                state, holders, step = await phase1.run(addresses, phase1_epochs, steps_per_epoch, use_cache,
+                                                        start, holders)
+        if phase1_epochs < training.epochs:
+            self.phase2 = Phase2(self.ctx, plan, self._on_step)
+            state = await self.phase2.run(state, holders, stage_count, step, total,
+                                          start if start.phase == 2 else None, resume.assigned if resume else None)
+            self.assigned_by_node = self.phase2.assigned_by_node
+            self.step_counts_by_node = self.phase2.step_counts_by_node
+        return state
+
+    # ---- resuming ------------------------------------------------------------------------------------
+    def _refuse_stopped_job(self) -> None:
+        """A stopped job's checkpoint is in the output directory: never mix it with a new job's."""
+        found, _ = latest_checkpoint(self.output_dir / "checkpoint")
+        if found is not None:
+            raise ConfigError(f"{self.output_dir} holds the checkpoint of a stopped job ({found.directory.name}, "
+                              f"epoch {found.position.epoch}, step {found.position.step}): continue it with "
+                              f"--resume, or give this job another output directory")
+
+    def _previous_run(self) -> dict:
+        """status.json of the run before this one in the output directory; refused if it is still running."""
+        try:
+            status = json.loads((self.output_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if status.get("state") in ("starting", "preparing", "running") and status.get("pid") != os.getpid():
+            try:
+                os.kill(int(status["pid"]), 0)
+            except (OSError, KeyError, TypeError, ValueError):
+                return status  # its controller is gone
+            raise ConfigError(f"{self.output_dir}: job {status.get('job_id')} is running there (controller pid "
+                              f"{status['pid']}); stop it first (Ctrl-C, or kill {status['pid']})")
+        return status
+
+    async def _release_stopped(self, job_ids: set[str]) -> None:
+        """A killed controller's devices hold its run until their lease runs out: let it go now, keeping
+        its caches (a device that holds no such run says so and nothing happens)."""
+        async def one(address: str, job_id: str) -> None:
+            try:
+                await self.stages.release(address, True, job_id)
+            except TrainingFailed as error:
+                log.debug("job %s: %s", job_id, error)
+
+        await asyncio.gather(*(one(d.address, j) for d in self.devices for j in sorted(job_ids)))
+
+    def _resume_point(self) -> Checkpoint:
+        """The newest sound checkpoint of this very job; its history becomes this run's."""
+        checkpoint, problems = latest_checkpoint(self.output_dir / "checkpoint")
+        for problem in problems:
+            self.log(f"passed over a damaged checkpoint: {problem}")
+        if checkpoint is None:
+            raise ConfigError(f"{self.job.source}: nothing to resume in {self.output_dir}: no checkpoint"
+                              + (" that checks" if problems else "") + "; start the job without --resume")
+        checkpoint.check_job(self.record.identity, self.job.source)
+        self.record.history.steps = list(checkpoint.history.get("steps", []))
+        self.record.history.epochs = list(checkpoint.history.get("epochs", []))
+        at = checkpoint.position
+        self.record.checkpoint = checkpoint.directory
+        self.record.update(resumed_from=str(checkpoint.directory), checkpoint=str(checkpoint.directory))
+        self.log(f"resuming from {checkpoint.directory} (phase {at.phase}, {at.epoch} epoch(s) and "
+                 f"{at.in_epoch} step(s) done, {at.step} steps in all)")
+        return checkpoint
 
     def _announce(self, plan: Plan, phase1_epochs: int, steps_per_epoch: int) -> None:
         """The plan in one line, and the phases' schedule to the progress display."""
@@ -179,10 +274,10 @@ class Controller:
             await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
             await asyncio.sleep(lease / 4)
 
-    async def release(self) -> None:
+    async def release(self, keep: bool) -> None:
         async def one(address: str) -> None:
             try:
-                await self.stages.release(address, self.job.cache.keep)
+                await self.stages.release(address, keep)
             except TrainingFailed as error:
                 log.warning("job %s: %s", self.job_id, error)
 
@@ -216,7 +311,9 @@ class Controller:
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }
         write_metrics(self.output_dir / "metrics.json", metrics)
-        self.record.update(state="finished", total_time_s=total_s)
+        remove_checkpoints(self.output_dir / "checkpoint")  # the adapter supersedes them
+        self.record.checkpoint = None
+        self.record.update(state="finished", total_time_s=total_s, checkpoint=None)
         return metrics
 
 

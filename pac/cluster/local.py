@@ -67,13 +67,16 @@ class LocalDaemon:
 
 class LocalCluster:
     def __init__(self, root: Path, count: int, secure: bool = True, memory_budget: str = "4GiB",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, reuse: bool = False) -> None:
+        """`reuse`: start the daemons of an earlier run under `root` again (their node ids, pairing and
+        state, so a stopped job resumes on the same devices) where it left them all paired."""
         if not 1 <= count <= 16:
             raise PacError(f"a local cluster has 1..16 daemons, not {count}")
         self.root, self.count, self.secure = Path(root), count, secure
         self.memory_budget, self.threads = memory_budget, threads
         self.daemons: list[LocalDaemon] = []
         self.identity: Identity | None = None
+        self.reuse = reuse
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -91,26 +94,29 @@ class LocalCluster:
         return [Device(d.node_id, d.address, "localhost") for d in self.daemons]
 
     def start(self) -> None:
+        from pac.security import is_paired, load_identity
         from pac.security.home import init_home
 
         self.root.mkdir(parents=True, exist_ok=True)
+        reuse = self.reuse and self.secure and (self.root / "home" / "ca" / "key.pem").exists() and all(
+            is_paired(self.root / f"device{i}") for i in range(self.count))
         if self.secure:
-            self.identity = init_home(self.root / "home", force=True)
+            self.identity = load_identity(self.root / "home") if reuse else init_home(self.root / "home", force=True)
         for index in range(self.count):
-            self.daemons.append(self._spawn(index))
+            self.daemons.append(self._spawn(index, fresh=not reuse))
         deadline = time.monotonic() + START_TIMEOUT_S
         for daemon in self.daemons:
             port = wait_for_port(daemon.process, daemon.state_dir.parent / f"{daemon.state_dir.name}.port", deadline)
             if port is None:
                 raise PacError(f"pacd did not start (exit {daemon.process.poll()}):\n{daemon.log_tail()}")
             daemon.port = port
-        if self.secure:
+        if self.secure and not reuse:
             for daemon in self.daemons:
                 asyncio.run(self._pair(daemon))
 
-    def _spawn(self, index: int) -> LocalDaemon:
+    def _spawn(self, index: int, fresh: bool = True) -> LocalDaemon:
         state = self.root / f"device{index}"
-        if state.exists():  # a fresh identity for every run: pairing needs an unpaired daemon
+        if fresh and state.exists():  # a fresh identity for the run: pairing needs an unpaired daemon
             import shutil
 
             shutil.rmtree(state)

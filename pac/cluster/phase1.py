@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from pac.cluster.checkpoint import Position
 from pac.cluster.context import JobContext
 from pac.cluster.prepare import lengths_of
 from pac.data.batching import Encoded, collate
@@ -38,33 +39,53 @@ class Phase1:
     def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
         self.ctx, self.plan, self.on_step = ctx, plan, on_step
 
-    async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int,
-                  use_cache: bool) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
-        """The phase-1 epochs on the loaded stages; returns (the trained state, the device caching each
+    async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int, use_cache: bool,
+                  start: Position | None = None, holders: dict[str, list[str]] | None = None,
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
+        """The phase-1 epochs on the loaded stages, from `start` (a resumed job's checkpoint; `holders`
+        the devices caching what it had cached); returns (the trained state, the device caching each
         stage's part of each sample, the steps taken)."""
         p, training = self.ctx.prepared, self.ctx.job.training
+        start = start or Position(1, 0, 0)
         generator = torch.Generator().manual_seed(training.seed)
         torch.manual_seed(training.seed)
-        holders: dict[str, list[str]] = {}
-        step, state = 0, {}
+        holders = {} if holders is None else holders
+        step, state, every = start.step, {}, training.checkpoint_steps
         key_of = {id(item): key for item, key in zip(p.train_items, p.keys, strict=True)}
         for epoch in range(epochs):
-            began = time.perf_counter()
-            groups = batches(p.train_items, training.batch_size, generator)
+            groups = batches(p.train_items, training.batch_size, generator)  # a finished epoch's: replayed
+            if epoch < start.epoch:
+                continue
+            began, samples = time.perf_counter(), 0
             for index, group in enumerate(groups):
+                if epoch == start.epoch and index < start.in_epoch:
+                    continue  # taken before the checkpoint this job resumed from
                 tick = time.perf_counter()
                 loss, events = await self.step(addresses, step, group, [key_of[id(i)] for i in group],
                                                holders if epoch == 0 and use_cache else None)
                 if step == min(2, steps_per_epoch - 1) and epoch == 0:
                     self.ctx.record.history.events = events  # a step after warm-up, for the timeline
                 self.on_step(step, epoch, 1, loss, time.perf_counter() - tick, len(group), index + 1, len(groups))
-                step += 1
-            self.ctx.record.end_epoch(epoch, 1, time.perf_counter() - began, len(p.train_items))
-            state = await gather_state(self.ctx.stages, addresses)
-            self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 1)
+                step, samples = step + 1, samples + len(group)
+                if every and (index + 1) % every == 0 and index + 1 < len(groups):
+                    await self.checkpoint(addresses, Position(1, epoch, step, index + 1), holders)
+            self.ctx.record.end_epoch(epoch, 1, time.perf_counter() - began, samples)
+            state = await self.checkpoint(addresses, Position(1, epoch + 1, step), holders)
         return state, holders, step
 
-    async def load(self, total_steps: int, use_cache: bool) -> list[list[str]]:
+    async def checkpoint(self, addresses: list[list[str]], position: Position,
+                         holders: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+        """Gather every stage's state and write it as a checkpoint (the cache holders by node id)."""
+        p, node = self.ctx.prepared, self.ctx.node_of()
+        state = await gather_state(self.ctx.stages, addresses)
+        self.ctx.record.save_checkpoint(p.model, p.task, state, position,
+                                        {k: [node.get(a, "") if a else "" for a in v] for k, v in holders.items()})
+        return state
+
+    async def load(self, total_steps: int, use_cache: bool, state: dict[str, torch.Tensor] | None = None,
+                   steps_done: int = 0) -> list[list[str]]:
+        """Load every stage replica: the initial side network and head, or a checkpoint's `state` (with
+        the optimiser's) after `steps_done` steps."""
         plan = self.plan
         p = self.ctx.prepared
         by_node = {d.node_id: d.address for d in self.ctx.devices}
@@ -75,7 +96,8 @@ class Phase1:
         addresses = [[by_node[n] for n in s.devices] for s in plan.phase1.stages]
         shares = [list(s.shares) for s in plan.phase1.stages]
         job, training = self.ctx.job, self.ctx.job.training
-        state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
+        if state is None:
+            state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
         data = pack(state)
         train = job.train_config()
         side = SideConfig(training.reduction_factor,
@@ -85,7 +107,7 @@ class Phase1:
             for r, address in enumerate(addresses[s]):
                 spec = StageSpec(
                     job_id=self.ctx.job_id, model=job.model.name_or_path, quantization=job.model.quantization,
-                    seed=training.seed, stage=s, replica=r, first=stage.first_layer, end=stage.end_layer,
+                    seed=training.seed, stage=s, replica=r, steps_done=steps_done, first=stage.first_layer, end=stage.end_layer,
                     side=side, head=p.head, train=train, total_steps=total_steps, shares=shares, addresses=addresses,
                     pad_id=p.pad_id, codec=self.ctx.options.codec,
                     cache_precision=job.cache.precision if use_cache else None, cache_keep=job.cache.keep,

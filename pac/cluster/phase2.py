@@ -8,20 +8,25 @@ every device trains the whole side network on its rows of each step. docs/cluste
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 import torch
 
 from pac.cluster.assign import assign_phase2, phase2_counts, phase2_steps
+from pac.cluster.checkpoint import Position
 from pac.cluster.context import JobContext
 from pac.cluster.phase1 import gather_state
 from pac.data.batching import Encoded, collate
+from pac.errors import TrainingFailed
 from pac.pipeline.layers import LayerSlice
 from pac.pipeline.split import loss_count
 from pac.planner.plan import Plan
 from pac.worker.spec import EpochStep, GatherPlan, GatherSample, Phase2Spec, stage_taps
 from pac.worker.tensors import pack
+
+log = logging.getLogger(__name__)
 
 
 class Phase2:
@@ -33,25 +38,35 @@ class Phase2:
         self.started = 0.0  # when loading phase 2 began: the redistribution's clock
 
     async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
-                  first_step: int, total_steps: int) -> dict[str, torch.Tensor]:
+                  first_step: int, total_steps: int, start: Position | None = None,
+                  assigned_by_node: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor]:
         """Phase 2 from the state phase 1 left (`holders[key][stage]`: the device caching each part of a
-        sample); returns the trained state after the last epoch."""
+        sample; "" where none does, and the member recomputes it), or from a resumed job's checkpoint
+        (`start`, and the samples each device trained, `assigned_by_node`, kept where the devices are the
+        same); returns the trained state after the last epoch."""
         p, training = self.ctx.prepared, self.ctx.job.training
         by_node, node = self.ctx.address_of(), self.ctx.node_of()
         shares = {by_node[n]: c for n, c in self.plan.phase2.step_shares.items() if c > 0}
         members = sorted(shares)
         counts = phase2_counts(len(p.train_items), training.batch_size, shares)
         epoch_counts = {d: sum(c[d] for c in counts) for d in members}
-        assigned = assign_phase2(p.keys, holders, self._stage_weights(), epoch_counts)
+        if assigned_by_node and sorted(assigned_by_node) == sorted(node[a] for a in members) and all(
+                len(keys) == epoch_counts[by_node[n]] for n, keys in assigned_by_node.items()):
+            assigned = {by_node[n]: keys for n, keys in assigned_by_node.items()}  # their caches hold these
+        else:
+            assigned = assign_phase2(p.keys, holders, self._stage_weights(), epoch_counts)
         self.assigned_by_node = {node[a]: keys for a, keys in assigned.items()}
         self.step_counts_by_node = [{node[a]: c for a, c in step.items()} for step in counts]
         await self._load(members, state, first_step, total_steps)
         await self._gather(members, assigned, holders, stage_count)
-        step = first_step
-        for epoch in range(1, training.epochs):
-            step = await self._epoch(epoch, step, members, assigned, counts)
+        await self._release_others(members)
+        step, start = first_step, start or Position(1, 1, first_step)
+        for epoch in range(max(1, start.epoch), training.epochs):
+            skip = start.in_epoch if epoch == start.epoch else 0
+            step = await self._epoch(epoch, step, members, assigned, counts, skip)
             state = await gather_state(self.ctx.stages, [[members[0]]])
-            self.ctx.record.save_checkpoint(p.model, p.task, state, epoch + 1, step, 2)
+            self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch + 1, step),
+                                            assigned=self.assigned_by_node)
         return state
 
     async def _load(self, members: list[str], state: dict[str, torch.Tensor], first_step: int,
@@ -83,8 +98,9 @@ class Phase2:
         """Each member fetches the cached states of its samples from the devices holding them."""
         p, stages = self.ctx.prepared, self.ctx.stages
         items = dict(zip(p.keys, p.train_items, strict=True))
+        nowhere = ("",) * stage_count
         replies = await asyncio.gather(*(stages.gather_cache(a, GatherPlan(a, stage_count, tuple(
-            GatherSample(k, items[k], tuple(holders[k])) for k in assigned[a]))) for a in members))
+            GatherSample(k, items[k], tuple(holders.get(k) or nowhere)) for k in assigned[a]))) for a in members))
         moved = sum(fetched for fetched, _ in replies)
         kept = sum(local for _, local in replies)
         seconds = time.perf_counter() - self.started
@@ -93,28 +109,63 @@ class Phase2:
         self.ctx.record.message(f"phase 2: {len(members)} device(s); moved {moved / 1e6:.1f} MB of cached states "
                                 f"(kept {kept / 1e6:.1f} MB in place) and the side network in {seconds:.1f} s")
 
+    async def _release_others(self, members: list[str]) -> None:
+        """Every member has gathered its samples: the phase-1 devices that train no share of phase 2 are
+        needed no more, and let the job go (their shards go with it unless the job keeps its cache)."""
+        others = sorted(self.ctx.loaded - set(members))
+
+        async def one(address: str) -> None:
+            try:
+                await self.ctx.stages.release(address, self.ctx.job.cache.keep)
+            except TrainingFailed as error:
+                log.warning("job %s: %s", self.ctx.job_id, error)
+
+        await asyncio.gather(*(one(a) for a in others))
+        self.ctx.loaded.difference_update(others)
+
     async def _epoch(self, epoch: int, step: int, members: list[str], assigned: dict[str, list[str]],
-                     counts: list[dict[str, int]]) -> int:
-        """One phase-2 epoch: every member trains its rows of each step; returns the next step number."""
-        p, training, stages = self.ctx.prepared, self.ctx.job.training, self.ctx.stages
-        items = dict(zip(p.keys, p.train_items, strict=True))
+                     counts: list[dict[str, int]], skip: int = 0) -> int:
+        """One phase-2 epoch from its step `skip` (a resumed job): every member trains its rows of each
+        step, in runs of `training.checkpoint_steps` with a checkpoint after each; returns the next step."""
+        p, training = self.ctx.prepared, self.ctx.job.training
         self.ctx.record.update(state="running", phase=2, epoch=epoch + 1)
         plan_steps = phase2_steps(assigned, counts, training.seed, epoch)
-        began = time.perf_counter()
-        totals = [self._loss_total([items[k] for d in s for k in s[d]]) for s in plan_steps]
-        iterators = [stages.train_epoch(a, epoch, step, [EpochStep(tuple(s[a]), total)
-                                                         for s, total in zip(plan_steps, totals, strict=True)],
-                                        self.ctx.options.step_timeout_s * len(plan_steps)) for a in members]
-        for index in range(len(plan_steps)):
-            reports = await asyncio.gather(*(anext(it) for it in iterators))
-            self.on_step(step, epoch, 2, sum(r.loss for r in reports), max(r.seconds for r in reports),
-                         sum(r.samples for r in reports), index + 1, len(plan_steps),
-                         allreduce_s=max(r.allreduce_s for r in reports))
-            step += 1
-        for it in iterators:  # the streams end after the last step
-            await anext(it, None)
-        self.ctx.record.end_epoch(epoch, 2, time.perf_counter() - began, len(p.train_items))
+        began, samples = time.perf_counter(), 0
+        every = training.checkpoint_steps or len(plan_steps)
+        for first in range(skip, len(plan_steps), every):
+            run = plan_steps[first:first + every]
+            samples += await self._steps(epoch, step, first, len(plan_steps), members, run)
+            step += len(run)
+            if first + len(run) < len(plan_steps):
+                state = await gather_state(self.ctx.stages, [[members[0]]])
+                self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch, step, first + len(run)),
+                                                assigned=self.assigned_by_node)
+        self.ctx.record.end_epoch(epoch, 2, time.perf_counter() - began, samples)
         return step
+
+    async def _steps(self, epoch: int, step: int, index: int, steps: int, members: list[str],
+                     run: list[dict[str, list[str]]]) -> int:
+        """Steps `index`.. of the epoch on every member (a stream of reports each); returns their samples."""
+        p, stages = self.ctx.prepared, self.ctx.stages
+        items = dict(zip(p.keys, p.train_items, strict=True))
+        totals = [self._loss_total([items[k] for d in s for k in s[d]]) for s in run]
+        iterators = [stages.train_epoch(a, epoch, step, [EpochStep(tuple(s[a]), total)
+                                                         for s, total in zip(run, totals, strict=True)],
+                                        self.ctx.options.step_timeout_s * len(run)) for a in members]
+        samples = 0
+        try:
+            for offset in range(len(run)):
+                reports = await asyncio.gather(*(anext(it) for it in iterators))
+                samples += sum(r.samples for r in reports)
+                self.on_step(step + offset, epoch, 2, sum(r.loss for r in reports), max(r.seconds for r in reports),
+                             sum(r.samples for r in reports), index + offset + 1, steps,
+                             allreduce_s=max(r.allreduce_s for r in reports))
+            for it in iterators:  # the streams end after the last step
+                await anext(it, None)
+        finally:
+            for it in iterators:  # a stop between steps: every member's stream is cancelled
+                await it.aclose()
+        return samples
 
     def _stage_weights(self) -> list[int]:
         """Bytes per sample each stage's shard holds, up to a common factor: its taps (+ the final state)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pac.cluster.checkpoint import Position, write_checkpoint
 
 
 @dataclass
@@ -28,6 +29,7 @@ class JobRecord:
         self.progress, self.log = progress, log_line
         self.history = History()
         self.checkpoint: Path | None = None
+        self.identity: dict[str, str] = {}  # pac.cluster.checkpoint.job_identity, once the job is prepared
         self.status: dict[str, Any] = {"job_id": job_id, "pid": os.getpid(), "state": "starting",
                                        "output_dir": str(output_dir), "started_unix": time.time(),
                                        "devices": [f"{d.node_id} ({d.address})" for d in devices]}
@@ -38,26 +40,19 @@ class JobRecord:
         self.status.update(fields, updated_unix=time.time())
         write_metrics(self.output_dir / "status.json", self.status)
 
-    def save_checkpoint(self, model, task: str, state: dict[str, torch.Tensor], epoch: int, step: int,
-                        phase: int) -> None:
-        """The adapter and optimiser state after `epoch`, written whole or not at all; said on the terminal."""
-        from safetensors.torch import save_file
-
-        from pac.adapter import save_adapter
-
-        directory = self.output_dir / "checkpoint"
-        directory.mkdir(parents=True, exist_ok=True)
-        model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
-        save_adapter(model, directory / "adapter.safetensors", extra={"task": task})
-        optimizer = {k: v.contiguous() for k, v in state.items() if k.startswith("opt.")}
-        save_file(optimizer, str(directory / "optimizer.safetensors.tmp"))
-        os.replace(directory / "optimizer.safetensors.tmp", directory / "optimizer.safetensors")
-        (directory / "checkpoint.json").write_text(json.dumps({"epoch": epoch, "step": step, "phase": phase,
-                                                                "job_id": self.job_id}) + "\n")
+    def save_checkpoint(self, model, task: str, state: dict[str, torch.Tensor], position: Position,
+                        holders: dict[str, list[str]] | None = None,
+                        assigned: dict[str, list[str]] | None = None) -> None:
+        """The adapter and optimiser state at `position`, written whole or not at all (pac.cluster.checkpoint);
+        `holders` (sample key -> device per stage) and `assigned` (phase 2: device -> samples) by node id."""
+        directory = write_checkpoint(self.output_dir / "checkpoint", model, task, state, position, self.job_id,
+                                     self.identity, holders, assigned,
+                                     {"steps": self.history.steps, "epochs": self.history.epochs})
         self.checkpoint = directory
-        self.update(checkpoint=str(directory), checkpoint_epoch=epoch)
-        self.message(f"checkpoint after epoch {epoch}: {directory}")
-
+        self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
+        where = f"epoch {position.epoch}" if not position.in_epoch else \
+            f"step {position.in_epoch} of epoch {position.epoch + 1}"
+        self.message(f"checkpoint after {where}: {directory}")
 
     def message(self, text: str) -> None:
         if self.progress is not None:

@@ -108,6 +108,7 @@ def _training(table: Table) -> TrainingSection:
         max_grad_norm=table.number("max_grad_norm", 1.0, 0.0, low_open=True),
         activation_checkpointing=table.boolean("activation_checkpointing", False),
         side_precision=table.choice("side_precision", "fp32", SIDE_PRECISIONS),
+        checkpoint_steps=table.integer("checkpoint_steps", 50, 0),
     )
 
 

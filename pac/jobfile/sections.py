@@ -61,6 +61,7 @@ class TrainingSection:
     max_grad_norm: float = 1.0  # gradients are clipped to this global L2 norm
     activation_checkpointing: bool = False  # recompute side blocks in backward: less memory, ~1.5x side time
     side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
+    checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
 
 
 @dataclass(frozen=True)

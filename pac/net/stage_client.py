@@ -107,19 +107,23 @@ class StageClient:
         """A phase-2 epoch on one member: its report after every step."""
         request = stage_pb2.TrainEpochRequest(job_id=self.job_id, epoch=epoch, first_step=first_step,
                                               steps=convert.steps_to_proto(steps))
+        call = self._stub(address).TrainEpoch(request, timeout=timeout_s)
         try:
-            async for r in self._stub(address).TrainEpoch(request, timeout=timeout_s):
+            async for r in call:
                 yield convert.report_from_proto(r)
         except grpc.aio.AioRpcError as error:
             raise TrainingFailed(f"phase 2 epoch {epoch + 1} on {address} failed ({error.code().name}): "
                                  f"{error.details()}") from None
+        finally:
+            call.cancel()  # closed before its end (the job stopped): the member stops too
 
     async def renew(self, address: str, lease_s: float) -> None:
         request = stage_pb2.RenewRequest(job_id=self.job_id, lease_s=lease_s)
         await self._call(address, "renewing the job", self._stub(address).Renew(request, timeout=max(1.0, lease_s / 4)))
 
-    async def release(self, address: str, keep_cache: bool) -> None:
-        request = stage_pb2.ReleaseRequest(job_id=self.job_id, keep_cache=keep_cache)
+    async def release(self, address: str, keep_cache: bool, job_id: str | None = None) -> None:
+        """Let the job go (`job_id`: another run's of the same job, a stopped one a device still holds)."""
+        request = stage_pb2.ReleaseRequest(job_id=job_id or self.job_id, keep_cache=keep_cache)
         await self._call(address, "releasing the job", self._stub(address).Release(request, timeout=30.0))
 
     async def close(self) -> None:

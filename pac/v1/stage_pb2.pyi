@@ -135,7 +135,7 @@ class JobBasics(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., total_steps: _Optional[int] = ..., pad_id: _Optional[int] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision")
+    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision", "steps_done")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class StageSpec(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     job: JobBasics
     stage: int
     replica: int
@@ -154,7 +155,8 @@ class StageSpec(_message.Message):
     stages: _containers.RepeatedCompositeFieldContainer[StageReplicas]
     codec: str
     cache_precision: str
-    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ...) -> None: ...
+    steps_done: int
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ...) -> None: ...
 
 class Phase2Spec(_message.Message):
     __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision")

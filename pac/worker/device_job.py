@@ -249,10 +249,10 @@ class JobSlot:
             async with job.lock:
                 if self.job is not job or time.monotonic() <= job.expires:
                     continue
-                log.warning("job %s: no word from its controller for %.0f s (its lease); releasing it",
-                            job.job_id, job.lease_s)
+                log.warning("job %s: no word from its controller for %.0f s (its lease); releasing it and "
+                            "keeping its activation cache for `pacctl train --resume`", job.job_id, job.lease_s)
                 job.transport.aborted.set()
-                await asyncio.to_thread(job.close, False)  # a cache the job keeps stays (cache.keep)
+                await asyncio.to_thread(job.close, True)  # the controller died: its job may be resumed
                 self.job = None
             return
 

@@ -128,9 +128,12 @@ def join_records(pieces: list[tuple[bytes, list]]) -> tuple[bytes, list]:
 def fetches_for(samples: list[GatherSample], local_stage: int | None, me: str) -> dict[tuple[str, int], list[str]]:
     """Which records to fetch from whom: per (source device, stage), the keys of `samples` (each with its
     `sources`, the device holding each stage's part) that this device (`me`, holding `local_stage`'s
-    shard) does not hold itself."""
+    shard) does not hold itself. A sample some part of which no device holds (source "") is not fetched:
+    the member recomputes it when it first trains on it."""
     fetches: dict[tuple[str, int], list[str]] = {}
     for sample in samples:
+        if not all(sample.sources):
+            continue
         for stage, source in enumerate(sample.sources):
             if not (stage == local_stage and source == me):
                 fetches.setdefault((source, stage), []).append(sample.key)
@@ -143,6 +146,8 @@ def assemble_records(cache: ActivationCache, samples: list[GatherSample], stages
     holds the part, else what was fetched. Returns the bytes read locally."""
     local = 0
     for sample in samples:
+        if not all(sample.sources):
+            continue  # recomputed from the backbone when first trained on (pac.train.cached.CachedStates)
         pieces = []
         for stage in range(stages):
             source = sample.sources[stage]

@@ -59,6 +59,7 @@ class StageSpec:
     cache_keep: bool = False
     timeout_s: float = 120.0
     cache_directory: str | None = None  # None: the daemon's state directory
+    steps_done: int = 0  # optimiser steps the state sent has taken (a resumed job); its optimiser state comes too
 
     @property
     def num_stages(self) -> int:

@@ -28,7 +28,7 @@ from pac.pipeline.drive import Piece, ReplicaDrive
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
 from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, stage_taps
-from pac.worker.tensors import optimizer_tensors
+from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
 FORWARD_KINDS = {"hidden": "hidden", "encoder_hidden": "encoder_hidden", "side": "side",
                  "side_memory": "side_memory"}
@@ -110,9 +110,12 @@ class StageReplica:
         del backbone
         gc.collect()
         self.worker.start(spec.train, spec.total_steps)
+        if spec.steps_done and self.worker.optimizer is not None:  # a resumed job: where its checkpoint was
+            load_optimizer_tensors(self.worker.module, self.worker.optimizer, state)
+            advance_schedule(self.worker.scheduler, spec.steps_done)
         self._micro: dict[int, MicroIn] = {}
         self.records_written = 0
-        self.steps_done = 0
+        self.steps_done = spec.steps_done
         self.load_s = time.perf_counter() - started
 
     @property

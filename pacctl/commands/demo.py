@@ -37,7 +37,9 @@ async def _ask_all(daemon, identity, prompts: list[str]) -> list[str]:
 @click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True)
 @click.option("--questions", type=int, default=8, show_default=True, help="Held-out questions to ask (max 32).")
 @click.option("--out", "output_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
+@click.option("--resume", is_flag=True, help="Continue a stopped demo in --out from its newest checkpoint, on the "
+              "same daemons (started again with their state) and their kept caches.")
+def command(count, model, epochs, learning_rate, questions, output_dir, resume) -> None:
     """Start DEVICES daemons on this machine, pair them (mutual TLS), fine-tune a chat model on a built-in
     household dataset across them with `pacctl train`'s controller, deploy the tuned adapter to one of
     them and ask it held-out questions through its Assistant API; print its answers next to the untuned
@@ -48,13 +50,14 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
     from pac.jobfile import parse_job
     from pac.train.household import HELDOUT_FILE, TRAIN_FILE, heldout_questions
     from pacctl.commands.assistant import deploy_run
+    from pacctl.commands.train import kept_checkpoint
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(stream=sys.stderr)
     try:
-        with LocalCluster(out / "home", count) as cluster:
+        with LocalCluster(out / "home", count, reuse=resume) as cluster:
             progress.message(f"{count} pacd daemon(s) on 127.0.0.1, paired (mutual TLS): "
                              + ", ".join(d.address for d in cluster.daemons))
             job = parse_job({
@@ -68,7 +71,7 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
             # one profiling batch size (the mini-batch): the three devices share this machine's cores, so
             # one quick measurement serves them all (pac/cluster/controller.py: once per host)
             metrics, controller = run_training(job, cluster.devices, cluster.identity, out,
-                                               RunOptions(profile_batch_sizes=(8,)),
+                                               RunOptions(profile_batch_sizes=(8,), resume=resume),
                                                progress=progress, log_line=progress.message)
             progress.close()
             server = cluster.devices[0]  # node id, address, host name
@@ -77,10 +80,11 @@ def command(count, model, epochs, learning_rate, questions, output_dir) -> None:
             tuned = asyncio.run(_ask_all(server, cluster.identity, [q.prompt for q in asked]))
     except KeyboardInterrupt:
         progress.close()
-        raise click.ClickException("stopped: the daemons were shut down") from None
+        raise click.ClickException(f"stopped: the daemons were shut down{kept_checkpoint(out, 'pacctl demo')}") \
+            from None
     except PacError as error:
         progress.close()
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(f"{error}{kept_checkpoint(out, 'pacctl demo')}") from error
     _report(controller, metrics, asked, tuned, count, started, out)
 
 

@@ -49,6 +49,7 @@ seed = 0
 max_grad_norm = 1.0                  # gradient clipping (global L2 norm)
 activation_checkpointing = false     # true: less memory in epochs from the cache, ~1.5x their time
 side_precision = "fp32"              # fp32 | bf16: side network arithmetic (bf16: mixed precision, faster on CPUs with bf16)
+checkpoint_steps = 50                # a checkpoint every N steps within an epoch too (0: after each epoch only)
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none

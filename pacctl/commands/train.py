@@ -47,6 +47,17 @@ def find_job_devices(job, home: Path | None):
     return devices, identity
 
 
+def kept_checkpoint(output: Path, command: str = "pacctl train JOB") -> str:
+    """What a stopped job leaves to resume from, as the end of a sentence."""
+    from pac.cluster.checkpoint import latest_checkpoint
+
+    found, _ = latest_checkpoint(output / "checkpoint")
+    if found is None:
+        return ""
+    return (f"; the last checkpoint is {found.directory} (epoch {found.position.epoch}, step {found.position.step}): "
+            f"`{command} --resume` continues from it")
+
+
 @click.command("train")
 @click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
 @home_option
@@ -61,11 +72,15 @@ def find_job_devices(job, home: Path | None):
 @click.option("--lease", "lease_s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
               help="Seconds a device keeps the job without word from this command (renewed every quarter of "
                    "it): if this command dies, the devices release the job by themselves.")
+@click.option("--resume", is_flag=True,
+              help="Continue the stopped (or failed, or killed) job in the output directory from its newest "
+                   "checkpoint, reusing the devices' kept activation caches; refused if the job changed.")
 def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy: str, no_cache: bool,
-            step_timeout: float, lease_s: float) -> None:
+            step_timeout: float, lease_s: float, resume: bool) -> None:
     """Fine-tune across the home's devices as JOB_FILE says (docs/job.md): plan, phase 1 (pipeline),
     phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
-    and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint."""
+    and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint
+    (and the devices their caches): `--resume` continues from it."""
     from pac.cluster.controller import RunOptions, run_training
     from pac.cluster.progress import Progress
     from pac.jobfile import load_job
@@ -84,20 +99,17 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     (pointer / "last.json").write_text(json.dumps({"output_dir": str(output), "job_file": str(job_file.resolve()),
                                                    "started_unix": time.time()}) + "\n")
     options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout,
-                         lease_s=lease_s)
+                         lease_s=lease_s, resume=resume)
     progress = Progress(stream=sys.stderr)
     try:
         metrics, _ = run_training(job, devices, identity, output, options, progress=progress,
                                   log_line=progress.message, plan=plan)
     except KeyboardInterrupt:
         progress.close()
-        checkpoint = output / "checkpoint"
-        kept = f"; the last checkpoint is in {checkpoint}" if (checkpoint / "adapter.safetensors").exists() \
-            else "; no epoch had finished, so there is no checkpoint"
-        raise click.ClickException(f"stopped: every device released the job{kept}") from None
+        raise click.ClickException(f"stopped: every device released the job{kept_checkpoint(output)}") from None
     except PacError as error:
         progress.close()
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(f"{error}{kept_checkpoint(output)}") from error
     progress.close()
     evaluation = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items()) or "no evaluation data"
     click.echo(f"done in {metrics['total_time_s']:.0f} s; epochs " +
