@@ -132,7 +132,7 @@ class Controller:
         self.record.update(state="preparing")
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
         self.record.identity = job_identity(job, p.fingerprint)
-        resume = self._resume_point() if self.options.resume else None
+        resume = self._resume_point(previous) if self.options.resume else None
         if resume is not None:
             await self._release_stopped({resume.job_id, previous.get("job_id", "")} - {""})
         self.ctx = JobContext(job, self.job_id, self.devices, self.stages, self.options, p, self.record,
@@ -222,8 +222,9 @@ class Controller:
 
         await asyncio.gather(*(one(d.address, j) for d in self.devices for j in sorted(job_ids)))
 
-    def _resume_point(self) -> Checkpoint:
-        """The newest sound checkpoint of this very job; its history becomes this run's."""
+    def _resume_point(self, previous: dict) -> Checkpoint:
+        """The newest sound checkpoint of this very job; its history becomes this run's, with this resume
+        (`previous`: the stopped run's status, for the steps it took past the checkpoint) added."""
         checkpoint, problems = latest_checkpoint(self.output_dir / "checkpoint")
         for problem in problems:
             self.log(f"passed over a damaged checkpoint: {problem}")
@@ -234,8 +235,15 @@ class Controller:
         self.record.history.steps = list(checkpoint.history.get("steps", []))
         self.record.history.epochs = list(checkpoint.history.get("epochs", []))
         at = checkpoint.position
+        stopped_at = previous.get("step") if isinstance(previous.get("step"), int) else None
+        self.record.history.resumes = list(checkpoint.history.get("resumes", [])) + [{
+            "checkpoint": checkpoint.directory.name, "step": at.step, "stopped_job_id": previous.get("job_id"),
+            "stopped_state": previous.get("state"), "stopped_at_step": stopped_at,
+            "steps_redone": max(0, stopped_at - at.step) if stopped_at is not None else None,
+            "resumed_unix": time.time()}]
         self.record.checkpoint = checkpoint.directory
-        self.record.update(resumed_from=str(checkpoint.directory), checkpoint=str(checkpoint.directory))
+        self.record.update(resumed_from=str(checkpoint.directory), checkpoint=str(checkpoint.directory),
+                           resumes=self.record.history.resumes)
         self.log(f"resuming from {checkpoint.directory} (phase {at.phase}, {at.epoch} epoch(s) and "
                  f"{at.in_epoch} step(s) done, {at.step} steps in all)")
         return checkpoint
@@ -307,6 +315,7 @@ class Controller:
             "epoch_times_s": [e["seconds"] for e in self.record.history.epochs], "epochs": self.record.history.epochs,
             "final_loss": self.record.history.steps[-1]["loss"] if self.record.history.steps else None,
             "eval": evaluation, "phase2": self.phase2.info if self.phase2 else None, "steps": self.record.history.steps,
+            "resumes": self.record.history.resumes,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }
@@ -324,7 +333,8 @@ def run_training(job, devices: list[Device], identity: Identity | None, output_d
     try:
         metrics = asyncio.run(controller.run())
     except BaseException:
-        checkpoint = controller.record.checkpoint
-        controller.record.update(state="stopped", checkpoint=str(checkpoint) if checkpoint else None)
+        if controller.record.status["state"] != "starting":  # a job refused at the start writes nothing
+            checkpoint = controller.record.checkpoint
+            controller.record.update(state="stopped", checkpoint=str(checkpoint) if checkpoint else None)
         raise
     return metrics, controller

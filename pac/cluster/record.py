@@ -20,6 +20,8 @@ class History:
     steps: list[dict] = field(default_factory=list)
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "phase", "seconds", "samples_per_s"}
     events: list[dict] = field(default_factory=list)  # measured timeline of one phase-1 step
+    # each resume: {"checkpoint", "step", "stopped_job_id", "stopped_state", "stopped_at_step", "steps_redone", ...}
+    resumes: list[dict] = field(default_factory=list)
 
 
 class JobRecord:
@@ -47,7 +49,8 @@ class JobRecord:
         `holders` (sample key -> device per stage) and `assigned` (phase 2: device -> samples) by node id."""
         directory = write_checkpoint(self.output_dir / "checkpoint", model, task, state, position, self.job_id,
                                      self.identity, holders, assigned,
-                                     {"steps": self.history.steps, "epochs": self.history.epochs})
+                                     {"steps": self.history.steps, "epochs": self.history.epochs,
+                                      "resumes": self.history.resumes})
         self.checkpoint = directory
         self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
         where = f"epoch {position.epoch}" if not position.in_epoch else \

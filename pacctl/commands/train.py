@@ -159,5 +159,10 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
         click.echo(f"  devices: {', '.join(status['devices'])}")
     if status.get("checkpoint"):
         click.echo(f"  last checkpoint: {status['checkpoint']}")
+    for resume in status.get("resumes") or []:
+        redone = resume.get("steps_redone")
+        click.echo(f"  resumed from {resume.get('checkpoint')} (step {resume.get('step')}; the stopped run had "
+                   f"reached step {resume.get('stopped_at_step', '?')}"
+                   + (f", {redone} step(s) redone)" if redone is not None else ")"))
     if status.get("total_time_s"):
         click.echo(f"  finished in {status['total_time_s']:.0f} s")

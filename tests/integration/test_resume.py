@@ -84,8 +84,7 @@ def uninterrupted(tmp_path_factory, four):
 @pytest.mark.parametrize("stop_at,resumed_from", [
     (3, 2),    # within phase 1 (a checkpoint every 2 steps)
     (5, 4),    # between the phases: phase 1's last checkpoint, phase 2 gathers from the kept shards
-    (11, 10),  # within phase 2's second epoch: the members' kept caches
-])
+])  # within phase 2 (the members' kept caches): test_a_killed_controller_resumes_with_pacctl_train_resume
 def test_a_stopped_job_resumes_to_the_same_adapter(tmp_path, four, uninterrupted, monkeypatch, stop_at,
                                                    resumed_from):
     expected, expected_losses = uninterrupted
@@ -165,6 +164,13 @@ def test_a_killed_controller_resumes_with_pacctl_train_resume(tmp_path, four, un
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
+    resumes = json.loads((tmp_path / "out" / "metrics.json").read_text())["resumes"]
+    assert len(resumes) == 1 and resumes[0]["stopped_state"] == "running"
+    assert resumes[0]["stopped_at_step"] >= resumes[0]["step"] >= 6
+    assert resumes[0]["steps_redone"] == resumes[0]["stopped_at_step"] - resumes[0]["step"] < 2 + 2
+    shown = subprocess.run([sys.executable, "-m", "pacctl", "status", "--out", str(tmp_path / "out")], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert "resumed from step-" in shown.stdout and "redone" in shown.stdout, shown.stdout
     expected, _ = uninterrupted
     got = load_file(str(tmp_path / "out" / "adapter.safetensors"))
     assert all(torch.equal(got[k], expected[k]) for k in expected)

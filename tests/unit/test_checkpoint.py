@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from pac.cluster.checkpoint import KEEP, Checkpoint, Position, job_identity, latest_checkpoint, write_checkpoint
+from pac.cluster.checkpoint import (
+    KEEP,
+    Checkpoint,
+    Position,
+    job_identity,
+    latest_checkpoint,
+    write_checkpoint,
+)
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.jobfile import parse_job
