@@ -43,6 +43,21 @@ class Position:
 
 
 @dataclass
+class Commit:
+    """A state the job can go on from: where it stood, the trained tensors with the optimiser's (None: the
+    initial ones), the phase-1 cache holders (sample key -> node per stage) and phase 2's samples per node."""
+
+    position: Position
+    state: dict[str, torch.Tensor] | None = None
+    holders: dict[str, list[str]] = field(default_factory=dict)
+    assigned: dict[str, list[str]] = field(default_factory=dict)
+
+    def holders_at(self, address_of: dict[str, str]) -> dict[str, list[str]]:
+        """The holders by today's addresses ("" where a device is not among the job's any more)."""
+        return {key: [address_of.get(n, "") if n else "" for n in nodes] for key, nodes in self.holders.items()}
+
+
+@dataclass
 class Checkpoint:
     directory: Path
     position: Position
@@ -71,9 +86,8 @@ class Checkpoint:
         return cls(directory, Position(**info["position"]), info["job_id"], info["identity"],
                    info.get("holders", {}), info.get("assigned", {}), info.get("history", {}))
 
-    def holders_at(self, address_of: dict[str, str]) -> dict[str, list[str]]:
-        """The phase-1 cache holders by today's addresses ("" where a device is not among the job's)."""
-        return {key: [address_of.get(n, "") if n else "" for n in nodes] for key, nodes in self.holders.items()}
+    def commit(self) -> Commit:
+        return Commit(self.position, self.tensors(), self.holders, self.assigned)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trained tensors ("side.*", "head.*") and the optimiser's ("opt.*")."""

@@ -30,6 +30,7 @@ class RunOptions:
     codec: str = "none"  # forward activations on the wire
     evaluate: bool = True
     resume: bool = False  # continue the stopped job from its newest checkpoint in the output directory
+    deadline_s: float = 6.0  # a device silent this long is lost and the job goes on without it; 0: it fails
 
 
 @dataclass

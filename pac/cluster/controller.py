@@ -23,15 +23,18 @@ from pathlib import Path
 
 import torch
 
-from pac.cluster.checkpoint import Checkpoint, Position, job_identity, latest_checkpoint, remove_checkpoints
+from pac.cluster.checkpoint import Commit, Position, job_identity, remove_checkpoints
 from pac.cluster.context import Device, JobContext, RunOptions
+from pac.cluster.faults import DeviceLost, Fault, lost_among, watch, without
 from pac.cluster.measure import measure_home, profile_sizes
 from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
 from pac.cluster.prepare import Prepared, prepare
 from pac.cluster.record import JobRecord
+from pac.cluster.resume import previous_run, refuse_stopped_job, release_stopped, resume_point
 from pac.errors import ConfigError, TrainingFailed
 from pac.net.stage_client import StageClient
+from pac.planner.errors import InfeasibleError
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
@@ -61,6 +64,7 @@ class Controller:
         self.assigned_by_node: dict[str, list[str]] = {}  # phase 2: node -> its samples' keys
         self.step_counts_by_node: list[dict[str, int]] = []  # phase 2: per step, node -> samples
         self.training_s = 0.0
+        self.attempt, self.document = 0, None  # runs after lost devices; the home's profile, once measured
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
     def _watch_interrupt(self) -> bool:
@@ -86,6 +90,10 @@ class Controller:
             raise KeyboardInterrupt
 
     # ---- the plan ------------------------------------------------------------------------------------
+    def _profile_sizes(self) -> list[int]:
+        training = self.job.training
+        return list(self.options.profile_batch_sizes or profile_sizes(training.batch_size, training.micro_batches))
+
     async def make_plan(self, samples: int, use_cache: bool, resuming: bool = False) -> Plan:
         if self.plan is not None:
             return self.plan
@@ -93,16 +101,13 @@ class Controller:
             return Plan.load(self.job.plan.file)
         if resuming and (self.output_dir / "plan.json").exists():
             plan = Plan.load(self.output_dir / "plan.json")
-            used = {n for s in plan.phase1.stages for n in s.devices} | set(plan.phase2.step_shares if plan.phase2
-                                                                            else ())
-            missing = sorted(used - {d.node_id for d in self.devices})
+            missing = sorted(plan.used() - {d.node_id for d in self.devices})
             if not missing:
                 self.log("the stopped job's plan (plan.json): the same devices, the same result")
                 return plan
             self.log(f"the stopped job's plan uses devices that are not here ({', '.join(missing)}): planning again")
-        sizes = list(self.options.profile_batch_sizes or profile_sizes(self.job.training.batch_size,
-                                                                        self.job.training.micro_batches))
-        document = await measure_home(self.devices, self.identity, self.job, sizes, self.log)
+        document = self.document = await measure_home(self.devices, self.identity, self.job,
+                                                      self._profile_sizes(), self.log)
         (self.output_dir / "profile.json").write_text(json.dumps(document, indent=1) + "\n")
         home = home_from_dict(document)
         strategy = self.options.strategy
@@ -126,31 +131,34 @@ class Controller:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         job, training = self.job, self.job.training
         started = time.perf_counter()
-        previous = self._previous_run()
+        previous = previous_run(self.output_dir)
         if not self.options.resume:
-            self._refuse_stopped_job()
+            refuse_stopped_job(self.output_dir)
         self.record.update(state="preparing")
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
         self.record.identity = job_identity(job, p.fingerprint)
-        resume = self._resume_point(previous) if self.options.resume else None
-        if resume is not None:
-            await self._release_stopped({resume.job_id, previous.get("job_id", "")} - {""})
-        self.ctx = JobContext(job, self.job_id, self.devices, self.stages, self.options, p, self.record,
-                              self.loaded)
-        use_cache = (job.cache.precision != "none") if self.options.use_cache is None else self.options.use_cache
-        plan = self.plan = await self.make_plan(len(p.train_items), use_cache, resume is not None)
-        plan.save(self.output_dir / "plan.json")
-        if use_cache and plan.phase2 is None and training.epochs > 1 and not job.cache.keep:
-            use_cache = False  # the planner found no room for a phase-2 cache: writing one would be wasted
-            self.log("no phase 2: the devices' disks hold no activation cache beside the phase-1 shards; "
-                     "every epoch runs the backbone")
+        commit = Commit(Position(1, 0, 0))
+        if self.options.resume:
+            checkpoint = resume_point(self.output_dir, job.source, self.record, previous, self.log)
+            await release_stopped(self.stages, self.devices, {checkpoint.job_id, previous.get("job_id", "")} - {""})
+            commit = checkpoint.commit()
+        self.record.last_commit = commit
+        self._new_attempt(first=True)
+        wanted = (job.cache.precision != "none") if self.options.use_cache is None else self.options.use_cache
+        plan = self.plan = await self.make_plan(len(p.train_items), wanted, self.options.resume)
         steps_per_epoch = math.ceil(len(p.train_items) / training.batch_size)
-        phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
-        self._announce(plan, phase1_epochs, steps_per_epoch)
         leases = asyncio.get_running_loop().create_task(self.renew_leases(), name=f"leases of job {self.job_id}")
         completed = False
         try:
-            state = await self._train(plan, resume, use_cache, phase1_epochs, steps_per_epoch)
+            while True:  # once, and again without each device that is lost on the way
+                plan.save(self.output_dir / "plan.json")
+                use_cache, phase1_epochs = self._phases(plan, wanted, steps_per_epoch)
+                try:
+                    state = await self._watched(self._train(plan, commit, use_cache, phase1_epochs, steps_per_epoch))
+                    break
+                except DeviceLost as lost:
+                    plan, commit = await self._recover(lost, plan, wanted, steps_per_epoch)
+                    self.plan = plan
             completed = True
         finally:
             leases.cancel()
@@ -159,19 +167,30 @@ class Controller:
         p.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
         return await asyncio.to_thread(self.finish, started)
 
-    async def _train(self, plan: Plan, resume: Checkpoint | None, use_cache: bool, phase1_epochs: int,
+    def _phases(self, plan: Plan, use_cache: bool, steps_per_epoch: int) -> tuple[bool, int]:
+        """Whether the job caches, and its phase-1 epochs, on `plan`; said on the terminal."""
+        training = self.job.training
+        if use_cache and plan.phase2 is None and training.epochs > 1 and not self.job.cache.keep:
+            use_cache = False  # the planner found no room for a phase-2 cache: writing one would be wasted
+            self.log("no phase 2: the devices' disks hold no activation cache beside the phase-1 shards; "
+                     "every epoch runs the backbone")
+        phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
+        self._announce(plan, phase1_epochs, steps_per_epoch)
+        return use_cache, phase1_epochs
+
+    async def _train(self, plan: Plan, commit: Commit, use_cache: bool, phase1_epochs: int,
                      steps_per_epoch: int) -> dict[str, torch.Tensor]:
-        """Both phases, from the start or from `resume`'s checkpoint; returns the trained state."""
+        """Both phases from `commit` (the start, a checkpoint, or where a lost device left the job);
+        returns the trained state."""
         training = self.job.training
         total = steps_per_epoch * training.epochs
-        start = resume.position if resume else Position(1, 0, 0)
-        state = resume.tensors() if resume else None
-        holders = resume.holders_at(self.ctx.address_of()) if resume else {}
+        start, state = commit.position, commit.state
+        holders = commit.holders_at(self.ctx.address_of())
         if start.epoch >= training.epochs:
             return state  # the checkpoint is of the last epoch: only the evaluation and the outputs are left
         if start.phase == 2 and phase1_epochs >= training.epochs:
-            raise ConfigError(f"{self.job.source}: the checkpoint {resume.directory} was taken in phase 2 (from the "
-                              f"activation cache); resume it with the cache (without --no-cache)")
+            raise ConfigError(f"{self.job.source}: the job stands in phase 2 (from the activation cache) and "
+                              f"cannot go on without the cache (resume it without --no-cache)")
         step, stage_count = start.step, len(plan.phase1.stages)
         if start.phase == 1:  # the stages train phase 1, or serve the cache shards they wrote to phase 2
             phase1 = Phase1(self.ctx, plan, self._on_step)
@@ -182,71 +201,112 @@ class Controller:
         if phase1_epochs < training.epochs:
             self.phase2 = Phase2(self.ctx, plan, self._on_step)
             state = await self.phase2.run(state, holders, stage_count, step, total,
-                                          start if start.phase == 2 else None, resume.assigned if resume else None)
+                                          start if start.phase == 2 else None, commit.assigned)
             self.assigned_by_node = self.phase2.assigned_by_node
             self.step_counts_by_node = self.phase2.step_counts_by_node
         return state
 
-    # ---- resuming ------------------------------------------------------------------------------------
-    def _refuse_stopped_job(self) -> None:
-        """A stopped job's checkpoint is in the output directory: never mix it with a new job's."""
-        found, _ = latest_checkpoint(self.output_dir / "checkpoint")
-        if found is not None:
-            raise ConfigError(f"{self.output_dir} holds the checkpoint of a stopped job ({found.directory.name}, "
-                              f"epoch {found.position.epoch}, step {found.position.step}): continue it with "
-                              f"--resume, or give this job another output directory")
+    # ---- devices that leave ----------------------------------------------------------------------------
+    def _new_attempt(self, first: bool = False) -> None:
+        """A run of the job on the devices (again, after a device was lost: a new job id on the devices, so
+        nothing of the abandoned step can mix with the next)."""
+        if not first:
+            self.attempt += 1
+            self.job_id = f"{self.record.job_id}-{self.attempt}"
+            self.stages = StageClient(self.job_id, {d.address: d.node_id for d in self.devices}, self.identity)
+            self.loaded = set()
+        self.phase2 = None
+        self.ctx = JobContext(self.job, self.job_id, self.devices, self.stages, self.options, self.prepared,
+                              self.record, self.loaded)
 
-    def _previous_run(self) -> dict:
-        """status.json of the run before this one in the output directory; refused if it is still running."""
+    async def _watched(self, training):
+        """Await `training`, watching the devices that hold it: a lost one (or a failed step whose device
+        does not answer) cancels it with DeviceLost."""
+        if self.options.deadline_s <= 0:
+            return await training
+        main, found = asyncio.current_task(), []
+
+        async def watching() -> None:
+            found.append(await watch(self.stages, lambda: [d for d in self.devices if d.address in self.loaded],
+                                     self.options.deadline_s))
+            main.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watching(), name=f"watch of job {self.job_id}")
         try:
-            status = json.loads((self.output_dir / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        if status.get("state") in ("starting", "preparing", "running") and status.get("pid") != os.getpid():
-            try:
-                os.kill(int(status["pid"]), 0)
-            except (OSError, KeyError, TypeError, ValueError):
-                return status  # its controller is gone
-            raise ConfigError(f"{self.output_dir}: job {status.get('job_id')} is running there (controller pid "
-                              f"{status['pid']}); stop it first (Ctrl-C, or kill {status['pid']})")
-        return status
+            return await training
+        except asyncio.CancelledError:
+            if not found or self.interrupted:
+                raise
+            main.uncancel()
+            raise found[0] from None
+        except TrainingFailed:
+            if self.interrupted:
+                raise
+            watcher.cancel()
+            lost = await lost_among(self.stages, self.devices, self.options.deadline_s)
+            if lost is None:
+                raise  # every device answers: the job's own failure
+            raise lost from None
+        finally:
+            watcher.cancel()
 
-    async def _release_stopped(self, job_ids: set[str]) -> None:
-        """A killed controller's devices hold its run until their lease runs out: let it go now, keeping
-        its caches (a device that holds no such run says so and nothing happens)."""
-        async def one(address: str, job_id: str) -> None:
+    async def _recover(self, lost: DeviceLost, plan: Plan, use_cache: bool,
+                       steps_per_epoch: int) -> tuple[Plan, Commit]:
+        """Go on without `lost`: the newest commit, the devices that remain, a plan over them."""
+        record, node = self.record, lost.device.node_id
+        steps = len(record.history.steps)
+        fault = Fault(node, lost.device.address, lost.why, int(record.status.get("phase", 1)), steps, time.time())
+        record.message(f"{lost}; going on without it")
+        commit = await self._commit_after(lost, steps_per_epoch)
+        fault.resumed_from_step, fault.steps_redone = commit.position.step, max(0, steps - commit.position.step)
+        del record.history.steps[commit.position.step:]
+        record.history.epochs = [e for e in record.history.epochs if e["epoch"] <= commit.position.epoch]
+        self.devices = [d for d in self.devices if d.node_id != node]
+        self.loaded.discard(lost.device.address)
+        if not self.devices:
+            raise TrainingFailed(f"{lost}, and no other device is left; the checkpoint is kept")
+        new = await self._replan(lost, commit, use_cache)
+        same_stages = [(s.first_layer, s.end_layer) for s in new.phase1.stages] == \
+            [(s.first_layer, s.end_layer) for s in plan.phase1.stages]
+        if commit.position.phase == 1 and not same_stages:
+            commit.holders = {}  # other stages cache other states: what the old ones cached is recomputed
+        # the survivors let the abandoned run go; their caches stay where the next run reads them
+        using = {d.address for d in self.devices if d.node_id in new.used()}
+        await self.release(self.job.cache.keep or (using if commit.position.phase == 2 or same_stages else False))
+        fault.replanned = new.line()
+        self._new_attempt()
+        record.add_fault(fault, lost.noticed)
+        return new, commit
+
+    async def _commit_after(self, lost: DeviceLost, steps_per_epoch: int) -> Commit:
+        """In phase 2 a surviving member's state (each holds all of it), else phase 1's last checkpoint."""
+        members = self.phase2.members if self.phase2 is not None else []
+        for address in (a for a in members if a != lost.device.address):
             try:
-                await self.stages.release(address, True, job_id)
+                state, steps = await self.stages.get_state_steps(address, 4 * self.options.deadline_s)
             except TrainingFailed as error:
-                log.debug("job %s: %s", job_id, error)
+                log.warning("job %s: %s", self.job_id, error)
+                continue
+            epoch, in_epoch = divmod(steps, steps_per_epoch)
+            return Commit(Position(2, epoch, steps, in_epoch), state, {}, dict(self.phase2.assigned_by_node))
+        return self.record.last_commit
 
-        await asyncio.gather(*(one(d.address, j) for d in self.devices for j in sorted(job_ids)))
-
-    def _resume_point(self, previous: dict) -> Checkpoint:
-        """The newest sound checkpoint of this very job; its history becomes this run's, with this resume
-        (`previous`: the stopped run's status, for the steps it took past the checkpoint) added."""
-        checkpoint, problems = latest_checkpoint(self.output_dir / "checkpoint")
-        for problem in problems:
-            self.log(f"passed over a damaged checkpoint: {problem}")
-        if checkpoint is None:
-            raise ConfigError(f"{self.job.source}: nothing to resume in {self.output_dir}: no checkpoint"
-                              + (" that checks" if problems else "") + "; start the job without --resume")
-        checkpoint.check_job(self.record.identity, self.job.source)
-        self.record.history.steps = list(checkpoint.history.get("steps", []))
-        self.record.history.epochs = list(checkpoint.history.get("epochs", []))
-        at = checkpoint.position
-        stopped_at = previous.get("step") if isinstance(previous.get("step"), int) else None
-        self.record.history.resumes = list(checkpoint.history.get("resumes", [])) + [{
-            "checkpoint": checkpoint.directory.name, "step": at.step, "stopped_job_id": previous.get("job_id"),
-            "stopped_state": previous.get("state"), "stopped_at_step": stopped_at,
-            "steps_redone": max(0, stopped_at - at.step) if stopped_at is not None else None,
-            "resumed_unix": time.time()}]
-        self.record.checkpoint = checkpoint.directory
-        self.record.update(resumed_from=str(checkpoint.directory), checkpoint=str(checkpoint.directory),
-                           resumes=self.record.history.resumes)
-        self.log(f"resuming from {checkpoint.directory} (phase {at.phase}, {at.epoch} epoch(s) and "
-                 f"{at.in_epoch} step(s) done, {at.step} steps in all)")
-        return checkpoint
+    async def _replan(self, lost: DeviceLost, commit: Commit, use_cache: bool) -> Plan:
+        """A plan over the devices that remain; if they cannot hold the job, stop with a checkpoint."""
+        p = self.prepared
+        try:
+            document = without(self.document, lost.device.node_id) if self.document is not None else \
+                await measure_home(self.devices, self.identity, self.job, self._profile_sizes(), self.log)
+            result = plan_job(home_from_dict(document), self.job.to_training_job(len(p.train_items), use_cache),
+                              self.options.strategy)
+        except InfeasibleError as error:
+            if commit.state is not None:
+                self.record.save_checkpoint(p.model, p.task, commit.state, commit.position, commit.holders,
+                                            commit.assigned)
+            raise TrainingFailed(f"without {lost.device.node_id} the devices that remain cannot hold the job: "
+                                 f"{error}. The checkpoint is kept: bring the device back (or add one) and run "
+                                 f"`pacctl train JOB --resume`") from None
+        return result.plan
 
     def _announce(self, plan: Plan, phase1_epochs: int, steps_per_epoch: int) -> None:
         """The plan in one line, and the phases' schedule to the progress display."""
@@ -258,9 +318,7 @@ class Controller:
             self.progress.set_schedule([PhaseSchedule("1", phase1_epochs, steps_per_epoch)] + (
                 [PhaseSchedule("2", training.epochs - phase1_epochs, steps_per_epoch, phase2_guess)]
                 if phase1_epochs < training.epochs else []))
-        self.log(f"plan ({plan.strategy}): " + "; ".join(
-            f"stage {i}: layers {s.first_layer}-{s.end_layer - 1} on {len(s.devices)} device(s)"
-            for i, s in enumerate(plan.phase1.stages)) + f"; {plan.phase1.micro_batches} micro-batch(es) per step")
+        self.log(plan.line())
 
     def _on_step(self, *args, **kwargs) -> None:
         """A step ended (phase 1 or 2): stop here if Ctrl-C was pressed, else record it."""
@@ -282,10 +340,11 @@ class Controller:
             await asyncio.gather(*(one(a) for a in sorted(self.loaded)))
             await asyncio.sleep(lease / 4)
 
-    async def release(self, keep: bool) -> None:
+    async def release(self, keep: bool | set[str]) -> None:
+        """Every device lets the job go, keeping its caches if `keep` (or if it is among `keep`)."""
         async def one(address: str) -> None:
             try:
-                await self.stages.release(address, keep)
+                await self.stages.release(address, keep if isinstance(keep, bool) else address in keep)
             except TrainingFailed as error:
                 log.warning("job %s: %s", self.job_id, error)
 
@@ -303,7 +362,8 @@ class Controller:
         evaluation = {}
         if self.options.evaluate and p.eval_items:
             evaluation = evaluate(p.model, p.eval_items, p.task, p.pad_id)
-        plot_losses(self.record.history.steps, self.output_dir / "loss.png", title=f"{p.backbone.name}: training loss")
+        plot_losses(self.record.history.steps, self.output_dir / "loss.png", title=f"{p.backbone.name}: training loss",
+                    faults=self.record.history.faults)
         plot_timeline(self.record.history.events, self.output_dir / "timeline.png",
                       title="measured phase-1 step (one mini-batch)")
         total_s = time.perf_counter() - started  # evaluation and the plots included
@@ -315,7 +375,7 @@ class Controller:
             "epoch_times_s": [e["seconds"] for e in self.record.history.epochs], "epochs": self.record.history.epochs,
             "final_loss": self.record.history.steps[-1]["loss"] if self.record.history.steps else None,
             "eval": evaluation, "phase2": self.phase2.info if self.phase2 else None, "steps": self.record.history.steps,
-            "resumes": self.record.history.resumes,
+            "resumes": self.record.history.resumes, "faults": self.record.history.faults,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }

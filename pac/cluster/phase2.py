@@ -36,6 +36,7 @@ class Phase2:
         self.assigned_by_node: dict[str, list[str]] = {}  # node -> its samples' keys
         self.step_counts_by_node: list[dict[str, int]] = []  # per step, node -> samples
         self.started = 0.0  # when loading phase 2 began: the redistribution's clock
+        self.members: list[str] = []  # the loaded members' addresses
 
     async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
                   first_step: int, total_steps: int, start: Position | None = None,
@@ -54,10 +55,17 @@ class Phase2:
                 len(keys) == epoch_counts[by_node[n]] for n, keys in assigned_by_node.items()):
             assigned = {by_node[n]: keys for n, keys in assigned_by_node.items()}  # their caches hold these
         else:
-            assigned = assign_phase2(p.keys, holders, self._stage_weights(), epoch_counts)
+            if assigned_by_node:  # the members changed: each keeps what its cache holds, the rest is recomputed
+                holders = {k: [by_node.get(n, "")] * stage_count for n, keys in assigned_by_node.items() for k in keys}
+            nowhere = [""] * stage_count
+            assigned = assign_phase2(p.keys, {k: holders.get(k) or nowhere for k in p.keys}, self._stage_weights(),
+                                     epoch_counts)
+            if assigned_by_node:
+                holders = {}  # no phase-1 shard is left to fetch from
         self.assigned_by_node = {node[a]: keys for a, keys in assigned.items()}
         self.step_counts_by_node = [{node[a]: c for a, c in step.items()} for step in counts]
         await self._load(members, state, first_step, total_steps)
+        self.members = members  # each holds the whole side network from here on
         await self._gather(members, assigned, holders, stage_count)
         await self._release_others(members)
         step, start = first_step, start or Position(1, 1, first_step)
@@ -155,7 +163,7 @@ class Phase2:
         samples = 0
         try:
             for offset in range(len(run)):
-                reports = await asyncio.gather(*(anext(it) for it in iterators))
+                reports = await _next_of_each(iterators)
                 samples += sum(r.samples for r in reports)
                 self.on_step(step + offset, epoch, 2, sum(r.loss for r in reports), max(r.seconds for r in reports),
                              sum(r.samples for r in reports), index + offset + 1, steps,
@@ -181,3 +189,16 @@ class Phase2:
         if p.task != "lm":
             return len(group)
         return loss_count(collate(group, p.pad_id, p.task), p.task, p.model.side.spec.family)
+
+
+async def _next_of_each(iterators: list) -> list:
+    """The next item of every stream; if one fails (or this is cancelled), the others' waits are cancelled
+    first, so the streams can be closed."""
+    waits = [asyncio.ensure_future(anext(it)) for it in iterators]
+    try:
+        return await asyncio.gather(*waits)
+    except BaseException:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        raise

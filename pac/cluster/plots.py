@@ -12,8 +12,9 @@ from typing import Any
 PHASE_COLOURS = {1: "#4C72B0", 2: "#55A868"}
 
 
-def plot_losses(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Write the loss per optimizer step to `path` (PNG): one colour per phase, epoch boundaries dashed.
+def plot_losses(history: list[dict], path: str | Path, title: str = "", faults: list[dict] | None = None) -> None:
+    """Write the loss per optimizer step to `path` (PNG): one colour per phase, epoch boundaries dashed,
+    each lost device (`faults`, pac.cluster.faults.Fault) a red line where the job went on without it.
 
     Rows are {"step": global step, "epoch": int, "phase": 1 | 2, "loss": float}; a NaN or infinite loss is
     left out (and counted in the title). With many steps a centred moving average is drawn over the steps.
@@ -30,6 +31,9 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "") -> None:
             points = [(r["step"], float(r["loss"])) for r in finite if r["phase"] == phase]
             _plot_phase(ax, points, PHASE_COLOURS.get(phase, "#8172B3"), f"phase {phase}")
         _mark_epochs(ax, rows)
+        for i, fault in enumerate(faults or []):
+            ax.axvline(fault["resumed_from_step"] + 0.5, color="#C44E52", linewidth=1.2,
+                       label="device lost: went on from here" if i == 0 else None)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pac.cluster.checkpoint import Position, write_checkpoint
+from pac.cluster.checkpoint import Commit, Position, write_checkpoint
 
 
 @dataclass
@@ -22,6 +22,7 @@ class History:
     events: list[dict] = field(default_factory=list)  # measured timeline of one phase-1 step
     # each resume: {"checkpoint", "step", "stopped_job_id", "stopped_state", "stopped_at_step", "steps_redone", ...}
     resumes: list[dict] = field(default_factory=list)
+    faults: list[dict] = field(default_factory=list)  # each lost device: pac.cluster.faults.Fault
 
 
 class JobRecord:
@@ -32,6 +33,8 @@ class JobRecord:
         self.history = History()
         self.checkpoint: Path | None = None
         self.identity: dict[str, str] = {}  # pac.cluster.checkpoint.job_identity, once the job is prepared
+        self.last_commit = Commit(Position(1, 0, 0))  # the newest checkpoint, kept here too
+        self._recovering: tuple | None = None  # (fault, when it was noticed) until a step is taken without it
         self.status: dict[str, Any] = {"job_id": job_id, "pid": os.getpid(), "state": "starting",
                                        "output_dir": str(output_dir), "started_unix": time.time(),
                                        "devices": [f"{d.node_id} ({d.address})" for d in devices]}
@@ -50,7 +53,8 @@ class JobRecord:
         directory = write_checkpoint(self.output_dir / "checkpoint", model, task, state, position, self.job_id,
                                      self.identity, holders, assigned,
                                      {"steps": self.history.steps, "epochs": self.history.epochs,
-                                      "resumes": self.history.resumes})
+                                      "resumes": self.history.resumes, "faults": self.history.faults})
+        self.last_commit = Commit(position, state, dict(holders or {}), dict(assigned or {}))
         self.checkpoint = directory
         self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
         where = f"epoch {position.epoch}" if not position.in_epoch else \
@@ -69,7 +73,20 @@ class JobRecord:
                                    "seconds": seconds, "samples": samples, "allreduce_s": allreduce_s})
         if self.progress is not None:
             self.progress.update(str(phase), epoch + 1, self.epochs, index, steps, loss, samples)
-        self.update(state="running", phase=phase, epoch=epoch + 1, step=step + 1, loss=loss)
+        if self._recovering is not None:  # the first step without the lost device: recovered
+            fault, noticed = self._recovering
+            fault["recovered_s"], self._recovering = time.perf_counter() - noticed, None
+            self.message(f"recovered in {fault['recovered_s']:.1f} s without {fault['device']}; "
+                         f"{fault['steps_redone']} step(s) redone")
+        self.update(state="running", phase=phase, epoch=epoch + 1, step=step + 1, loss=loss,
+                    faults=self.history.faults)
+
+    def add_fault(self, fault, noticed: float) -> None:
+        """A lost device (pac.cluster.faults.Fault), noticed at `noticed` (time.perf_counter)."""
+        entry = fault.to_dict()
+        self.history.faults.append(entry)
+        self._recovering = (entry, noticed)
+        self.update(faults=self.history.faults)
 
     def end_epoch(self, epoch: int, phase: int, seconds: float, samples: int) -> None:
         self.history.epochs.append({"epoch": epoch + 1, "phase": phase, "seconds": seconds,

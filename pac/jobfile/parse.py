@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -235,3 +236,18 @@ def load_job(path: str | Path) -> Job:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     return parse_job(mapping, source=str(path))
+
+
+def job_toml(tables: dict[str, dict[str, Any]]) -> str:
+    """A job file's text from the tables `parse_job` takes (strings, numbers, booleans and lists of them):
+    for a program that writes a job for `pacctl train`."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v if not isinstance(v, Path) else str(v))
+
+    return f"version = {JOB_FORMAT_VERSION}\n" + "".join(
+        f"\n[{name}]\n" + "".join(f"{key} = {value(v)}\n" for key, v in table.items() if v is not None)
+        for name, table in tables.items())

@@ -87,13 +87,27 @@ class StageClient:
 
     async def get_state(self, address: str) -> dict[str, torch.Tensor]:
         """The trained tensors and optimiser state the device holds."""
+        return (await self.get_state_steps(address))[0]
+
+    async def get_state_steps(self, address: str, timeout_s: float = 300.0) -> tuple[dict[str, torch.Tensor], int]:
+        """The trained tensors and optimiser state the device holds, and the optimiser steps they took."""
         request = stage_pb2.GetStateRequest(job_id=self.job_id, optimizer=True)
         try:
-            _, data = await self._call(address, "reading the trained state",
-                                       read_one(self._stub(address).GetState(request, timeout=300.0), "info", "tensors"))
+            info, data = await self._call(address, "reading the trained state", read_one(
+                self._stub(address).GetState(request, timeout=timeout_s), "info", "tensors"))
         except ChunkError as error:
             raise TrainingFailed(f"the trained state from {address}: {error}") from None
-        return unpack(data)
+        return unpack(data), info.steps_done
+
+    async def ping(self, address: str, timeout_s: float) -> str | None:
+        """None if the device answers (Stage.Status) within `timeout_s`; else why not."""
+        try:
+            await self._stub(address).Status(stage_pb2.StageStatusRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no answer within {timeout_s:g} s"
+            return f"{error.code().name}: {error.details()}"
+        return None
 
     async def gather_cache(self, address: str, plan: GatherPlan) -> tuple[int, int]:
         """The member fetches its samples' cached states; returns (bytes fetched, bytes it held itself)."""

@@ -90,6 +90,17 @@ class Plan:
     reason: str  # why this plan, against the runner-up
     version: int = PLAN_FORMAT_VERSION
 
+    def used(self) -> set[str]:
+        """The devices that take part: a phase-1 stage, or a share of phase 2."""
+        shares = self.phase2.step_shares.items() if self.phase2 else ()
+        return {n for s in self.phase1.stages for n in s.devices} | {n for n, c in shares if c > 0}
+
+    def line(self) -> str:
+        """The plan in one line."""
+        return f"plan ({self.strategy}): " + "; ".join(
+            f"stage {i}: layers {s.first_layer}-{s.end_layer - 1} on {len(s.devices)} device(s)"
+            for i, s in enumerate(self.phase1.stages)) + f"; {self.phase1.micro_batches} micro-batch(es) per step"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -72,11 +72,14 @@ def kept_checkpoint(output: Path, command: str = "pacctl train JOB") -> str:
 @click.option("--lease", "lease_s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
               help="Seconds a device keeps the job without word from this command (renewed every quarter of "
                    "it): if this command dies, the devices release the job by themselves.")
+@click.option("--deadline", "deadline_s", type=click.FloatRange(min=0.0), default=6.0, show_default=True,
+              help="Seconds a device may stay silent before it is taken for lost: the job then goes on without "
+                   "it on a new plan over the devices that remain (0: a lost device fails the job).")
 @click.option("--resume", is_flag=True,
               help="Continue the stopped (or failed, or killed) job in the output directory from its newest "
                    "checkpoint, reusing the devices' kept activation caches; refused if the job changed.")
 def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy: str, no_cache: bool,
-            step_timeout: float, lease_s: float, resume: bool) -> None:
+            step_timeout: float, lease_s: float, deadline_s: float, resume: bool) -> None:
     """Fine-tune across the home's devices as JOB_FILE says (docs/job.md): plan, phase 1 (pipeline),
     phase 2 (data parallel from the activation cache), evaluate; write the adapter, plan, metrics.json
     and plots to the job's output directory. Ctrl-C stops every device and keeps the last checkpoint
@@ -99,7 +102,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     (pointer / "last.json").write_text(json.dumps({"output_dir": str(output), "job_file": str(job_file.resolve()),
                                                    "started_unix": time.time()}) + "\n")
     options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout,
-                         lease_s=lease_s, resume=resume)
+                         lease_s=lease_s, resume=resume, deadline_s=deadline_s)
     progress = Progress(stream=sys.stderr)
     try:
         metrics, _ = run_training(job, devices, identity, output, options, progress=progress,
@@ -159,6 +162,12 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
         click.echo(f"  devices: {', '.join(status['devices'])}")
     if status.get("checkpoint"):
         click.echo(f"  last checkpoint: {status['checkpoint']}")
+    for fault in status.get("faults") or []:
+        recovered = fault.get("recovered_s")
+        click.echo(f"  lost {fault.get('device')} ({fault.get('address')}) in phase {fault.get('phase')} at step "
+                   f"{fault.get('step')}: {fault.get('why')}; " + (
+                       f"recovered in {recovered:.1f} s, {fault.get('steps_redone')} step(s) redone"
+                       if isinstance(recovered, int | float) else "recovering"))
     for resume in status.get("resumes") or []:
         redone = resume.get("steps_redone")
         click.echo(f"  resumed from {resume.get('checkpoint')} (step {resume.get('step')}; the stopped run had "

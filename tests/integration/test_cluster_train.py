@@ -313,13 +313,14 @@ def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):
     assert json.loads(status.read_text())["state"] == "stopped"
 
 
-def test_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
+def test_with_no_deadline_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
     import time
 
     running = [start_daemon(tmp_path, secure=False, name=f"k{i}") for i in range(3)]
     try:
         job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
-        process = start_train(tmp_path, job, "--strategy", "data-only", "--no-cache", "--timeout", "5")
+        process = start_train(tmp_path, job, "--strategy", "data-only", "--no-cache", "--timeout", "5",
+                              "--deadline", "0")  # no going on without it (tests/integration/test_faults.py)
         status = tmp_path / "out" / "status.json"
         wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) >= 3, 120, "steps",
                  process)

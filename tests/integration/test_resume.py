@@ -24,6 +24,7 @@ from pac.cluster.measure import fixed_plan
 from pac.cluster.record import JobRecord
 from pac.errors import ConfigError
 from pac.jobfile import parse_job
+from pac.jobfile.parse import job_toml
 from pac.planner.workload import TrainingJob
 
 COUNT, BATCH, EPOCHS = 14, 4, 3  # 4 steps per epoch (the last short), 12 in all
@@ -125,20 +126,13 @@ def test_a_changed_job_is_refused_naming_the_key(tmp_path, four, monkeypatch):
         run_training(job, devices, None, out, RunOptions(resume=True), log_line=lambda line: None, plan=plan)
 
 
-def toml_of(mapping: dict) -> str:
-    def value(v):
-        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
-    return "version = 1\n" + "".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in table.items())
-                                     for name, table in mapping.items())
-
-
 def test_a_killed_controller_resumes_with_pacctl_train_resume(tmp_path, four, uninterrupted):
     """`pacctl train` SIGKILLed in phase 2 (no Release: the devices still hold the run) and run again with
     --resume: the devices let the killed run go, and the job ends with the uninterrupted job's adapter."""
     devices = [Device(d.node_id, d.address, "localhost") for d in four]
     job_in(tmp_path)  # writes the data
     plan_for("tiny-bert", devices).save(tmp_path / "plan.json")
-    (tmp_path / "job.toml").write_text(toml_of({
+    (tmp_path / "job.toml").write_text(job_toml({
         "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(tmp_path / "data.jsonl"), "task": "classification"},
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
                      "checkpoint_steps": 2},

@@ -324,3 +324,15 @@ def test_module_is_pure():
     code = "import sys, pac.jobfile; print(sorted({'torch', 'grpc', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=ROOT).stdout.strip() == "[]"
+
+
+def test_a_job_written_from_tables_reads_back_as_the_same_job(home):
+    from pac.jobfile.parse import job_toml
+
+    tables = minimal(training={"learning_rate": 1e-5, "side_layers": [0, 2], "activation_checkpointing": True},
+                     devices={"mode": "list", "addresses": ["127.0.0.1:7443", "[::1]:7443"]},
+                     data={"train": str(home / "data" / "train.jsonl"), "eval_limit": None})
+    tables["output"]["directory"] = str(home / "out \"quoted\"")
+    (home / "job.toml").write_text(job_toml(tables))
+    assert load_job(home / "job.toml") == parse(home, {k: {n: v for n, v in t.items() if v is not None}
+                                                       for k, t in tables.items()})

@@ -1,0 +1,196 @@
+"""Faults during a job on local daemons: each scripted fault noticed, recovered from, the job completed.
+
+    .venv/bin/python -m bench.faults --model minilm --task mrpc --samples 256 --epochs 3 \
+        --json bench/results/faults-minilm-mrpc.json
+
+Every scenario starts a fresh home of `--devices` daemons on this machine (paired, mutual TLS) and runs
+`pacctl train`'s controller on the real planner's plan; once the job has taken the scenario's step, the
+fault is applied:
+- `sigkill-phase1`, `sigkill-phase2`: a device that holds the job is SIGKILLed (its daemon dies).
+- `sigstop-phase2`: a device is SIGSTOPped (asleep: it holds its connections and answers nothing) past
+  the deadline.
+- `link-cut-phase2`: every packet to or from the device's port on loopback is dropped (`tc` on `lo`;
+  the daemon keeps running, its own calls out still leave). Needs root and `tc`; skipped otherwise.
+- `controller-killed`: `pacctl train` itself is SIGKILLed in phase 2, then run again with `--resume`.
+Rows carry `fault`, `phase`, `detected_s` (from the fault to the controller's notice), `recovered_s` (from
+the notice, or from the resumed command's start, to the first step taken after it), `steps_redone`,
+`completed`, `final_metric` (the evaluation's accuracy/F1 mean), and `fault_free_metric`: the mean over
+`--seeds` of the same job without faults, whose spread (`fault_free_spread`) says how far seeds alone move
+it; a faulted run uses the first seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import write_report
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+TASKS = {"mrpc": ("../shared/data/mrpc/train.tsv", "../shared/data/mrpc/test.tsv", 1e-3),
+         "sst2": ("../shared/data/sst2/train.tsv", "../shared/data/sst2/dev.tsv", 5e-4)}
+SCENARIOS = ("sigkill-phase1", "sigkill-phase2", "sigstop-phase2", "link-cut-phase2", "controller-killed")
+
+
+def job_mapping(args, cluster, out: Path, seed: int) -> dict:
+    train, evaluation, lr = TASKS[args.task]
+    return {
+        "model": {"name_or_path": args.model},
+        "data": {"train": str(Path(train).resolve()), "eval": str(Path(evaluation).resolve()),
+                 "task": "classification", "train_limit": args.samples, "eval_limit": args.eval_samples},
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                     "learning_rate": lr, "seed": seed, "checkpoint_steps": args.checkpoint_steps},
+        "cache": {"precision": "fp16", "directory": str(out / "cache")},
+        "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
+        "output": {"directory": str(out / "run")},
+    }
+
+
+def metric(evaluation: dict) -> float | None:
+    if "accuracy" in evaluation and "f1" in evaluation:
+        return (evaluation["accuracy"] + evaluation["f1"]) / 2
+    return evaluation.get("accuracy")
+
+
+class Trigger:
+    """A progress display that applies `fault()` once the job has taken `after` steps."""
+
+    def __init__(self, after: int, fault) -> None:
+        self.after, self.fault, self.steps, self.at = after, fault, 0, None
+
+    def update(self, *args) -> None:
+        self.steps += 1
+        if self.steps == self.after and self.at is None:
+            self.at = time.time()
+            self.fault()
+
+    def message(self, text: str) -> None:
+        print(f"    {text}", file=sys.stderr)
+
+
+def cut_link(port: int) -> list[list[str]]:
+    """Drop every packet to or from `port` on loopback; returns the commands that undo it."""
+    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio"], check=True)
+    for field in ("dport", "sport"):
+        subprocess.run(["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                        "match", "ip", field, str(port), "0xffff", "action", "drop"], check=True)
+    return [["tc", "qdisc", "del", "dev", "lo", "root"]]
+
+
+def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
+    """One job on a fresh home, with `scenario`'s fault (None: none)."""
+    from pac.cluster.controller import RunOptions, run_training
+    from pac.cluster.local import LocalCluster
+    from pac.jobfile import parse_job
+
+    out.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = -(-args.samples // args.batch_size)
+    phase = 1 if scenario == "sigkill-phase1" else 2
+    after = steps_per_epoch // 2 if phase == 1 else steps_per_epoch + steps_per_epoch // 2
+    undo: list[list[str]] = []
+    with LocalCluster(out / "home", args.devices, threads=1) as cluster:
+        mapping = job_mapping(args, cluster, out, seed)
+        if scenario == "controller-killed":
+            return controller_killed(args, cluster, mapping, out, after)
+        victim = cluster.daemons[-1]
+        faults = {None: lambda: None,
+                  "sigkill-phase1": lambda: os.kill(victim.process.pid, signal.SIGKILL),
+                  "sigkill-phase2": lambda: os.kill(victim.process.pid, signal.SIGKILL),
+                  "sigstop-phase2": lambda: os.kill(victim.process.pid, signal.SIGSTOP),
+                  "link-cut-phase2": lambda: undo.extend(cut_link(victim.port))}
+        trigger = Trigger(after if scenario else 0, faults[scenario])
+        job = parse_job(mapping, source="bench.faults", base_dir=out)
+        try:
+            metrics, _ = run_training(job, cluster.devices, cluster.identity, out / "run",
+                                      RunOptions(deadline_s=args.deadline, profile_batch_sizes=(args.batch_size,)),
+                                      progress=trigger, log_line=trigger.message)
+            completed = True
+        except Exception as error:  # the row says it did not complete, and why
+            print(f"    {scenario}: {error}", file=sys.stderr)
+            metrics, completed = json.loads((out / "run" / "status.json").read_text()), False
+        finally:
+            for command in undo:
+                subprocess.run(command, check=False)
+            if scenario == "sigstop-phase2":
+                os.kill(victim.process.pid, signal.SIGCONT)
+    fault = (metrics.get("faults") or [None])[0] if scenario else None
+    return {"fault": scenario or "none", "seed": seed, "phase": fault["phase"] if fault else None,
+            "detected_s": fault["noticed_unix"] - trigger.at if fault and trigger.at else None,
+            "recovered_s": fault["recovered_s"] if fault else None,
+            "steps_redone": fault["steps_redone"] if fault else 0, "completed": completed,
+            "why": fault["why"] if fault else None, "replanned": fault["replanned"] if fault else None,
+            "final_metric": metric(metrics.get("eval") or {}) if completed else None,
+            "training_time_s": metrics.get("training_time_s")}
+
+
+def controller_killed(args, cluster, mapping: dict, out: Path, after: int) -> dict:
+    """`pacctl train` SIGKILLed once `after` steps are done, then `pacctl train --resume`."""
+    from pac.jobfile.parse import job_toml
+
+    job_file = out / "job.toml"
+    job_file.write_text(job_toml(mapping))
+    env = {**os.environ, "PAC_HOME": str(cluster.root / "home"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pacctl", "train", str(job_file)]
+    status = out / "run" / "status.json"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (status.exists() and json.loads(status.read_text()).get("step", 0) >= after):
+        if process.poll() is not None:
+            raise RuntimeError("pacctl train ended before the fault")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    started = time.time()
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True)
+    metrics = json.loads((out / "run" / "metrics.json").read_text()) if resumed.returncode == 0 else {}
+    resume = (metrics.get("resumes") or [{}])[-1]
+    first = next((s for s in metrics.get("steps", []) if s["step"] > resume.get("step", 0)), None)
+    return {"fault": "controller-killed", "seed": mapping["training"]["seed"], "phase": 2, "detected_s": None,
+            "recovered_s": (resume["resumed_unix"] - started + first["seconds"]) if first and resume else None,
+            "steps_redone": resume.get("steps_redone"), "completed": resumed.returncode == 0,
+            "why": "pacctl train SIGKILLed; pacctl train --resume", "replanned": None,
+            "final_metric": metric(metrics.get("eval") or {}), "training_time_s": metrics.get("training_time_s")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--task", choices=sorted(TASKS), default="mrpc")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--eval-samples", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--checkpoint-steps", type=int, default=4)
+    parser.add_argument("--deadline", type=float, default=6.0, help="pacctl train --deadline")
+    parser.add_argument("--seeds", default="0,1,2", help="fault-free runs (their spread); faults use the first")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--work", default="runs/bench-faults")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if os.geteuid() != 0 or subprocess.run(["which", "tc"], capture_output=True).returncode:
+        scenarios = [s for s in scenarios if s != "link-cut-phase2"]
+    work = Path(args.work).resolve()
+    baseline = [run_scenario(args, None, seed, work / f"none-{seed}") for seed in seeds]
+    values = [r["final_metric"] for r in baseline if r["final_metric"] is not None]
+    mean = statistics.fmean(values) if values else None
+    rows = baseline + [run_scenario(args, s, seeds[0], work / s) for s in scenarios]
+    for row in rows:
+        row.update(fault_free_metric=mean, fault_free_spread=[min(values), max(values)] if values else None)
+        print(json.dumps(row), file=sys.stderr)
+    write_report(args.json, "faults", {k: v for k, v in vars(args).items() if k != "json"}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A device that dies or stalls during a job: the controller notices, says which and why, plans again over
+the devices that remain and finishes the job; nothing is left behind on the survivors.
+
+Four insecure daemons on loopback per test (one of them is killed or stopped); the job starts on a plan given
+by hand (two stages, phase 2 on three devices), and the re-plan is the real planner's on measured profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from conftest import start_daemon
+
+from pac.cluster.context import Device, RunOptions
+from pac.cluster.controller import run_training
+from pac.cluster.measure import fixed_plan
+from pac.cluster.record import JobRecord
+from pac.jobfile import parse_job
+from pac.planner.workload import TrainingJob
+
+COUNT, BATCH, EPOCHS, DEADLINE = 14, 4, 3, 3.0  # 4 steps per epoch, 12 in all
+
+
+@pytest.fixture
+def four(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # started side by side: each spends seconds importing
+        running = list(pool.map(lambda i: start_daemon(tmp_path, secure=False, name=f"f{i}"), range(4)))
+    yield running
+    for daemon in running:
+        try:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+        except OSError:
+            pass
+        daemon.kill()
+
+
+def job_in(where):
+    rows = [{"text": ("good " if i % 2 else "bad ") * (1 + i % 3) + f"item{i}", "label": i % 2} for i in range(COUNT)]
+    (where / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return parse_job({
+        "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(where / "data.jsonl"), "task": "classification"},
+        "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
+                     "checkpoint_steps": 2},
+        "cache": {"precision": "fp16", "directory": str(where / "cache")},
+        "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
+        "output": {"directory": str(where / "out")},
+    }, source=str(where / "job.toml"))
+
+
+def run_with_fault(tmp_path, four, monkeypatch, after_step: int, victim: int, sig: int) -> tuple[dict, float]:
+    """The job, with daemon `victim` sent `sig` once `after_step` steps are recorded; (metrics, when)."""
+    devices = [Device(d.node_id, d.address, "localhost") for d in four]
+    ids = [d.node_id for d in devices]
+    plan = fixed_plan("tiny-bert", TrainingJob(samples=COUNT, batch_size=BATCH, epochs=EPOCHS),
+                      [(0, 2, ids[:2], [1, 1]), (2, 3, ids[2:3], [1])], micro_batches=2,
+                      phase2_shares={ids[0]: 1, ids[1]: 2, ids[3]: 1})
+    original, sent = JobRecord.step, []
+
+    def step(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if len(self.history.steps) == after_step and not sent:
+            os.kill(four[victim].process.pid, sig)
+            sent.append(time.time())
+
+    monkeypatch.setattr(JobRecord, "step", step)
+    said = []
+    metrics, _ = run_training(job_in(tmp_path), devices, None, tmp_path / "out",
+                              RunOptions(deadline_s=DEADLINE, profile_batch_sizes=(4,)), log_line=said.append,
+                              plan=plan)
+    assert sent, "the fault was never sent"
+    assert any(four[victim].node_id in line and "going on without it" in line for line in said), said
+    return metrics, sent[0]
+
+
+def assert_completed(metrics: dict, tmp_path, four, victim: int) -> dict:
+    assert len(metrics["steps"]) == 3 * 4 and [s["step"] for s in metrics["steps"]] == list(range(1, 13))
+    assert len(metrics["faults"]) == 1
+    fault = metrics["faults"][0]
+    assert fault["device"] == four[victim].node_id and fault["recovered_s"] is not None
+    assert all(d["node_id"] != four[victim].node_id for d in metrics["devices"])
+    assert (tmp_path / "out" / "adapter.safetensors").exists() and not (tmp_path / "out" / "checkpoint").exists()
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "finished" and status["faults"][0]["device"] == four[victim].node_id
+    survivors = [d for i, d in enumerate(four) if i != victim]
+    assert held_jobs(survivors) == [""] * 3  # every survivor let every run of the job go
+    left = {path.relative_to(tmp_path / "cache").parts[0] for path in (tmp_path / "cache").rglob("records.bin")}
+    assert len(left) <= 1, left  # each daemon caches under its own directory: only the lost one's may stay
+    return fault
+
+
+def held_jobs(daemons) -> list[str]:
+    import asyncio
+
+    import grpc
+
+    from pac.v1 import stage_pb2, stage_pb2_grpc
+
+    async def ask():
+        out = []
+        for daemon in daemons:
+            async with grpc.aio.insecure_channel(daemon.address) as channel:
+                reply = await stage_pb2_grpc.StageStub(channel).Status(stage_pb2.StageStatusRequest(), timeout=5)
+                out.append(reply.job_id)
+        return out
+
+    return asyncio.run(ask())
+
+
+def test_a_device_killed_in_phase_1_the_job_finishes_on_the_others(tmp_path, four, monkeypatch):
+    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=3, victim=1, sig=signal.SIGKILL)
+    fault = assert_completed(metrics, tmp_path, four, victim=1)
+    assert fault["phase"] == 1 and fault["resumed_from_step"] == 2 and fault["steps_redone"] == 1  # since the commit
+
+
+def test_a_device_killed_in_phase_2_redoes_at_most_one_step(tmp_path, four, monkeypatch):
+    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=6, victim=3, sig=signal.SIGKILL)
+    fault = assert_completed(metrics, tmp_path, four, victim=3)
+    assert fault["phase"] == 2 and fault["steps_redone"] <= 1
+
+
+def test_a_stalled_device_is_noticed_within_the_deadline(tmp_path, four, monkeypatch):
+    metrics, stopped = run_with_fault(tmp_path, four, monkeypatch, after_step=6, victim=0, sig=signal.SIGSTOP)
+    fault = assert_completed(metrics, tmp_path, four, victim=0)
+    assert "no answer within" in fault["why"]
+    assert fault["noticed_unix"] - stopped < DEADLINE * 1.25 + 2.0  # a round of the watch, then the deadline
