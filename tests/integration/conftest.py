@@ -99,6 +99,14 @@ def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: boo
     return RunningDaemon(process, port, state_dir, log_path)
 
 
+def start_daemons(tmp_path: Path, count: int, prefix: str, secure: bool = False) -> list[RunningDaemon]:
+    """`count` daemons started side by side (each spends seconds importing), named prefix0, prefix1, ..."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: start_daemon(tmp_path, secure=secure, name=f"{prefix}{i}"), range(count)))
+
+
 def pair_daemon(daemon: RunningDaemon, cluster: Cluster) -> None:
     """Pair with the code the daemon wrote to its state dir, then wait until it serves mutual TLS."""
     from pac.net.daemon_client import DaemonClient, DaemonError, pair

