@@ -9,8 +9,10 @@ fault is applied:
 - `sigkill-phase1`, `sigkill-phase2`: a device that holds the job is SIGKILLed (its daemon dies).
 - `sigstop-phase2`: a device is SIGSTOPped (asleep: it holds its connections and answers nothing) past
   the deadline.
-- `link-cut-phase2`: every packet to or from the device's port on loopback is dropped (`tc` on `lo`;
-  the daemon keeps running, its own calls out still leave). Needs root and `tc`; skipped otherwise.
+- `link-cut-phase2`: every packet to or from the device's port on loopback is dropped (`tc` on `lo`:
+  the daemon keeps running and nothing reaches it; its own calls out to others' ports still leave).
+  Needs root and `tc`; skipped otherwise.
+The device hit is one the plan uses (a stage's device in phase 1, a phase-2 member in phase 2).
 - `controller-killed`: `pacctl train` itself is SIGKILLed in phase 2, then run again with `--resume`.
 Rows carry `fault`, `phase`, `detected_s` (from the fault to the controller's notice), `recovered_s` (from
 the notice, or from the resumed command's start, to the first step taken after it), `steps_redone`,
@@ -77,12 +79,27 @@ class Trigger:
 
 
 def cut_link(port: int) -> list[list[str]]:
-    """Drop every packet to or from `port` on loopback; returns the commands that undo it."""
-    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio"], check=True)
-    for field in ("dport", "sport"):
-        subprocess.run(["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                        "match", "ip", field, str(port), "0xffff", "action", "drop"], check=True)
+    """Drop every packet to or from `port` on loopback (htb sends them to a class whose queue holds none:
+    this kernel has no tc actions); returns the commands that undo it."""
+    commands = [["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "100000"],
+                ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "100gbit"],
+                ["class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", "8bit"],
+                ["qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo", "limit", "0"]]
+    commands += [["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip",
+                  field, str(port), "0xffff", "flowid", "1:20"] for field in ("dport", "sport")]
+    for command in commands:
+        subprocess.run(["tc", *command], check=True, capture_output=True)
     return [["tc", "qdisc", "del", "dev", "lo", "root"]]
+
+
+def victim_of(cluster, out: Path, phase: int):
+    """A daemon the plan uses: in phase 2 a member of phase 2, in phase 1 a stage's device."""
+    from pac.planner.plan import Plan
+
+    plan = Plan.load(out / "run" / "plan.json")
+    wanted = [n for s in plan.phase1.stages for n in s.devices] if phase == 1 else \
+        [n for n, c in plan.phase2.step_shares.items() if c > 0]
+    return next(d for d in reversed(cluster.daemons) if d.node_id in wanted)
 
 
 def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
@@ -100,13 +117,17 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
         mapping = job_mapping(args, cluster, out, seed)
         if scenario == "controller-killed":
             return controller_killed(args, cluster, mapping, out, after)
-        victim = cluster.daemons[-1]
-        faults = {None: lambda: None,
-                  "sigkill-phase1": lambda: os.kill(victim.process.pid, signal.SIGKILL),
-                  "sigkill-phase2": lambda: os.kill(victim.process.pid, signal.SIGKILL),
-                  "sigstop-phase2": lambda: os.kill(victim.process.pid, signal.SIGSTOP),
-                  "link-cut-phase2": lambda: undo.extend(cut_link(victim.port))}
-        trigger = Trigger(after if scenario else 0, faults[scenario])
+        victims = []
+
+        def fault() -> None:
+            victim = victim_of(cluster, out, phase)
+            victims.append(victim)
+            if scenario == "link-cut-phase2":
+                undo.extend(cut_link(victim.port))
+            else:
+                os.kill(victim.process.pid, signal.SIGSTOP if scenario == "sigstop-phase2" else signal.SIGKILL)
+
+        trigger = Trigger(after if scenario else 0, fault)
         job = parse_job(mapping, source="bench.faults", base_dir=out)
         try:
             metrics, _ = run_training(job, cluster.devices, cluster.identity, out / "run",
@@ -119,14 +140,15 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
         finally:
             for command in undo:
                 subprocess.run(command, check=False)
-            if scenario == "sigstop-phase2":
-                os.kill(victim.process.pid, signal.SIGCONT)
+            if scenario == "sigstop-phase2" and victims:
+                os.kill(victims[0].process.pid, signal.SIGCONT)
     fault = (metrics.get("faults") or [None])[0] if scenario else None
     return {"fault": scenario or "none", "seed": seed, "phase": fault["phase"] if fault else None,
             "detected_s": fault["noticed_unix"] - trigger.at if fault and trigger.at else None,
             "recovered_s": fault["recovered_s"] if fault else None,
             "steps_redone": fault["steps_redone"] if fault else 0, "completed": completed,
             "why": fault["why"] if fault else None, "replanned": fault["replanned"] if fault else None,
+            "device": victims[0].node_id if victims else None,
             "final_metric": metric(metrics.get("eval") or {}) if completed else None,
             "training_time_s": metrics.get("training_time_s")}
 
