@@ -25,7 +25,8 @@ import torch
 
 from pac.cluster.checkpoint import Commit, Position, job_identity, remove_checkpoints
 from pac.cluster.context import Device, JobContext, RunOptions
-from pac.cluster.faults import DeviceLost, Fault, lost_among, watch, without
+from pac.cluster.elastic import Elastic
+from pac.cluster.faults import DeviceLost, DevicesBack
 from pac.cluster.measure import measure_home, profile_sizes
 from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
@@ -34,7 +35,6 @@ from pac.cluster.record import JobRecord
 from pac.cluster.resume import previous_run, refuse_stopped_job, release_stopped, resume_point
 from pac.errors import ConfigError, TrainingFailed
 from pac.net.stage_client import StageClient
-from pac.planner.errors import InfeasibleError
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
@@ -44,7 +44,7 @@ from pac.train.loop import evaluate
 log = logging.getLogger(__name__)
 
 
-class Controller:
+class Controller(Elastic):
     def __init__(self, job, devices: list[Device], identity: Identity | None, output_dir: Path,
                  options: RunOptions | None = None, progress=None, log_line: Callable[[str], None] = print,
                  plan: Plan | None = None) -> None:
@@ -65,6 +65,7 @@ class Controller:
         self.step_counts_by_node: list[dict[str, int]] = []  # phase 2: per step, node -> samples
         self.training_s = 0.0
         self.attempt, self.document = 0, None  # runs after lost devices; the home's profile, once measured
+        self.lost: list[Device] = []  # devices lost on the way (taken back if they answer again)
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
     def _watch_interrupt(self) -> bool:
@@ -158,7 +159,9 @@ class Controller:
                     break
                 except DeviceLost as lost:
                     plan, commit = await self._recover(lost, plan, wanted, steps_per_epoch)
-                    self.plan = plan
+                except DevicesBack as back:
+                    plan, commit = await self._take_back(back, plan, wanted, steps_per_epoch)
+                self.plan = plan
             completed = True
         finally:
             leases.cancel()
@@ -200,113 +203,12 @@ class Controller:
                                                         start, holders)
         if phase1_epochs < training.epochs:
             self.phase2 = Phase2(self.ctx, plan, self._on_step)
+            self.phase2.on_epoch = self._check_back
             state = await self.phase2.run(state, holders, stage_count, step, total,
                                           start if start.phase == 2 else None, commit.assigned)
             self.assigned_by_node = self.phase2.assigned_by_node
             self.step_counts_by_node = self.phase2.step_counts_by_node
         return state
-
-    # ---- devices that leave ----------------------------------------------------------------------------
-    def _new_attempt(self, first: bool = False) -> None:
-        """A run of the job on the devices (again, after a device was lost: a new job id on the devices, so
-        nothing of the abandoned step can mix with the next)."""
-        if not first:
-            self.attempt += 1
-            self.job_id = f"{self.record.job_id}-{self.attempt}"
-            self.stages = StageClient(self.job_id, {d.address: d.node_id for d in self.devices}, self.identity)
-            self.loaded = set()
-        self.phase2 = None
-        self.ctx = JobContext(self.job, self.job_id, self.devices, self.stages, self.options, self.prepared,
-                              self.record, self.loaded)
-
-    async def _watched(self, training):
-        """Await `training`, watching the devices that hold it: a lost one (or a failed step whose device
-        does not answer) cancels it with DeviceLost."""
-        if self.options.deadline_s <= 0:
-            return await training
-        main, found = asyncio.current_task(), []
-
-        async def watching() -> None:
-            found.append(await watch(self.stages, lambda: [d for d in self.devices if d.address in self.loaded],
-                                     self.options.deadline_s))
-            main.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watching(), name=f"watch of job {self.job_id}")
-        try:
-            return await training
-        except asyncio.CancelledError:
-            if not found or self.interrupted:
-                raise
-            main.uncancel()
-            raise found[0] from None
-        except TrainingFailed:
-            if self.interrupted:
-                raise
-            watcher.cancel()
-            lost = await lost_among(self.stages, self.devices, self.options.deadline_s)
-            if lost is None:
-                raise  # every device answers: the job's own failure
-            raise lost from None
-        finally:
-            watcher.cancel()
-
-    async def _recover(self, lost: DeviceLost, plan: Plan, use_cache: bool,
-                       steps_per_epoch: int) -> tuple[Plan, Commit]:
-        """Go on without `lost`: the newest commit, the devices that remain, a plan over them."""
-        record, node = self.record, lost.device.node_id
-        steps = len(record.history.steps)
-        fault = Fault(node, lost.device.address, lost.why, int(record.status.get("phase", 1)), steps, time.time())
-        record.message(f"{lost}; going on without it")
-        commit = await self._commit_after(lost, steps_per_epoch)
-        fault.resumed_from_step, fault.steps_redone = commit.position.step, max(0, steps - commit.position.step)
-        del record.history.steps[commit.position.step:]
-        record.history.epochs = [e for e in record.history.epochs if e["epoch"] <= commit.position.epoch]
-        self.devices = [d for d in self.devices if d.node_id != node]
-        self.loaded.discard(lost.device.address)
-        if not self.devices:
-            raise TrainingFailed(f"{lost}, and no other device is left; the checkpoint is kept")
-        new = await self._replan(lost, commit, use_cache)
-        same_stages = [(s.first_layer, s.end_layer) for s in new.phase1.stages] == \
-            [(s.first_layer, s.end_layer) for s in plan.phase1.stages]
-        if commit.position.phase == 1 and not same_stages:
-            commit.holders = {}  # other stages cache other states: what the old ones cached is recomputed
-        # the survivors let the abandoned run go; their caches stay where the next run reads them
-        using = {d.address for d in self.devices if d.node_id in new.used()}
-        await self.release(self.job.cache.keep or (using if commit.position.phase == 2 or same_stages else False))
-        fault.replanned = new.line()
-        self._new_attempt()
-        record.add_fault(fault, lost.noticed)
-        return new, commit
-
-    async def _commit_after(self, lost: DeviceLost, steps_per_epoch: int) -> Commit:
-        """In phase 2 a surviving member's state (each holds all of it), else phase 1's last checkpoint."""
-        members = self.phase2.members if self.phase2 is not None else []
-        for address in (a for a in members if a != lost.device.address):
-            try:
-                state, steps = await self.stages.get_state_steps(address, 4 * self.options.deadline_s)
-            except TrainingFailed as error:
-                log.warning("job %s: %s", self.job_id, error)
-                continue
-            epoch, in_epoch = divmod(steps, steps_per_epoch)
-            return Commit(Position(2, epoch, steps, in_epoch), state, {}, dict(self.phase2.assigned_by_node))
-        return self.record.last_commit
-
-    async def _replan(self, lost: DeviceLost, commit: Commit, use_cache: bool) -> Plan:
-        """A plan over the devices that remain; if they cannot hold the job, stop with a checkpoint."""
-        p = self.prepared
-        try:
-            document = without(self.document, lost.device.node_id) if self.document is not None else \
-                await measure_home(self.devices, self.identity, self.job, self._profile_sizes(), self.log)
-            result = plan_job(home_from_dict(document), self.job.to_training_job(len(p.train_items), use_cache),
-                              self.options.strategy)
-        except InfeasibleError as error:
-            if commit.state is not None:
-                self.record.save_checkpoint(p.model, p.task, commit.state, commit.position, commit.holders,
-                                            commit.assigned)
-            raise TrainingFailed(f"without {lost.device.node_id} the devices that remain cannot hold the job: "
-                                 f"{error}. The checkpoint is kept: bring the device back (or add one) and run "
-                                 f"`pacctl train JOB --resume`") from None
-        return result.plan
 
     def _announce(self, plan: Plan, phase1_epochs: int, steps_per_epoch: int) -> None:
         """The plan in one line, and the phases' schedule to the progress display."""
@@ -376,6 +278,7 @@ class Controller:
             "final_loss": self.record.history.steps[-1]["loss"] if self.record.history.steps else None,
             "eval": evaluation, "phase2": self.phase2.info if self.phase2 else None, "steps": self.record.history.steps,
             "resumes": self.record.history.resumes, "faults": self.record.history.faults,
+            "joins": self.record.history.joins,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }

@@ -29,6 +29,12 @@ class DeviceLost(PacError):
         super().__init__(f"device {device.node_id} ({device.address}) is lost: {why}")
 
 
+class DevicesBack(PacError):
+    def __init__(self, devices: list[Device]) -> None:
+        self.devices = devices
+        super().__init__("back: " + ", ".join(f"{d.node_id} ({d.address})" for d in devices))
+
+
 @dataclass
 class Fault:
     """One lost device, as metrics.json and status.json list it."""
@@ -71,7 +77,13 @@ async def watch(stages: StageClient, holding: Callable[[], list[Device]], deadli
             return lost
 
 
-def without(document: dict, node_id: str) -> dict:
-    """A home's profile document without one device (and its links)."""
-    return {**document, "devices": [d for d in document["devices"] if d.get("name") != node_id],
-            "links": [link for link in document.get("links", []) if node_id not in (link.get("a"), link.get("b"))]}
+async def answering(stages: StageClient, devices: list[Device], timeout_s: float) -> list[Device]:
+    """Those of `devices` that answer within `timeout_s`."""
+    found = await asyncio.gather(*(stages.ping(d.address, timeout_s) for d in devices))
+    return [d for d, why in zip(devices, found, strict=True) if why is None]
+
+
+def restricted(document: dict, nodes: set[str]) -> dict:
+    """A home's profile document with only the devices `nodes` (and the links between them)."""
+    return {**document, "devices": [d for d in document["devices"] if d.get("name") in nodes],
+            "links": [link for link in document.get("links", []) if {link.get("a"), link.get("b")} <= nodes]}

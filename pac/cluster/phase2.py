@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import torch
 
@@ -37,6 +37,7 @@ class Phase2:
         self.step_counts_by_node: list[dict[str, int]] = []  # per step, node -> samples
         self.started = 0.0  # when loading phase 2 began: the redistribution's clock
         self.members: list[str] = []  # the loaded members' addresses
+        self.on_epoch: Callable[[], Awaitable[None]] | None = None  # after each epoch but the last
 
     async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
                   first_step: int, total_steps: int, start: Position | None = None,
@@ -75,6 +76,8 @@ class Phase2:
             state = await gather_state(self.ctx.stages, [[members[0]]])
             self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch + 1, step),
                                             assigned=self.assigned_by_node)
+            if self.on_epoch is not None and epoch + 1 < training.epochs:
+                await self.on_epoch()  # may stop this run here: a device came back (pac.cluster.faults)
         return state
 
     async def _load(self, members: list[str], state: dict[str, torch.Tensor], first_step: int,

@@ -23,6 +23,7 @@ class History:
     # each resume: {"checkpoint", "step", "stopped_job_id", "stopped_state", "stopped_at_step", "steps_redone", ...}
     resumes: list[dict] = field(default_factory=list)
     faults: list[dict] = field(default_factory=list)  # each lost device: pac.cluster.faults.Fault
+    joins: list[dict] = field(default_factory=list)  # each device taken back: {"device", "address", "step", ...}
 
 
 class JobRecord:
@@ -53,7 +54,8 @@ class JobRecord:
         directory = write_checkpoint(self.output_dir / "checkpoint", model, task, state, position, self.job_id,
                                      self.identity, holders, assigned,
                                      {"steps": self.history.steps, "epochs": self.history.epochs,
-                                      "resumes": self.history.resumes, "faults": self.history.faults})
+                                      "resumes": self.history.resumes, "faults": self.history.faults,
+                                      "joins": self.history.joins})
         self.last_commit = Commit(position, state, dict(holders or {}), dict(assigned or {}))
         self.checkpoint = directory
         self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
@@ -80,6 +82,10 @@ class JobRecord:
                          f"{fault['steps_redone']} step(s) redone")
         self.update(state="running", phase=phase, epoch=epoch + 1, step=step + 1, loss=loss,
                     faults=self.history.faults)
+
+    def add_join(self, entry: dict) -> None:
+        self.history.joins.append(entry)
+        self.update(joins=self.history.joins)
 
     def add_fault(self, fault, noticed: float) -> None:
         """A lost device (pac.cluster.faults.Fault), noticed at `noticed` (time.perf_counter)."""

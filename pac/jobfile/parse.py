@@ -161,7 +161,8 @@ def _devices(table: Table) -> DevicesSection:
                 raise table.fail(key, "applies to mDNS, which devices.mode \"list\" does not use", show=False)
     return DevicesSection(mode=mode, addresses=addresses,
                           mdns_timeout=table.number("mdns_timeout", 2.0, 0.0, 60.0, low_open=True),
-                          interfaces=table.strings("interfaces"), insecure=insecure)
+                          interfaces=table.strings("interfaces"), insecure=insecure,
+                          rejoin=table.boolean("rejoin", True))
 
 
 def _output(table: Table, base: Path) -> OutputSection:

@@ -78,6 +78,7 @@ class DevicesSection:
     mdns_timeout: float = 2.0  # seconds to listen for mDNS advertisements
     interfaces: tuple[str, ...] = ()  # addresses of the interfaces to browse on; empty: all
     insecure: bool = False  # plaintext to loopback development daemons (`pacd serve --insecure`) only
+    rejoin: bool = True  # a lost device that answers again is taken back at the next phase-2 epoch
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ addresses = []                       # "host", "host:port": asked directly (mode
 mdns_timeout = 2.0                   # seconds to listen for the devices' mDNS advertisements
 interfaces = []                      # addresses of the interfaces to browse on; empty: all
 insecure = false                     # loopback development daemons only
+rejoin = true                        # a lost device that answers again is taken back at the next phase-2 epoch
 
 [output]
 directory = "runs/household"         # the adapter and metrics.json

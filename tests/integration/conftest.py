@@ -107,6 +107,25 @@ def start_daemons(tmp_path: Path, count: int, prefix: str, secure: bool = False)
         return list(pool.map(lambda i: start_daemon(tmp_path, secure=secure, name=f"{prefix}{i}"), range(count)))
 
 
+def device_jobs(daemons: list[RunningDaemon]) -> list[str]:
+    """The job each insecure daemon holds now ("" for none), as Stage.Status says."""
+    import asyncio
+
+    import grpc
+
+    from pac.v1 import stage_pb2, stage_pb2_grpc
+
+    async def ask():
+        out = []
+        for daemon in daemons:
+            async with grpc.aio.insecure_channel(daemon.address) as channel:
+                reply = await stage_pb2_grpc.StageStub(channel).Status(stage_pb2.StageStatusRequest(), timeout=5)
+                out.append(reply.job_id)
+        return out
+
+    return asyncio.run(ask())
+
+
 def pair_daemon(daemon: RunningDaemon, cluster: Cluster) -> None:
     """Pair with the code the daemon wrote to its state dir, then wait until it serves mutual TLS."""
     from pac.net.daemon_client import DaemonClient, DaemonError, pair

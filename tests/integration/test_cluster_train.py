@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_daemons
+from conftest import device_jobs, start_daemons
 from safetensors.torch import load_file
 
 from pac.cluster.assign import phase2_order
@@ -272,24 +272,6 @@ def wait_for(condition, timeout: float, what: str, process=None) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def device_jobs(four) -> list[str]:
-    import asyncio
-
-    import grpc
-
-    from pac.v1 import stage_pb2, stage_pb2_grpc
-
-    async def ask():
-        out = []
-        for daemon in four:
-            async with grpc.aio.insecure_channel(daemon.address) as channel:
-                reply = await stage_pb2_grpc.StageStub(channel).Status(stage_pb2.StageStatusRequest(), timeout=5)
-                out.append(reply.job_id)
-        return out
-
-    return asyncio.run(ask())
 
 
 def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):

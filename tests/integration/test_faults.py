@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from conftest import start_daemons
+from conftest import device_jobs, start_daemons
 
 from pac.cluster.context import Device, RunOptions
 from pac.cluster.controller import run_training
@@ -85,28 +85,10 @@ def assert_completed(metrics: dict, tmp_path, four, victim: int) -> dict:
     status = json.loads((tmp_path / "out" / "status.json").read_text())
     assert status["state"] == "finished" and status["faults"][0]["device"] == four[victim].node_id
     survivors = [d for i, d in enumerate(four) if i != victim]
-    assert held_jobs(survivors) == [""] * 3  # every survivor let every run of the job go
+    assert device_jobs(survivors) == [""] * 3  # every survivor let every run of the job go
     left = {path.relative_to(tmp_path / "cache").parts[0] for path in (tmp_path / "cache").rglob("records.bin")}
     assert len(left) <= 1, left  # each daemon caches under its own directory: only the lost one's may stay
     return fault
-
-
-def held_jobs(daemons) -> list[str]:
-    import asyncio
-
-    import grpc
-
-    from pac.v1 import stage_pb2, stage_pb2_grpc
-
-    async def ask():
-        out = []
-        for daemon in daemons:
-            async with grpc.aio.insecure_channel(daemon.address) as channel:
-                reply = await stage_pb2_grpc.StageStub(channel).Status(stage_pb2.StageStatusRequest(), timeout=5)
-                out.append(reply.job_id)
-        return out
-
-    return asyncio.run(ask())
 
 
 def test_a_device_killed_in_phase_1_the_job_finishes_on_the_others(tmp_path, four, monkeypatch):
@@ -126,3 +108,21 @@ def test_a_stalled_device_is_noticed_within_the_deadline(tmp_path, four, monkeyp
     fault = assert_completed(metrics, tmp_path, four, victim=0)
     assert "no answer within" in fault["why"]
     assert fault["noticed_unix"] - stopped < DEADLINE * 1.25 + 2.0  # a round of the watch, then the deadline
+
+
+def test_a_device_that_comes_back_is_taken_back_at_the_next_phase_2_epoch(tmp_path, four, monkeypatch):
+    """SIGSTOPped early in phase 2, woken once the controller has gone on without it: at the end of that
+    epoch the controller takes it back (a new plan over all four) and finishes; it holds nothing after."""
+    original = JobRecord.add_fault
+
+    def add_fault(self, fault, noticed):
+        original(self, fault, noticed)
+        os.kill(four[0].process.pid, signal.SIGCONT)  # it wakes up while the others go on
+
+    monkeypatch.setattr(JobRecord, "add_fault", add_fault)
+    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=5, victim=0, sig=signal.SIGSTOP)
+    assert [s["step"] for s in metrics["steps"]] == list(range(1, 13))
+    assert metrics["faults"][0]["device"] == four[0].node_id
+    assert [(j["device"], j["step"]) for j in metrics["joins"]] == [(four[0].node_id, 8)]  # epoch 2's end
+    assert any(d["node_id"] == four[0].node_id for d in metrics["devices"])
+    assert device_jobs(four) == [""] * 4

@@ -1,0 +1,156 @@
+"""The controller's part that keeps a job going while devices leave and come back (docs/cluster.md,
+"Devices that leave"): watching the devices, recovering from a lost one, taking one back.
+
+`Elastic` is a part of pac.cluster.controller.Controller, kept apart to keep each file one subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from pac.cluster.checkpoint import Commit, Position
+from pac.cluster.context import JobContext
+from pac.cluster.faults import DeviceLost, DevicesBack, Fault, answering, lost_among, restricted, watch
+from pac.cluster.measure import measure_home
+from pac.cluster.resume import release_stopped
+from pac.errors import TrainingFailed
+from pac.net.stage_client import StageClient
+from pac.planner.errors import InfeasibleError
+from pac.planner.plan import Plan
+from pac.planner.planner import plan_job
+from pac.planner.profile import home_from_dict
+
+log = logging.getLogger(__name__)
+
+
+class Elastic:
+    def _new_attempt(self, first: bool = False) -> None:
+        """A run of the job on the devices (again, after a device was lost: a new job id on the devices, so
+        nothing of the abandoned step can mix with the next)."""
+        if not first:
+            self.attempt += 1
+            self.job_id = f"{self.record.job_id}-{self.attempt}"
+            self.stages = StageClient(self.job_id, {d.address: d.node_id for d in self.devices}, self.identity)
+            self.loaded = set()
+        self.phase2 = None
+        self.ctx = JobContext(self.job, self.job_id, self.devices, self.stages, self.options, self.prepared,
+                              self.record, self.loaded)
+
+    async def _watched(self, training):
+        """Await `training`, watching the devices that hold it: a lost one (or a failed step whose device
+        does not answer) cancels it with DeviceLost."""
+        if self.options.deadline_s <= 0:
+            return await training
+        main, found = asyncio.current_task(), []
+
+        async def watching() -> None:
+            found.append(await watch(self.stages, lambda: [d for d in self.devices if d.address in self.loaded],
+                                     self.options.deadline_s))
+            main.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watching(), name=f"watch of job {self.job_id}")
+        try:
+            return await training
+        except asyncio.CancelledError:
+            if not found or self.interrupted:
+                raise
+            main.uncancel()
+            raise found[0] from None
+        except TrainingFailed:
+            if self.interrupted:
+                raise
+            watcher.cancel()
+            lost = await lost_among(self.stages, self.devices, self.options.deadline_s)
+            if lost is None:
+                raise  # every device answers: the job's own failure
+            raise lost from None
+        finally:
+            watcher.cancel()
+
+    async def _recover(self, lost: DeviceLost, plan: Plan, use_cache: bool,
+                       steps_per_epoch: int) -> tuple[Plan, Commit]:
+        """Go on without `lost`: the newest commit, the devices that remain, a plan over them."""
+        record, node = self.record, lost.device.node_id
+        steps = len(record.history.steps)
+        fault = Fault(node, lost.device.address, lost.why, int(record.status.get("phase", 1)), steps, time.time())
+        record.message(f"{lost}; going on without it")
+        commit = await self._commit_after(lost, steps_per_epoch)
+        fault.resumed_from_step, fault.steps_redone = commit.position.step, max(0, steps - commit.position.step)
+        del record.history.steps[commit.position.step:]
+        record.history.epochs = [e for e in record.history.epochs if e["epoch"] <= commit.position.epoch]
+        self.devices = [d for d in self.devices if d.node_id != node]
+        self.lost.append(lost.device)
+        self.loaded.discard(lost.device.address)
+        if not self.devices:
+            raise TrainingFailed(f"{lost}, and no other device is left; the checkpoint is kept")
+        new = await self._replan(lost, commit, use_cache)
+        same_stages = [(s.first_layer, s.end_layer) for s in new.phase1.stages] == \
+            [(s.first_layer, s.end_layer) for s in plan.phase1.stages]
+        if commit.position.phase == 1 and not same_stages:
+            commit.holders = {}  # other stages cache other states: what the old ones cached is recomputed
+        # the survivors let the abandoned run go; their caches stay where the next run reads them
+        using = {d.address for d in self.devices if d.node_id in new.used()}
+        await self.release(self.job.cache.keep or (using if commit.position.phase == 2 or same_stages else False))
+        fault.replanned = new.line()
+        self._new_attempt()
+        record.add_fault(fault, lost.noticed)
+        return new, commit
+
+    async def _commit_after(self, lost: DeviceLost | None, steps_per_epoch: int) -> Commit:
+        """In phase 2 a surviving member's state (each holds all of it), else phase 1's last checkpoint."""
+        members = self.phase2.members if self.phase2 is not None else []
+        for address in (a for a in members if lost is None or a != lost.device.address):
+            try:
+                state, steps = await self.stages.get_state_steps(address, 4 * self.options.deadline_s)
+            except TrainingFailed as error:
+                log.warning("job %s: %s", self.job_id, error)
+                continue
+            epoch, in_epoch = divmod(steps, steps_per_epoch)
+            return Commit(Position(2, epoch, steps, in_epoch), state, {}, dict(self.phase2.assigned_by_node))
+        return self.record.last_commit
+
+    async def _replan(self, lost: DeviceLost | None, commit: Commit, use_cache: bool) -> Plan:
+        """A plan over the devices that remain; if they cannot hold the job, stop with a checkpoint."""
+        p = self.prepared
+        try:
+            document = restricted(self.document, {d.node_id for d in self.devices}) if self.document is not None \
+                else await measure_home(self.devices, self.identity, self.job, self._profile_sizes(), self.log)
+            result = plan_job(home_from_dict(document), self.job.to_training_job(len(p.train_items), use_cache),
+                              self.options.strategy)
+        except InfeasibleError as error:
+            if commit.state is not None:
+                self.record.save_checkpoint(p.model, p.task, commit.state, commit.position, commit.holders,
+                                            commit.assigned)
+            raise TrainingFailed(f"without {lost.device.node_id if lost else 'the lost devices'} the devices that "
+                                 f"remain cannot hold the job: "
+                                 f"{error}. The checkpoint is kept: bring the device back (or add one) and run "
+                                 f"`pacctl train JOB --resume`") from None
+        return result.plan
+
+    async def _check_back(self) -> None:
+        """At a phase-2 epoch's end: a lost device that answers again ends this run to take it back."""
+        if not self.job.devices.rejoin or not self.lost:
+            return
+        back = await answering(self.stages, self.lost, max(1.0, self.options.deadline_s / 2))
+        if back:
+            raise DevicesBack(back)
+
+    async def _take_back(self, back: DevicesBack, plan: Plan, use_cache: bool,
+                         steps_per_epoch: int) -> tuple[Plan, Commit]:
+        """Go on with the devices that came back: the members' state, a plan over all, a new run."""
+        commit = await self._commit_after(None, steps_per_epoch)
+        for device in back.devices:
+            self.record.add_join({"device": device.node_id, "address": device.address,
+                                  "step": commit.position.step, "noticed_unix": time.time()})
+        self.lost = [d for d in self.lost if d not in back.devices]
+        self.devices = self.devices + back.devices
+        await self.release(True)  # every member's cache serves the next run
+        new = await self._replan(None, commit, use_cache)
+        earlier = {self.record.job_id} | {f"{self.record.job_id}-{n}" for n in range(1, self.attempt + 1)}
+        self._new_attempt()
+        await release_stopped(self.stages, back.devices, earlier)  # they may still hold a run they left
+        self.log(f"taking back {', '.join(d.node_id for d in back.devices)} from step {commit.position.step}; "
+                 + new.line())
+        return new, commit
