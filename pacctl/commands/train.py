@@ -168,6 +168,8 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
                    f"{fault.get('step')}: {fault.get('why')}; " + (
                        f"recovered in {recovered:.1f} s, {fault.get('steps_redone')} step(s) redone"
                        if isinstance(recovered, int | float) else "recovering"))
+    for join in status.get("joins") or []:
+        click.echo(f"  took back {join.get('device')} ({join.get('address')}) at step {join.get('step')}")
     for resume in status.get("resumes") or []:
         redone = resume.get("steps_redone")
         click.echo(f"  resumed from {resume.get('checkpoint')} (step {resume.get('step')}; the stopped run had "
