@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def accuracy(predictions, labels) -> float:
@@ -38,6 +37,8 @@ def classification_metrics(predictions, labels) -> dict[str, float]:
 
 def regression_metrics(predictions, targets) -> dict[str, float]:
     predictions, targets = np.asarray(predictions, dtype=float), np.asarray(targets, dtype=float)
+    from scipy import stats  # here, not at import: it takes most of a second
+
     pearson = float(stats.pearsonr(predictions, targets).statistic)
     spearman = float(stats.spearmanr(predictions, targets).statistic)
     return {"pearson": pearson, "spearman": spearman, "pearson_spearman_mean": (pearson + spearman) / 2}

@@ -14,7 +14,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import transformers
 from torch import nn
 
 from pac.errors import ModelNotFoundError
@@ -266,6 +265,8 @@ def _capture_output(store: list):
 
 
 def _model_class(config):
+    import transformers
+
     family = family_of(config)
     if family == "encoder":
         return transformers.AutoModel
@@ -277,6 +278,8 @@ def _model_class(config):
 def load_backbone(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                   seed: int = 0) -> Backbone:
     """Load a backbone by name ("minilm", "smollm2-135m", "tiny-llama", ...) or local path."""
+    import transformers  # here, not at import: a daemon that serves no model never loads it
+
     source = resolve_model(spec)
     transformers.utils.logging.disable_progress_bar()
     if source.tiny:

@@ -6,14 +6,19 @@ Names: tiny-bert, tiny-gpt2, tiny-llama, tiny-t5, tiny-bart.
 
 from __future__ import annotations
 
-import transformers
+from typing import TYPE_CHECKING
 
 from pac.models.tokenizer import plain_chat
+
+if TYPE_CHECKING:  # imported where a config is made: a daemon that runs no model never loads it
+    import transformers
 
 VOCAB_SIZE = 128
 
 
 def _bert() -> transformers.PretrainedConfig:
+    import transformers
+
     return transformers.BertConfig(
         vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=128, type_vocab_size=2, pad_token_id=0,
@@ -21,6 +26,8 @@ def _bert() -> transformers.PretrainedConfig:
 
 
 def _gpt2() -> transformers.PretrainedConfig:
+    import transformers
+
     return transformers.GPT2Config(
         vocab_size=VOCAB_SIZE, n_embd=64, n_layer=3, n_head=4, n_positions=128,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
@@ -28,6 +35,8 @@ def _gpt2() -> transformers.PretrainedConfig:
 
 
 def _llama() -> transformers.PretrainedConfig:
+    import transformers
+
     return transformers.LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
@@ -36,6 +45,8 @@ def _llama() -> transformers.PretrainedConfig:
 
 
 def _t5() -> transformers.PretrainedConfig:
+    import transformers
+
     return transformers.T5Config(
         vocab_size=VOCAB_SIZE, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
         num_heads=4, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0,
@@ -43,6 +54,8 @@ def _t5() -> transformers.PretrainedConfig:
 
 
 def _bart() -> transformers.PretrainedConfig:
+    import transformers
+
     return transformers.BartConfig(
         vocab_size=VOCAB_SIZE, d_model=64, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
