@@ -107,6 +107,15 @@ def start_daemons(tmp_path: Path, count: int, prefix: str, secure: bool = False)
         return list(pool.map(lambda i: start_daemon(tmp_path, secure=secure, name=f"{prefix}{i}"), range(count)))
 
 
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    """Four insecure daemons for the whole module: each job releases them when it ends."""
+    running = start_daemons(tmp_path_factory.mktemp("daemons"), 4, "n")
+    yield running
+    for daemon in running:
+        daemon.kill()
+
+
 def device_jobs(daemons: list[RunningDaemon]) -> list[str]:
     """The job each insecure daemon holds now ("" for none), as Stage.Status says."""
     import asyncio

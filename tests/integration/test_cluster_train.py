@@ -26,16 +26,6 @@ from tests.tolerance import ADAM_ROUNDING_SHARE, adam_movement_bound, assert_tra
 LEARNING_RATE = 1e-2
 
 
-@pytest.fixture(scope="module")
-def four(tmp_path_factory):
-    """Four insecure daemons for the whole module: each job releases them when it ends."""
-    root = tmp_path_factory.mktemp("daemons")
-    running = start_daemons(root, 4, "n")
-    yield running
-    for daemon in running:
-        daemon.kill()
-
-
 def write_data(path: Path, task: str, count: int) -> Path:
     rows = []
     for i in range(count):

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, start_daemons
+from conftest import REPO
 from safetensors.torch import load_file
 
 from pac.cluster.context import Device, RunOptions
@@ -28,15 +28,6 @@ from pac.jobfile.parse import job_toml
 from pac.planner.workload import TrainingJob
 
 COUNT, BATCH, EPOCHS = 14, 4, 3  # 4 steps per epoch (the last short), 12 in all
-
-
-@pytest.fixture(scope="module")
-def four(tmp_path_factory):
-    root = tmp_path_factory.mktemp("daemons")
-    running = start_daemons(root, 4, "r")
-    yield running
-    for daemon in running:
-        daemon.kill()
 
 
 def job_in(where, model="tiny-bert", task="classification", **training):
