@@ -19,6 +19,11 @@ the notice, or from the resumed command's start, to the first step taken after i
 `completed`, `final_metric` (the evaluation's accuracy/F1 mean), and `fault_free_metric`: the mean over
 `--seeds` of the same job without faults, whose spread (`fault_free_spread`) says how far seeds alone move
 it; a faulted run uses the first seed.
+
+`--replicas 0,1` runs the first seed's fault-free job and the phase-2 faults again with each further
+`cache.replicas`: rows carry `replicas`, `replica_bytes` and `replication_s` (what the copies cost before
+phase 2), `recomputed_samples` (of the run after the fault: the lost share recomputed through the backbone,
+or 0 when read from a copy) and `phase2_epochs_s`.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ TASKS = {"mrpc": ("../shared/data/mrpc/train.tsv", "../shared/data/mrpc/test.tsv
 SCENARIOS = ("sigkill-phase1", "sigkill-phase2", "sigstop-phase2", "link-cut-phase2", "controller-killed")
 
 
-def job_mapping(args, cluster, out: Path, seed: int) -> dict:
+def job_mapping(args, cluster, out: Path, seed: int, replicas: int = 0) -> dict:
     train, evaluation, lr = TASKS[args.task]
     return {
         "model": {"name_or_path": args.model},
@@ -50,7 +55,7 @@ def job_mapping(args, cluster, out: Path, seed: int) -> dict:
                  "task": "classification", "train_limit": args.samples, "eval_limit": args.eval_samples},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
                      "learning_rate": lr, "seed": seed, "checkpoint_steps": args.checkpoint_steps},
-        "cache": {"precision": "fp16", "directory": str(out / "cache")},
+        "cache": {"precision": "fp16", "directory": str(out / "cache"), "replicas": replicas},
         "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
         "output": {"directory": str(out / "run")},
     }
@@ -102,7 +107,7 @@ def victim_of(cluster, out: Path, phase: int):
     return next(d for d in reversed(cluster.daemons) if d.node_id in wanted)
 
 
-def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
+def run_scenario(args, scenario: str | None, seed: int, out: Path, replicas: int = 0) -> dict:
     """One job on a fresh home, with `scenario`'s fault (None: none)."""
     from pac.cluster.controller import RunOptions, run_training
     from pac.cluster.local import LocalCluster
@@ -114,7 +119,7 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
     after = steps_per_epoch // 2 if phase == 1 else steps_per_epoch + steps_per_epoch // 2
     undo: list[list[str]] = []
     with LocalCluster(out / "home", args.devices, threads=1) as cluster:
-        mapping = job_mapping(args, cluster, out, seed)
+        mapping = job_mapping(args, cluster, out, seed, replicas)
         if scenario == "controller-killed":
             return controller_killed(args, cluster, mapping, out, after)
         victims = []
@@ -143,7 +148,11 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path) -> dict:
             if scenario == "sigstop-phase2" and victims:
                 os.kill(victims[0].process.pid, signal.SIGCONT)
     fault = (metrics.get("faults") or [None])[0] if scenario else None
-    return {"fault": scenario or "none", "seed": seed, "phase": fault["phase"] if fault else None,
+    runs = metrics.get("phase2_runs") or [{}]
+    return {"fault": scenario or "none", "seed": seed, "replicas": replicas,
+            "replica_bytes": runs[0].get("replica_bytes", 0), "replication_s": runs[0].get("replication_s", 0.0),
+            "recomputed_samples": runs[-1].get("recomputed_samples") if len(runs) > 1 else None,
+            "phase2_epochs_s": [e["seconds"] for e in metrics.get("epochs", []) if e.get("phase") == 2], "phase": fault["phase"] if fault else None,
             "detected_s": fault["noticed_unix"] - trigger.at if fault and trigger.at else None,
             "recovered_s": fault["recovered_s"] if fault else None,
             "steps_redone": fault["steps_redone"] if fault else 0, "completed": completed,
@@ -195,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=6.0, help="pacctl train --deadline")
     parser.add_argument("--seeds", default="0,1,2", help="fault-free runs (their spread); faults use the first")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--replicas", default="0", help="cache.replicas values; the first for every run")
     parser.add_argument("--work", default="runs/bench-faults")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -203,10 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0 or subprocess.run(["which", "tc"], capture_output=True).returncode:
         scenarios = [s for s in scenarios if s != "link-cut-phase2"]
     work = Path(args.work).resolve()
-    baseline = [run_scenario(args, None, seed, work / f"none-{seed}") for seed in seeds]
+    replicas = [int(r) for r in args.replicas.split(",")]
+    baseline = [run_scenario(args, None, seed, work / f"none-{seed}", replicas[0]) for seed in seeds]
     values = [r["final_metric"] for r in baseline if r["final_metric"] is not None]
     mean = statistics.fmean(values) if values else None
-    rows = baseline + [run_scenario(args, s, seeds[0], work / s) for s in scenarios]
+    rows = baseline + [run_scenario(args, s, seeds[0], work / s, replicas[0]) for s in scenarios]
+    for r in replicas[1:]:
+        rows += [run_scenario(args, None, seeds[0], work / f"none-r{r}", r)]
+        rows += [run_scenario(args, s, seeds[0], work / f"{s}-r{r}", r) for s in scenarios if s.endswith("phase2")]
     for row in rows:
         row.update(fault_free_metric=mean, fault_free_spread=[min(values), max(values)] if values else None)
         print(json.dumps(row), file=sys.stderr)

@@ -45,12 +45,14 @@ class Position:
 @dataclass
 class Commit:
     """A state the job can go on from: where it stood, the trained tensors with the optimiser's (None: the
-    initial ones), the phase-1 cache holders (sample key -> node per stage) and phase 2's samples per node."""
+    initial ones), the phase-1 cache holders (sample key -> node per stage), phase 2's samples per node and
+    the nodes holding a copy of each node's phase-2 records (`cache.replicas`)."""
 
     position: Position
     state: dict[str, torch.Tensor] | None = None
     holders: dict[str, list[str]] = field(default_factory=dict)
     assigned: dict[str, list[str]] = field(default_factory=dict)
+    replicas: dict[str, list[str]] = field(default_factory=dict)
 
     def holders_at(self, address_of: dict[str, str]) -> dict[str, list[str]]:
         """The holders by today's addresses ("" where a device is not among the job's any more)."""
@@ -65,6 +67,7 @@ class Checkpoint:
     identity: dict[str, str]
     holders: dict[str, list[str]] = field(default_factory=dict)  # sample key -> node per stage (phase-1 cache)
     assigned: dict[str, list[str]] = field(default_factory=dict)  # phase 2: node -> its samples' keys
+    replicas: dict[str, list[str]] = field(default_factory=dict)  # phase 2: node -> nodes holding a copy
     history: dict = field(default_factory=dict)  # {"steps": [...], "epochs": [...]} up to here
 
     @classmethod
@@ -84,10 +87,11 @@ class Checkpoint:
             if _digest(path) != expected["sha256"]:
                 raise CheckpointDamaged(f"{directory}: {name} does not match its recorded SHA-256")
         return cls(directory, Position(**info["position"]), info["job_id"], info["identity"],
-                   info.get("holders", {}), info.get("assigned", {}), info.get("history", {}))
+                   info.get("holders", {}), info.get("assigned", {}), info.get("replicas", {}),
+                   info.get("history", {}))
 
     def commit(self) -> Commit:
-        return Commit(self.position, self.tensors(), self.holders, self.assigned)
+        return Commit(self.position, self.tensors(), self.holders, self.assigned, self.replicas)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trained tensors ("side.*", "head.*") and the optimiser's ("opt.*")."""
@@ -151,7 +155,8 @@ def job_identity(job, fingerprint: str) -> dict[str, str]:
 
 def write_checkpoint(root: Path, model, task: str, state: dict[str, torch.Tensor], position: Position,
                      job_id: str, identity: dict[str, str], holders: dict[str, list[str]] | None = None,
-                     assigned: dict[str, list[str]] | None = None, history: dict | None = None) -> Path:
+                     assigned: dict[str, list[str]] | None = None, history: dict | None = None,
+                     replicas: dict[str, list[str]] | None = None) -> Path:
     """Write one checkpoint atomically (see the module's text) and drop all but the newest `KEEP`."""
     from safetensors.torch import save_file
 
@@ -172,7 +177,7 @@ def write_checkpoint(root: Path, model, task: str, state: dict[str, torch.Tensor
         files[file] = {"bytes": (partial / file).stat().st_size, "sha256": _digest(partial / file)}
     info = {"format": FORMAT, "job_id": job_id, "position": asdict(position), "written_unix": time.time(),
             "files": files, "identity": identity, "holders": holders or {}, "assigned": assigned or {},
-            "history": history or {}}
+            "replicas": replicas or {}, "history": history or {}}
     with open(partial / "checkpoint.json", "w") as handle:
         json.dump(info, handle)
         handle.flush()

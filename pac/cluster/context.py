@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class RunOptions:
     evaluate: bool = True
     resume: bool = False  # continue the stopped job from its newest checkpoint in the output directory
     deadline_s: float = 6.0  # a device silent this long is lost and the job goes on without it; 0: it fails
+    find_devices: Callable[[], Awaitable[list[Device]]] | None = None  # the job's devices, found anew (joins)
+    scout_s: float = 30.0  # how often `find_devices` is asked while the job runs
 
 
 @dataclass

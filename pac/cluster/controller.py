@@ -66,6 +66,8 @@ class Controller(Elastic):
         self.training_s = 0.0
         self.attempt, self.document = 0, None  # runs after lost devices; the home's profile, once measured
         self.lost: list[Device] = []  # devices lost on the way (taken back if they answer again)
+        self.newcomers: list[Device] = []  # devices new to the job, found while it runs (taken in)
+        self.phase2_runs: list[dict] = []  # each earlier phase-2 run's redistribution (devices lost or back)
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
     def _watch_interrupt(self) -> bool:
@@ -148,7 +150,10 @@ class Controller(Elastic):
         wanted = (job.cache.precision != "none") if self.options.use_cache is None else self.options.use_cache
         plan = self.plan = await self.make_plan(len(p.train_items), wanted, self.options.resume)
         steps_per_epoch = math.ceil(len(p.train_items) / training.batch_size)
-        leases = asyncio.get_running_loop().create_task(self.renew_leases(), name=f"leases of job {self.job_id}")
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self.renew_leases(), name=f"leases of job {self.job_id}")]
+        if self.options.find_devices is not None and job.devices.rejoin:
+            helpers.append(loop.create_task(self._scout(), name=f"devices of job {self.job_id}"))
         completed = False
         try:
             while True:  # once, and again without each device that is lost on the way
@@ -164,7 +169,8 @@ class Controller(Elastic):
                 self.plan = plan
             completed = True
         finally:
-            leases.cancel()
+            for helper in helpers:
+                helper.cancel()
             await self.release(keep=job.cache.keep or not completed)  # a stopped job's cache, for --resume
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
         p.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
@@ -205,7 +211,7 @@ class Controller(Elastic):
             self.phase2 = Phase2(self.ctx, plan, self._on_step)
             self.phase2.on_epoch = self._check_back
             state = await self.phase2.run(state, holders, stage_count, step, total,
-                                          start if start.phase == 2 else None, commit.assigned)
+                                          start if start.phase == 2 else None, commit.assigned, commit.replicas)
             self.assigned_by_node = self.phase2.assigned_by_node
             self.step_counts_by_node = self.phase2.step_counts_by_node
         return state
@@ -276,7 +282,9 @@ class Controller(Elastic):
             "eval_examples": len(p.eval_items), "training_time_s": self.training_s, "total_time_s": total_s,
             "epoch_times_s": [e["seconds"] for e in self.record.history.epochs], "epochs": self.record.history.epochs,
             "final_loss": self.record.history.steps[-1]["loss"] if self.record.history.steps else None,
-            "eval": evaluation, "phase2": self.phase2.info if self.phase2 else None, "steps": self.record.history.steps,
+            "eval": evaluation, "phase2": self.phase2.info if self.phase2 else None,
+            "phase2_runs": self.phase2_runs + ([self.phase2.info] if self.phase2 and self.phase2.info else []),
+            "steps": self.record.history.steps,
             "resumes": self.record.history.resumes, "faults": self.record.history.faults,
             "joins": self.record.history.joins,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]

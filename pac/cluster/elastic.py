@@ -15,7 +15,7 @@ from pac.cluster.context import JobContext
 from pac.cluster.faults import DeviceLost, DevicesBack, Fault, answering, lost_among, restricted, watch
 from pac.cluster.measure import measure_home
 from pac.cluster.resume import release_stopped
-from pac.errors import TrainingFailed
+from pac.errors import PacError, TrainingFailed
 from pac.net.stage_client import StageClient
 from pac.planner.errors import InfeasibleError
 from pac.planner.plan import Plan
@@ -34,6 +34,8 @@ class Elastic:
             self.job_id = f"{self.record.job_id}-{self.attempt}"
             self.stages = StageClient(self.job_id, {d.address: d.node_id for d in self.devices}, self.identity)
             self.loaded = set()
+        if self.phase2 is not None and self.phase2.info:
+            self.phase2_runs.append(self.phase2.info)  # the abandoned run's redistribution, for metrics.json
         self.phase2 = None
         self.ctx = JobContext(self.job, self.job_id, self.devices, self.stages, self.options, self.prepared,
                               self.record, self.loaded)
@@ -90,8 +92,10 @@ class Elastic:
             [(s.first_layer, s.end_layer) for s in plan.phase1.stages]
         if commit.position.phase == 1 and not same_stages:
             commit.holders = {}  # other stages cache other states: what the old ones cached is recomputed
-        # the survivors let the abandoned run go; their caches stay where the next run reads them
-        using = {d.address for d in self.devices if d.node_id in new.used()}
+        # the survivors let the abandoned run go; their caches stay where the next run reads them (phase 2:
+        # those holding records serve them to the new members, pac.cluster.phase2)
+        using = {d.address for d in self.devices
+                 if d.node_id in new.used() | set(commit.assigned) | {c for cs in commit.replicas.values() for c in cs}}
         await self.release(self.job.cache.keep or (using if commit.position.phase == 2 or same_stages else False))
         fault.replanned = new.line()
         self._new_attempt()
@@ -108,49 +112,70 @@ class Elastic:
                 log.warning("job %s: %s", self.job_id, error)
                 continue
             epoch, in_epoch = divmod(steps, steps_per_epoch)
-            return Commit(Position(2, epoch, steps, in_epoch), state, {}, dict(self.phase2.assigned_by_node))
+            return Commit(Position(2, epoch, steps, in_epoch), state, {}, dict(self.phase2.assigned_by_node),
+                          dict(self.phase2.replicas_by_node))
         return self.record.last_commit
 
     async def _replan(self, lost: DeviceLost | None, commit: Commit, use_cache: bool) -> Plan:
         """A plan over the devices that remain; if they cannot hold the job, stop with a checkpoint."""
         p = self.prepared
         try:
-            document = restricted(self.document, {d.node_id for d in self.devices}) if self.document is not None \
-                else await measure_home(self.devices, self.identity, self.job, self._profile_sizes(), self.log)
+            if self.document is None:
+                self.document = await measure_home(self.devices, self.identity, self.job, self._profile_sizes(),
+                                                   self.log)
+            document = restricted(self.document, {d.node_id for d in self.devices})
             result = plan_job(home_from_dict(document), self.job.to_training_job(len(p.train_items), use_cache),
                               self.options.strategy)
         except InfeasibleError as error:
             if commit.state is not None:
                 self.record.save_checkpoint(p.model, p.task, commit.state, commit.position, commit.holders,
-                                            commit.assigned)
+                                            commit.assigned, commit.replicas)
             raise TrainingFailed(f"without {lost.device.node_id if lost else 'the lost devices'} the devices that "
                                  f"remain cannot hold the job: "
                                  f"{error}. The checkpoint is kept: bring the device back (or add one) and run "
                                  f"`pacctl train JOB --resume`") from None
         return result.plan
 
+    async def _scout(self) -> None:
+        """Every `scout_s`, the job's devices found anew (mDNS, the listed addresses): one the job has
+        never had is taken in at the next phase-2 epoch's end (the phone came home)."""
+        while True:
+            await asyncio.sleep(self.options.scout_s)
+            try:
+                found = await self.options.find_devices()
+            except (PacError, OSError) as error:  # finding devices again must not stop the job
+                log.warning("job %s: looking for devices: %s", self.job_id, error)
+                continue
+            known = {d.node_id for d in self.devices + self.lost}
+            self.newcomers = [d for d in found if d.node_id not in known]
+
     async def _check_back(self) -> None:
-        """At a phase-2 epoch's end: a lost device that answers again ends this run to take it back."""
-        if not self.job.devices.rejoin or not self.lost:
+        """At a phase-2 epoch's end: a lost device that answers again, or one new to the job, ends this
+        run to take it in."""
+        if not self.job.devices.rejoin or not (self.lost or self.newcomers):
             return
-        back = await answering(self.stages, self.lost, max(1.0, self.options.deadline_s / 2))
-        if back:
-            raise DevicesBack(back)
+        back = await answering(self.stages, self.lost, max(1.0, self.options.deadline_s / 2)) if self.lost else []
+        if back or self.newcomers:
+            raise DevicesBack(back, self.newcomers)
 
     async def _take_back(self, back: DevicesBack, plan: Plan, use_cache: bool,
                          steps_per_epoch: int) -> tuple[Plan, Commit]:
-        """Go on with the devices that came back: the members' state, a plan over all, a new run."""
+        """Go on with the devices that came back or joined: the members' state, a plan over all (a new
+        device profiled first), a new run."""
         commit = await self._commit_after(None, steps_per_epoch)
-        for device in back.devices:
-            self.record.add_join({"device": device.node_id, "address": device.address,
+        for device in back.devices + back.joined:
+            self.record.add_join({"device": device.node_id, "address": device.address, "new": device in back.joined,
                                   "step": commit.position.step, "noticed_unix": time.time()})
         self.lost = [d for d in self.lost if d not in back.devices]
-        self.devices = self.devices + back.devices
+        self.devices = self.devices + back.devices + back.joined
+        self.newcomers = []
+        if back.joined:
+            self.document = None  # the home's profile lacks them: measured again (the others' are stored)
         await self.release(True)  # every member's cache serves the next run
         new = await self._replan(None, commit, use_cache)
         earlier = {self.record.job_id} | {f"{self.record.job_id}-{n}" for n in range(1, self.attempt + 1)}
         self._new_attempt()
         await release_stopped(self.stages, back.devices, earlier)  # they may still hold a run they left
-        self.log(f"taking back {', '.join(d.node_id for d in back.devices)} from step {commit.position.step}; "
-                 + new.line())
+        self.log(f"taking in {', '.join(d.node_id for d in back.devices + back.joined)} from step "
+                 f"{commit.position.step}; " + new.line())
         return new, commit

@@ -30,9 +30,11 @@ class DeviceLost(PacError):
 
 
 class DevicesBack(PacError):
-    def __init__(self, devices: list[Device]) -> None:
-        self.devices = devices
-        super().__init__("back: " + ", ".join(f"{d.node_id} ({d.address})" for d in devices))
+    """Lost devices that answer again (`devices`) and devices new to the job (`joined`)."""
+
+    def __init__(self, devices: list[Device], joined: list[Device] | None = None) -> None:
+        self.devices, self.joined = devices, list(joined or [])
+        super().__init__("back: " + ", ".join(f"{d.node_id} ({d.address})" for d in devices + self.joined))
 
 
 @dataclass

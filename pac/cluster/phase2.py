@@ -37,27 +37,34 @@ class Phase2:
         self.step_counts_by_node: list[dict[str, int]] = []  # per step, node -> samples
         self.started = 0.0  # when loading phase 2 began: the redistribution's clock
         self.members: list[str] = []  # the loaded members' addresses
+        self.replicas_by_node: dict[str, list[str]] = {}  # node -> the nodes holding a copy of its records
         self.on_epoch: Callable[[], Awaitable[None]] | None = None  # after each epoch but the last
 
     async def run(self, state: dict[str, torch.Tensor], holders: dict[str, list[str]], stage_count: int,
                   first_step: int, total_steps: int, start: Position | None = None,
-                  assigned_by_node: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor]:
+                  assigned_by_node: dict[str, list[str]] | None = None,
+                  replicas_by_node: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor]:
         """Phase 2 from the state phase 1 left (`holders[key][stage]`: the device caching each part of a
-        sample; "" where none does, and the member recomputes it), or from a resumed job's checkpoint
-        (`start`, and the samples each device trained, `assigned_by_node`, kept where the devices are the
-        same); returns the trained state after the last epoch."""
+        sample; "" where none does, and the member recomputes it), or from an earlier run's (`start`, and
+        the samples each device trained, `assigned_by_node`, kept where the devices are the same; where
+        they are not, whole records move from the device holding them or a copy, `replicas_by_node`);
+        returns the trained state after the last epoch."""
         p, training = self.ctx.prepared, self.ctx.job.training
         by_node, node = self.ctx.address_of(), self.ctx.node_of()
         shares = {by_node[n]: c for n, c in self.plan.phase2.step_shares.items() if c > 0}
         members = sorted(shares)
         counts = phase2_counts(len(p.train_items), training.batch_size, shares)
         epoch_counts = {d: sum(c[d] for c in counts) for d in members}
+        whole: dict[str, str] = {}  # key -> the device whose phase-2 cache holds its whole record
+        serving: list[str] = []  # devices that are no members but hold records of the run before
         if assigned_by_node and sorted(assigned_by_node) == sorted(node[a] for a in members) and all(
                 len(keys) == epoch_counts[by_node[n]] for n, keys in assigned_by_node.items()):
             assigned = {by_node[n]: keys for n, keys in assigned_by_node.items()}  # their caches hold these
         else:
-            if assigned_by_node:  # the members changed: each keeps what its cache holds, the rest is recomputed
-                holders = {k: [by_node.get(n, "")] * stage_count for n, keys in assigned_by_node.items() for k in keys}
+            if assigned_by_node:  # the members changed: records move whole from where they are, else recomputed
+                whole = held_wholly(assigned_by_node, replicas_by_node or {}, by_node, set(members))
+                serving = sorted(phase2_holders(assigned_by_node, replicas_by_node or {}, by_node) - set(members))
+                holders = {k: [a] * stage_count for k, a in whole.items()}  # to keep them where they are
             nowhere = [""] * stage_count
             assigned = assign_phase2(p.keys, {k: holders.get(k) or nowhere for k in p.keys}, self._stage_weights(),
                                      epoch_counts)
@@ -65,9 +72,10 @@ class Phase2:
                 holders = {}  # no phase-1 shard is left to fetch from
         self.assigned_by_node = {node[a]: keys for a, keys in assigned.items()}
         self.step_counts_by_node = [{node[a]: c for a, c in step.items()} for step in counts]
-        await self._load(members, state, first_step, total_steps)
+        await self._load(members, state, first_step, total_steps, serving)
         self.members = members  # each holds the whole side network from here on
-        await self._gather(members, assigned, holders, stage_count)
+        await self._gather(members, assigned, holders, stage_count, whole)
+        await self._replicate(members, assigned, stage_count)
         await self._release_others(members)
         step, start = first_step, start or Position(1, 1, first_step)
         for epoch in range(max(1, start.epoch), training.epochs):
@@ -75,14 +83,15 @@ class Phase2:
             step = await self._epoch(epoch, step, members, assigned, counts, skip)
             state = await gather_state(self.ctx.stages, [[members[0]]])
             self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch + 1, step),
-                                            assigned=self.assigned_by_node)
+                                            assigned=self.assigned_by_node, replicas=self.replicas_by_node)
             if self.on_epoch is not None and epoch + 1 < training.epochs:
                 await self.on_epoch()  # may stop this run here: a device came back (pac.cluster.faults)
         return state
 
     async def _load(self, members: list[str], state: dict[str, torch.Tensor], first_step: int,
-                    total_steps: int) -> None:
-        """Every member gets the whole side network and head, its optimiser state and the LM head."""
+                    total_steps: int, serving: list[str]) -> None:
+        """Every member gets the whole side network and head, its optimiser state and the LM head; each
+        device of `serving` opens its kept cache to serve the members its records (and nothing more)."""
         p, job = self.ctx.prepared, self.ctx.job
         spec_base = dict(
             job_id=self.ctx.job_id, model=job.model.name_or_path, quantization=job.model.quantization,
@@ -101,24 +110,54 @@ class Phase2:
         data = pack(tensors)
         self.started = time.perf_counter()
         await asyncio.gather(*(self.ctx.stages.load(a, "loading phase 2", Phase2Spec(**spec_base, rank=rank), data)
-                               for rank, a in enumerate(members)))
-        self.ctx.loaded.update(members)
+                               for rank, a in enumerate(members)),
+                             *(self.ctx.stages.load(a, "opening its cache", Phase2Spec(
+                                 **{**spec_base, "members": [a]}, rank=0, holds_only=True), pack({})) for a in serving))
+        self.ctx.loaded.update(members + serving)
 
     async def _gather(self, members: list[str], assigned: dict[str, list[str]], holders: dict[str, list[str]],
-                      stage_count: int) -> None:
+                      stage_count: int, whole: dict[str, str]) -> None:
         """Each member fetches the cached states of its samples from the devices holding them."""
         p, stages = self.ctx.prepared, self.ctx.stages
         items = dict(zip(p.keys, p.train_items, strict=True))
         nowhere = ("",) * stage_count
         replies = await asyncio.gather(*(stages.gather_cache(a, GatherPlan(a, stage_count, tuple(
-            GatherSample(k, items[k], tuple(holders.get(k) or nowhere)) for k in assigned[a]))) for a in members))
-        moved = sum(fetched for fetched, _ in replies)
-        kept = sum(local for _, local in replies)
+            GatherSample(k, items[k], tuple(holders.get(k) or nowhere), whole.get(k, "")) for k in assigned[a])))
+            for a in members))
+        moved = sum(fetched for fetched, _, _ in replies)
+        kept = sum(local for _, local, _ in replies)
+        missing = sum(left for _, _, left in replies)
         seconds = time.perf_counter() - self.started
         self.info = {"devices": members, "samples_per_device": {a: len(assigned[a]) for a in members},
-                     "moved_bytes": moved, "kept_bytes": kept, "redistribution_s": seconds}
+                     "moved_bytes": moved, "kept_bytes": kept, "recomputed_samples": missing,
+                     "redistribution_s": seconds}
         self.ctx.record.message(f"phase 2: {len(members)} device(s); moved {moved / 1e6:.1f} MB of cached states "
-                                f"(kept {kept / 1e6:.1f} MB in place) and the side network in {seconds:.1f} s")
+                                f"(kept {kept / 1e6:.1f} MB in place) and the side network in {seconds:.1f} s"
+                                + (f"; {missing} sample(s) held nowhere are recomputed" if missing else ""))
+
+    async def _replicate(self, members: list[str], assigned: dict[str, list[str]], stage_count: int) -> None:
+        """`cache.replicas` copies of each member's records on the members after it in the ring, so that a
+        lost member's share is fetched from a copy instead of recomputed from the backbone."""
+        count = min(self.ctx.job.cache.replicas, len(members) - 1)
+        if count <= 0:
+            return
+        p, node = self.ctx.prepared, self.ctx.node_of()
+        items = dict(zip(p.keys, p.train_items, strict=True))
+        nowhere = ("",) * stage_count
+        copies: dict[str, list[GatherSample]] = {a: [] for a in members}
+        for i, a in enumerate(members):
+            for j in range(1, count + 1):
+                b = members[(i + j) % len(members)]
+                copies[b] += [GatherSample(k, items[k], nowhere, a) for k in assigned[a]]
+                self.replicas_by_node.setdefault(node[a], []).append(node[b])
+        began = time.perf_counter()
+        replies = await asyncio.gather(*(self.ctx.stages.gather_cache(b, GatherPlan(b, stage_count, tuple(copies[b])))
+                                         for b in members))
+        moved, seconds = sum(fetched for fetched, _, _ in replies), time.perf_counter() - began
+        self.info.update(replicas=count, replica_bytes=moved, replication_s=seconds)
+        self.ctx.record.message(f"phase 2: {count} cop{'y' if count == 1 else 'ies'} of every member's cached "
+                                f"states on the next member{'s' if count > 1 else ''}: {moved / 1e6:.1f} MB in "
+                                f"{seconds:.1f} s")
 
     async def _release_others(self, members: list[str]) -> None:
         """Every member has gathered its samples: the phase-1 devices that train no share of phase 2 are
@@ -150,7 +189,7 @@ class Phase2:
             if first + len(run) < len(plan_steps):
                 state = await gather_state(self.ctx.stages, [[members[0]]])
                 self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch, step, first + len(run)),
-                                                assigned=self.assigned_by_node)
+                                                assigned=self.assigned_by_node, replicas=self.replicas_by_node)
         self.ctx.record.end_epoch(epoch, 2, time.perf_counter() - began, samples)
         return step
 
@@ -192,6 +231,27 @@ class Phase2:
         if p.task != "lm":
             return len(group)
         return loss_count(collate(group, p.pad_id, p.task), p.task, p.model.side.spec.family)
+
+
+def held_wholly(assigned_by_node: dict[str, list[str]], replicas_by_node: dict[str, list[str]],
+                by_node: dict[str, str], members: set[str]) -> dict[str, str]:
+    """Sample key -> the address of a device of the job (`by_node`) whose phase-2 cache holds its whole
+    record: the node that trained it before or one holding a copy, a member of `members` first; keys none
+    of them holds are left out."""
+    out = {}
+    for n, keys in assigned_by_node.items():
+        held = [by_node[c] for c in [n, *replicas_by_node.get(n, [])] if c in by_node]
+        address = next((a for a in held if a in members), held[0] if held else "")
+        if address:
+            out.update(dict.fromkeys(keys, address))
+    return out
+
+
+def phase2_holders(assigned_by_node: dict[str, list[str]], replicas_by_node: dict[str, list[str]],
+                   by_node: dict[str, str]) -> set[str]:
+    """The addresses of the devices of the job whose phase-2 caches hold records of an earlier run."""
+    nodes = set(assigned_by_node) | {c for copies in replicas_by_node.values() for c in copies}
+    return {by_node[n] for n in nodes if n in by_node}
 
 
 async def _next_of_each(iterators: list) -> list:

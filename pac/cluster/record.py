@@ -48,15 +48,16 @@ class JobRecord:
 
     def save_checkpoint(self, model, task: str, state: dict[str, torch.Tensor], position: Position,
                         holders: dict[str, list[str]] | None = None,
-                        assigned: dict[str, list[str]] | None = None) -> None:
+                        assigned: dict[str, list[str]] | None = None,
+                        replicas: dict[str, list[str]] | None = None) -> None:
         """The adapter and optimiser state at `position`, written whole or not at all (pac.cluster.checkpoint);
         `holders` (sample key -> device per stage) and `assigned` (phase 2: device -> samples) by node id."""
         directory = write_checkpoint(self.output_dir / "checkpoint", model, task, state, position, self.job_id,
                                      self.identity, holders, assigned,
                                      {"steps": self.history.steps, "epochs": self.history.epochs,
                                       "resumes": self.history.resumes, "faults": self.history.faults,
-                                      "joins": self.history.joins})
-        self.last_commit = Commit(position, state, dict(holders or {}), dict(assigned or {}))
+                                      "joins": self.history.joins}, replicas)
+        self.last_commit = Commit(position, state, dict(holders or {}), dict(assigned or {}), dict(replicas or {}))
         self.checkpoint = directory
         self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
         where = f"epoch {position.epoch}" if not position.in_epoch else \

@@ -117,13 +117,14 @@ def _cache(table: Table, base: Path) -> CacheSection:
     precision = table.choice("precision", "fp16", CACHE_CHOICES)
     keep = table.boolean("keep", False)
     directory = table.path("directory", base)
+    replicas = table.integer("replicas", 0, 0)
     if precision == "none":
-        for key in ("keep", "directory"):
+        for key in ("keep", "directory", "replicas"):
             if table.has(key):
                 raise table.fail(key, "needs a cache, but cache.precision is \"none\"", show=False)
     if directory is not None and directory.exists() and not directory.is_dir():
         raise table.fail("directory", f"must be a directory, {directory} is a file", show=False)
-    return CacheSection(precision, keep, directory)
+    return CacheSection(precision, keep, directory, replicas)
 
 
 def _check_address(table: Table, text: str, insecure: bool) -> None:

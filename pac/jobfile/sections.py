@@ -69,6 +69,7 @@ class CacheSection:
     precision: str = "fp16"  # fp32 | fp16 | bf16 | int8 | none (every epoch runs the backbone)
     keep: bool = False  # keep the cache after the job, so a later job on the same data starts from it
     directory: Path | None = None  # on each device; None: $PAC_CACHE_DIR or ~/.cache/pac/activations
+    replicas: int = 0  # phase 2: copies of each device's cached states on other devices (a lost one's are read)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ class Job:
         return TrainingJob(samples=samples, batch_size=self.training.batch_size, epochs=self.training.epochs,
                            micro_batches=self.training.micro_batches,
                            weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
-                           cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2)
+                           cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
+                           cache_copies=1 + self.cache.replicas if use_cache else 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""
@@ -175,7 +177,9 @@ class Job:
             f"{t.warmup_fraction:g}, clip {t.max_grad_norm:g}, seed {t.seed}",
             f"  cache     {c.precision}" + ("" if c.precision == "none" else
                                             f", {'kept' if c.keep else 'removed'} after the job, in "
-                                            f"{c.directory or 'the default directory'}"),
+                                            f"{c.directory or 'the default directory'}"
+                                            + (f"; {c.replicas} cop{'y' if c.replicas == 1 else 'ies'} of each "
+                                               f"phase-2 share" if c.replicas else "")),
             f"  devices   {v.mode}: {devices}" + (f"; addresses {', '.join(v.addresses)}" if v.addresses else "")
             + (f"; mDNS {v.mdns_timeout:g} s" if v.mode != "list" else "")
             + (f" on {', '.join(v.interfaces)}" if v.interfaces and v.mode != "list" else "")

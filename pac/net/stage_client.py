@@ -109,12 +109,13 @@ class StageClient:
             return f"{error.code().name}: {error.details()}"
         return None
 
-    async def gather_cache(self, address: str, plan: GatherPlan) -> tuple[int, int]:
-        """The member fetches its samples' cached states; returns (bytes fetched, bytes it held itself)."""
+    async def gather_cache(self, address: str, plan: GatherPlan) -> tuple[int, int, int]:
+        """The member fetches its samples' cached states; returns (bytes fetched, bytes it held itself,
+        samples no device held, which it recomputes)."""
         request = convert.gather_to_proto(self.job_id, plan, 600.0)
         reply = await self._call(address, "gathering the cache", self._stub(address).GatherCache(request,
                                                                                               timeout=1800.0))
-        return reply.fetched_bytes, reply.local_bytes
+        return reply.fetched_bytes, reply.local_bytes, reply.missing
 
     async def train_epoch(self, address: str, epoch: int, first_step: int, steps: list[EpochStep],
                           timeout_s: float) -> AsyncIterator[StepReport]:
@@ -148,16 +149,19 @@ class StageClient:
 
 async def fetch_records(channel: grpc.aio.Channel, address: str, job_id: str, stage: int, keys: list[str],
                         timeout_s: float) -> dict[str, tuple[bytes, list]]:
-    """Records of stage `stage`'s cache shard on the device at `address`: key -> (bytes, shapes)."""
-    request = stage_pb2.FetchCacheRequest(job_id=job_id, stage=stage, sample_keys=keys)
+    """Records of stage `stage`'s cache shard on the device at `address`: key -> (bytes, shapes); stage
+    WHOLE (-1): the whole records of its phase-2 cache, those it lacks left out."""
+    whole = stage < 0
+    what = "whole cache records" if whole else f"cache records of stage {stage}"
+    request = stage_pb2.FetchCacheRequest(job_id=job_id, stage=max(stage, 0), sample_keys=keys, whole=whole)
     try:
         records = await read_chunked(stage_pb2_grpc.StageStub(channel).FetchCache(request, timeout=timeout_s),
                                      "header", "data")
     except grpc.aio.AioRpcError as error:
-        raise JobError(f"fetching {len(keys)} cache records of stage {stage} from {address} failed "
+        raise JobError(f"fetching {len(keys)} {what} from {address} failed "
                        f"({error.code().name}): {error.details()}") from None
     except ChunkError as error:
-        raise JobError(f"cache records of stage {stage} from {address}: {error}") from None
+        raise JobError(f"{what} from {address}: {error}") from None
     out = {}
     for header, data in records:
         key, shapes = convert.record_from_header(header)

@@ -71,10 +71,12 @@ def phase1_disk(cost: CostModel, partition: Partition) -> dict[int, float]:
 def per_step_caps(cost: CostModel, partition: Partition | None = None) -> list[int]:
     """Most samples each device may train per step: its memory, and its disk over the epoch's steps.
     The phase-2 cache is gathered while the device still holds its phase-1 shard (peers read from it), so
-    with a `partition` the shard's bytes count against the disk too."""
+    with a `partition` the shard's bytes count against the disk too. With copies of other devices' shares
+    (`cache_copies` > 1) each sample of its own share is counted that many times: the copies a device
+    holds are of its ring neighbours' shares, taken to be about as large as its own."""
     job, model = cost.job, cost.model
     steps = job.minibatches_per_epoch
-    per_sample_disk = cache_bytes_per_sample(model, job)
+    per_sample_disk = cache_bytes_per_sample(model, job) * job.cache_copies
     shard = phase1_disk(cost, partition) if partition is not None else {}
     caps = []
     for index, device in enumerate(cost.home.devices):

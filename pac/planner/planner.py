@@ -139,7 +139,7 @@ def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,
            assignment: Phase2Assignment | None) -> tuple[DeviceUse, ...]:
     disk1 = phase1_disk(cost, partition)
     out = []
-    per_sample = cache_bytes_per_sample(cost.model, cost.job)
+    per_sample = cache_bytes_per_sample(cost.model, cost.job) * cost.job.cache_copies
     for i, device in enumerate(cost.home.devices):
         peak2, disk2 = 0.0, 0.0
         if assignment is not None and assignment.epoch_samples[i]:

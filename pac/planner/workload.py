@@ -24,6 +24,7 @@ class TrainingJob:
     cache_bytes: int = 2  # bytes per element of hidden states in the activation cache
     side_state_bytes_per_param: int = 16  # fp32 parameter + gradient + two Adam moments
     gradient_bytes_per_param: int = 4  # what AllReduce sums (fp32 gradients)
+    cache_copies: int = 1  # phase 2: each device's cached states, and copies of other devices' (cache.replicas)
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -38,7 +39,8 @@ class TrainingJob:
                                    f"batch_size={self.batch_size} (micro-batches are equal)")
         if self.weight_bits not in WEIGHT_BYTES:
             raise ProfileError(f"job.weight_bits must be one of {sorted(WEIGHT_BYTES)}, got {self.weight_bits}")
-        for key in ("wire_bytes", "cache_bytes", "side_state_bytes_per_param", "gradient_bytes_per_param"):
+        for key in ("wire_bytes", "cache_bytes", "side_state_bytes_per_param", "gradient_bytes_per_param",
+                    "cache_copies"):
             if getattr(self, key) < 1:
                 raise ProfileError(f"job.{key} must be >= 1, got {getattr(self, key)}")
 

@@ -159,7 +159,7 @@ class StageSpec(_message.Message):
     def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ...) -> None: ...
 
 class Phase2Spec(_message.Message):
-    __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision")
+    __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision", "holds_only")
     JOB_FIELD_NUMBER: _ClassVar[int]
     SIDE_SPEC_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class Phase2Spec(_message.Message):
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LM_HEAD_SCALE_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     job: JobBasics
     side_spec: SideSpec
     steps_done: int
@@ -178,7 +179,8 @@ class Phase2Spec(_message.Message):
     tokenizer_fingerprint: str
     lm_head_scale: float
     cache_precision: str
-    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ...) -> None: ...
+    holds_only: bool
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ..., holds_only: _Optional[bool] = ...) -> None: ...
 
 class LoadStageChunk(_message.Message):
     __slots__ = ("spec", "tensors")
@@ -339,14 +341,16 @@ class GatherCacheRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., timeout_s: _Optional[float] = ..., self_address: _Optional[str] = ..., stages: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[GatherSample, _Mapping]]] = ...) -> None: ...
 
 class GatherSample(_message.Message):
-    __slots__ = ("key", "sample", "sources")
+    __slots__ = ("key", "sample", "sources", "whole")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
     key: str
     sample: Sample
     sources: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, key: _Optional[str] = ..., sample: _Optional[_Union[Sample, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+    whole: str
+    def __init__(self, key: _Optional[str] = ..., sample: _Optional[_Union[Sample, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ..., whole: _Optional[str] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("input_ids", "label", "score", "tokens", "decoder_ids")
@@ -375,26 +379,30 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GatherCacheReply(_message.Message):
-    __slots__ = ("records", "fetched_bytes", "local_bytes", "seconds")
+    __slots__ = ("records", "fetched_bytes", "local_bytes", "seconds", "missing")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     records: int
     fetched_bytes: int
     local_bytes: int
     seconds: float
-    def __init__(self, records: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., local_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    missing: int
+    def __init__(self, records: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., local_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class FetchCacheRequest(_message.Message):
-    __slots__ = ("job_id", "stage", "sample_keys")
+    __slots__ = ("job_id", "stage", "sample_keys", "whole")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     stage: int
     sample_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    whole: bool
+    def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ..., whole: _Optional[bool] = ...) -> None: ...
 
 class TrainEpochRequest(_message.Message):
     __slots__ = ("job_id", "epoch", "first_step", "steps")

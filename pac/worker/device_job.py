@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from pac.pipeline.stage import clip_coefficient
-from pac.worker.phase2 import Phase2Member, assemble_records, fetches_for
+from pac.worker.phase2 import WHOLE, Phase2Member, assemble_records, fetches_for, whole_fetches
 from pac.worker.spec import EpochStep, GatherPlan, JobError, MicroIn, Phase2Spec, StageSpec, StepReport
 from pac.worker.stage import StageReplica, Transport
 
 log = logging.getLogger(__name__)
 
-# (address, stage, keys) -> {key: (record bytes, shapes)}: another device's shard records
+# (address, stage, keys) -> {key: (record bytes, shapes)}: another device's shard records (stage WHOLE: the
+# whole records its phase-2 cache holds, the ones it lacks left out)
 Fetch = Callable[[str, int, list[str]], Awaitable[dict[str, tuple[bytes, list]]]]
 
 
@@ -141,24 +142,31 @@ class DeviceJob:
             self.phase2 = await asyncio.to_thread(Phase2Member, spec, tensors, self.cache_root, self.transport)
             return self.phase2
 
-    async def gather(self, plan: GatherPlan, fetch: Fetch) -> tuple[int, int]:
-        """Make the phase-2 cache hold every sample of `plan`: the parts in this device's own shard, the
-        rest fetched from the devices that cached them. Returns (bytes fetched, bytes read locally)."""
+    async def gather(self, plan: GatherPlan, fetch: Fetch) -> tuple[int, int, int]:
+        """Make the phase-2 cache hold every sample of `plan`: whole records from the devices named for
+        them (`whole`: a member before a re-plan, a replica), else the parts in this device's own shard and
+        the rest fetched from the devices that cached them (else recomputed when first trained on).
+        Returns (bytes fetched, bytes read locally, samples left to recompute)."""
         phase2 = self.phase2
         if phase2 is None:
             raise JobStateError(f"job {self.job_id}: LoadPhase2 must come before GatherCache")
         local_stage = self.stage.spec.stage if self.stage is not None else None
         phase2.add_samples(plan.samples)
         wanted = [s for s in plan.samples if s.key not in phase2.cache]
+        wholes = whole_fetches(wanted, plan.me)
+        found = await asyncio.gather(*(fetch(address, WHOLE, keys) for address, keys in wholes.items()))
+        records = {key: record for result in found for key, record in result.items()}
+        fetched_bytes = sum(len(r[0]) for r in records.values())
+        wanted = [s for s in wanted if s.key not in records]
         fetches = fetches_for(wanted, local_stage, plan.me)
         results = await asyncio.gather(*(fetch(address, stage, keys) for (address, stage), keys in fetches.items()))
         fetched = dict(zip(fetches, results, strict=True))
-        fetched_bytes = sum(len(r[0]) for result in results for r in result.values())
+        fetched_bytes += sum(len(r[0]) for result in results for r in result.values())
         shard = self.stage.shard if self.stage is not None else None
         async with self.lock:
             local_bytes = await asyncio.to_thread(assemble_records, phase2.cache, wanted, plan.stages, local_stage,
-                                                  plan.me, shard, fetched)
-        return fetched_bytes, local_bytes
+                                                  plan.me, shard, fetched, records)
+        return fetched_bytes, local_bytes, sum(1 for s in wanted if not all(s.sources))
 
     async def train_epoch(self, first_step: int, steps: list[EpochStep]) -> AsyncIterator[StepReport]:
         """One phase-2 epoch, a report after every step."""

@@ -35,6 +35,13 @@ class Phase2Member:
                  transport: Transport) -> None:
         self.spec, self.transport = spec, transport
         side, head_config = spec.side_spec, spec.head
+        key = CacheKey(spec.fingerprint, side.needed_taps(), spec.quantization, spec.tokenizer_fingerprint)
+        self.cache = ActivationCache(cache_root, key, spec.cache_precision, keep=spec.cache_keep)
+        self.items: dict[str, Encoded] = {}
+        self.steps_done = spec.steps_done
+        self.model = None
+        if spec.holds_only:
+            return  # it serves its cache's whole records to the members (FetchCache), nothing more
         lm_head = None
         if head_config.task == "lm":
             if "lm_head.weight" not in tensors:
@@ -54,11 +61,7 @@ class Phase2Member:
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config, spec.total_steps)
         load_optimizer_tensors(self.model, self.optimizer, tensors)
         advance_schedule(self.scheduler, spec.steps_done)
-        key = CacheKey(spec.fingerprint, side.needed_taps(), spec.quantization, spec.tokenizer_fingerprint)
-        self.cache = ActivationCache(cache_root, key, spec.cache_precision, keep=spec.cache_keep)
         self.states = CachedStates(self.cache, load_backbone=self._load_backbone)
-        self.items: dict[str, Encoded] = {}
-        self.steps_done = spec.steps_done
 
     def _load_backbone(self):
         backbone, _ = load_model(self.spec.model, self.spec.quantization, self.spec.seed)
@@ -78,6 +81,8 @@ class Phase2Member:
     def train_epoch(self, first_step: int, steps: list[EpochStep]) -> Iterator[StepReport]:
         """Each step: forward/backward of this device's rows from the cache, loss scaled by its share of
         the mini-batch, AllReduce of the gradients over every device, clipping, AdamW."""
+        if self.model is None:
+            raise JobError("this device only holds cached states for phase 2; it trains nothing")
         parameters = trainable_parameters(self.model)
         task, family = self.model.head.config.task, self.model.side.spec.family
         group = self.group
@@ -114,6 +119,8 @@ class Phase2Member:
 
     def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], int]:
         """The trained tensors (and the optimiser's), and the optimiser steps they have taken."""
+        if self.model is None:
+            raise JobError("this device only holds cached states for phase 2; it trains nothing")
         tensors = {k: v for k, v in self.model.state_dict().items() if k.startswith(("side.", "head."))}
         if optimizer:
             tensors.update(optimizer_tensors(self.model, self.optimizer))
@@ -123,6 +130,18 @@ class Phase2Member:
 def join_records(pieces: list[tuple[bytes, list]]) -> tuple[bytes, list]:
     """A full cache record from its stage shards' records, in stage order (records concatenate)."""
     return b"".join(p[0] for p in pieces), [tuple(s) for p in pieces for s in p[1]]
+
+
+WHOLE = -1  # the "stage" of a fetch of whole records from a phase-2 cache
+
+
+def whole_fetches(samples: list[GatherSample], me: str) -> dict[str, list[str]]:
+    """Per device, the keys of `samples` whose whole records it is named for (`whole`), not this device."""
+    out: dict[str, list[str]] = {}
+    for sample in samples:
+        if sample.whole and sample.whole != me:
+            out.setdefault(sample.whole, []).append(sample.key)
+    return out
 
 
 def fetches_for(samples: list[GatherSample], local_stage: int | None, me: str) -> dict[tuple[str, int], list[str]]:
@@ -141,9 +160,13 @@ def fetches_for(samples: list[GatherSample], local_stage: int | None, me: str) -
 
 
 def assemble_records(cache: ActivationCache, samples: list[GatherSample], stages: int, local_stage: int | None, me: str,
-                     shard: ActivationCache | None, fetched: dict[tuple[str, int], dict[str, tuple]]) -> int:
-    """Write each sample's full record into `cache` from its stage parts: this device's own shard where it
-    holds the part, else what was fetched. Returns the bytes read locally."""
+                     shard: ActivationCache | None, fetched: dict[tuple[str, int], dict[str, tuple]],
+                     whole: dict[str, tuple] | None = None) -> int:
+    """Write `whole` records as they are, and each of `samples`' full record into `cache` from its stage
+    parts: this device's own shard where it holds the part, else what was fetched. Returns the bytes read
+    locally."""
+    for key, (record, shapes) in (whole or {}).items():
+        cache.put_raw(key, record, shapes)
     local = 0
     for sample in samples:
         if not all(sample.sources):

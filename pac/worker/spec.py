@@ -120,6 +120,7 @@ class Phase2Spec:
     cache_keep: bool = False
     timeout_s: float = 120.0
     cache_directory: str | None = None
+    holds_only: bool = False  # not a member: serves the whole records of its kept cache, trains nothing
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class GatherSample:
     key: str
     item: Encoded
     sources: tuple[str, ...]  # per phase-1 stage: the address whose shard holds that part
+    whole: str = ""  # a device whose phase-2 cache holds the whole record (tried first); "": none
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ checkpoint_steps = 50                # a checkpoint every N steps within an epoc
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none
 keep = false                         # keep it for a later job on the same data and backbone
 # directory = "/var/cache/pac"       # on each device; default $PAC_CACHE_DIR or ~/.cache/pac/activations
+replicas = 0                         # phase 2: copies of each device's cached states on others (a lost one's are read)
 
 [devices]
 mode = "discover"                    # discover | list | cluster
@@ -62,7 +63,7 @@ addresses = []                       # "host", "host:port": asked directly (mode
 mdns_timeout = 2.0                   # seconds to listen for the devices' mDNS advertisements
 interfaces = []                      # addresses of the interfaces to browse on; empty: all
 insecure = false                     # loopback development daemons only
-rejoin = true                        # a lost device that answers again is taken back at the next phase-2 epoch
+rejoin = true                        # lost devices that answer again, and new ones, join at a phase-2 epoch's end
 
 [output]
 directory = "runs/household"         # the adapter and metrics.json

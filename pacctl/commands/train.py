@@ -20,31 +20,50 @@ def jobs_dir(home: Path | None) -> Path:
     return (home or default_home()) / "jobs"
 
 
-def find_job_devices(job, home: Path | None):
-    """The devices the job's [devices] table names, as pac.cluster.context.Device."""
-    from pac.cluster.context import Device
+async def usable_devices(job, identity) -> tuple[list, list[str]]:
+    """The devices of this home the job's [devices] table finds now (DeviceRecord), and the problems met."""
     from pac.cluster.discover import find_devices
     from pac.discovery.records import survey
 
     section = job.devices
-    identity = None if section.insecure else controller_identity(home or default_home())
-    records, problems = asyncio.run(find_devices(identity, section.mdns_timeout, section.interfaces,
-                                                 section.addresses, section.mode != "list"))
+    records, problems = await find_devices(identity, section.mdns_timeout, section.interfaces, section.addresses,
+                                           section.mode != "list")
     found = survey(records, identity.cluster_id if identity else "")
-    usable = found.ours + (found.unpaired if section.insecure else [])
+    return found.ours + (found.unpaired if section.insecure else []), problems
+
+
+def as_devices(records) -> list:
+    from pac.cluster.context import Device
+
+    return [Device(r.node_id, r.address, r.hostname, r.memory_budget_bytes) for r in records]
+
+
+def find_job_devices(job, home: Path | None):
+    """The devices the job's [devices] table names, as pac.cluster.context.Device; its identity; and a
+    function that finds them anew while the job runs (a device that joins is taken in, devices.rejoin)."""
+    section = job.devices
+    identity = None if section.insecure else controller_identity(home or default_home())
+    usable, problems = asyncio.run(usable_devices(job, identity))
+    said = f" ({'; '.join(problems)})" if problems else ""
     if section.mode == "list":
-        wanted = set(section.addresses)
-        answered = {r.address for r in usable} | {f"{r.host}:{r.port}" for r in usable}
-        silent = [a for a in section.addresses if a not in answered and not any(
-            a.split(":")[0] in (r.host, r.hostname) for r in usable)]
-        if silent or not usable:
-            raise click.ClickException(f"{job.source}: devices.addresses {silent or sorted(wanted)} did not answer "
-                                       f"as devices of this home" + (f" ({'; '.join(problems)})" if problems else ""))
+        from pac.discovery.records import parse_peer
+
+        answered = {(r.host, r.port) for r in usable} | {(r.hostname, r.port) for r in usable}
+        silent = [a for a in section.addresses if parse_peer(a) not in answered]
+        if not usable or (silent and not section.rejoin):
+            raise click.ClickException(f"{job.source}: devices.addresses {silent or list(section.addresses)} did "
+                                       f"not answer as devices of this home{said}")
+        if silent:
+            click.echo(f"warning: devices.addresses {silent} did not answer as devices of this home{said}; "
+                       "the job starts without them and takes them in when they answer (devices.rejoin)", err=True)
     if not usable:
         hint = "; ".join(problems) if problems else "is pacd running and paired (pacctl devices)?"
         raise click.ClickException(f"{job.source}: no device of this home found: {hint}")
-    devices = [Device(r.node_id, r.address, r.hostname, r.memory_budget_bytes) for r in usable]
-    return devices, identity
+
+    async def again() -> list:
+        return as_devices((await usable_devices(job, identity))[0])
+
+    return as_devices(usable), identity, again
 
 
 def kept_checkpoint(output: Path, command: str = "pacctl train JOB") -> str:
@@ -94,7 +113,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
         plan = Plan.load(plan_file) if plan_file else None
     except PacError as error:
         raise click.ClickException(str(error)) from error
-    devices, identity = find_job_devices(job, home)
+    devices, identity, again = find_job_devices(job, home)
     click.echo(f"{len(devices)} device(s): " + ", ".join(f"{d.node_id} ({d.address})" for d in devices), err=True)
     output = job.output.directory
     pointer = jobs_dir(home)
@@ -102,7 +121,7 @@ def command(job_file: Path, home: Path | None, plan_file: Path | None, strategy:
     (pointer / "last.json").write_text(json.dumps({"output_dir": str(output), "job_file": str(job_file.resolve()),
                                                    "started_unix": time.time()}) + "\n")
     options = RunOptions(strategy=strategy, use_cache=False if no_cache else None, step_timeout_s=step_timeout,
-                         lease_s=lease_s, resume=resume, deadline_s=deadline_s)
+                         lease_s=lease_s, resume=resume, deadline_s=deadline_s, find_devices=again)
     progress = Progress(stream=sys.stderr)
     try:
         metrics, _ = run_training(job, devices, identity, output, options, progress=progress,

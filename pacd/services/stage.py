@@ -95,6 +95,10 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     # ---- the cache between the phases ------------------------------------------------------------
     async def FetchCache(self, request, context):
         job = self.slot.holds(request.job_id)
+        if request.whole:
+            async for chunk in self._whole_records(job, request, context):
+                yield chunk
+            return
         if job is None or job.stage is None or job.stage.shard is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"this device holds no cache shard of job {request.job_id!r}")
@@ -114,6 +118,26 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             for chunk in chunked(stage_pb2.CacheRecordChunk, "header", header, "data", record):
                 yield chunk
 
+    async def _whole_records(self, job, request, context):
+        """Whole records from this member's phase-2 cache (a re-planned member's, or a replica); the ones
+        it does not hold, or holds damaged, are left out: the requester fetches or recomputes them."""
+        if job is None or job.phase2 is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this device holds no phase-2 cache of job {request.job_id!r}")
+        cache = job.phase2.cache
+        for key in request.sample_keys:
+            async with job.lock:  # the member may be writing its own records meanwhile
+                if key not in cache:
+                    continue
+                try:
+                    record, shapes = await asyncio.to_thread(cache.get_raw, key)
+                except PacError as error:
+                    log.warning("job %s: not sending cache record %s: %s", request.job_id, key[:12], error)
+                    continue
+            header = convert.record_header(key, shapes)
+            for chunk in chunked(stage_pb2.CacheRecordChunk, "header", header, "data", record):
+                yield chunk
+
     @handler
     async def GatherCache(self, request, context):
         job = self.slot.get(request.job_id)
@@ -124,9 +148,10 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         async def fetch(address: str, stage: int, keys: list[str]) -> dict[str, tuple]:
             return await fetch_records(self.node.channels.get(address), address, job.job_id, stage, keys, timeout_s)
 
-        fetched_bytes, local_bytes = await job.gather(plan, fetch)
+        fetched_bytes, local_bytes, missing = await job.gather(plan, fetch)
         return stage_pb2.GatherCacheReply(records=len(job.phase2.cache), fetched_bytes=fetched_bytes,
-                                          local_bytes=local_bytes, seconds=time.perf_counter() - started)
+                                          local_bytes=local_bytes, seconds=time.perf_counter() - started,
+                                          missing=missing)
 
     # ---- phase 2 ---------------------------------------------------------------------------------
     @handler
@@ -136,7 +161,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         job = self._open(spec.job_id, spec.cache_directory)
         started = time.perf_counter()
         phase2 = await job.load_phase2(spec, tensors)
-        held = sum(t.numel() * t.element_size() for t in phase2.model.state_dict().values())
+        held = sum(t.numel() * t.element_size() for t in phase2.model.state_dict().values()) if phase2.model else 0
         return stage_pb2.LoadReply(held_bytes=held, load_s=time.perf_counter() - started,
                                    cached_records=len(phase2.cache), fingerprint=spec.fingerprint)
 

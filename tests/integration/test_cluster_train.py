@@ -379,10 +379,13 @@ def test_pacctl_train_deploys_the_adapter_where_the_job_says(tmp_path, four):
 
     from pac.net.assistant_client import AssistantClient
 
-    job = write_job_file(tmp_path, [d.address for d in four[:2]], count=16, epochs=2, deploy=four[1].address)
+    away = "127.0.0.1:9"  # a listed device that is not there (the phone is out): the job starts without it
+    job = write_job_file(tmp_path, [d.address for d in four[:2]] + [away], count=16, epochs=2,
+                         deploy=four[1].address)
     process = start_train(tmp_path, job)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
+    assert f"devices.addresses ['{away}'] did not answer" in output and "takes them in when they answer" in output
     assert f"to {four[1].node_id}" in output and "(out: classification on tiny-bert)" in output
 
     async def served():

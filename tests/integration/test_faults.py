@@ -37,20 +37,21 @@ def four(tmp_path):
         daemon.kill()
 
 
-def job_in(where):
+def job_in(where, replicas: int = 0):
     rows = [{"text": ("good " if i % 2 else "bad ") * (1 + i % 3) + f"item{i}", "label": i % 2} for i in range(COUNT)]
     (where / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return parse_job({
         "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(where / "data.jsonl"), "task": "classification"},
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
                      "checkpoint_steps": 2},
-        "cache": {"precision": "fp16", "directory": str(where / "cache")},
+        "cache": {"precision": "fp16", "directory": str(where / "cache"), "replicas": replicas},
         "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
         "output": {"directory": str(where / "out")},
     }, source=str(where / "job.toml"))
 
 
-def run_with_fault(tmp_path, four, monkeypatch, after_step: int, victim: int, sig: int) -> tuple[dict, float]:
+def run_with_fault(tmp_path, four, monkeypatch, after_step: int, victim: int, sig: int,
+                   replicas: int = 0, **options) -> tuple[dict, float]:
     """The job, with daemon `victim` sent `sig` once `after_step` steps are recorded; (metrics, when)."""
     devices = [Device(d.node_id, d.address, "localhost") for d in four]
     ids = [d.node_id for d in devices]
@@ -67,8 +68,9 @@ def run_with_fault(tmp_path, four, monkeypatch, after_step: int, victim: int, si
 
     monkeypatch.setattr(JobRecord, "step", step)
     said = []
-    metrics, _ = run_training(job_in(tmp_path), devices, None, tmp_path / "out",
-                              RunOptions(deadline_s=DEADLINE, profile_batch_sizes=(4,)), log_line=said.append,
+    metrics, _ = run_training(job_in(tmp_path, replicas), devices, None, tmp_path / "out",
+                              RunOptions(deadline_s=DEADLINE, profile_batch_sizes=(4,), **options),
+                              log_line=said.append,
                               plan=plan)
     assert sent, "the fault was never sent"
     assert any(four[victim].node_id in line and "going on without it" in line for line in said), said
@@ -97,28 +99,45 @@ def test_a_device_killed_in_phase_1_the_job_finishes_on_the_others(tmp_path, fou
     assert fault["phase"] == 1 and fault["resumed_from_step"] == 2 and fault["steps_redone"] == 1  # since the commit
 
 
-def test_a_device_killed_in_phase_2_redoes_at_most_one_step(tmp_path, four, monkeypatch):
-    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=6, victim=3, sig=signal.SIGKILL)
+def test_a_device_killed_in_phase_2_redoes_at_most_one_step_and_its_share_is_read_from_a_copy(tmp_path, four,
+                                                                                              monkeypatch):
+    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=6, victim=3, sig=signal.SIGKILL, replicas=1)
     fault = assert_completed(metrics, tmp_path, four, victim=3)
     assert fault["phase"] == 2 and fault["steps_redone"] <= 1
+    first, after = metrics["phase2_runs"]
+    assert first["replicas"] == 1 and first["replica_bytes"] > 0 and first["recomputed_samples"] == 0
+    assert after["recomputed_samples"] == 0 and after["moved_bytes"] > 0  # the lost share, from its copy
 
 
 def test_a_stalled_device_is_noticed_within_the_deadline_and_taken_back_when_it_answers(tmp_path, four, monkeypatch):
     """SIGSTOPped early in phase 2: noticed within the deadline; woken once the controller has gone on
-    without it: at the end of that epoch the controller takes it back (a new plan over all four) and
-    finishes; it holds nothing after."""
-    original = JobRecord.add_fault
+    without it, while a device new to the job appears: at the end of that epoch the controller takes both
+    in (a new plan over all five) and finishes; none holds anything after."""
+    original, appeared = JobRecord.add_fault, []
+    newcomer = start_daemons(tmp_path, 1, "new")[0]
 
     def add_fault(self, fault, noticed):
         original(self, fault, noticed)
         os.kill(four[0].process.pid, signal.SIGCONT)  # it wakes up while the others go on
+        appeared.append(Device(newcomer.node_id, newcomer.address, "localhost"))  # the phone came home
+
+    async def find_devices():
+        return [Device(d.node_id, d.address, "localhost") for d in four] + appeared
 
     monkeypatch.setattr(JobRecord, "add_fault", add_fault)
-    metrics, stopped = run_with_fault(tmp_path, four, monkeypatch, after_step=5, victim=0, sig=signal.SIGSTOP)
-    assert [s["step"] for s in metrics["steps"]] == list(range(1, 13))
-    fault = metrics["faults"][0]
-    assert fault["device"] == four[0].node_id and "no answer within" in fault["why"]
-    assert fault["noticed_unix"] - stopped < DEADLINE * 1.25 + 2.0  # a round of the watch, then the deadline
-    assert [(j["device"], j["step"]) for j in metrics["joins"]] == [(four[0].node_id, 8)]  # epoch 2's end
-    assert any(d["node_id"] == four[0].node_id for d in metrics["devices"])
-    assert device_jobs(four) == [""] * 4
+    try:
+        metrics, stopped = run_with_fault(tmp_path, four, monkeypatch, after_step=5, victim=0, sig=signal.SIGSTOP,
+                                          find_devices=find_devices, scout_s=0.5)
+        assert [s["step"] for s in metrics["steps"]] == list(range(1, 13))
+        fault = metrics["faults"][0]
+        assert fault["device"] == four[0].node_id and "no answer within" in fault["why"]
+        assert fault["noticed_unix"] - stopped < DEADLINE * 1.25 + 2.0  # a round of the watch, then the deadline
+        assert [(j["device"], j["step"], j["new"]) for j in metrics["joins"]] == \
+            [(four[0].node_id, 8, False), (newcomer.node_id, 8, True)]  # at epoch 2's end
+        first, without, back = metrics["phase2_runs"]
+        assert without["recomputed_samples"] > 0  # no copies: its share is recomputed through the backbone
+        assert back["recomputed_samples"] == 0  # taken back: the records move whole from the members holding them
+        assert {four[0].node_id, newcomer.node_id} <= {d["node_id"] for d in metrics["devices"]}
+        assert device_jobs(four + [newcomer]) == [""] * 5
+    finally:
+        newcomer.kill()

@@ -89,3 +89,28 @@ def test_phase2_member_takes_activation_checkpointing_from_the_job(tmp_path):
         assert member.states.tap_dtype() == torch.float16  # the cache's own format, with or without checkpointing
         assert member.scheduler.last_epoch == 2  # the learning-rate schedule continues from phase 1
         member.cache.close()
+
+
+def test_records_move_whole_from_a_member_first_then_any_holder_then_nowhere():
+    from pac.cluster.phase2 import held_wholly, phase2_holders
+
+    assigned = {"a": ["k1"], "b": ["k2"], "c": ["k3"], "d": ["k4"]}
+    replicas = {"a": ["b"], "b": ["c"], "c": ["d"], "d": ["a"]}
+    by_node = {"a": "A:1", "b": "B:1", "c": "C:1"}  # d is lost
+    whole = held_wholly(assigned, replicas, by_node, members={"B:1"})
+    # k1: a is no member, its copy on b is; k2: b itself; k3: c holds it (no member holds a copy); k4: its copy on a
+    assert whole == {"k1": "B:1", "k2": "B:1", "k3": "C:1", "k4": "A:1"}
+    assert phase2_holders(assigned, replicas, by_node) == {"A:1", "B:1", "C:1"}
+    assert held_wholly({"d": ["k4"]}, {}, by_node, {"B:1"}) == {}  # no copy: recomputed
+
+
+def test_whole_records_are_asked_of_their_holder_and_parts_of_the_shards():
+    from pac.data.batching import Encoded
+    from pac.worker.phase2 import fetches_for, whole_fetches
+    from pac.worker.spec import GatherSample
+
+    item = Encoded([1, 2], 0)
+    samples = [GatherSample("k1", item, ("", ""), "B:1"), GatherSample("k2", item, ("A:1", "C:1")),
+               GatherSample("k3", item, ("", ""), "ME"), GatherSample("k4", item, ("", ""))]
+    assert whole_fetches(samples, "ME") == {"B:1": ["k1"]}
+    assert fetches_for(samples, 0, "A:1") == {("C:1", 1): ["k2"]}  # the rest: fetched whole or recomputed

@@ -104,7 +104,7 @@ def test_full_job_round_trip(home):
     (minimal(training={"batchsize": 3}), "unknown key training.batchsize (did you mean training.batch_size?)"),
     (minimal(trainng={}), "unknown key trainng (did you mean training?)"),
     (minimal(data={"columns": {"txt": "a"}}), "unknown key data.columns.txt (did you mean data.columns.text?)"),
-    (minimal(cache={"zzz": 1}), "unknown key cache.zzz (known keys: precision, keep, directory)"),
+    (minimal(cache={"zzz": 1}), "unknown key cache.zzz (known keys: precision, keep, directory, replicas)"),
 ])
 def test_unknown_keys_are_named_with_a_suggestion(home, mapping, message):
     assert error_of(home, mapping).endswith(message)

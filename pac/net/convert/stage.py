@@ -24,7 +24,7 @@ _STYLE_FIELDS = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "cau
 _SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias")
 _BASIC_FIELDS = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "cache_keep", "timeout_s")
 _STAGE_FIELDS = ("stage", "replica", "codec", "steps_done")  # carried as they are
-_PHASE2_FIELDS = ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision")
+_PHASE2_FIELDS = ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision", "holds_only")
 
 
 def _checked(kind: type, where: str, **fields):
@@ -199,8 +199,8 @@ def sample_from_proto(message: stage_pb2.Sample, where: str) -> Encoded:
 def gather_to_proto(job_id: str, plan: GatherPlan, timeout_s: float) -> stage_pb2.GatherCacheRequest:
     return stage_pb2.GatherCacheRequest(
         job_id=job_id, timeout_s=timeout_s, self_address=plan.me, stages=plan.stages,
-        samples=[stage_pb2.GatherSample(key=s.key, sample=sample_to_proto(s.item), sources=list(s.sources))
-                 for s in plan.samples])
+        samples=[stage_pb2.GatherSample(key=s.key, sample=sample_to_proto(s.item), sources=list(s.sources),
+                                        whole=s.whole) for s in plan.samples])
 
 
 def gather_from_proto(message: stage_pb2.GatherCacheRequest) -> GatherPlan:
@@ -208,7 +208,7 @@ def gather_from_proto(message: stage_pb2.GatherCacheRequest) -> GatherPlan:
     for i, s in enumerate(message.samples):
         if len(s.sources) != message.stages:
             raise ConfigError(f"samples[{i}]: {len(s.sources)} sources for {message.stages} stages")
-        samples.append(GatherSample(s.key, sample_from_proto(s.sample, f"samples[{i}]"), tuple(s.sources)))
+        samples.append(GatherSample(s.key, sample_from_proto(s.sample, f"samples[{i}]"), tuple(s.sources), s.whole))
     return GatherPlan(message.self_address, message.stages, tuple(samples))
 
 
