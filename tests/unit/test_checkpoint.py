@@ -95,3 +95,40 @@ def test_resuming_another_job_names_what_changed(tmp_path, model):
     (tmp_path / "data.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"data.train \(content [0-9a-f]{12} -> content [0-9a-f]{12}\)"):
         checkpoint.check_job(job_identity(job_at(tmp_path), "f" * 64), "job.toml")
+
+
+def test_when_the_devices_left_cannot_hold_the_job_it_stops_with_the_checkpoint_kept(tmp_path, model):
+    """A lost device whose survivors the planner finds too small: the job stops (TrainingFailed) naming the
+    lost device and the planner's reason, with the commit written as a checkpoint to resume from."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pac.cluster.checkpoint import Commit
+    from pac.cluster.context import Device, RunOptions
+    from pac.cluster.elastic import Elastic
+    from pac.cluster.faults import DeviceLost
+    from pac.cluster.record import JobRecord
+    from pac.errors import TrainingFailed
+    from pac.planner.synthetic import synthetic_home
+    from pac.planner.workload import TrainingJob
+
+    document = synthetic_home(12, 3, seed=0).to_dict()
+    names = [d["name"] for d in document["devices"]]
+    for device in document["devices"][1:]:
+        device["memory_budget_bytes"] = 1 << 20  # the two that remain hold 1 MiB each
+    controller = Elastic()
+    controller.devices = [Device(n, f"127.0.0.1:{9000 + i}") for i, n in enumerate(names[1:])]
+    controller.document, controller.options = document, RunOptions()
+    controller.job = SimpleNamespace(to_training_job=lambda samples, cache: TrainingJob(samples, 8, 3))
+    controller.prepared = SimpleNamespace(train_items=[None] * 64, model=model, task="classification")
+    controller.record = JobRecord("job-1", tmp_path, controller.devices, 3, None, lambda line: None)
+    controller.record.identity = {"model.name_or_path": "tiny-bert"}
+    state = dict(model.initial)
+    lost = DeviceLost(Device(names[0], "127.0.0.1:8999"), "no answer within 6 s")
+    with pytest.raises(TrainingFailed) as raised:
+        asyncio.run(controller._replan(lost, Commit(Position(1, 0, 5, 5), state), True))
+    said = str(raised.value)
+    assert f"without {names[0]} the devices that remain cannot hold the job" in said and "--resume" in said
+    assert "add devices with at least" in said  # the planner says what would make it fit
+    found, _ = latest_checkpoint(tmp_path / "checkpoint")
+    assert found is not None and found.position == Position(1, 0, 5, 5)
