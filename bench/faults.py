@@ -9,9 +9,10 @@ fault is applied:
 - `sigkill-phase1`, `sigkill-phase2`: a device that holds the job is SIGKILLed (its daemon dies).
 - `sigstop-phase2`: a device is SIGSTOPped (asleep: it holds its connections and answers nothing) past
   the deadline.
-- `link-cut-phase2`: every packet to or from the device's port on loopback is dropped (`tc` on `lo`:
-  the daemon keeps running and nothing reaches it; its own calls out to others' ports still leave).
-  Needs root and `tc`; skipped otherwise.
+- `link-cut-phase2`: with `--network emulated` (each daemon in its own network namespace behind a
+  shaped veth link, bench/netns.py) the device's link is taken down: the daemon keeps running and
+  nothing goes in or out. On loopback, every packet to or from the device's port is dropped instead
+  (`tc` on `lo`; its own calls out to others' ports still leave). Needs root and `tc`; skipped otherwise.
 The device hit is one the plan uses (a stage's device in phase 1, a phase-2 member in phase 2).
 - `controller-killed`: `pacctl train` itself is SIGKILLed in phase 2, then run again with `--resume`.
 Rows carry `fault`, `phase`, `detected_s` (from the fault to the controller's notice), `recovered_s` (from
@@ -29,6 +30,7 @@ or 0 when read from a copy) and `phase2_epochs_s`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -107,10 +109,23 @@ def victim_of(cluster, out: Path, phase: int):
     return next(d for d in reversed(cluster.daemons) if d.node_id in wanted)
 
 
+def home_of(args, out: Path, stack: contextlib.ExitStack):
+    """A fresh home of `args.devices` daemons: on loopback, or each in its own namespace (and the network)."""
+    from pac.cluster.local import LocalCluster
+
+    net = None
+    if args.network == "emulated":
+        from bench.netns import EmulatedNetwork
+
+        net = stack.enter_context(EmulatedNetwork(args.devices, args.link))
+    hosts, prefixes = (net.hosts, [net.prefix(i) for i in range(args.devices)]) if net else (None, None)
+    cluster = stack.enter_context(LocalCluster(out / "home", args.devices, threads=1, hosts=hosts, prefixes=prefixes))
+    return cluster, net
+
+
 def run_scenario(args, scenario: str | None, seed: int, out: Path, replicas: int = 0) -> dict:
     """One job on a fresh home, with `scenario`'s fault (None: none)."""
     from pac.cluster.controller import RunOptions, run_training
-    from pac.cluster.local import LocalCluster
     from pac.jobfile import parse_job
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +133,8 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path, replicas: int
     phase = 1 if scenario == "sigkill-phase1" else 2
     after = steps_per_epoch // 2 if phase == 1 else steps_per_epoch + steps_per_epoch // 2
     undo: list[list[str]] = []
-    with LocalCluster(out / "home", args.devices, threads=1) as cluster:
+    with contextlib.ExitStack() as stack:
+        cluster, net = home_of(args, out, stack)
         mapping = job_mapping(args, cluster, out, seed, replicas)
         if scenario == "controller-killed":
             return controller_killed(args, cluster, mapping, out, after)
@@ -127,7 +143,11 @@ def run_scenario(args, scenario: str | None, seed: int, out: Path, replicas: int
         def fault() -> None:
             victim = victim_of(cluster, out, phase)
             victims.append(victim)
-            if scenario == "link-cut-phase2":
+            if scenario == "link-cut-phase2" and net is not None:
+                link = net.outer(cluster.daemons.index(victim))
+                subprocess.run(["ip", "link", "set", link, "down"], check=True)
+                undo.append(["ip", "link", "set", link, "up"])
+            elif scenario == "link-cut-phase2":
                 undo.extend(cut_link(victim.port))
             else:
                 os.kill(victim.process.pid, signal.SIGSTOP if scenario == "sigstop-phase2" else signal.SIGKILL)
@@ -205,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="fault-free runs (their spread); faults use the first")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--replicas", default="0", help="cache.replicas values; the first for every run")
+    parser.add_argument("--network", choices=("loopback", "emulated"), default="loopback",
+                        help="daemons on 127.0.0.1, or each in its own namespace behind a shaped link (root)")
+    parser.add_argument("--link", default="1gbit", help="--network emulated: each link's rate")
     parser.add_argument("--work", default="runs/bench-faults")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)

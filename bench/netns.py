@@ -70,6 +70,10 @@ class EmulatedNetwork:
     def prefix(self, index: int) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[index]]
 
+    def outer(self, index: int) -> str:
+        """The root-namespace end of namespace `index`'s link (down: the namespace is cut off)."""
+        return f"{NAME_PREFIX}{self.tag}o{index}"
+
     def __enter__(self) -> EmulatedNetwork:
         reason = unavailable()
         if reason:
@@ -100,7 +104,7 @@ class EmulatedNetwork:
         _run("ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
         for index, (netns, host) in enumerate(zip(self.namespaces, self.hosts, strict=True)):
-            outer, inner = f"{NAME_PREFIX}{self.tag}o{index}", f"{NAME_PREFIX}{self.tag}i{index}"
+            outer, inner = self.outer(index), f"{NAME_PREFIX}{self.tag}i{index}"
             _run("ip", "netns", "add", netns)
             _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
             _run("ip", "link", "set", inner, "netns", netns)

@@ -26,9 +26,9 @@ START_TIMEOUT_S = 60.0
 
 
 def pacd_args(state_dir: Path, port_file: Path, memory_budget: str, secure: bool,
-              mdns_interface: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-    """`pacd serve` on 127.0.0.1, a free port written to `port_file`; mDNS only on `mdns_interface`."""
-    return [sys.executable, "-m", "pacd", "serve", "--host", "127.0.0.1", "--port", "0",
+              mdns_interface: str | None = None, extra: tuple[str, ...] = (), host: str = "127.0.0.1") -> list[str]:
+    """`pacd serve` on `host`, a free port written to `port_file`; mDNS only on `mdns_interface`."""
+    return [sys.executable, "-m", "pacd", "serve", "--host", host, "--port", "0",
             *(["--mdns-interface", mdns_interface] if mdns_interface else ["--no-mdns"]),
             "--state-dir", str(state_dir), "--port-file", str(port_file), "--memory-budget", memory_budget,
             *([] if secure else ["--insecure"]), *extra]
@@ -49,10 +49,11 @@ class LocalDaemon:
     port: int
     state_dir: Path
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def node_id(self) -> str:
@@ -67,9 +68,12 @@ class LocalDaemon:
 
 class LocalCluster:
     def __init__(self, root: Path, count: int, secure: bool = True, memory_budget: str = "4GiB",
-                 threads: int | None = None, reuse: bool = False) -> None:
+                 threads: int | None = None, reuse: bool = False, hosts: list[str] | None = None,
+                 prefixes: list[list[str]] | None = None) -> None:
         """`reuse`: start the daemons of an earlier run under `root` again (their node ids, pairing and
-        state, so a stopped job resumes on the same devices) where it left them all paired."""
+        state, so a stopped job resumes on the same devices) where it left them all paired. `hosts` and
+        `prefixes`: each daemon's address and the command it starts under (e.g. `ip netns exec NAME`, an
+        emulated home network: bench/netns.py); default 127.0.0.1, none."""
         if not 1 <= count <= 16:
             raise PacError(f"a local cluster has 1..16 daemons, not {count}")
         self.root, self.count, self.secure = Path(root), count, secure
@@ -77,6 +81,7 @@ class LocalCluster:
         self.daemons: list[LocalDaemon] = []
         self.identity: Identity | None = None
         self.reuse = reuse
+        self.hosts, self.prefixes = hosts or ["127.0.0.1"] * count, prefixes or [[]] * count
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -123,7 +128,8 @@ class LocalCluster:
         port_file = self.root / f"device{index}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.root / f"device{index}.log"
-        args = pacd_args(state, port_file, self.memory_budget, self.secure)
+        host = self.hosts[index]
+        args = [*self.prefixes[index], *pacd_args(state, port_file, self.memory_budget, self.secure, host=host)]
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         # Daemons on one machine share its cores: each gets its share of threads, and OpenMP threads
@@ -134,12 +140,12 @@ class LocalCluster:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-        return LocalDaemon(process, 0, state, log_path)
+        return LocalDaemon(process, 0, state, log_path, host)
 
     async def _pair(self, daemon: LocalDaemon) -> None:
         from pac.net.daemon_client import DaemonClient, DaemonError, pair
 
-        await pair("127.0.0.1", daemon.port, self.root / "home",
+        await pair(daemon.host, daemon.port, self.root / "home",
                    lambda info: (daemon.state_dir / "pairing-code").read_text().strip())
         for _ in range(200):  # the daemon restarts in mutual TLS
             try:
