@@ -35,6 +35,7 @@ COMMAND_MODULES = [
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pac", prog_name="pacctl", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Print full tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -51,14 +52,22 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pac.errors import PacError
+
+    args = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=argv, prog_name="pacctl", standalone_mode=False)
+        cli.main(args=args, prog_name="pacctl", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as error:
         error.show()
         return error.exit_code
+    except PacError as error:  # one line a person can act on; the traceback with --debug
+        if "--debug" in args:
+            raise
+        click.echo(f"Error: {error}", err=True)
+        return 1
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

@@ -21,6 +21,7 @@ from pacd.config import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pacd", description="PAC device daemon.")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"pacd {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the daemon (systemd runs this)")
     _common(serve)
@@ -42,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print this device's node id, pairing state and pairing code")
     _common(info)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pac")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

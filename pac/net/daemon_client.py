@@ -25,9 +25,22 @@ PAIR_TIMEOUT_S = 15.0
 class DaemonError(PacError):
     """A call to a daemon failed; the message names the daemon and what it answered."""
 
-    def __init__(self, address: str, error: grpc.aio.AioRpcError):
+    def __init__(self, address: str, error: grpc.aio.AioRpcError, insecure: bool = False):
         self.code = error.code()
-        super().__init__(f"{address}: {error.code().name}: {error.details()}")
+        super().__init__(f"{address}: {error.code().name}: {error.details()}{unavailable_hint(error, insecure)}")
+
+
+def unavailable_hint(error: grpc.aio.AioRpcError, insecure: bool) -> str:
+    """What a person can do about a connection gRPC reports only as UNAVAILABLE."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    details = error.details() or ""
+    if "refused" in details.lower():
+        return " (nothing listens there: is pacd running, and is the port the one `pacd info` prints?)"
+    if insecure and "socket closed" in details.lower():
+        return (" (the device speaks TLS and closed a plaintext connection: leave out --insecure, which is for "
+                "`pacd serve --insecure` development daemons only)")
+    return ""
 
 
 @dataclass
@@ -50,7 +63,7 @@ class DaemonClient:
         try:
             return await stub_method(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
-            raise DaemonError(self.address, error) from error
+            raise DaemonError(self.address, error, self.identity is None) from error
 
     async def _info(self) -> common_pb2.NodeInfo:
         return await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo, daemon_pb2.GetInfoRequest(),
@@ -94,9 +107,21 @@ def fetch_server_certificate(host: str, port: int, timeout: float = 5.0) -> byte
 async def pair(host: str, port: int, home, ask_code, controller_name: str = "pacctl") -> dict[str, Any]:
     """Pair the daemon at host:port with the controller's cluster. `ask_code(info) -> str` asks the person."""
     ca_key, ca_cert, cluster_id = load_authority(home)
-    served = fetch_server_certificate(host, port)
-    node_id = authority.describe(x509.load_pem_x509_certificate(served)).node_id
     address = f"{host}:{port}"
+    try:
+        served = fetch_server_certificate(host, port)
+    except OSError as error:
+        raise PacError(f"cannot pair with {address}: {error.strerror or error}; is pacd running there (not with "
+                       "--insecure), and is the address the one `pacd info` prints?") from None
+    described = authority.describe(x509.load_pem_x509_certificate(served))
+    node_id = described.node_id
+    if described.cluster_id == cluster_id:
+        raise PacError(f"{address}: device {node_id} is paired with this home already; nothing to do "
+                       "(`pacctl devices` lists it)")
+    if described.cluster_id:
+        raise PacError(f"{address}: device {node_id} is paired with another home (cluster {described.cluster_id}); "
+                       "to move it here, stop pacd on it, remove STATE_DIR/tls/cert.pem and ca.pem, start it and "
+                       "pair again (docs/security.md)")
     credentials = grpc.ssl_channel_credentials(root_certificates=served)
     options = [("grpc.ssl_target_name_override", node_name(node_id))]
     async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
