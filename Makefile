@@ -11,7 +11,10 @@ LOCK := requirements.lock
 MODELS := requirements-models.txt
 LOCK_TOOLS := build/lock-tools
 
-.PHONY: install check-lock lock test lint proto proto-check demo clean
+# The systemd unit for this clone's install path (its .venv's pacd); `sudo make install-unit` installs it.
+UNIT ?= build/pacd.service
+
+.PHONY: install check-lock lock test lint proto proto-check demo clean unit install-unit
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +41,17 @@ lock:
 
 test:
 	$(PY) -m pytest -q
+
+unit:
+	@mkdir -p $(dir $(UNIT))
+	@sed "s#^ExecStart=/opt/pac/.venv/bin/pacd #ExecStart=$(CURDIR)/$(VENV)/bin/pacd #" systemd/pacd.service > $(UNIT)
+	@echo "$(UNIT): ExecStart=$(CURDIR)/$(VENV)/bin/pacd"
+
+install-unit: unit
+	install -d -m 0755 /etc/pacd
+	[ -e /etc/pacd/pacd.toml ] || install -m 0644 systemd/pacd.toml /etc/pacd/pacd.toml
+	install -m 0644 $(UNIT) /etc/systemd/system/pacd.service
+	systemctl daemon-reload
 
 lint:
 	$(VENV)/bin/ruff check pac pacd pacctl bench tests
