@@ -67,6 +67,7 @@ class Controller(Elastic):
         self.attempt, self.document = 0, None  # runs after lost devices; the home's profile, once measured
         self.lost: list[Device] = []  # devices lost on the way (taken back if they answer again)
         self.newcomers: list[Device] = []  # devices new to the job, found while it runs (taken in)
+        self.estimates_apply = True  # the plan's time estimates are this job's (not a plan for other sizes)
         self.phase2_runs: list[dict] = []  # each earlier phase-2 run's redistribution (devices lost or back)
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
@@ -98,10 +99,8 @@ class Controller(Elastic):
         return list(self.options.profile_batch_sizes or profile_sizes(training.batch_size, training.micro_batches))
 
     async def make_plan(self, samples: int, use_cache: bool, resuming: bool = False) -> Plan:
-        if self.plan is not None:
-            return self.plan
-        if self.job.plan.file is not None:
-            return Plan.load(self.job.plan.file)
+        if self.plan is not None or self.job.plan.file is not None:
+            return self._given(self.plan or Plan.load(self.job.plan.file), samples, use_cache)
         if resuming and (self.output_dir / "plan.json").exists():
             plan = Plan.load(self.output_dir / "plan.json")
             missing = sorted(plan.used() - {d.node_id for d in self.devices})
@@ -116,6 +115,20 @@ class Controller(Elastic):
         strategy = self.options.strategy
         result = plan_job(home, self.job.to_training_job(samples, use_cache), strategy)
         return result.plan
+
+    def _given(self, plan: Plan, samples: int, use_cache: bool) -> Plan:
+        """A plan made before (`--plan`, [plan] file): refused if it splits another mini-batch; its time
+        estimates dropped if it was made for other sizes, saying which."""
+        where = self.job.plan.file if self.plan is None else "the plan given"
+        unusable, estimates = plan.differences(self.job.to_training_job(samples, use_cache))
+        if unusable:
+            raise ConfigError(f"{where} was made for another job: {', '.join(unusable)}; plan again for this "
+                              f"job (pacctl plan --batch-size {self.job.training.batch_size})")
+        if estimates:
+            self.estimates_apply = False
+            self.log(f"{where} was made for {', '.join(estimates)}: its time estimates are not used (the "
+                     "progress line measures this job's)")
+        return plan
 
     # ---- everything ----------------------------------------------------------------------------------
     async def run(self) -> dict:
@@ -180,8 +193,10 @@ class Controller(Elastic):
         """Whether the job caches, and its phase-1 epochs, on `plan`; said on the terminal."""
         training = self.job.training
         if use_cache and plan.phase2 is None and training.epochs > 1 and not self.job.cache.keep:
-            use_cache = False  # the planner found no room for a phase-2 cache: writing one would be wasted
-            self.log("no phase 2: the devices' disks hold no activation cache beside the phase-1 shards; "
+            use_cache = False  # the plan has no phase 2: writing a cache would be wasted
+            self.log(f"no phase 2: the {plan.strategy} baseline trains every epoch through the backbone"
+                     if plan.strategy not in ("pac", "fixed") else
+                     "no phase 2: the devices' disks hold no activation cache beside the phase-1 shards; "
                      "every epoch runs the backbone")
         phase1_epochs = 1 if use_cache and plan.phase2 is not None else training.epochs
         self._announce(plan, phase1_epochs, steps_per_epoch)
@@ -222,11 +237,17 @@ class Controller(Elastic):
         if self.progress is not None and hasattr(self.progress, "set_schedule"):
             from pac.cluster.progress import PhaseSchedule
 
-            phase2_guess = plan.phase2.epoch_s / steps_per_epoch if plan.phase2 and plan.phase2.epoch_s > 0 else None
+            phase2_guess = plan.phase2.epoch_s / steps_per_epoch if plan.phase2 and plan.phase2.epoch_s > 0 and \
+                self.estimates_apply else None
             self.progress.set_schedule([PhaseSchedule("1", phase1_epochs, steps_per_epoch)] + (
                 [PhaseSchedule("2", training.epochs - phase1_epochs, steps_per_epoch, phase2_guess)]
                 if phase1_epochs < training.epochs else []))
         self.log(plan.line())
+        idle = [d.node_id for d in self.devices if d.node_id not in plan.used()]
+        if idle:
+            why = {"pac": f"the planner's plan is fastest without them: {plan.reason}",
+                   "fixed": "the plan given does not use them"}.get(plan.strategy, f"the {plan.strategy} baseline")
+            self.log(f"not used: {', '.join(idle)} ({why})")
 
     def _on_step(self, *args, **kwargs) -> None:
         """A step ended (phase 1 or 2): stop here if Ctrl-C was pressed, else record it."""

@@ -99,6 +99,7 @@ class Elastic:
         await self.release(self.job.cache.keep or (using if commit.position.phase == 2 or same_stages else False))
         fault.replanned = new.line()
         self._new_attempt()
+        self.record.update(devices=[f"{d.node_id} ({d.address})" for d in self.devices])
         record.add_fault(fault, lost.noticed)
         return new, commit
 
@@ -175,6 +176,7 @@ class Elastic:
         new = await self._replan(None, commit, use_cache)
         earlier = {self.record.job_id} | {f"{self.record.job_id}-{n}" for n in range(1, self.attempt + 1)}
         self._new_attempt()
+        self.record.update(devices=[f"{d.node_id} ({d.address})" for d in self.devices])
         await release_stopped(self.stages, back.devices, earlier)  # they may still hold a run they left
         self.log(f"taking in {', '.join(d.node_id for d in back.devices + back.joined)} from step "
                  f"{commit.position.step}; " + new.line())

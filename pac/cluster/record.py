@@ -81,8 +81,8 @@ class JobRecord:
             fault["recovered_s"], self._recovering = time.perf_counter() - noticed, None
             self.message(f"recovered in {fault['recovered_s']:.1f} s without {fault['device']}; "
                          f"{fault['steps_redone']} step(s) redone")
-        self.update(state="running", phase=phase, epoch=epoch + 1, step=step + 1, loss=loss,
-                    faults=self.history.faults)
+        self.update(state="running", phase=phase, epoch=epoch + 1, epochs=self.epochs, step=step + 1,
+                    epoch_step=index, epoch_steps=steps, loss=loss, faults=self.history.faults)
 
     def add_join(self, entry: dict) -> None:
         self.history.joins.append(entry)

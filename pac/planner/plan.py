@@ -95,6 +95,19 @@ class Plan:
         shares = self.phase2.step_shares.items() if self.phase2 else ()
         return {n for s in self.phase1.stages for n in s.devices} | {n for n, c in shares if c > 0}
 
+    def differences(self, job: TrainingJob) -> tuple[list[str], list[str]]:
+        """How `job` differs from the job this plan was made for: (what makes the plan unusable: the
+        mini-batch it splits; what makes only its time estimates wrong: samples, epochs)."""
+        made, unusable, estimates = self.job, [], []
+        if made.batch_size != job.batch_size:
+            unusable.append(f"batch_size {made.batch_size} (the job: {job.batch_size})")
+        if job.micro_batches is not None and job.micro_batches != self.phase1.micro_batches:
+            unusable.append(f"{self.phase1.micro_batches} micro-batches (the job: {job.micro_batches})")
+        for name in ("samples", "epochs"):
+            if getattr(made, name) != getattr(job, name):
+                estimates.append(f"{name} {getattr(made, name)} (the job: {getattr(job, name)})")
+        return unusable, estimates
+
     def line(self) -> str:
         """The plan in one line."""
         return f"plan ({self.strategy}): " + "; ".join(

@@ -173,10 +173,12 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
             state = "ended without finishing (the controller is gone)"
     age = time.time() - status.get("updated_unix", time.time())
     click.echo(f"job {status.get('job_id')}: {state} (updated {age:.0f} s ago), output {output_dir}")
-    if "phase" in status:
-        loss = status.get("loss")
-        click.echo(f"  phase {status['phase']}, epoch {status.get('epoch')}, step {status.get('step', '-')}"
-                   + (f", loss {loss:.4f}" if isinstance(loss, int | float) else ""))
+    if "phase" in status:  # as the progress line says it: the step within the epoch, and of the job
+        loss, epochs, steps = status.get("loss"), status.get("epochs"), status.get("epoch_steps")
+        where = (f"epoch {status.get('epoch')}/{epochs}, step {status.get('epoch_step')}/{steps} "
+                 f"({status.get('step')} of {epochs * steps} in all)") if epochs and steps else \
+            f"epoch {status.get('epoch')}, step {status.get('step', '-')}"
+        click.echo(f"  phase {status['phase']}, {where}" + (f", loss {loss:.4f}" if isinstance(loss, int | float) else ""))
     if status.get("devices"):
         click.echo(f"  devices: {', '.join(status['devices'])}")
     if status.get("checkpoint"):
@@ -188,7 +190,8 @@ def status_command(home: Path | None, output_dir: Path | None) -> None:
                        f"recovered in {recovered:.1f} s, {fault.get('steps_redone')} step(s) redone"
                        if isinstance(recovered, int | float) else "recovering"))
     for join in status.get("joins") or []:
-        click.echo(f"  took back {join.get('device')} ({join.get('address')}) at step {join.get('step')}")
+        click.echo(f"  took {'in new device' if join.get('new') else 'back'} {join.get('device')} "
+                   f"({join.get('address')}) at step {join.get('step')}")
     for resume in status.get("resumes") or []:
         redone = resume.get("steps_redone")
         click.echo(f"  resumed from {resume.get('checkpoint')} (step {resume.get('step')}; the stopped run had "

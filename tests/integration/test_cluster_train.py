@@ -7,6 +7,7 @@ single-process training (pac.train.loop.train) on the same seed, data and mini-b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,7 @@ def test_ctrl_c_releases_every_device_and_keeps_the_checkpoint(tmp_path, four):
     shown = __import__("subprocess").run([__import__("sys").executable, "-m", "pacctl", "status", "--out", str(out)],
                                          capture_output=True, text=True, timeout=60)
     assert "running" in shown.stdout and "phase 2" in shown.stdout, shown.stdout + shown.stderr
+    assert re.search(r"epoch \d+/400, step \d+/16 \(\d+ of 6400 in all\)", shown.stdout), shown.stdout  # as progress
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1, output

@@ -266,3 +266,11 @@ def test_phase2_cache_fits_beside_the_phase1_shard() -> None:
     assert assignment.epoch_samples == (10, 0)
     plan = plan_job(tight, job).plan
     assert all(use.disk_bytes <= use.disk_budget_bytes for use in plan.usage)
+
+
+def test_a_plan_says_how_another_job_differs_from_the_one_it_was_made_for() -> None:
+    plan = plan_job(synthetic_home(12, 3, seed=4), TrainingJob(samples=100, batch_size=4, epochs=3)).plan
+    assert plan.differences(TrainingJob(samples=100, batch_size=4, epochs=3)) == ([], [])
+    unusable, estimates = plan.differences(TrainingJob(samples=64, batch_size=8, epochs=2))
+    assert unusable == ["batch_size 4 (the job: 8)"]
+    assert estimates == ["samples 100 (the job: 64)", "epochs 3 (the job: 2)"]
