@@ -5,11 +5,13 @@ everything, a home-automation client (role "assistant") only what asking the hou
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import grpc
 from cryptography import x509
 
 from pac.security import authority
+from pac.security.revocation import Revocations
 
 OPEN_WHILE_UNPAIRED = ("/pac.v1.Pairing/", "/grpc.health.v1.Health/", "/grpc.reflection.")
 _NOT_PAIRED = "this device is not paired with a cluster yet: run 'pacctl pair HOST:PORT' on the controller"
@@ -48,8 +50,12 @@ ALLOWED = {
 
 
 @functools.lru_cache(maxsize=256)
+def _certificate(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
 def _role(pem: bytes) -> str:
-    return authority.describe(x509.load_pem_x509_certificate(pem)).role
+    return authority.describe(_certificate(pem)).role
 
 
 def peer_role(context) -> str:
@@ -58,31 +64,42 @@ def peer_role(context) -> str:
     return _role(certificates[0]) if certificates else ""
 
 
-def _guarded(behavior, method: str, streaming_response: bool):
-    def refusal(context) -> str:
-        role = peer_role(context)
+def _guarded(behavior, method: str, streaming_response: bool, revocations: Callable[[], Revocations]):
+    def refusal(context) -> tuple[grpc.StatusCode, str] | None:
+        certificates = context.auth_context().get("x509_pem_cert") or []
+        if certificates and revocations().revoked(_certificate(certificates[0])):
+            who = authority.describe(_certificate(certificates[0])).node_id
+            return grpc.StatusCode.UNAUTHENTICATED, (f"the certificate of {who} was revoked by the home (pacctl "
+                                                     "unpair): pair the device again to use it")
+        role = _role(certificates[0]) if certificates else ""
         if any(method.startswith(prefix) for prefix in ALLOWED.get(role, ())):
-            return ""
-        return f"a certificate of role {role or 'none'!r} may not call {method}"
+            return None
+        return grpc.StatusCode.PERMISSION_DENIED, f"a certificate of role {role or 'none'!r} may not call {method}"
 
     if streaming_response:
         async def checked_stream(request_or_iterator, context):
-            if why := refusal(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            if refused := refusal(context):
+                await context.abort(*refused)
             async for reply in behavior(request_or_iterator, context):
                 yield reply
 
         return checked_stream
 
     async def checked(request_or_iterator, context):
-        if why := refusal(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        if refused := refusal(context):
+            await context.abort(*refused)
         return await behavior(request_or_iterator, context)
 
     return checked
 
 
 class RoleGate(grpc.aio.ServerInterceptor):
+    """Each call: refused if its certificate is revoked (the home's list, `revocations()`), else allowed by
+    its certificate's role."""
+
+    def __init__(self, revocations: Callable[[], Revocations] = Revocations) -> None:
+        self.revocations = revocations
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -93,5 +110,5 @@ class RoleGate(grpc.aio.ServerInterceptor):
                  (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
                  (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler)}
         name, make = kinds[(handler.request_streaming, handler.response_streaming)]
-        behavior = _guarded(getattr(handler, name), method, handler.response_streaming)
+        behavior = _guarded(getattr(handler, name), method, handler.response_streaming, self.revocations)
         return make(behavior, handler.request_deserializer, handler.response_serializer)

@@ -25,6 +25,8 @@ from pac.discovery.mdns import Advertiser
 from pac.discovery.records import DeviceRecord
 from pac.limits import grpc_size_options
 from pac.security import Identity, is_paired, load_identity, secure_channel
+from pac.security.files import write_private
+from pac.security.revocation import RevocationError, Revocations, read_crl
 from pac.worker.device_job import JobSlot
 from pacd import notify, server
 from pacd.config import DaemonConfig
@@ -66,6 +68,7 @@ class Daemon:
         self.memory_budget = config.memory_budget
         self.accelerator = accelerator()
         self.identity: Identity | None = None
+        self.revocations = Revocations()  # the home's newest revocation list this device holds
         self.pairing: PairingSession | None = None
         self.port = config.port
         self.service_names: list[str] = []
@@ -125,7 +128,27 @@ class Daemon:
                     total_memory_bytes=total_memory(), accelerator=self.accelerator, cpu_count=cpu_count(),
                     hostname=socket.gethostname(), paired=bool(self.cluster_id),
                     insecure=self.mode == "insecure", software_version=software_version(),
-                    disk_free_bytes=disk_free(self.state.root))
+                    disk_free_bytes=disk_free(self.state.root), revocation_number=self.revocations.number)
+
+    def _authority(self):
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(self.identity.ca_pem)
+
+    def update_revocations(self, pem: bytes) -> int:
+        """Keep the home's revocation list `pem` if it is signed by the home and no older than the one
+        held; returns the CRL number held after."""
+        if self.identity is None:
+            raise RevocationError("this device is not paired: it holds no revocation list")
+        found = read_crl(pem, self._authority())
+        if found.number < self.revocations.number:
+            raise RevocationError(f"revocation list {found.number} is older than the one held "
+                                  f"({self.revocations.number})")
+        if found.number > self.revocations.number:
+            write_private(self.identity.directory / "crl.pem", pem)
+            self.revocations = found
+            log.info("revocation list %d: %d certificate(s) revoked", found.number, len(found.serials))
+        return self.revocations.number
 
     def record(self) -> DeviceRecord:
         return DeviceRecord(self.node_id, self.cluster_id, self.config.host, self.port,
@@ -138,6 +161,12 @@ class Daemon:
             self._mode = "insecure"
         elif is_paired(self.state.root):
             self._mode, self.identity, self.pairing = "secure", load_identity(self.state.root), None
+            held = self.identity.directory / "crl.pem"
+            if held.exists():
+                try:
+                    self.revocations = read_crl(held.read_bytes(), self._authority())
+                except RevocationError as error:  # another home's list (the device was moved): not ours
+                    log.warning("ignoring %s: %s", held, error)
         else:
             self._mode, self.pairing = "pairing", PairingSession(self.state.root, self.node_id, self._out)
 

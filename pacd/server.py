@@ -51,7 +51,7 @@ def build(daemon: Daemon, port: int) -> tuple[grpc.aio.Server, health.aio.Health
     """A started-ready server bound to `port` (0: any); returns (server, health servicer, bound port)."""
     size = daemon.config.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[PairingGate()] if daemon.mode == "pairing" else [RoleGate()] if daemon.mode == "secure" else [],
+        interceptors=[PairingGate()] if daemon.mode == "pairing" else [RoleGate(lambda: daemon.revocations)] if daemon.mode == "secure" else [],
         options=[*grpc_size_options(size), ("grpc.so_reuseport", 0)],
     )
     names = []

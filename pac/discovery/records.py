@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from pac.security import CLUSTER_ID_RE, NODE_ID_RE
@@ -25,7 +26,8 @@ class DeviceRecord:
     memory_budget_bytes: int = 0
     accelerator: str = "cpu"
     hostname: str = ""
-    source: str = "mdns"  # "mdns" or "static"
+    source: str = "mdns"  # "mdns", "static" (a --peer or a listed address) or "remembered"
+    revocation_number: int = 0  # the home's revocation list the device holds (asked directly; 0: none, unknown)
 
     @property
     def address(self) -> str:
@@ -86,9 +88,10 @@ class Survey:
     unpaired: list[DeviceRecord] = field(default_factory=list)  # can be paired with `pacctl pair`
     other_clusters: list[DeviceRecord] = field(default_factory=list)  # another home's devices
     duplicates: dict[str, list[DeviceRecord]] = field(default_factory=dict)  # one node id, many addresses
+    revoked: list[DeviceRecord] = field(default_factory=list)  # this cluster's, unpaired by the home: not used
 
 
-def survey(records: list[DeviceRecord], cluster_id: str) -> Survey:
+def survey(records: list[DeviceRecord], cluster_id: str, revoked: Collection[str] = ()) -> Survey:
     """Sort records: the same daemon seen twice at one address counts once; one id at two places is a
     duplicate (a copied state directory) and is kept out of `ours` until resolved."""
     by_node: dict[str, dict[str, DeviceRecord]] = defaultdict(dict)
@@ -102,7 +105,7 @@ def survey(records: list[DeviceRecord], cluster_id: str) -> Survey:
         elif not found[0].paired:
             result.unpaired.append(found[0])
         elif found[0].cluster_id == cluster_id:
-            result.ours.append(found[0])
+            (result.revoked if node_id in revoked else result.ours).append(found[0])
         else:
             result.other_clusters.append(found[0])
     return result

@@ -85,6 +85,12 @@ class DaemonClient:
         return {**profile_from_proto(reply.profile), "from_store": reply.from_store,
                 "elapsed_s": reply.elapsed_s}
 
+    async def update_revocations(self, crl_pem: bytes) -> int:
+        """Send the home's revocation list; the CRL number the device holds after."""
+        reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).UpdateRevocations,
+                                 daemon_pb2.RevocationList(crl_pem=crl_pem), INFO_TIMEOUT_S)
+        return reply.number
+
     async def probe(self, address: str, peer_node_id: str = "", payload_bytes: int = 0, rounds: int = 0,
                     timeout: float = 60.0) -> dict[str, Any]:
         request = daemon_pb2.ProbePeerRequest(address=address, peer_node_id=peer_node_id,
@@ -134,7 +140,8 @@ async def pair(host: str, port: int, home, ask_code, controller_name: str = "pac
                 raise PacError(f"{address}: the pairing request is not for the key the device serves; "
                                "someone may be in the middle; pairing stopped")
             code = ask_code(info_to_dict(begun.info))
-            cert = authority.cert_pem(authority.issue(ca_key, ca_cert, csr, cluster_id, "device"))
+            issued = authority.issue(ca_key, ca_cert, csr, cluster_id, "device")
+            cert = authority.cert_pem(issued)
             ca_pem = authority.cert_pem(ca_cert)
             digest = pairing.transcript(salt=begun.salt, node_id=node_id, csr_pem=begun.csr_pem,
                                         server_cert_pem=served, cluster_id=cluster_id, certificate_pem=cert,
@@ -147,4 +154,4 @@ async def pair(host: str, port: int, home, ask_code, controller_name: str = "pac
             raise DaemonError(address, error) from error
     if not pairing.check(key, "daemon", digest, done.proof):
         raise PacError(f"{address}: the device's answer does not prove it knows the code; do not trust it")
-    return info_to_dict(done.info)
+    return {**info_to_dict(done.info), "certificate_serial": issued.serial_number}

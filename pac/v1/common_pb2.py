@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pac/v1/common.proto\x12\x06pac.v1\"\x8c\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x18\n\x10software_version\x18\x04 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12total_memory_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x11\n\tcpu_count\x18\x08 \x01(\r\x12\x10\n\x08hostname\x18\t \x01(\t\x12\x0e\n\x06paired\x18\n \x01(\x08\x12\x10\n\x08insecure\x18\x0b \x01(\x08\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pac/v1/common.proto\x12\x06pac.v1\"\xa7\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x18\n\x10software_version\x18\x04 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12total_memory_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x11\n\tcpu_count\x18\x08 \x01(\r\x12\x10\n\x08hostname\x18\t \x01(\t\x12\x0e\n\x06paired\x18\n \x01(\x08\x12\x10\n\x08insecure\x18\x0b \x01(\x08\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x19\n\x11revocation_number\x18\r \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pac.v1.common_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODEINFO']._serialized_start=32
-  _globals['_NODEINFO']._serialized_end=300
+  _globals['_NODEINFO']._serialized_end=327
 # @@protoc_insertion_point(module_scope)

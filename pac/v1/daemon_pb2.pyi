@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RevocationList(_message.Message):
+    __slots__ = ("crl_pem",)
+    CRL_PEM_FIELD_NUMBER: _ClassVar[int]
+    crl_pem: bytes
+    def __init__(self, crl_pem: _Optional[bytes] = ...) -> None: ...
+
+class RevocationReply(_message.Message):
+    __slots__ = ("number",)
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    def __init__(self, number: _Optional[int] = ...) -> None: ...
+
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

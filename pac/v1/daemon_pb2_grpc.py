@@ -45,6 +45,11 @@ class DeviceStub:
                 request_serializer=pac_dot_v1_dot_daemon__pb2.ProfileRequest.SerializeToString,
                 response_deserializer=pac_dot_v1_dot_daemon__pb2.ProfileReply.FromString,
                 _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/pac.v1.Device/UpdateRevocations',
+                request_serializer=pac_dot_v1_dot_daemon__pb2.RevocationList.SerializeToString,
+                response_deserializer=pac_dot_v1_dot_daemon__pb2.RevocationReply.FromString,
+                _registered_method=True)
 
 
 class DeviceServicer:
@@ -64,6 +69,14 @@ class DeviceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRevocations(self, request, context):
+        """The home's certificate revocation list (pac.security.revocation): kept if it is signed by the home's
+        authority and newer than the one held; every call with a revoked certificate is refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_DeviceServicer_to_server(servicer, server):
                     servicer.Profile,
                     request_deserializer=pac_dot_v1_dot_daemon__pb2.ProfileRequest.FromString,
                     response_serializer=pac_dot_v1_dot_daemon__pb2.ProfileReply.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=pac_dot_v1_dot_daemon__pb2.RevocationList.FromString,
+                    response_serializer=pac_dot_v1_dot_daemon__pb2.RevocationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Device:
             '/pac.v1.Device/Profile',
             pac_dot_v1_dot_daemon__pb2.ProfileRequest.SerializeToString,
             pac_dot_v1_dot_daemon__pb2.ProfileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Device/UpdateRevocations',
+            pac_dot_v1_dot_daemon__pb2.RevocationList.SerializeToString,
+            pac_dot_v1_dot_daemon__pb2.RevocationReply.FromString,
             options,
             channel_credentials,
             insecure,

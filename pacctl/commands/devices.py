@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from pac.cluster.discover import find_devices
-from pac.discovery.records import DeviceRecord, Survey, survey
+from pac.cluster.discover import find_home
+from pac.discovery.records import DeviceRecord, Survey
 from pac.errors import PacError
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.init import home_option
@@ -33,13 +33,13 @@ def with_discovery(function):
 
 def discover(home: Path | None, peers, interfaces, timeout: float, no_mdns: bool, insecure: bool):
     """(survey, problems, cluster id) for the controller in `home`."""
+    home = home or default_home()
     try:
-        identity = None if insecure else controller_identity(home or default_home())
-        records, problems = asyncio.run(find_devices(identity, timeout, interfaces, peers, not no_mdns))
+        identity = None if insecure else controller_identity(home)
+        found, problems = asyncio.run(find_home(home, identity, timeout, interfaces, peers, not no_mdns))
     except PacError as error:
         raise click.ClickException(str(error)) from error
-    cluster = identity.cluster_id if identity else ""
-    return survey(records, cluster), problems, cluster
+    return found, problems, identity.cluster_id if identity else ""
 
 
 def _line(r: DeviceRecord) -> str:
@@ -59,6 +59,10 @@ def _print(found: Survey, problems: list[str], cluster: str) -> None:
         click.echo(f"other clusters ({len(found.other_clusters)}): not used")
         for record in found.other_clusters:
             click.echo(_line(record) + f" cluster {record.cluster_id}")
+    if found.revoked:
+        click.echo(f"revoked ({len(found.revoked)}): unpaired by this home, not used; pair one again to use it")
+        for record in found.revoked:
+            click.echo(_line(record))
     for node_id, records in found.duplicates.items():
         click.echo(f"duplicate node id {node_id} at {', '.join(r.address for r in records)}: not used; "
                    "a state directory was copied: remove node_id and tls/ on one device, then pair it")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pac.discovery.known import remember
 from pac.discovery.records import parse_peer
 from pac.errors import PacError
 from pac.net.daemon_client import pair
@@ -30,8 +31,48 @@ def command(address: str, home: Path | None, code: str | None) -> None:
                    f"{info['memory_budget_bytes'] / 2**30:.1f} GiB offered)")
         return code or click.prompt("pairing code shown by the device")
 
+    home = home or default_home()
     try:
-        info = asyncio.run(pair(host, port, home or default_home(), ask))
+        info = asyncio.run(pair(host, port, home, ask))
+        remember(home, info["node_id"], f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+                 info["hostname"], info["certificate_serial"])
     except (PacError, ValueError, OSError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"paired: device {info['node_id']} joined cluster {info['cluster_id']}")
+    click.echo(f"paired: device {info['node_id']} joined cluster {info['cluster_id']}; remembered at "
+               f"{host}:{port} (pacctl devices, train and the others ask it there, and follow it on mDNS)")
+
+
+@click.command("unpair")
+@click.argument("device")
+@home_option
+def unpair_command(device: str, home: Path | None) -> None:
+    """Forget DEVICE (its node id, a unique prefix of it, its host name or address) and revoke its
+    certificate: every device of the home this command reaches refuses it from now on, and the others as
+    soon as any later command reaches them."""
+    from pac.cluster.discover import find_home
+    from pac.discovery.known import forget, load_known, resolve
+    from pac.security.home import controller_identity, load_authority
+    from pac.security.revocation import revoke
+
+    home = home or default_home()
+    try:
+        identity = controller_identity(home)
+        known = load_known(home)
+        entry = resolve(known, device)
+        if entry is None:
+            names = ", ".join(f"{d.node_id} ({d.hostname or d.address})" for d in known.values()) or "none"
+            raise click.ClickException(f"{device!r} names no single device this home remembers (remembered: "
+                                       f"{names})")
+        if not entry.serial:
+            raise click.ClickException(f"device {entry.node_id} was paired before certificates were remembered: "
+                                       "its certificate cannot be revoked from here; stop pacd on it and remove "
+                                       "its STATE_DIR/tls/ instead")
+        ca_key, ca_cert, _ = load_authority(home)
+        revoke(home, ca_key, ca_cert, entry.node_id, entry.serial)
+        forget(home, entry.node_id)
+        _, problems = asyncio.run(find_home(home, identity))  # sends the new list to every device it finds
+    except PacError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"unpaired {entry.node_id}: forgotten, and its certificate revoked")
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)

@@ -20,15 +20,14 @@ def jobs_dir(home: Path | None) -> Path:
     return (home or default_home()) / "jobs"
 
 
-async def usable_devices(job, identity) -> tuple[list, list[str]]:
-    """The devices of this home the job's [devices] table finds now (DeviceRecord), and the problems met."""
-    from pac.cluster.discover import find_devices
-    from pac.discovery.records import survey
+async def usable_devices(job, identity, home: Path) -> tuple[list, list[str]]:
+    """The devices of this home the job's [devices] table finds now (DeviceRecord), and the problems met:
+    mDNS and the remembered devices (modes "discover", "cluster"), the listed addresses."""
+    from pac.cluster.discover import find_home
 
     section = job.devices
-    records, problems = await find_devices(identity, section.mdns_timeout, section.interfaces, section.addresses,
-                                           section.mode != "list")
-    found = survey(records, identity.cluster_id if identity else "")
+    found, problems = await find_home(home, identity, section.mdns_timeout, section.interfaces, section.addresses,
+                                      section.mode != "list", remembered=section.mode != "list")
     return found.ours + (found.unpaired if section.insecure else []), problems
 
 
@@ -41,9 +40,9 @@ def as_devices(records) -> list:
 def find_job_devices(job, home: Path | None):
     """The devices the job's [devices] table names, as pac.cluster.context.Device; its identity; and a
     function that finds them anew while the job runs (a device that joins is taken in, devices.rejoin)."""
-    section = job.devices
-    identity = None if section.insecure else controller_identity(home or default_home())
-    usable, problems = asyncio.run(usable_devices(job, identity))
+    section, home = job.devices, home or default_home()
+    identity = None if section.insecure else controller_identity(home)
+    usable, problems = asyncio.run(usable_devices(job, identity, home))
     said = f" ({'; '.join(problems)})" if problems else ""
     if section.mode == "list":
         from pac.discovery.records import parse_peer
@@ -61,7 +60,7 @@ def find_job_devices(job, home: Path | None):
         raise click.ClickException(f"{job.source}: no device of this home found: {hint}")
 
     async def again() -> list:
-        return as_devices((await usable_devices(job, identity))[0])
+        return as_devices((await usable_devices(job, identity, home))[0])
 
     return as_devices(usable), identity, again
 

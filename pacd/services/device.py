@@ -1,4 +1,4 @@
-"""Device service: who this device is, and profiling models on it."""
+"""Device service: who this device is, profiling models on it, and the home's revocation list."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ class DeviceServicer(daemon_pb2_grpc.DeviceServicer):
             self._store.put(key, stored)
         return daemon_pb2.ProfileReply(profile=profile_to_proto(stored), from_store=False,
                                        elapsed_s=time.perf_counter() - started)
+
+
+    @handler
+    async def UpdateRevocations(self, request, context) -> daemon_pb2.RevocationReply:
+        return daemon_pb2.RevocationReply(number=self._daemon.update_revocations(request.crl_pem))
 
 
 def register(server: grpc.aio.Server, daemon) -> list[str]:

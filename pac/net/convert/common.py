@@ -19,4 +19,4 @@ def info_to_dict(info: common_pb2.NodeInfo) -> dict[str, Any]:
 
 def record_from_info(info: common_pb2.NodeInfo, host: str, port: int, source: str) -> DeviceRecord:
     return DeviceRecord(info.node_id, info.cluster_id, host, port, info.api_version,
-                        info.memory_budget_bytes, info.accelerator, info.hostname, source)
+                        info.memory_budget_bytes, info.accelerator, info.hostname, source, info.revocation_number)

@@ -1,0 +1,76 @@
+"""Devices a home pairs are remembered (found again without --peer where multicast does not pass), and a
+device the home unpairs is revoked: every other device refuses its certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pac.net.daemon_client import DaemonClient, DaemonError
+from pac.security import load_identity
+
+
+def pacctl(home, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PAC_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "pacctl", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def paired_by_pacctl(daemon, home) -> None:
+    done = pacctl(home, "pair", daemon.address, "--code", daemon.pairing_code())
+    assert done.returncode == 0 and "remembered at" in done.stdout, done.stdout + done.stderr
+    identity = load_identity(home)
+
+    async def serving() -> None:  # the daemon restarts in mutual TLS
+        for _ in range(100):
+            try:
+                async with DaemonClient(daemon.address, identity, daemon.node_id) as client:
+                    await client.info()
+                return
+            except DaemonError:
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{daemon.address} did not come back in mutual TLS")
+
+    asyncio.run(serving())
+
+
+def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemons, cluster, tmp_path):
+    from pac.jobfile import parse_job
+    from pacctl.commands.train import find_job_devices
+
+    phone, nas = daemons.start(paired=False, name="phone"), daemons.start(paired=False, name="nas")
+    for daemon in (phone, nas):
+        paired_by_pacctl(daemon, cluster.home)
+    listed = pacctl(cluster.home, "devices", "--no-mdns")  # no --peer: the remembered addresses
+    assert listed.returncode == 0 and listed.stdout.count("(remembered)") == 2, listed.stdout
+    assert phone.node_id in listed.stdout and nas.node_id in listed.stdout
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": 0}\n')
+    job = parse_job({"model": {"name_or_path": "tiny-bert"},
+                     "data": {"train": str(tmp_path / "d.jsonl"), "task": "classification"},
+                     "devices": {"mode": "discover", "mdns_timeout": 0.2},
+                     "output": {"directory": str(tmp_path / "out")}}, source="job.toml")
+    devices, _, _ = find_job_devices(job, cluster.home)  # what `pacctl train` uses
+    assert {d.node_id for d in devices} == {phone.node_id, nas.node_id}
+
+    unpaired = pacctl(cluster.home, "unpair", phone.node_id[:6])
+    assert unpaired.returncode == 0 and f"unpaired {phone.node_id}" in unpaired.stdout, unpaired.stderr
+
+    async def as_the_phone():
+        async with DaemonClient(nas.address, load_identity(phone.state_dir), nas.node_id) as client:
+            return await client.info()
+
+    with pytest.raises(DaemonError) as refused:
+        asyncio.run(as_the_phone())
+    assert refused.value.code.name == "UNAUTHENTICATED" and "revoked" in str(refused.value)
+
+    async def as_the_home():
+        async with DaemonClient(nas.address, cluster.identity, nas.node_id) as client:
+            return await client.info()
+
+    assert asyncio.run(as_the_home())["revocation_number"] == 1  # the nas holds the home's list
+    listed = pacctl(cluster.home, "devices", "--no-mdns")
+    assert phone.node_id not in listed.stdout and nas.node_id in listed.stdout, listed.stdout
