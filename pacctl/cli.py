@@ -1,6 +1,7 @@
 """`pacctl`: the controller. Finds the daemons, profiles them, plans the job and drives it.
 
-Each sub-command lives in its own module under `pacctl/commands/`; this file only assembles them.
+Each sub-command lives in its own module under `pacctl/commands/`, imported when the command runs (so a
+command that needs no PyTorch starts without importing it); this file only names them.
 Errors a person can act on are raised as `click.ClickException` (one line, exit code 1); a traceback
 is printed only with `--debug`.
 """
@@ -18,23 +19,30 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # model loaders' progress bars would
 
 import click
 
-# Modules under pacctl/commands that each define `command` (a click.Command or click.Group).
-COMMAND_MODULES = [
-    "demo",
-    "finetune",
-    "init",
-    "pair",
-    "devices",
-    "profile",
-    "plan",
-    "job",
-    "train",
-    "assistant",
-    "client",
-]
+# Each command: the module under pacctl/commands and the click.Command (or Group) in it.
+COMMANDS = {
+    "init": "init:command", "pair": "pair:command", "unpair": "pair:unpair_command", "devices": "devices:command",
+    "profile": "profile:command", "plan": "plan:command", "job": "job:command", "train": "train:command",
+    "status": "train:status_command", "finetune": "finetune:command", "demo": "demo:command",
+    "deploy": "assistant:command", "ask": "assistant:ask_command", "models": "assistant:models_command",
+    "client": "client:command",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The commands of COMMANDS, each module imported when its command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(f"pacctl.commands.{module}"), attribute)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pac", prog_name="pacctl", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Print full tracebacks on errors.")
 @click.pass_context
@@ -43,12 +51,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
-
-for _name in COMMAND_MODULES:
-    _module = importlib.import_module(f"pacctl.commands.{_name}")
-    for _attribute in dir(_module):  # `command`, and any other `*_command` the module defines
-        if _attribute == "command" or _attribute.endswith("_command"):
-            cli.add_command(getattr(_module, _attribute))
 
 
 def main(argv: list[str] | None = None) -> int:

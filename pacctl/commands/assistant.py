@@ -6,16 +6,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from pac.assistant.decode import Sampling
-from pac.assistant.store import Provenance
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
 from pac.net.assistant_client import AssistantClient, Usage
 from pac.security.home import controller_identity, default_home
 from pacctl.commands.devices import discover, with_discovery
+
+if TYPE_CHECKING:
+    from pac.assistant.store import Provenance
 
 
 def pick_device(home, peers, interfaces, timeout, no_mdns, insecure, wanted: str | None) -> DeviceRecord:
@@ -50,6 +52,8 @@ def named(devices: list, wanted: str) -> list:
 
 def provenance(run: Path, name: str | None, labels: str | None) -> Provenance:
     """What a run directory of `pacctl train` / `pacctl finetune` says about its adapter."""
+    from pac.assistant.store import Provenance  # torch: imported when deploying, not by every pacctl
+
     path = run / "metrics.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     evaluation = data.get("eval") or {}
@@ -108,6 +112,10 @@ def ask_command(question, device, model, max_new_tokens, temperature, top_p, see
                 timeout, no_mdns, insecure) -> None:
     """Ask the household's tuned model QUESTION; the answer streams as it is decoded."""
     try:
+        from pac.assistant.decode import (
+            Sampling,  # torch: imported when a command needs it, not by every pacctl
+        )
+
         sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     except PacError as error:
         raise click.ClickException(str(error)) from error

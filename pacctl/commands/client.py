@@ -50,11 +50,29 @@ def list_(home: Path | None) -> None:
 @click.argument("name")
 @home_option
 def remove(name: str, home: Path | None) -> None:
-    """Delete the client NAME's files here. Its certificate stays valid where it was copied until it
-    expires: the daemons do not check a revocation list yet."""
-    where = clients_dir(home or default_home()) / name
+    """Revoke the client NAME's certificate and delete its files here: every device of the home this
+    command reaches refuses it from now on, the others as soon as any later command reaches them."""
+    import asyncio
+
+    from cryptography import x509
+
+    from pac.cluster.discover import find_home
+    from pac.errors import PacError
+    from pac.security.home import controller_identity, load_authority
+    from pac.security.revocation import revoke
+
+    home = home or default_home()
+    where = clients_dir(home) / name
     if not where.is_dir():
         raise click.ClickException(f"no client named {name!r} in {where.parent}")
-    shutil.rmtree(where)
-    click.echo(f"removed {name}; a copy of its certificate elsewhere stays valid until it expires "
-               f"(no revocation list yet)")
+    try:
+        certificate = x509.load_pem_x509_certificate((where / "tls" / "cert.pem").read_bytes())
+        ca_key, ca_cert, _ = load_authority(home)
+        revoke(home, ca_key, ca_cert, f"client {name}", certificate.serial_number)
+        shutil.rmtree(where)
+        _, problems = asyncio.run(find_home(home, controller_identity(home)))  # sends the list to the devices
+    except (PacError, OSError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"removed {name}: its certificate is revoked")
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)

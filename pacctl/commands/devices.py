@@ -74,7 +74,7 @@ def _print(found: Survey, problems: list[str], cluster: str) -> None:
 @with_discovery
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def command(home, peers, interfaces, timeout, no_mdns, insecure, as_json) -> None:
-    """List the devices found over mDNS and in the static peer list."""
+    """List the devices found over mDNS, the ones this home remembers (pacctl pair) and --peer ones."""
     found, problems, cluster = discover(home, peers, interfaces, timeout, no_mdns, insecure)
     if as_json:
         click.echo(json.dumps({"cluster_id": cluster, **dataclasses.asdict(found), "problems": problems},

@@ -74,3 +74,18 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     assert asyncio.run(as_the_home())["revocation_number"] == 1  # the nas holds the home's list
     listed = pacctl(cluster.home, "devices", "--no-mdns")
     assert phone.node_id not in listed.stdout and nas.node_id in listed.stdout, listed.stdout
+
+    # a home-automation client's certificate, revoked by `client remove`
+    assert pacctl(cluster.home, "client", "add", "ha").returncode == 0
+    client = load_identity(cluster.home / "clients" / "ha")
+
+    async def as_the_client():
+        async with DaemonClient(nas.address, client, nas.node_id) as connection:
+            return await connection.info()
+
+    assert asyncio.run(as_the_client())["node_id"] == nas.node_id
+    removed = pacctl(cluster.home, "client", "remove", "ha")
+    assert removed.returncode == 0 and "revoked" in removed.stdout, removed.stdout + removed.stderr
+    with pytest.raises(DaemonError) as refused:
+        asyncio.run(as_the_client())
+    assert refused.value.code.name == "UNAUTHENTICATED" and asyncio.run(as_the_home())["revocation_number"] == 2
