@@ -14,7 +14,7 @@ LOCK_TOOLS := build/lock-tools
 # The systemd unit for this clone's install path (its .venv's pacd); `sudo make install-unit` installs it.
 UNIT ?= build/pacd.service
 
-.PHONY: install check-lock lock test lint proto proto-check demo clean unit install-unit
+.PHONY: install check-lock lock test lint proto proto-check demo clean unit install-unit cli-docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ lock:
 
 test:
 	$(PY) -m pytest -q
+
+cli-docs:
+	$(PY) -m pacctl.clidoc > docs/cli.md
 
 unit:
 	@mkdir -p $(dir $(UNIT))

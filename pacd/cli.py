@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--wyoming", action="store_true", default=None,
                        help="serve the tuned model to Home Assistant over Wyoming (plain TCP, no authentication)")
     serve.add_argument("--wyoming-port", type=int, help="Wyoming port (default 10800; 0 picks a free one)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="least severe log lines written (default info)")
     info = commands.add_parser("info", help="print this device's node id, pairing state and pairing code")
     _common(info)
     return parser

@@ -104,8 +104,12 @@ _ALIASES = {"memory_budget": "memory_budget_bytes", "max_message_size": "max_mes
 def _coerce(key: str, value: Any) -> Any:
     name = _ALIASES.get(key, key)
     if name not in _FIELDS:
-        known = ", ".join(sorted(set(_FIELDS) | set(_ALIASES)))
-        raise ConfigError(f"unknown configuration key {key!r} (known: {known})")
+        import difflib
+
+        names = sorted(set(_FIELDS) | set(_ALIASES))
+        near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        raise ConfigError(f"unknown configuration key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                          + f" (known: {', '.join(names)})")
     if name in ("memory_budget_bytes", "max_message_bytes"):
         return name, parse_size(value, key)
     if name in ("state_dir", "port_file"):

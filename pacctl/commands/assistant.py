@@ -102,9 +102,10 @@ def command(run, device, name, labels, home, peers, interfaces, timeout, no_mdns
 @click.argument("question")
 @device_option
 @click.option("--model", default="", help="a deployed model's id or name (default: the newest chat model)")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest answer, in tokens.")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="With a temperature: sample from the smallest set of tokens this likely.")
 @click.option("--seed", type=int, help="with a temperature: the same seed gives the same answer")
 @click.option("--system", help="a system instruction before the question")
 @with_discovery

@@ -20,7 +20,8 @@ def command() -> None:
 
 @command.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["assistant"]), default="assistant", show_default=True)
+@click.option("--role", type=click.Choice(["assistant"]), default="assistant", show_default=True,
+              help="What the certificate may call: assistant asks the household's model (docs/security.md).")
 @home_option
 def add(name: str, role: str, home: Path | None) -> None:
     """Issue a certificate for the client NAME (kept owner-only in HOME/clients/NAME/tls)."""

@@ -34,9 +34,10 @@ async def _ask_all(daemon, identity, prompts: list[str]) -> list[str]:
               help="Daemons to start on this machine (loopback, mutual TLS).")
 @click.option("--model", default="smollm2-135m", show_default=True, help="A chat model (decoder or encoder-decoder).")
 @click.option("--epochs", type=int, default=8, show_default=True, help="Epoch 1 runs the pipeline; the rest, the cache.")
-@click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True, help="Learning rate.")
 @click.option("--questions", type=int, default=8, show_default=True, help="Held-out questions to ask (max 32).")
-@click.option("--out", "output_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--out", "output_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
+              help="The daemons' state, the job's outputs and the answers go here.")
 @click.option("--resume", is_flag=True, help="Continue a stopped demo in --out from its newest checkpoint, on the "
               "same daemons (started again with their state) and their kept caches.")
 def command(count, model, epochs, learning_rate, questions, output_dir, resume) -> None:

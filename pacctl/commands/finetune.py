@@ -23,12 +23,13 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
               help="For a CSV/TSV file without a header row: its column names in order, comma-separated "
                    "(e.g. label,id1,id2,text,text_pair).")
 @click.option("--technique", type=click.Choice(["parallel", "lora", "adapters", "full"]), default="parallel",
-              show_default=True)
+              show_default=True, help="Parallel Adapters (PAC's), or a baseline: LoRA, bottleneck adapters, all "
+              "weights.")
 @click.option("--task", type=click.Choice(["classification", "regression", "lm"]),
               help="Default: inferred from the data's columns.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Passes over the training data.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per optimiser step.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sample (longer ones are cut).")
 @click.option("--lr", "learning_rate", type=float, default=None,
               help="Learning rate [default: 1e-3 parallel, 5e-4 lora/adapters, 3e-5 full].")
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
@@ -42,7 +43,8 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Where the cache lives [default: $PAC_CACHE_DIR or ~/.cache/pac/activations].")
 @click.option("--keep-cache", is_flag=True, help="Keep the cache after the job, for later jobs on the same data.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the side network's weights, the data order and subsets.")
 @click.option("--checkpointing", is_flag=True,
               help="Parallel Adapters: recompute the side blocks in backward instead of keeping their "
                    "activations (less memory, about one more side forward of time).")

@@ -75,7 +75,8 @@ def render(plan: Plan) -> str:
               help="Samples per mini-batch (one optimiser step).")
 @click.option("--micro-batches", default=None, type=click.IntRange(min=1),
               help="Micro-batches per mini-batch (must divide the batch size); chosen if not given.")
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Epochs: the first in phase 1, the rest from the activation cache.")
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Samples in the training set.")
 @click.option("--weight-bits", default="32", show_default=True, type=click.Choice(["32", "16", "8", "4"]),

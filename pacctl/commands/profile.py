@@ -40,8 +40,9 @@ async def _profile_all(devices: list[DeviceRecord], identity: Identity | None, m
 @click.argument("model")
 @with_discovery
 @click.option("--batch-sizes", default="1,4,8", show_default=True, help="comma-separated batch sizes")
-@click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--reduction-factor", type=int, default=8, show_default=True)
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sample the job will use.")
+@click.option("--reduction-factor", type=int, default=8, show_default=True,
+              help="k of the job's side network (width d/k).")
 @click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default="none", show_default=True,
               help="measure the backbone as a job with this model.quantization holds it")
 @click.option("--refresh", is_flag=True, help="measure again even where a stored result exists")

@@ -29,6 +29,7 @@ def test_pacd_table_and_missing_default(tmp_path, monkeypatch):
     ("port = 70000", "port must be 0..65535"),
     ('port = "x"', "port has the wrong type"),
     ("colour = 1", "unknown configuration key 'colour'"),
+    ('memory_budgte = "1GiB"', "unknown configuration key 'memory_budgte'; did you mean 'memory_budget'?"),
     ('memory_budget = "lots"', "memory_budget: cannot read"),
     ("port = ", "pacd.toml"),
     ('insecure = true\nhost = "0.0.0.0"', "loopback only"),

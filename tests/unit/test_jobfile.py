@@ -336,3 +336,11 @@ def test_a_job_written_from_tables_reads_back_as_the_same_job(home):
     (home / "job.toml").write_text(job_toml(tables))
     assert load_job(home / "job.toml") == parse(home, {k: {n: v for n, v in t.items() if v is not None}
                                                        for k, t in tables.items()})
+
+
+def test_every_option_has_help_and_docs_cli_md_is_the_commands_own_help():
+    from pacctl.clidoc import missing_help, reference
+
+    assert missing_help() == []
+    committed = (ROOT / "docs" / "cli.md").read_text()
+    assert committed == reference(), "docs/cli.md is stale: run `make cli-docs`"
