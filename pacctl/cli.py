@@ -21,7 +21,7 @@ import click
 
 # Each command: the module under pacctl/commands and the click.Command (or Group) in it.
 COMMANDS = {
-    "init": "init:command", "pair": "pair:command", "unpair": "pair:unpair_command", "devices": "devices:command",
+    "init": "init:command", "pair": "pair:command", "unpair": "pair:unpair_command", "renew": "pair:renew_command", "devices": "devices:command",
     "profile": "profile:command", "plan": "plan:command", "job": "job:command", "train": "train:command",
     "status": "train:status_command", "finetune": "finetune:command", "demo": "demo:command",
     "deploy": "assistant:command", "ask": "assistant:ask_command", "models": "assistant:models_command",

@@ -26,7 +26,7 @@ from pac.discovery.records import DeviceRecord
 from pac.limits import grpc_size_options
 from pac.security import Identity, is_paired, load_identity, secure_channel
 from pac.security.files import write_private
-from pac.security.revocation import RevocationError, Revocations, read_crl
+from pac.security.revocation import CertificateRefused, RevocationError, Revocations, read_crl
 from pac.worker.device_job import JobSlot
 from pacd import notify, server
 from pacd.config import DaemonConfig
@@ -149,6 +149,31 @@ class Daemon:
             self.revocations = found
             log.info("revocation list %d: %d certificate(s) revoked", found.number, len(found.serials))
         return self.revocations.number
+
+    def renew_certificate(self, cert_pem: bytes) -> str:
+        """Keep a fresh certificate of the home for this node's key, node id and role, then serve on it
+        (the server restarts, as after pairing); refused while a job is held. Returns its end (ISO)."""
+        from cryptography import x509
+
+        from pac.security import authority
+        from pac.security.identity import store_identity
+
+        if self.identity is None:
+            raise PermissionError("this device is not paired: pair it (pacctl pair), there is nothing to renew")
+        if self.jobs.job is not None:
+            raise CertificateRefused(f"this device holds job {self.jobs.job.job_id}: renew after it ends")
+        new = x509.load_pem_x509_certificate(cert_pem)
+        who = authority.describe(new)
+        if (who.node_id, who.cluster_id, who.role) != (self.node_id, self.cluster_id, "device"):
+            raise CertificateRefused(f"the certificate is for {who.node_id} ({who.role}) of cluster {who.cluster_id}, "
+                                  f"not this device {self.node_id} of {self.cluster_id}")
+        try:
+            self.identity = store_identity(self.state.root, cert_pem, self.identity.ca_pem)
+        except ValueError as error:
+            raise CertificateRefused(str(error)) from None
+        log.info("certificate renewed until %s: restarting the server on it", new.not_valid_after_utc.isoformat())
+        asyncio.get_running_loop().call_later(0.2, self.restart_secure)
+        return new.not_valid_after_utc.isoformat()
 
     def record(self) -> DeviceRecord:
         return DeviceRecord(self.node_id, self.cluster_id, self.config.host, self.port,

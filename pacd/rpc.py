@@ -10,6 +10,7 @@ import grpc
 
 from pac.assistant.queue import Occupied, Overloaded
 from pac.errors import AdapterMismatchError, ConfigError, ModelNotFoundError, PacError
+from pac.security.revocation import CertificateRefused
 from pac.worker.device_job import JobStateError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ _STATUS = [
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CertificateRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (AdapterMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -91,6 +91,12 @@ class DaemonClient:
                                  daemon_pb2.RevocationList(crl_pem=crl_pem), INFO_TIMEOUT_S)
         return reply.number
 
+    async def renew_certificate(self, cert_pem: bytes) -> str:
+        """Hand the device a fresh certificate for its key; its end (ISO 8601), once kept."""
+        reply = await self._call(daemon_pb2_grpc.DeviceStub(self._channel).RenewCertificate,
+                                 daemon_pb2.RenewCertificateRequest(certificate_pem=cert_pem), INFO_TIMEOUT_S)
+        return reply.not_after
+
     async def probe(self, address: str, peer_node_id: str = "", payload_bytes: int = 0, rounds: int = 0,
                     timeout: float = 60.0) -> dict[str, Any]:
         request = daemon_pb2.ProbePeerRequest(address=address, peer_node_id=peer_node_id,

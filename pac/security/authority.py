@@ -21,7 +21,7 @@ CLUSTER_ID_RE = NODE_ID_RE
 ROLES = ("device", "controller", "assistant")  # assistant: a home-automation client (pacctl client add)
 ANY_NODE_NAME = "node.pac"
 CA_DAYS = 3650
-LEAF_DAYS = 825
+LEAF_DAYS = 397  # a node's certificate: about 13 months; `pacctl renew` issues fresh ones before they end
 _ORG_PREFIX = "pac cluster "
 
 
@@ -120,6 +120,17 @@ def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
     subject = _subject(node_id, cluster_id, role)
     return _leaf_builder(subject, ca_cert.subject, csr.public_key(), node_id, LEAF_DAYS).sign(
         ca_key, hashes.SHA256())
+
+
+def reissue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, cert: x509.Certificate) -> x509.Certificate:
+    """A fresh certificate (new serial, LEAF_DAYS from now) for the node, role and key `cert` names;
+    refused unless `cert` is this authority's."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except Exception as error:  # cryptography raises several types here
+        raise ValueError(f"the certificate is not issued by this home's authority: {error}") from error
+    return _leaf_builder(cert.subject, ca_cert.subject, cert.public_key(), common_name(cert.subject),
+                         LEAF_DAYS).sign(ca_key, hashes.SHA256())
 
 
 def common_name(name: x509.Name) -> str:

@@ -25,7 +25,11 @@ from pac.security.files import write_private
 CRL_DAYS = 3650  # a CRL's next-update; daemons keep the newest whatever its date
 
 
-class RevocationError(PacError):
+class CertificateRefused(PacError):
+    """A device does not take what it was handed: a revocation list or a renewed certificate."""
+
+
+class RevocationError(CertificateRefused):
     """A revocation list that is not this home's, or is older than the one held."""
 
 

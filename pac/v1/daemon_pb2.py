@@ -25,37 +25,41 @@ _sym_db = _symbol_database.Default()
 from pac.v1 import common_pb2 as pac_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pac/v1/daemon.proto\x12\x06pac.v1\x1a\x13pac/v1/common.proto\"!\n\x0eRevocationList\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\"!\n\x0fRevocationReply\x12\x0e\n\x06number\x18\x01 \x01(\x04\"\x10\n\x0eGetInfoRequest\"\x86\x01\n\x0eProfileRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x18\n\x10reduction_factor\x18\x04 \x01(\r\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\x12\x14\n\x0cquantization\x18\x06 \x01(\t\"f\n\x0c\x42\x61tchTimings\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x11\n\tforward_s\x18\x02 \x03(\x01\x12\x16\n\x0eside_forward_s\x18\x03 \x03(\x01\x12\x17\n\x0fside_backward_s\x18\x04 \x03(\x01\"\xca\x02\n\x0cModelProfile\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x18\n\x10reduction_factor\x18\x04 \x01(\r\x12%\n\x07timings\x18\x05 \x03(\x0b\x32\x14.pac.v1.BatchTimings\x12\x13\n\x0bparam_bytes\x18\x06 \x03(\x04\x12#\n\x1b\x61\x63tivation_bytes_per_sample\x18\x07 \x03(\x04\x12\x18\n\x10side_param_bytes\x18\x08 \x03(\x04\x12\x1b\n\x13memory_budget_bytes\x18\t \x01(\x04\x12\x18\n\x10measured_at_unix\x18\n \x01(\x01\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x0b \x01(\t\x12\x12\n\nextra_json\x18\x0c \x01(\t\x12\x14\n\x0cquantization\x18\r \x01(\t\"\\\n\x0cProfileReply\x12%\n\x07profile\x18\x01 \x01(\x0b\x32\x14.pac.v1.ModelProfile\x12\x12\n\nfrom_store\x18\x02 \x01(\x08\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\"3\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\r\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"`\n\x10ProbePeerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x14\n\x0cpeer_node_id\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\"\x96\x01\n\x0fLinkMeasurement\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\r\n\x05rtt_s\x18\x03 \x01(\x01\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x04 \x01(\x01\x12\x15\n\rpayload_bytes\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r2\xbc\x01\n\x06\x44\x65vice\x12\x33\n\x07GetInfo\x12\x16.pac.v1.GetInfoRequest\x1a\x10.pac.v1.NodeInfo\x12\x37\n\x07Profile\x12\x16.pac.v1.ProfileRequest\x1a\x14.pac.v1.ProfileReply\x12\x44\n\x11UpdateRevocations\x12\x16.pac.v1.RevocationList\x1a\x17.pac.v1.RevocationReply2v\n\x04Link\x12.\n\x04\x45\x63ho\x12\x13.pac.v1.EchoRequest\x1a\x11.pac.v1.EchoReply\x12>\n\tProbePeer\x12\x18.pac.v1.ProbePeerRequest\x1a\x17.pac.v1.LinkMeasurementb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pac/v1/daemon.proto\x12\x06pac.v1\x1a\x13pac/v1/common.proto\"2\n\x17RenewCertificateRequest\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"*\n\x15RenewCertificateReply\x12\x11\n\tnot_after\x18\x01 \x01(\t\"!\n\x0eRevocationList\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\"!\n\x0fRevocationReply\x12\x0e\n\x06number\x18\x01 \x01(\x04\"\x10\n\x0eGetInfoRequest\"\x86\x01\n\x0eProfileRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x18\n\x10reduction_factor\x18\x04 \x01(\r\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\x12\x14\n\x0cquantization\x18\x06 \x01(\t\"f\n\x0c\x42\x61tchTimings\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x11\n\tforward_s\x18\x02 \x03(\x01\x12\x16\n\x0eside_forward_s\x18\x03 \x03(\x01\x12\x17\n\x0fside_backward_s\x18\x04 \x03(\x01\"\xca\x02\n\x0cModelProfile\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x18\n\x10reduction_factor\x18\x04 \x01(\r\x12%\n\x07timings\x18\x05 \x03(\x0b\x32\x14.pac.v1.BatchTimings\x12\x13\n\x0bparam_bytes\x18\x06 \x03(\x04\x12#\n\x1b\x61\x63tivation_bytes_per_sample\x18\x07 \x03(\x04\x12\x18\n\x10side_param_bytes\x18\x08 \x03(\x04\x12\x1b\n\x13memory_budget_bytes\x18\t \x01(\x04\x12\x18\n\x10measured_at_unix\x18\n \x01(\x01\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x0b \x01(\t\x12\x12\n\nextra_json\x18\x0c \x01(\t\x12\x14\n\x0cquantization\x18\r \x01(\t\"\\\n\x0cProfileReply\x12%\n\x07profile\x18\x01 \x01(\x0b\x32\x14.pac.v1.ModelProfile\x12\x12\n\nfrom_store\x18\x02 \x01(\x08\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\"3\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\r\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"`\n\x10ProbePeerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x14\n\x0cpeer_node_id\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\"\x96\x01\n\x0fLinkMeasurement\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\r\n\x05rtt_s\x18\x03 \x01(\x01\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x04 \x01(\x01\x12\x15\n\rpayload_bytes\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r2\x90\x02\n\x06\x44\x65vice\x12\x33\n\x07GetInfo\x12\x16.pac.v1.GetInfoRequest\x1a\x10.pac.v1.NodeInfo\x12\x37\n\x07Profile\x12\x16.pac.v1.ProfileRequest\x1a\x14.pac.v1.ProfileReply\x12\x44\n\x11UpdateRevocations\x12\x16.pac.v1.RevocationList\x1a\x17.pac.v1.RevocationReply\x12R\n\x10RenewCertificate\x12\x1f.pac.v1.RenewCertificateRequest\x1a\x1d.pac.v1.RenewCertificateReply2v\n\x04Link\x12.\n\x04\x45\x63ho\x12\x13.pac.v1.EchoRequest\x1a\x11.pac.v1.EchoReply\x12>\n\tProbePeer\x12\x18.pac.v1.ProbePeerRequest\x1a\x17.pac.v1.LinkMeasurementb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pac.v1.daemon_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REVOCATIONLIST']._serialized_start=52
-  _globals['_REVOCATIONLIST']._serialized_end=85
-  _globals['_REVOCATIONREPLY']._serialized_start=87
-  _globals['_REVOCATIONREPLY']._serialized_end=120
-  _globals['_GETINFOREQUEST']._serialized_start=122
-  _globals['_GETINFOREQUEST']._serialized_end=138
-  _globals['_PROFILEREQUEST']._serialized_start=141
-  _globals['_PROFILEREQUEST']._serialized_end=275
-  _globals['_BATCHTIMINGS']._serialized_start=277
-  _globals['_BATCHTIMINGS']._serialized_end=379
-  _globals['_MODELPROFILE']._serialized_start=382
-  _globals['_MODELPROFILE']._serialized_end=712
-  _globals['_PROFILEREPLY']._serialized_start=714
-  _globals['_PROFILEREPLY']._serialized_end=806
-  _globals['_ECHOREQUEST']._serialized_start=808
-  _globals['_ECHOREQUEST']._serialized_end=859
-  _globals['_ECHOREPLY']._serialized_start=861
-  _globals['_ECHOREPLY']._serialized_end=889
-  _globals['_PROBEPEERREQUEST']._serialized_start=891
-  _globals['_PROBEPEERREQUEST']._serialized_end=987
-  _globals['_LINKMEASUREMENT']._serialized_start=990
-  _globals['_LINKMEASUREMENT']._serialized_end=1140
-  _globals['_DEVICE']._serialized_start=1143
-  _globals['_DEVICE']._serialized_end=1331
-  _globals['_LINK']._serialized_start=1333
-  _globals['_LINK']._serialized_end=1451
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=52
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=102
+  _globals['_RENEWCERTIFICATEREPLY']._serialized_start=104
+  _globals['_RENEWCERTIFICATEREPLY']._serialized_end=146
+  _globals['_REVOCATIONLIST']._serialized_start=148
+  _globals['_REVOCATIONLIST']._serialized_end=181
+  _globals['_REVOCATIONREPLY']._serialized_start=183
+  _globals['_REVOCATIONREPLY']._serialized_end=216
+  _globals['_GETINFOREQUEST']._serialized_start=218
+  _globals['_GETINFOREQUEST']._serialized_end=234
+  _globals['_PROFILEREQUEST']._serialized_start=237
+  _globals['_PROFILEREQUEST']._serialized_end=371
+  _globals['_BATCHTIMINGS']._serialized_start=373
+  _globals['_BATCHTIMINGS']._serialized_end=475
+  _globals['_MODELPROFILE']._serialized_start=478
+  _globals['_MODELPROFILE']._serialized_end=808
+  _globals['_PROFILEREPLY']._serialized_start=810
+  _globals['_PROFILEREPLY']._serialized_end=902
+  _globals['_ECHOREQUEST']._serialized_start=904
+  _globals['_ECHOREQUEST']._serialized_end=955
+  _globals['_ECHOREPLY']._serialized_start=957
+  _globals['_ECHOREPLY']._serialized_end=985
+  _globals['_PROBEPEERREQUEST']._serialized_start=987
+  _globals['_PROBEPEERREQUEST']._serialized_end=1083
+  _globals['_LINKMEASUREMENT']._serialized_start=1086
+  _globals['_LINKMEASUREMENT']._serialized_end=1236
+  _globals['_DEVICE']._serialized_start=1239
+  _globals['_DEVICE']._serialized_end=1511
+  _globals['_LINK']._serialized_start=1513
+  _globals['_LINK']._serialized_end=1631
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("certificate_pem",)
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateReply(_message.Message):
+    __slots__ = ("not_after",)
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    not_after: str
+    def __init__(self, not_after: _Optional[str] = ...) -> None: ...
+
 class RevocationList(_message.Message):
     __slots__ = ("crl_pem",)
     CRL_PEM_FIELD_NUMBER: _ClassVar[int]

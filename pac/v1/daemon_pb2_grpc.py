@@ -50,6 +50,11 @@ class DeviceStub:
                 request_serializer=pac_dot_v1_dot_daemon__pb2.RevocationList.SerializeToString,
                 response_deserializer=pac_dot_v1_dot_daemon__pb2.RevocationReply.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/pac.v1.Device/RenewCertificate',
+                request_serializer=pac_dot_v1_dot_daemon__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=pac_dot_v1_dot_daemon__pb2.RenewCertificateReply.FromString,
+                _registered_method=True)
 
 
 class DeviceServicer:
@@ -77,6 +82,14 @@ class DeviceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """A fresh certificate of the home for this device's own key (pacctl renew): kept, and the server
+        restarts on it; refused while the device holds a job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_DeviceServicer_to_server(servicer, server):
                     servicer.UpdateRevocations,
                     request_deserializer=pac_dot_v1_dot_daemon__pb2.RevocationList.FromString,
                     response_serializer=pac_dot_v1_dot_daemon__pb2.RevocationReply.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=pac_dot_v1_dot_daemon__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=pac_dot_v1_dot_daemon__pb2.RenewCertificateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class Device:
             '/pac.v1.Device/UpdateRevocations',
             pac_dot_v1_dot_daemon__pb2.RevocationList.SerializeToString,
             pac_dot_v1_dot_daemon__pb2.RevocationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Device/RenewCertificate',
+            pac_dot_v1_dot_daemon__pb2.RenewCertificateRequest.SerializeToString,
+            pac_dot_v1_dot_daemon__pb2.RenewCertificateReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,3 +76,58 @@ def unpair_command(device: str, home: Path | None) -> None:
     click.echo(f"unpaired {entry.node_id}: forgotten, and its certificate revoked")
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
+
+
+@click.command("renew")
+@click.argument("devices", nargs=-1)
+@home_option
+def renew_command(devices: tuple[str, ...], home: Path | None) -> None:
+    """Issue fresh certificates (about 13 months) to DEVICES (default: every device of this home it finds)
+    and to this controller. Each device keeps its key and restarts its server on the new certificate; one
+    holding a job refuses until the job ends. Run it before the certificates end (`pacctl devices`
+    shows the devices; the old certificates stay valid until their own end)."""
+    from cryptography import x509
+
+    from pac.cluster.discover import find_home
+    from pac.discovery.known import load_known, save_known
+    from pac.net.daemon_client import DaemonClient, fetch_server_certificate
+    from pac.security import authority
+    from pac.security.home import controller_identity, load_authority
+    from pac.security.identity import store_identity
+
+    home = home or default_home()
+    try:
+        identity = controller_identity(home)
+        ca_key, ca_cert, _ = load_authority(home)
+        found, problems = asyncio.run(find_home(home, identity))
+    except PacError as error:
+        raise click.ClickException(str(error)) from error
+    wanted = [r for r in found.ours if not devices or any(
+        w in (r.node_id, r.hostname, r.address) or r.node_id.startswith(w) for w in devices)]
+    if devices and len(wanted) < len(devices):
+        raise click.ClickException(f"{', '.join(devices)}: not all found among this home's devices "
+                                   f"({', '.join(r.node_id for r in found.ours) or 'none found'})")
+
+    async def renew(record) -> str:
+        served = x509.load_pem_x509_certificate(fetch_server_certificate(record.host, record.port))
+        fresh = authority.reissue(ca_key, ca_cert, served)
+        async with DaemonClient(record.address, identity, record.node_id) as client:
+            until = await client.renew_certificate(authority.cert_pem(fresh))
+        known = load_known(home)
+        if record.node_id in known:
+            known[record.node_id].serial = fresh.serial_number
+            save_known(home, known)
+        return f"{record.node_id} ({record.address}): renewed until {until}"
+
+    for record in wanted:
+        try:
+            click.echo(asyncio.run(renew(record)))
+        except (PacError, OSError, ValueError) as error:
+            problems.append(f"{record.node_id} ({record.address}): not renewed: {error}")
+    mine = authority.reissue(ca_key, ca_cert, x509.load_pem_x509_certificate(identity.cert_pem))
+    store_identity(home, authority.cert_pem(mine), identity.ca_pem)
+    click.echo(f"this controller: renewed until {mine.not_valid_after_utc.isoformat()}")
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)

@@ -67,6 +67,11 @@ class DeviceServicer(daemon_pb2_grpc.DeviceServicer):
         return daemon_pb2.RevocationReply(number=self._daemon.update_revocations(request.crl_pem))
 
 
+    @handler
+    async def RenewCertificate(self, request, context) -> daemon_pb2.RenewCertificateReply:
+        return daemon_pb2.RenewCertificateReply(not_after=self._daemon.renew_certificate(request.certificate_pem))
+
+
 def register(server: grpc.aio.Server, daemon) -> list[str]:
     daemon_pb2_grpc.add_DeviceServicer_to_server(DeviceServicer(daemon), server)
     return [daemon_pb2.DESCRIPTOR.services_by_name["Device"].full_name]

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,3 +90,37 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     with pytest.raises(DaemonError) as refused:
         asyncio.run(as_the_client())
     assert refused.value.code.name == "UNAUTHENTICATED" and asyncio.run(as_the_home())["revocation_number"] == 2
+
+    # fresh certificates for the devices and the controller; the device serves on its new one
+    from cryptography import x509
+
+    from pac.net.daemon_client import fetch_server_certificate
+
+    before = x509.load_pem_x509_certificate(fetch_server_certificate("127.0.0.1", nas.port)).serial_number
+    renewed = pacctl(cluster.home, "renew")
+    assert renewed.returncode == 0 and f"{nas.node_id} (127.0.0.1:{nas.port}): renewed until" in renewed.stdout, \
+        renewed.stdout + renewed.stderr
+    assert "this controller: renewed until" in renewed.stdout
+    identity = load_identity(cluster.home)
+
+    async def serving_again():
+        for _ in range(100):
+            try:
+                async with DaemonClient(nas.address, identity, nas.node_id) as client:
+                    return await client.info()
+            except DaemonError:
+                await asyncio.sleep(0.1)
+        raise AssertionError("the device did not serve again after renewing")
+
+    stored = x509.load_pem_x509_certificate(load_identity(nas.state_dir).cert_pem)
+    assert stored.serial_number != before  # kept by the device
+    for _ in range(100):  # it restarts its server on the new one
+        try:
+            served = x509.load_pem_x509_certificate(fetch_server_certificate("127.0.0.1", nas.port)).serial_number
+        except OSError:  # between its two servers
+            served = None
+        if served == stored.serial_number:
+            break
+        time.sleep(0.1)
+    assert served == stored.serial_number
+    assert asyncio.run(serving_again())["node_id"] == nas.node_id
