@@ -137,21 +137,26 @@ def device_jobs(daemons: list[RunningDaemon]) -> list[str]:
 
 def pair_daemon(daemon: RunningDaemon, cluster: Cluster) -> None:
     """Pair with the code the daemon wrote to its state dir, then wait until it serves mutual TLS."""
-    from pac.net.daemon_client import DaemonClient, DaemonError, pair
+    from pac.net.daemon_client import pair
 
     asyncio.run(pair("127.0.0.1", daemon.port, cluster.home, lambda info: daemon.pairing_code()))
+    wait_mutual_tls(daemon, cluster.identity)
 
-    async def wait_secure() -> None:
+
+def wait_mutual_tls(daemon: RunningDaemon, identity: Identity) -> dict:
+    """The daemon's info once it answers `identity` in mutual TLS (after pairing, or a restart)."""
+    from pac.net.daemon_client import DaemonClient, DaemonError
+
+    async def wait() -> dict:
         for _ in range(100):
             try:
-                async with DaemonClient(daemon.address, cluster.identity, daemon.node_id) as client:
-                    await client.info()
-                return
+                async with DaemonClient(daemon.address, identity, daemon.node_id) as client:
+                    return await client.info()
             except DaemonError:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"daemon did not come back in mutual TLS:\n{daemon.log()}")
 
-    asyncio.run(wait_secure())
+    return asyncio.run(wait())
 
 
 @dataclass

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import wait_mutual_tls
 
 from pac.net.daemon_client import DaemonClient, DaemonError
 from pac.security import load_identity
@@ -24,19 +25,7 @@ def pacctl(home, *args: str) -> subprocess.CompletedProcess:
 def paired_by_pacctl(daemon, home) -> None:
     done = pacctl(home, "pair", daemon.address, "--code", daemon.pairing_code())
     assert done.returncode == 0 and "remembered at" in done.stdout, done.stdout + done.stderr
-    identity = load_identity(home)
-
-    async def serving() -> None:  # the daemon restarts in mutual TLS
-        for _ in range(100):
-            try:
-                async with DaemonClient(daemon.address, identity, daemon.node_id) as client:
-                    await client.info()
-                return
-            except DaemonError:
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{daemon.address} did not come back in mutual TLS")
-
-    asyncio.run(serving())
+    wait_mutual_tls(daemon, load_identity(home))  # the daemon restarts in mutual TLS
 
 
 def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemons, cluster, tmp_path):
@@ -101,17 +90,6 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     assert renewed.returncode == 0 and f"{nas.node_id} (127.0.0.1:{nas.port}): renewed until" in renewed.stdout, \
         renewed.stdout + renewed.stderr
     assert "this controller: renewed until" in renewed.stdout
-    identity = load_identity(cluster.home)
-
-    async def serving_again():
-        for _ in range(100):
-            try:
-                async with DaemonClient(nas.address, identity, nas.node_id) as client:
-                    return await client.info()
-            except DaemonError:
-                await asyncio.sleep(0.1)
-        raise AssertionError("the device did not serve again after renewing")
-
     stored = x509.load_pem_x509_certificate(load_identity(nas.state_dir).cert_pem)
     assert stored.serial_number != before  # kept by the device
     for _ in range(100):  # it restarts its server on the new one
@@ -123,4 +101,4 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
             break
         time.sleep(0.1)
     assert served == stored.serial_number
-    assert asyncio.run(serving_again())["node_id"] == nas.node_id
+    assert wait_mutual_tls(nas, load_identity(cluster.home))["node_id"] == nas.node_id
