@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import click
 
+# As `pacctl` itself names them (pacctl.cli's context_settings): click keeps a command's help option once
+# made, so every context made here names it the same way, whatever ran before in the process.
+HELP = ["-h", "--help"]
+
 HEADER = """# Command reference
 
 Generated from the commands' own `--help` by `make cli-docs` (`python -m pacctl.clidoc`); do not edit by
@@ -17,7 +21,7 @@ hand. `pacctl` runs on the controller, `pacd` on every device (docs/daemon.md).
 
 def _click_sections(command: click.Command, path: list[str], parent: click.Context | None) -> list[str]:
     ctx = click.Context(command, info_name=path[-1], parent=parent, terminal_width=100, max_content_width=100,
-                        help_option_names=["-h", "--help"])
+                        help_option_names=HELP)
     out = [f"## `{' '.join(path)}`\n\n```\n{command.get_help(ctx)}\n```\n"]
     if isinstance(command, click.Group):
         for name in command.list_commands(ctx):
@@ -69,7 +73,7 @@ def missing_help() -> list[str]:
     missing = []
 
     def walk(command: click.Command, path: str, parent: click.Context | None) -> None:
-        ctx = click.Context(command, info_name=path.split()[-1], parent=parent)
+        ctx = click.Context(command, info_name=path.split()[-1], parent=parent, help_option_names=HELP)
         missing.extend(f"{path} {p.opts[0]}" for p in command.params
                        if isinstance(p, click.Option) and not p.help and not p.hidden)
         if isinstance(command, click.Group):

@@ -339,8 +339,13 @@ def test_a_job_written_from_tables_reads_back_as_the_same_job(home):
 
 
 def test_every_option_has_help_and_docs_cli_md_is_the_commands_own_help():
-    from pacctl.clidoc import missing_help, reference
+    import subprocess
+    import sys
+
+    from pacctl.clidoc import missing_help
 
     assert missing_help() == []
-    committed = (ROOT / "docs" / "cli.md").read_text()
-    assert committed == reference(), "docs/cli.md is stale: run `make cli-docs`"
+    # in a process of its own: click keeps a command's help option as the first caller made it
+    made = subprocess.run([sys.executable, "-m", "pacctl.clidoc"], capture_output=True, text=True, timeout=60,
+                          check=True, cwd=ROOT)
+    assert (ROOT / "docs" / "cli.md").read_text() == made.stdout, "docs/cli.md is stale: run `make cli-docs`"
