@@ -45,7 +45,9 @@ def command(address: str, home: Path | None, code: str | None) -> None:
 @click.command("unpair")
 @click.argument("device")
 @home_option
-def unpair_command(device: str, home: Path | None) -> None:
+@click.option("--peer", "peers", multiple=True,
+              help="HOST:PORT to ask too (repeatable): a device paired before this home remembered devices.")
+def unpair_command(device: str, home: Path | None, peers: tuple[str, ...]) -> None:
     """Forget DEVICE (its node id, a unique prefix of it, its host name or address) and revoke its
     certificate: every device of the home this command reaches refuses it from now on, and the others as
     soon as any later command reaches them."""
@@ -59,23 +61,40 @@ def unpair_command(device: str, home: Path | None) -> None:
         identity = controller_identity(home)
         known = load_known(home)
         entry = resolve(known, device)
-        if entry is None:
+        if entry is None or not entry.serial:  # not remembered (paired before pacctl remembered devices)
+            entry = _served(asyncio.run(find_home(home, identity, peers=peers))[0].ours, device) or entry
+        if entry is None or not entry.serial:
             names = ", ".join(f"{d.node_id} ({d.hostname or d.address})" for d in known.values()) or "none"
-            raise click.ClickException(f"{device!r} names no single device this home remembers (remembered: "
-                                       f"{names})")
-        if not entry.serial:
-            raise click.ClickException(f"device {entry.node_id} was paired before certificates were remembered: "
-                                       "its certificate cannot be revoked from here; stop pacd on it and remove "
-                                       "its STATE_DIR/tls/ instead")
+            raise click.ClickException(f"{device!r} names no single device this home remembers or finds "
+                                       f"answering (remembered: {names}); its certificate is revoked by its serial "
+                                       "number, which the device serves: run this while it answers")
         ca_key, ca_cert, _ = load_authority(home)
         revoke(home, ca_key, ca_cert, entry.node_id, entry.serial)
         forget(home, entry.node_id)
-        _, problems = asyncio.run(find_home(home, identity))  # sends the new list to every device it finds
+        _, problems = asyncio.run(find_home(home, identity, peers=peers))  # sends the new list to all it finds
     except PacError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"unpaired {entry.node_id}: forgotten, and its certificate revoked")
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
+
+
+def _served(records, wanted: str):
+    """The device of `records` that `wanted` names, with the serial of the certificate it serves."""
+    from cryptography import x509
+
+    from pac.discovery.known import KnownDevice, resolve
+    from pac.net.daemon_client import fetch_server_certificate
+
+    found = resolve({r.node_id: KnownDevice(r.node_id, r.address, r.hostname) for r in records}, wanted)
+    if found is None:
+        return None
+    record = next(r for r in records if r.node_id == found.node_id)
+    try:
+        found.serial = x509.load_pem_x509_certificate(fetch_server_certificate(record.host, record.port)).serial_number
+    except (OSError, ValueError):
+        return None
+    return found
 
 
 @click.command("renew")

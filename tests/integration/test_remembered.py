@@ -65,6 +65,19 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     listed = pacctl(cluster.home, "devices", "--no-mdns")
     assert phone.node_id not in listed.stdout and nas.node_id in listed.stdout, listed.stdout
 
+    # a device paired before the home remembered devices: unpaired by the certificate it serves
+    legacy = daemons.start(name="legacy")  # paired, not remembered
+    unpaired = pacctl(cluster.home, "unpair", legacy.node_id, "--peer", legacy.address)
+    assert unpaired.returncode == 0 and f"unpaired {legacy.node_id}" in unpaired.stdout, unpaired.stderr
+
+    async def as_the_legacy():
+        async with DaemonClient(nas.address, load_identity(legacy.state_dir), nas.node_id) as client:
+            return await client.info()
+
+    with pytest.raises(DaemonError) as refused:
+        asyncio.run(as_the_legacy())
+    assert refused.value.code.name == "UNAUTHENTICATED"
+
     # a home-automation client's certificate, revoked by `client remove`
     assert pacctl(cluster.home, "client", "add", "ha").returncode == 0
     client = load_identity(cluster.home / "clients" / "ha")
@@ -78,7 +91,7 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     assert removed.returncode == 0 and "revoked" in removed.stdout, removed.stdout + removed.stderr
     with pytest.raises(DaemonError) as refused:
         asyncio.run(as_the_client())
-    assert refused.value.code.name == "UNAUTHENTICATED" and asyncio.run(as_the_home())["revocation_number"] == 2
+    assert refused.value.code.name == "UNAUTHENTICATED" and asyncio.run(as_the_home())["revocation_number"] == 3
 
     # fresh certificates for the devices and the controller; the device serves on its new one
     from cryptography import x509
