@@ -28,6 +28,15 @@ def paired_by_pacctl(daemon, home) -> None:
     wait_mutual_tls(daemon, load_identity(home))  # the daemon restarts in mutual TLS
 
 
+def info_as(identity, daemon) -> dict:
+    """The daemon's GetInfo, called with `identity`'s certificate (DaemonError if it is refused)."""
+    async def ask() -> dict:
+        async with DaemonClient(daemon.address, identity, daemon.node_id) as client:
+            return await client.info()
+
+    return asyncio.run(ask())
+
+
 def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemons, cluster, tmp_path):
     from pac.jobfile import parse_job
     from pacctl.commands.train import find_job_devices
@@ -49,19 +58,11 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     unpaired = pacctl(cluster.home, "unpair", phone.node_id[:6])
     assert unpaired.returncode == 0 and f"unpaired {phone.node_id}" in unpaired.stdout, unpaired.stderr
 
-    async def as_the_phone():
-        async with DaemonClient(nas.address, load_identity(phone.state_dir), nas.node_id) as client:
-            return await client.info()
-
     with pytest.raises(DaemonError) as refused:
-        asyncio.run(as_the_phone())
+        info_as(load_identity(phone.state_dir), nas)
     assert refused.value.code.name == "UNAUTHENTICATED" and "revoked" in str(refused.value)
 
-    async def as_the_home():
-        async with DaemonClient(nas.address, cluster.identity, nas.node_id) as client:
-            return await client.info()
-
-    assert asyncio.run(as_the_home())["revocation_number"] == 1  # the nas holds the home's list
+    assert info_as(cluster.identity, nas)["revocation_number"] == 1  # the nas holds the home's list
     listed = pacctl(cluster.home, "devices", "--no-mdns")
     assert phone.node_id not in listed.stdout and nas.node_id in listed.stdout, listed.stdout
 
@@ -70,28 +71,20 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     unpaired = pacctl(cluster.home, "unpair", legacy.node_id, "--peer", legacy.address)
     assert unpaired.returncode == 0 and f"unpaired {legacy.node_id}" in unpaired.stdout, unpaired.stderr
 
-    async def as_the_legacy():
-        async with DaemonClient(nas.address, load_identity(legacy.state_dir), nas.node_id) as client:
-            return await client.info()
-
     with pytest.raises(DaemonError) as refused:
-        asyncio.run(as_the_legacy())
+        info_as(load_identity(legacy.state_dir), nas)
     assert refused.value.code.name == "UNAUTHENTICATED"
 
     # a home-automation client's certificate, revoked by `client remove`
     assert pacctl(cluster.home, "client", "add", "ha").returncode == 0
     client = load_identity(cluster.home / "clients" / "ha")
 
-    async def as_the_client():
-        async with DaemonClient(nas.address, client, nas.node_id) as connection:
-            return await connection.info()
-
-    assert asyncio.run(as_the_client())["node_id"] == nas.node_id
+    assert info_as(client, nas)["node_id"] == nas.node_id
     removed = pacctl(cluster.home, "client", "remove", "ha")
     assert removed.returncode == 0 and "revoked" in removed.stdout, removed.stdout + removed.stderr
     with pytest.raises(DaemonError) as refused:
-        asyncio.run(as_the_client())
-    assert refused.value.code.name == "UNAUTHENTICATED" and asyncio.run(as_the_home())["revocation_number"] == 3
+        info_as(client, nas)
+    assert refused.value.code.name == "UNAUTHENTICATED" and info_as(cluster.identity, nas)["revocation_number"] == 3
 
     # fresh certificates for the devices and the controller; the device serves on its new one
     from cryptography import x509
