@@ -67,6 +67,10 @@ def _config(args: argparse.Namespace) -> DaemonConfig:
 
 
 def _serve(config: DaemonConfig) -> int:
+    if not config.insecure:
+        from pacd import handshakes
+
+        handshakes.capture()  # a refused TLS handshake is logged naming its peer
     from pacd.daemon import Daemon
 
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,

@@ -79,12 +79,16 @@ class BackboneStage:
         if release:
             release_outside(backbone, layers, lm_head)
 
-    def run(self, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor]) -> StageStates:
-        """Run the slice on one micro-batch; `inbound` is what the previous stage sent (empty for stage 0)."""
+    def run(self, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
+            grad: bool = False) -> StageStates:
+        """Run the slice on one micro-batch; `inbound` is what the previous stage sent (empty for stage 0).
+
+        `grad=True` records autograd for what requires it (the trainable top layers of a model whose
+        upper layers are tuned from the cache); the frozen stage of a pipeline runs without."""
         states = StageStates(taps={})
         hidden, encoder_hidden = inbound.get(HIDDEN), inbound.get(ENCODER_HIDDEN)
         last_stack = len(self.layers.stack_sizes) - 1
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             for segment in self.layers.segments():
                 hidden, stack_final = self._run_segment(segment, batch, hidden, encoder_hidden, states.taps)
                 if segment.ends_stack and segment.stack == last_stack:

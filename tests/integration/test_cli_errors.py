@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 PACCTL = [sys.executable, "-m", "pacctl"]
 
@@ -54,6 +55,13 @@ def test_pairing_a_paired_device_again_and_insecure_against_tls_say_what_is_the_
     assert "paired with another home" in line and "remove STATE_DIR/tls/cert.pem" in line
     line = one_line_error(pacctl(cluster.home, "models", "--insecure", "--no-mdns", "--peer", daemon.address))
     assert "leave out --insecure" in line, line
+    # and the daemon says, in one line of its log, whom it refused and why
+    deadline = time.monotonic() + 10
+    while "does not speak TLS" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    refused = [line for line in daemon.log().splitlines() if "refused a TLS connection from 127.0.0.1:" in line]
+    assert any("it does not speak TLS (a client in --insecure mode?)" in line for line in refused), daemon.log()
+    assert "Handshake failed with error" not in daemon.log()  # the core's line without the peer is replaced
 
 
 def test_both_commands_say_their_version():
