@@ -106,8 +106,18 @@ def markdown_table(rows: list[dict]) -> str:
             return "—"
         if "values" in row:
             return (f"{row['value'] * 100:.2f} ± {row['std'] * 100:.2f} (lr {row['learning_rate']:g}; "
-                    + ", ".join(f"{v * 100:.2f}" for v in row["values"]) + ")")
-        return f"{row['value'] * 100:.2f}" + (f" (lr {row['learning_rate']:g})" if "validation" in row else "")
+                    + ", ".join(f"{v * 100:.2f}" for v in row["values"]) + ")" + costs(row))
+        return f"{row['value'] * 100:.2f}" + (f" (lr {row['learning_rate']:g})" if "validation" in row else "") \
+            + costs(row)
+
+    def costs(row: dict) -> str:
+        if row.get("epoch1_ms_per_sample") is None:
+            return ""
+        mib = 2**20
+        text = f"; epoch 1: {row['epoch1_ms_per_sample']:.1f} ms/sample, {row['epoch1_peak_bytes'] / mib:.0f} MiB"
+        if row.get("later_ms_per_sample") is not None:
+            text += f"; later: {row['later_ms_per_sample']:.1f} ms/sample, {row['later_peak_bytes'] / mib:.0f} MiB"
+        return text
 
     title = ("test/dev, chosen lr" if searched else
              "test/dev, mean ± std over seeds (lr; each seed)" if any("values" in r for r in rows) else "")
@@ -132,9 +142,88 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _technique(args, technique: str):
+    from pac.techniques.build import TechniqueConfig
+
+    top = args.top_layers if technique == "parallel" else 0
+    return TechniqueConfig(technique, reduction_factor=args.reduction_factor, top_layers=top,
+                           top_tuning=args.top_tuning)
+
+
+def label(args, technique: str) -> str:
+    """A row's technique: parallel with tuned top layers is `parallel+top2` (LoRA) or `parallel+top2-full`."""
+    if technique != "parallel" or not args.top_layers:
+        return technique
+    return f"parallel+top{args.top_layers}" + ("-full" if args.top_tuning == "full" else "")
+
+
+def _measured(job, test_file: str | None, seq_len: int, eval_limit, seed: int, queue) -> None:
+    """In a fresh process: train `job`, and report its scores, time per sample and peak memory per
+    phase (epoch 1; epochs 2.. from the cache), RSS above this process's after-imports RSS."""
+    import torch
+
+    from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from pac.data.batching import encode_example
+    from pac.data.prepare import subset
+    from pac.data.readers import read_examples
+    from pac.train.finetune import run_finetune
+    from pac.train.loop import evaluate
+
+    torch.set_num_threads(torch.get_num_threads())
+    base = rss_bytes()
+    reset_peak_rss()
+    peaks = {}
+
+    def on_step(info) -> None:
+        if info.epoch >= 1 and "epoch1" not in peaks:  # the first step of epoch 2 has just run
+            peaks["epoch1"] = peak_rss_bytes() - base
+            reset_peak_rss()
+
+    result = run_finetune(job, log=_log, on_step=on_step)
+    if "epoch1" in peaks:
+        peaks["later"] = peak_rss_bytes() - base
+    else:
+        peaks["epoch1"] = peak_rss_bytes() - base
+    test = None
+    if test_file is not None:
+        model = result["model"]
+        if model.backbone is None:  # released for the epochs from the cache: the frozen one again
+            from pac.train.finetune import _load
+
+            model.backbone = _load(job)
+        tokenizer, family = model.backbone.tokenizer, model.backbone.family
+        examples = subset(read_examples(test_file), eval_limit, seed)
+        items = [encode_example(e, tokenizer, "classification", family, seq_len, i) for i, e in enumerate(examples)]
+        test = evaluate(model, items, "classification", tokenizer.pad_token_id)
+    times = result["epoch_times_s"]
+    n = result["train_examples"]
+    queue.put({"eval": result["eval"], "test": test, "history": result["eval_history"],
+               "epoch_times_s": times, "train_examples": n, "trainable_params": result["trainable_params"],
+               "epoch1_ms_per_sample": times[0] / n * 1e3,
+               "later_ms_per_sample": sum(times[1:]) / len(times[1:]) / n * 1e3 if len(times) > 1 else None,
+               "epoch1_peak_bytes": peaks["epoch1"], "later_peak_bytes": peaks.get("later"),
+               "cache": result["cache"]})
+
+
+def measured_run(job, test_file: str | None = None, seq_len: int = 128, eval_limit=None, seed: int = 0) -> dict:
+    """`_measured` in a spawned process (every run starts from the same memory, none sees another's)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measured, args=(job, test_file, seq_len, eval_limit, seed, queue))
+    process.start()
+    try:
+        out = queue.get()
+    finally:
+        process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"the measured run failed (exit {process.exitcode})")
+    return out
+
+
 def _single_row(args, task: str, technique: str) -> dict:
     """The run without a search: the technique's usual learning rate, evaluated on test/dev."""
-    from pac.techniques.build import TechniqueConfig
     from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
@@ -142,7 +231,7 @@ def _single_row(args, task: str, technique: str) -> dict:
     job = FinetuneJob(
         model=args.model, train_file=str(Path(args.data_dir, train_file)),
         eval_file=str(Path(args.data_dir, eval_file)), task="classification",
-        technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
+        technique=_technique(args, technique),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                           learning_rate=LEARNING_RATES[technique]),
         seq_len=args.seq_len, train_limit=args.train_limit, eval_limit=args.eval_limit,
@@ -155,46 +244,60 @@ def _single_row(args, task: str, technique: str) -> dict:
             "train_time_s": sum(result["epoch_times_s"])}
 
 
+def _job(args, task: str, technique: str, train_path: str, eval_path: str, rate: float, seed: int, limit=None):
+    from pac.train.finetune import FinetuneJob
+    from pac.train.loop import TrainConfig
+
+    return FinetuneJob(
+        model=args.model, train_file=train_path, eval_file=eval_path, task="classification",
+        technique=_technique(args, technique),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, learning_rate=rate),
+        seq_len=args.seq_len, eval_limit=limit, cache_precision=args.cache if technique == "parallel" else None,
+    )
+
+
+COSTS = ("epoch1_ms_per_sample", "later_ms_per_sample", "epoch1_peak_bytes", "later_peak_bytes")
+
+
+def _costs(runs: list[dict]) -> dict:
+    """Each cost's mean over the runs (None where no run has it: a 1-epoch run has no later epochs)."""
+    import statistics
+
+    out = {}
+    for key in COSTS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.fmean(values) if values else None
+    return out
+
+
 def _seeded_row(args, task: str, technique: str, rate: float, seeds: list[int], split_dir: Path) -> dict:
     """One run per training seed on one fixed training subset, scored on test/dev; the mean and spread."""
     import statistics
 
     from pac.data.readers import read_examples
-    from pac.techniques.build import TechniqueConfig
-    from pac.train.finetune import FinetuneJob, run_finetune
-    from pac.train.loop import TrainConfig
 
     train_file, eval_file, metric = TASKS[task]
     _, training = split_train(read_examples(Path(args.data_dir, train_file)), 0, args.train_limit, args.seed)
     train_path = write_jsonl(split_dir / f"{task}-train.jsonl", training)
     runs = []
     for seed in seeds:
-        job = FinetuneJob(
-            model=args.model, train_file=train_path, eval_file=str(Path(args.data_dir, eval_file)),
-            task="classification", technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, learning_rate=rate),
-            seq_len=args.seq_len, eval_limit=args.eval_limit,
-        )
-        result = run_finetune(job, log=_log)
+        job = _job(args, task, technique, train_path, str(Path(args.data_dir, eval_file)), rate, seed, args.eval_limit)
+        result = measured_run(job)
         runs.append({"seed": seed, "value": result["eval"][metric], "eval": result["eval"],
-                     "train_time_s": sum(result["epoch_times_s"])})
-        print(f"{task} {technique} lr {rate:g} seed {seed}: {metric} {runs[-1]['value'] * 100:.2f}", flush=True)
-        del result
+                     "history": result["history"], "train_time_s": sum(result["epoch_times_s"]),
+                     **{k: result[k] for k in COSTS}})
+        print(f"{task} {label(args, technique)} lr {rate:g} seed {seed}: {metric} {runs[-1]['value'] * 100:.2f}",
+              flush=True)
     values = [r["value"] for r in runs]
-    return {"task": task, "technique": technique, "model": args.model, "metric": metric,
+    return {"task": task, "technique": label(args, technique), "model": args.model, "metric": metric,
             "value": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values, "seeds": seeds, "runs": runs, "learning_rate": rate,
+            "values": values, "seeds": seeds, "runs": runs, "learning_rate": rate, **_costs(runs),
             "train_examples": len(training), "train_time_s": sum(r["train_time_s"] for r in runs)}
 
 
 def _searched_row(args, task: str, technique: str, rates: list[float], split_dir: Path) -> dict:
     """Train once per learning rate, choose on the validation split, score the chosen model on test/dev."""
-    from pac.data.batching import encode_example
-    from pac.data.prepare import subset
     from pac.data.readers import read_examples
-    from pac.techniques.build import TechniqueConfig
-    from pac.train.finetune import FinetuneJob, run_finetune
-    from pac.train.loop import TrainConfig, evaluate
 
     train_file, eval_file, metric = TASKS[task]
     validation, training = split_train(read_examples(Path(args.data_dir, train_file)), args.val_size,
@@ -203,33 +306,22 @@ def _searched_row(args, task: str, technique: str, rates: list[float], split_dir
     train_path = write_jsonl(split_dir / f"{task}-train.jsonl", training)
     runs, best = [], None
     for rate in rates:
-        job = FinetuneJob(
-            model=args.model, train_file=train_path, eval_file=val_path, task="classification",
-            technique=TechniqueConfig(technique, reduction_factor=args.reduction_factor),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, learning_rate=rate),
-            seq_len=args.seq_len,  # no train_limit: the file already is the training subset, in split order
-        )
-        result = run_finetune(job, log=_log)
+        # no train_limit: the file already is the training subset, in split order
+        job = _job(args, task, technique, train_path, val_path, rate, args.seed)
+        result = measured_run(job, str(Path(args.data_dir, eval_file)), args.seq_len, args.eval_limit, args.seed)
         score = result["eval"][metric]
-        runs.append({"learning_rate": rate, "value": score, "eval": result["eval"],
-                     "history": result["eval_history"], "train_time_s": sum(result["epoch_times_s"])})
-        print(f"{task} {technique} lr {rate:g}: validation {metric} {score * 100:.2f}", flush=True)
+        runs.append({"learning_rate": rate, "value": score, "eval": result["eval"], "test": result["test"],
+                     "history": result["history"], "train_time_s": sum(result["epoch_times_s"]),
+                     **{k: result[k] for k in COSTS}})
+        print(f"{task} {label(args, technique)} lr {rate:g}: validation {metric} {score * 100:.2f}", flush=True)
         if best is None or score > best[0]:  # ties keep the earlier learning rate
             best = (score, rate, result)
-        del result
-    _, rate, result = best
-    model = result["model"]
-    tokenizer, family = model.backbone.tokenizer, model.backbone.family
-    test_examples = subset(read_examples(Path(args.data_dir, eval_file)), args.eval_limit, args.seed)
-    test_items = [encode_example(e, tokenizer, "classification", family, args.seq_len, i)
-                  for i, e in enumerate(test_examples)]
-    test = evaluate(model, test_items, "classification", tokenizer.pad_token_id)
-    return {"task": task, "technique": technique, "model": args.model, "metric": metric,
-            "value": test[metric], "eval": test, "learning_rate": rate, "lr_grid": rates,
-            "validation_value": best[0], "validation": runs,
-            "train_examples": result["train_examples"], "validation_examples": len(validation),
-            "eval_examples": len(test_items), "trainable_params": result["trainable_params"],
-            "train_time_s": sum(r["train_time_s"] for r in runs)}
+    score, rate, result = best
+    return {"task": task, "technique": label(args, technique), "model": args.model, "metric": metric,
+            "value": result["test"][metric], "eval": result["test"], "learning_rate": rate, "lr_grid": rates,
+            "validation_value": score, "validation": runs, "train_examples": result["train_examples"],
+            "validation_examples": len(validation), "trainable_params": result["trainable_params"],
+            **{k: result[k] for k in COSTS}, "train_time_s": sum(r["train_time_s"] for r in runs)}
 
 
 def main(argv=None) -> int:
@@ -253,6 +345,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", help="train once per seed (comma-separated) and report the mean and spread")
     parser.add_argument("--lr", help='fixed learning rates with --seeds, e.g. "parallel=1e-3;lora=2e-3" '
                         "(a technique not named: its usual one)")
+    parser.add_argument("--top-layers", type=int, default=0,
+                        help="parallel: also tune the backbone's last N layers from the cache (pac.techniques.top)")
+    parser.add_argument("--top-tuning", choices=["lora", "full"], default="lora")
+    parser.add_argument("--cache", choices=["fp32", "fp16", "bf16", "int8"],
+                        help="parallel: train epochs 2.. from an activation cache of this precision")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     techniques = args.techniques.split(",")
@@ -289,7 +386,7 @@ def main(argv=None) -> int:
                     row = _searched_row(args, task, technique, grid[technique], Path(split_dir))
                 else:
                     row = _single_row(args, task, technique)
-                print(f"{task} {technique}: {row['metric']} {row['value'] * 100:.2f}"
+                print(f"{task} {label(args, technique)}: {row['metric']} {row['value'] * 100:.2f}"
                       + (f" (lr {row['learning_rate']:g} chosen on validation)" if search else "")
                       + (f" (mean of {len(seeds)} seeds, std {row['std'] * 100:.2f})" if seeds else ""), flush=True)
                 rows.append(row)

@@ -27,6 +27,8 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"side.{k}": v.detach().cpu().contiguous() for k, v in model.side.state_dict().items()}
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})
+    if model.top is not None:
+        tensors.update({f"top.{k}": v.detach().cpu().contiguous() for k, v in model.top.trained_state().items()})
     name, fingerprint = model.backbone_identity()
     metadata = {
         "format": FORMAT,
@@ -36,6 +38,10 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
         "head_config": json.dumps(dataclasses.asdict(model.head.config)),
         "extra": json.dumps(extra or {}),
     }
+    if model.top is not None:
+        top = model.top
+        metadata["top_layers"] = json.dumps({"count": top.count, "tuning": top.tuning, "rank": top.rank,
+                                              "alpha": top.alpha})
     temporary = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)  # never leave a half-written adapter behind
@@ -69,6 +75,12 @@ def load_side_model(path: str | Path, lm_head=None) -> ParallelAdaptersModel:
     return model
 
 
+def tuned_top_layers(path: str | Path) -> dict | None:
+    """The adapter's tuned top layers ({count, tuning, rank, alpha}), or None: the side network alone."""
+    text = read_metadata(path).get("top_layers")
+    return json.loads(text) if text else None
+
+
 def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
     """Re-attach a saved adapter to `backbone`; refuses a backbone with other weights."""
     metadata = read_metadata(path)
@@ -84,6 +96,18 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
     model.side.to(backbone.device, dtype)
     model.head.to(backbone.device, dtype)
     model.backbone = backbone
+    top = tuned_top_layers(path)
+    if top is not None:  # the tuned layers go into this backbone's own modules: it serves this adapter alone
+        from pac.techniques.top import TopLayers
+
+        model.top = TopLayers(backbone, top["count"], top["tuning"], top["rank"], top["alpha"])
+        tensors = {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("top.")}
+        missing = set(model.top.trained_state()) - set(tensors)
+        if missing:
+            raise AdapterMismatchError(f"{path}: the tuned top layers lack {len(missing)} tensors "
+                                       f"(e.g. {sorted(missing)[0]})")
+        model.top.layers.load_state_dict(tensors, strict=False)
+        model.top.to(backbone.device)
     return model
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pac.adapter import load_adapter
+from pac.adapter import load_adapter, tuned_top_layers
 from pac.assistant.store import Deployed, ModelStore
 from pac.data.batching import collate, encode_example
 from pac.data.readers import Example
@@ -73,6 +73,9 @@ class Assistant:
 
     def model(self, deployed: Deployed):
         """The backbone and the tuned model of `deployed`, loaded (the one held is reused)."""
+        if self._loaded is not None and self._loaded[0] != deployed.id and (
+                self._loaded[1].top is not None or tuned_top_layers(self.store.path(deployed))):
+            self._backbone = self._loaded = None  # tuned top layers live in the backbone's modules: a fresh one
         backbone = self.backbone(deployed.backbone, deployed.quantization)
         if self._loaded is None or self._loaded[0] != deployed.id:
             self._loaded = (deployed.id, load_adapter(self.store.path(deployed), backbone).eval())

@@ -43,9 +43,13 @@ class CacheKey:
     taps: tuple[tuple[int, ...], ...]  # per stack, the hidden states kept (h_i indices)
     quantization: str  # of the backbone when the states were computed
     tokenizer_fingerprint: str
+    final: int | None = -1  # the stack whose final state follows the taps (None: none; -1: the last stack's)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        fields = asdict(self)
+        if fields["final"] == -1:
+            del fields["final"]  # the usual record: digests as before the field existed (kept caches stay valid)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def sample_key(input_ids, decoder_ids=None) -> str:

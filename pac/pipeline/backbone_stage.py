@@ -58,6 +58,7 @@ class StageStates:
     taps: dict[tuple[int, int], torch.Tensor]  # (stack, i) -> h_i for every h_i this stage computed
     outbound: dict[str, torch.Tensor] = field(default_factory=dict)  # HIDDEN / ENCODER_HIDDEN for the next stage
     final: torch.Tensor | None = None  # the head's input (after the final norm): last stage only
+    encoder_final: torch.Tensor | None = None  # the encoder's output, when this stage ran or was sent it
 
 
 class BackboneStage:
@@ -95,6 +96,7 @@ class BackboneStage:
                     states.final = stack_final
                 elif segment.ends_stack:
                     hidden, encoder_hidden = None, stack_final
+        states.encoder_final = encoder_hidden
         if not self.layers.is_last:
             states.outbound = {k: v for k, v in ((HIDDEN, hidden), (ENCODER_HIDDEN, encoder_hidden)) if v is not None}
         return states

@@ -26,10 +26,13 @@ class SideConfig:
 
     reduction_factor: int = 8  # k: every width of the side network is the backbone's divided by k
     layers: tuple[int, ...] | None = None  # backbone layers (0-based, across stacks) with a side block; None: all
+    top_layers: int = 0  # the backbone's last n layers are tuned too (pac.techniques.top); 0: none
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 1:
             raise ConfigError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
+        if self.top_layers < 0:
+            raise ConfigError(f"top_layers must be >= 0, got {self.top_layers}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class SideSpec:
     style: BlockStyle
     stack_sizes: tuple[int, ...]  # backbone layers per stack (encoder, [decoder])
     taps: tuple[tuple[int, ...], ...]  # per stack, indices i in 1..L of h_i followed by a side block
+    top_layers: int = 0  # the last stack's last n layers are tuned beside the side network
 
     @property
     def causal_stacks(self) -> tuple[bool, ...]:
@@ -58,6 +62,29 @@ class SideSpec:
     def needed_taps(self) -> tuple[tuple[int, ...], ...]:
         """Per stack, which hidden states h_i the side network reads (always h_0)."""
         return tuple((0, *stack) for stack in self.taps)
+
+    @property
+    def top_input(self) -> int:
+        """With tuned top layers: the index in the last stack of h_i, the first tuned layer's input."""
+        return self.stack_sizes[-1] - self.top_layers
+
+    def cached_taps(self) -> tuple[tuple[int, ...], ...]:
+        """Per stack, the hidden states an activation-cache record keeps: the needed taps, except that
+        with tuned top layers the last stack keeps those below them and their input h_{L-n} (the tuned
+        layers compute the rest again every epoch)."""
+        needed = self.needed_taps()
+        if not self.top_layers:
+            return needed
+        first = self.top_input
+        return (*needed[:-1], tuple(sorted({i for i in needed[-1] if i <= first} | {first})))
+
+    def record_final(self) -> int | None:
+        """The stack whose final state (after the final norm) a cache record keeps after the taps: the
+        last stack's (the head's input), or with tuned top layers the encoder's output that an
+        encoder-decoder's tuned decoder layers cross-attend to (None: no final state is kept)."""
+        if not self.top_layers:
+            return len(self.stack_sizes) - 1
+        return 0 if len(self.stack_sizes) > 1 else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,10 +128,13 @@ def side_spec(backbone, config: SideConfig) -> SideSpec:
     for size in stack_sizes:
         taps.append(tuple(i - offset + 1 for i in range(offset, offset + size) if i in chosen))
         offset += size
+    if not 0 <= config.top_layers <= stack_sizes[-1]:
+        raise ConfigError(f"top_layers must be 0..{stack_sizes[-1]} (the layers of the backbone's last stack), "
+                          f"got {config.top_layers}")
     return SideSpec(
         family=backbone.family, hidden_size=d, width=width, heads=heads, head_dim=head_dim,
         mlp_inner=max(1, first.mlp_in.weight.shape[0] // k), bias=first.self_attention.q.bias is not None,
-        style=style, stack_sizes=stack_sizes, taps=tuple(taps),
+        style=style, stack_sizes=stack_sizes, taps=tuple(taps), top_layers=config.top_layers,
     )
 
 

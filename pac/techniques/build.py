@@ -22,12 +22,23 @@ class TechniqueConfig:
     side_layers: tuple[int, ...] | None = None  # backbone layers followed by a side block (None: all)
     lora_rank: int = 8
     lora_alpha: int = 16
+    top_layers: int = 0  # parallel: the backbone's last n layers tuned too, from the cache (0: the side network alone)
+    top_tuning: str = "lora"  # how the top layers are tuned: lora | full
 
     def __post_init__(self) -> None:
+        from pac.techniques.top import TOP_TUNINGS
+
         if self.name not in TECHNIQUES:
             raise ConfigError(f"technique must be one of {', '.join(TECHNIQUES)}, got {self.name!r}")
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if self.top_layers < 0:
+            raise ConfigError(f"top_layers must be >= 0, got {self.top_layers}")
+        if self.top_layers and self.name != "parallel":
+            raise ConfigError(f"top_layers tunes the backbone's last layers beside Parallel Adapters' side network; "
+                              f"technique {self.name!r} has none")
+        if self.top_tuning not in TOP_TUNINGS:
+            raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {self.top_tuning!r}")
 
 
 def model_masks(batch: dict[str, torch.Tensor], family: str) -> list[torch.Tensor]:
@@ -37,13 +48,15 @@ def model_masks(batch: dict[str, torch.Tensor], family: str) -> list[torch.Tenso
 
 
 class ParallelAdaptersModel(nn.Module):
-    """Frozen backbone (not a submodule: never trained, never saved) + side network + head."""
+    """Frozen backbone (not a submodule: never trained, never saved) + side network + head, and with
+    `top` (pac.techniques.top.TopLayers) the backbone's last layers tuned beside them."""
 
-    def __init__(self, backbone, side: SideNetwork, head: Head) -> None:
+    def __init__(self, backbone, side: SideNetwork, head: Head, top=None) -> None:
         super().__init__()
         self.backbone = backbone
         self.side = side
         self.head = head
+        self.top = top
         self._identity: tuple[str, str] | None = None
 
     def backbone_identity(self) -> tuple[str, str]:
@@ -55,16 +68,42 @@ class ParallelAdaptersModel(nn.Module):
         return self._identity
 
     def release_backbone(self) -> None:
-        """Drop the backbone (epochs from the activation cache); its identity stays for saving."""
+        """Drop the backbone (epochs from the activation cache); its identity stays for saving. Tuned top
+        layers keep their own weights (and the final norm); every other weight goes."""
         self.backbone_identity()
+        if self.top is not None:
+            self.top.release(self.backbone)
         self.backbone = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
-        out = self.backbone.run(batch)
-        return self.forward_from_states(out.taps, out.final, batch)
+        return self.forward_recorded(batch)[0]
 
-    def forward_from_states(self, taps, final: torch.Tensor, batch: dict[str, torch.Tensor]) -> HeadOutput:
-        """Side network and head only: what an epoch from the activation cache runs."""
+    def forward_recorded(self, batch: dict[str, torch.Tensor]):
+        """One pass through the backbone: (head output, every tap per stack, the final state a cache
+        record keeps: SideSpec.record_final's, or None)."""
+        if self.top is None:
+            out = self.backbone.run(batch)
+            return self.forward_from_states(out.taps, out.final, batch), out.taps, out.final
+        from pac.techniques.top import taps_with_top
+
+        if self.top.released:  # a fresh frozen backbone (recomputing a corrupt record): it runs below the top
+            out = self.backbone.run(batch)
+            final = out.encoder_final if self.side.spec.record_final() is not None else None
+            return self.forward_from_states(out.taps, final, batch), out.taps, final
+        states = self.top.run_whole(batch)
+        taps = [[states.taps[(s, i)] for i in range(size + 1)] for s, size in enumerate(self.side.spec.stack_sizes)]
+        delta = self.side(taps_with_top(taps, states, self.top.first_local), model_masks(batch, self.side.spec.family))
+        return self.head(states.final + delta, batch), taps, states.encoder_final
+
+    def forward_from_states(self, taps, final: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> HeadOutput:
+        """Side network and head (and tuned top layers) only: what an epoch from the activation cache
+        runs. `final` is what SideSpec.record_final names: the head's input, or with tuned top layers the
+        encoder's output (encoder-decoder) or None."""
+        if self.top is not None:
+            from pac.techniques.top import taps_with_top
+
+            states = self.top.run_from(batch, taps[-1][self.top.first_local], final)
+            taps, final = taps_with_top(taps, states, self.top.first_local), states.final
         delta = self.side(taps, model_masks(batch, self.side.spec.family))
         return self.head(final + delta, batch)
 
@@ -160,9 +199,15 @@ def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -
     head = Head(head_config, backbone.hidden_size, backbone.family, lm)
     head.to(backbone.trainable_dtype)
     if technique.name == "parallel":
-        spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers))
+        spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers, technique.top_layers))
         side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)
-        return ParallelAdaptersModel(backbone, side, head.to(backbone.device))
+        top = None
+        if technique.top_layers:
+            from pac.techniques.top import TopLayers
+
+            top = TopLayers(backbone, technique.top_layers, technique.top_tuning, technique.lora_rank,
+                            technique.lora_alpha)
+        return ParallelAdaptersModel(backbone, side, head.to(backbone.device), top)
     if technique.name == "probe":
         if head_config.task == "lm":
             raise ConfigError("technique 'probe' trains the head alone, and a language-model head is the "

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def cache_key_for(backbone, spec, quantization: str, model_fingerprint: str | None = None) -> CacheKey:
-    return CacheKey(model_fingerprint or backbone.fingerprint(), spec.needed_taps(), quantization,
-                    backbone.tokenizer.fingerprint())
+    return CacheKey(model_fingerprint or backbone.fingerprint(), spec.cached_taps(), quantization,
+                    backbone.tokenizer.fingerprint(),
+                    spec.record_final() if spec.top_layers else -1)
 
 
 def _key(item: Encoded) -> str:
@@ -33,11 +34,20 @@ def _stack_lengths(item: Encoded) -> list[int]:
 
 def split_states(out, spec, group: list[Encoded]) -> list[list[torch.Tensor]]:
     """Per sample: the needed taps of every stack, then the final state, each cut to its real length."""
+    return record_tensors(out.taps, out.final, spec, group)
+
+
+def record_tensors(taps, final: torch.Tensor | None, spec, group: list[Encoded]) -> list[list[torch.Tensor]]:
+    """Per sample: the cached taps of every stack (SideSpec.cached_taps), then the final state that
+    SideSpec.record_final names (if any), each cut to its real length and detached."""
+    final_stack = spec.record_final()
     records = []
     for row, item in enumerate(group):
         lengths = _stack_lengths(item)
-        tensors = [out.taps[s][i][row, : lengths[s]] for s, needed in enumerate(spec.needed_taps()) for i in needed]
-        records.append([*tensors, out.final[row, : lengths[-1]]])
+        tensors = [taps[s][i][row, : lengths[s]].detach() for s, kept in enumerate(spec.cached_taps()) for i in kept]
+        if final_stack is not None:
+            tensors.append(final[row, : lengths[final_stack]].detach())
+        records.append(tensors)
     return records
 
 
@@ -77,14 +87,16 @@ class CachedStates:
         width = spec.hidden_size
         dtype = self.tap_dtype()
         taps, outs = [], []
-        for s, needed in enumerate(spec.needed_taps()):
+        for s, kept in enumerate(spec.cached_taps()):
             stack = [None] * (spec.stack_sizes[s] + 1)
-            for i in needed:
+            for i in kept:
                 stack[i] = torch.zeros(len(group), masks[s].shape[1], width, dtype=dtype)
                 outs.append((stack[i], s))
             taps.append(stack)
-        final = torch.zeros(len(group), masks[-1].shape[1], width)
-        outs.append((final, len(masks) - 1))
+        final_stack = spec.record_final()
+        final = None if final_stack is None else torch.zeros(len(group), masks[final_stack].shape[1], width)
+        if final is not None:
+            outs.append((final, final_stack))
         arrays = [((tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy(), s)
                   for tensor, s in outs]
         for row, item in enumerate(group):
@@ -103,10 +115,11 @@ class CachedStates:
             else:
                 self.cache_reads += 1
                 taps = [[None if t is None else t.to(device) for t in stack] for stack in taps]
-                return model.forward_from_states(taps, final.to(device), batch)
-        out = self._backbone(model).run(batch)  # the exact states, as the uncached path uses them
+                return model.forward_from_states(taps, None if final is None else final.to(device), batch)
+        self._backbone(model)
+        output, taps, final = model.forward_recorded(batch)  # the exact states, as the uncached path uses them
         self.backbone_runs += 1
-        for item, record in zip(group, split_states(out, spec, group), strict=True):
+        for item, record in zip(group, record_tensors(taps, final, spec, group), strict=True):
             if _key(item) not in self.cache:
                 self.cache.put(_key(item), record)
-        return model.forward_from_states(out.taps, out.final, batch)
+        return output

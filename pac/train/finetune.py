@@ -53,6 +53,9 @@ class FinetuneJob:
         if self.quantization != "none" and self.technique.name != "parallel":
             raise ConfigError(f"quantization {self.quantization!r} needs technique 'parallel': it holds the frozen "
                               f"backbone in fewer bits, and {self.technique.name!r} trains inside the backbone")
+        if self.quantization != "none" and self.technique.top_layers:
+            raise ConfigError(f"quantization {self.quantization!r} with top_layers {self.technique.top_layers}: the "
+                              "tuned top layers train in float32; use quantization \"none\" or top_layers 0")
         if self.cache_precision is not None:
             check_precision(self.cache_precision)
             if self.technique.name != "parallel":
@@ -69,7 +72,8 @@ def _load(job: FinetuneJob):
     return backbone
 
 
-def run_finetune(job: FinetuneJob, log=print) -> dict:
+def run_finetune(job: FinetuneJob, log=print, on_step=None) -> dict:
+    """Train and evaluate `job`; `on_step(StepInfo)` is called after every optimiser step (benchmarks)."""
     torch.manual_seed(job.train.seed)
     backbone = _load(job)
     data = read_job_data(job.train_file, job.eval_file, job.table, job.train_limit, job.eval_limit, job.train.seed,
@@ -81,7 +85,9 @@ def run_finetune(job: FinetuneJob, log=print) -> dict:
     log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
         f"examples, {n_trainable:,} trainable parameters")
 
-    def on_step(info) -> None:
+    def step_done(info) -> None:
+        if on_step is not None:
+            on_step(info)
         if info.step % 20 == 0 or info.step == info.total_steps:
             log(f"  epoch {info.epoch + 1} step {info.step}/{info.total_steps} loss {info.loss:.4f} "
                 f"{info.samples_per_s:.1f} samples/s")
@@ -96,7 +102,7 @@ def run_finetune(job: FinetuneJob, log=print) -> dict:
     del backbone  # the model holds it while it is needed; from the cache it is released
     try:
         result = train(model, train_items, task, pad_id, job.train, evaluate_on=eval_items or None,
-                       on_step=on_step, states=states)
+                       on_step=step_done, states=states)
         final = evaluate(model, eval_items, task, pad_id, states=states) if eval_items else {}
         cache_info = None if cache is None else {**cache.manifest(), "backbone_runs": states.backbone_runs,
                                                  "cache_batches": states.cache_reads,

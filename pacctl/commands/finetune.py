@@ -33,6 +33,11 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--lr", "learning_rate", type=float, default=None,
               help="Learning rate [default: 1e-3 parallel, 5e-4 lora/adapters, 3e-5 full].")
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
+@click.option("--top-layers", type=int, default=0, show_default=True,
+              help="Parallel Adapters: also tune the backbone's last N layers, from the activation cache (later "
+                   "epochs run N layers instead of none; 0: the side network alone).")
+@click.option("--top-tuning", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
+              help="How --top-layers are tuned: LoRA factors, or every weight.")
 @click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
 @click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
 @click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none",
@@ -54,8 +59,8 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, quoting, header, technique, task, epochs, batch_size, seq_len, learning_rate,
-            reduction_factor, train_limit, eval_limit, quantization, cache_precision, cache_dir, keep_cache,
-            seed, checkpointing, side_precision, output_dir) -> None:
+            reduction_factor, top_layers, top_tuning, train_limit, eval_limit, quantization, cache_precision,
+            cache_dir, keep_cache, seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.data.readers import TableFormat
     from pac.techniques.build import TechniqueConfig
@@ -67,7 +72,8 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
         names = tuple(name.strip() for name in header.split(",")) if header else ()
         job = FinetuneJob(
             model=model, train_file=train_file, eval_file=eval_file, task=task,
-            technique=TechniqueConfig(technique, reduction_factor=reduction_factor),
+            technique=TechniqueConfig(technique, reduction_factor=reduction_factor, top_layers=top_layers,
+                                      top_tuning=top_tuning),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique],
                               activation_checkpointing=checkpointing, side_precision=side_precision),
