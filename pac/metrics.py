@@ -42,3 +42,22 @@ def regression_metrics(predictions, targets) -> dict[str, float]:
     pearson = float(stats.pearsonr(predictions, targets).statistic)
     spearman = float(stats.spearmanr(predictions, targets).statistic)
     return {"pearson": pearson, "spearman": spearman, "pearson_spearman_mean": (pearson + spearman) / 2}
+
+
+MAIN_METRICS = ("accuracy_f1_mean", "accuracy", "pearson_spearman_mean", "perplexity")  # in this order
+LOWER_IS_BETTER = ("perplexity", "loss")
+
+
+def main_metric(evaluation: dict) -> str | None:
+    """The one number that sums up an evaluation: the task's usual summary (None: none of them)."""
+    return next((key for key in MAIN_METRICS if key in evaluation), None)
+
+
+def better(new: dict, old: dict | None) -> bool:
+    """Whether evaluation `new` beats `old` on the main metric (None: nothing to beat)."""
+    if old is None:
+        return True
+    metric = main_metric(new)
+    if metric is None:
+        return False
+    return new[metric] < old[metric] if metric in LOWER_IS_BETTER else new[metric] > old[metric]

@@ -46,6 +46,12 @@ class JobContext:
     prepared: Prepared
     record: JobRecord
     loaded: set[str] = field(default_factory=set)  # addresses of the devices holding part of the job
+    # after each epoch's checkpoint: (epochs done, steps done, the trained state) -> the evaluation
+    on_epoch_end: Callable[[int, int, dict], Awaitable[None]] | None = None
+
+    async def epoch_ended(self, epoch: int, step: int, state: dict) -> None:
+        if self.on_epoch_end is not None:
+            await self.on_epoch_end(epoch, step, state)
 
     def address_of(self) -> dict[str, str]:
         return {d.node_id: d.address for d in self.devices}

@@ -26,6 +26,7 @@ import torch
 from pac.cluster.checkpoint import Commit, Position, job_identity, remove_checkpoints
 from pac.cluster.context import Device, JobContext, RunOptions
 from pac.cluster.elastic import Elastic
+from pac.cluster.evaluation import EpochEvaluation, StopEarly
 from pac.cluster.faults import DeviceLost, DevicesBack
 from pac.cluster.measure import measure_home, profile_sizes
 from pac.cluster.phase1 import Phase1
@@ -39,7 +40,6 @@ from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
 from pac.security import Identity
-from pac.train.loop import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class Controller(Elastic):
         self.newcomers: list[Device] = []  # devices new to the job, found while it runs (taken in)
         self.estimates_apply = True  # the plan's time estimates are this job's (not a plan for other sizes)
         self.phase2_runs: list[dict] = []  # each earlier phase-2 run's redistribution (devices lost or back)
+        self.evaluation: EpochEvaluation | None = None  # scores the evaluation data after each epoch
+        self.stopped_early = False  # training.patience ran out before the last epoch
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
     def _watch_interrupt(self) -> bool:
@@ -153,11 +155,16 @@ class Controller(Elastic):
         self.record.update(state="preparing")
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
         self.record.identity = job_identity(job, p.fingerprint)
+        evaluation = EpochEvaluation(p, job.cache.precision, job.model.quantization, self.output_dir,
+                                     job.training.patience)
+        self.evaluation = evaluation if self.options.evaluate and evaluation.wanted else None
         commit = Commit(Position(1, 0, 0))
         if self.options.resume:
             checkpoint = resume_point(self.output_dir, job.source, self.record, previous, self.log)
             await release_stopped(self.stages, self.devices, {checkpoint.job_id, previous.get("job_id", "")} - {""})
             commit = checkpoint.commit()
+            if self.evaluation is not None:
+                self.evaluation.resumed(self.record.history.evaluations)
         self.record.last_commit = commit
         self._new_attempt(first=True)
         wanted = (job.cache.precision != "none") if self.options.use_cache is None else self.options.use_cache
@@ -175,6 +182,9 @@ class Controller(Elastic):
                 try:
                     state = await self._watched(self._train(plan, commit, use_cache, phase1_epochs, steps_per_epoch))
                     break
+                except StopEarly:
+                    state, self.stopped_early = {}, True
+                    break
                 except DeviceLost as lost:
                     plan, commit = await self._recover(lost, plan, wanted, steps_per_epoch)
                 except DevicesBack as back:
@@ -186,6 +196,8 @@ class Controller(Elastic):
                 helper.cancel()
             await self.release(keep=job.cache.keep or not completed)  # a stopped job's cache, for --resume
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
+        best = self.evaluation.best_state() if self.evaluation is not None else None
+        state = best if best is not None else state  # with a validation split: the best epoch's weights
         p.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
         return await asyncio.to_thread(self.finish, started)
 
@@ -249,6 +261,17 @@ class Controller(Elastic):
                    "fixed": "the plan given does not use them"}.get(plan.strategy, f"the {plan.strategy} baseline")
             self.log(f"not used: {', '.join(idle)} ({why})")
 
+    async def _epoch_evaluation(self, epoch: int, step: int, state: dict[str, torch.Tensor]) -> None:
+        """After each epoch's checkpoint: the evaluation data and validation split scored with that epoch's
+        state; raises StopEarly when `training.patience` epochs have passed without a better validation score."""
+        if self.evaluation is None:
+            return
+        self.record.add_evaluation(await self.evaluation.after_epoch(epoch, step, state))
+        if self.evaluation.should_stop(epoch, self.job.training.epochs):
+            self.log(f"stopping after epoch {epoch}: no better validation score for {self.job.training.patience} "
+                     f"epochs; the adapter is epoch {self.evaluation.best['epoch']}'s")
+            raise StopEarly
+
     def _on_step(self, *args, **kwargs) -> None:
         """A step ended (phase 1 or 2): stop here if Ctrl-C was pressed, else record it."""
         self._stop_if_interrupted()
@@ -288,11 +311,16 @@ class Controller(Elastic):
         p = self.prepared
         save_adapter(p.model, self.output_dir / "adapter.safetensors",
                      extra={"task": p.task, "quantization": self.job.model.quantization})
-        evaluation = {}
-        if self.options.evaluate and p.eval_items:
-            evaluation = evaluate(p.model, p.eval_items, p.task, p.pad_id)
+        evaluation, best = {}, None
+        if self.evaluation is not None:
+            last_step = self.record.history.steps[-1]["step"] + 1 if self.record.history.steps else 0
+            trained = {f"side.{k}": v for k, v in p.model.side.state_dict().items()} | \
+                {f"head.{k}": v for k, v in p.model.head.state_dict().items()}
+            evaluation = self.evaluation.final(last_step) or (self.evaluation.score(trained) if p.eval_items else {})
+            best = self.evaluation.best["epoch"] if self.evaluation.best else None
+            self.evaluation.close()
         plot_losses(self.record.history.steps, self.output_dir / "loss.png", title=f"{p.backbone.name}: training loss",
-                    faults=self.record.history.faults)
+                    faults=self.record.history.faults, evaluations=self.record.history.evaluations)
         plot_timeline(self.record.history.events, self.output_dir / "timeline.png",
                       title="measured phase-1 step (one mini-batch)")
         total_s = time.perf_counter() - started  # evaluation and the plots included
@@ -307,12 +335,14 @@ class Controller(Elastic):
             "phase2_runs": self.phase2_runs + ([self.phase2.info] if self.phase2 and self.phase2.info else []),
             "steps": self.record.history.steps,
             "resumes": self.record.history.resumes, "faults": self.record.history.faults,
-            "joins": self.record.history.joins,
+            "joins": self.record.history.joins, "evaluations": self.record.history.evaluations,
+            "best_epoch": best, "stopped_early": self.stopped_early,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }
         write_metrics(self.output_dir / "metrics.json", metrics)
         remove_checkpoints(self.output_dir / "checkpoint")  # the adapter supersedes them
+        (self.output_dir / "best.safetensors").unlink(missing_ok=True)  # and the best epoch's weights
         self.record.checkpoint = None
         self.record.update(state="finished", total_time_s=total_s, checkpoint=None)
         return metrics

@@ -38,7 +38,7 @@ class Elastic:
             self.phase2_runs.append(self.phase2.info)  # the abandoned run's redistribution, for metrics.json
         self.phase2 = None
         self.ctx = JobContext(self.job, self.job_id, self.devices, self.stages, self.options, self.prepared,
-                              self.record, self.loaded)
+                              self.record, self.loaded, on_epoch_end=self._epoch_evaluation)
 
     async def _watched(self, training):
         """Await `training`, watching the devices that hold it: a lost one (or a failed step whose device

@@ -71,6 +71,7 @@ class Phase1:
                     await self.checkpoint(addresses, Position(1, epoch, step, index + 1), holders)
             self.ctx.record.end_epoch(epoch, 1, time.perf_counter() - began, samples)
             state = await self.checkpoint(addresses, Position(1, epoch + 1, step), holders)
+            await self.ctx.epoch_ended(epoch + 1, step, state)
         return state, holders, step
 
     async def checkpoint(self, addresses: list[list[str]], position: Position,

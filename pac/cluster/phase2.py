@@ -84,6 +84,7 @@ class Phase2:
             state = await gather_state(self.ctx.stages, [[members[0]]])
             self.ctx.record.save_checkpoint(p.model, p.task, state, Position(2, epoch + 1, step),
                                             assigned=self.assigned_by_node, replicas=self.replicas_by_node)
+            await self.ctx.epoch_ended(epoch + 1, step, state)
             if self.on_epoch is not None and epoch + 1 < training.epochs:
                 await self.on_epoch()  # may stop this run here: a device came back (pac.cluster.faults)
         return state

@@ -12,9 +12,12 @@ from typing import Any
 PHASE_COLOURS = {1: "#4C72B0", 2: "#55A868"}
 
 
-def plot_losses(history: list[dict], path: str | Path, title: str = "", faults: list[dict] | None = None) -> None:
+def plot_losses(history: list[dict], path: str | Path, title: str = "", faults: list[dict] | None = None,
+                evaluations: list[dict] | None = None) -> None:
     """Write the loss per optimizer step to `path` (PNG): one colour per phase, epoch boundaries dashed,
-    each lost device (`faults`, pac.cluster.faults.Fault) a red line where the job went on without it.
+    each lost device (`faults`, pac.cluster.faults.Fault) a red line where the job went on without it,
+    and the evaluation metric after each epoch (`evaluations`: {"epoch", "step", metric: value}) on a
+    second axis at the step where the epoch ended.
 
     Rows are {"step": global step, "epoch": int, "phase": 1 | 2, "loss": float}; a NaN or infinite loss is
     left out (and counted in the title). With many steps a centred moving average is drawn over the steps.
@@ -37,12 +40,37 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", faults: 
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        extra = _plot_evaluations(ax, evaluations or [])
+        if extra:
+            handles, labels = handles + [extra[0]], labels + [extra[1]]
+        ax.legend(handles, labels, loc="upper right", fontsize=8)
         skipped = len(rows) - len(finite)
         last = f", last {finite[-1]['loss']:.4f}" if finite else ""
         ax.set_title(title or f"training loss: {len(rows)} steps{last}"
                               + (f" ({skipped} non-finite left out)" if skipped else ""))
     _save(plt, fig, path)
+
+
+def _plot_evaluations(ax: Any, evaluations: list[dict]) -> tuple[Any, str] | None:
+    """The main evaluation metric after each epoch, on a second y axis; (legend handle, label) or None."""
+    from pac.metrics import main_metric
+
+    which = "eval" if any("eval" in e for e in evaluations) else "validation"
+    scored = [e for e in evaluations if which in e]
+    metric = main_metric(scored[0][which]) if scored else None
+    points = sorted((e["step"] - 0.5, float(e[which][metric])) for e in scored if metric in e[which])
+    if not points:
+        return None
+    second = ax.twinx()
+    xs, ys = zip(*points, strict=True)
+    (line,) = second.plot(xs, ys, color="#DD8452", marker="s", markersize=5, linewidth=1.5)
+    for x, y in points:
+        second.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                        color="#DD8452")
+    name = "evaluation" if which == "eval" else "validation"
+    second.set_ylabel(f"{name} {metric}", color="#DD8452")
+    return line, f"{name} {metric} after each epoch"
 
 
 def _plot_phase(ax: Any, points: list[tuple[int, float]], colour: str, label: str) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pac.cache import sample_key
 from pac.data.batching import Encoded
-from pac.data.prepare import encode_job_data, read_job_data
+from pac.data.prepare import encode_job_data, encode_validation, read_job_data
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.techniques.build import TechniqueConfig, build_model
@@ -28,6 +28,7 @@ class Prepared:
     eval_items: list[Encoded]
     keys: list[str]
     pad_id: int
+    validation_items: list[Encoded] = field(default_factory=list)  # carved out of the training file
 
 
 def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
@@ -37,8 +38,10 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     torch.manual_seed(training.seed)
     backbone, fingerprint = load_model(job.model.name_or_path, job.model.quantization, training.seed)
     examples = read_job_data(data.train, data.eval, data.table_format(), data.train_limit, data.eval_limit,
-                             training.seed, None if data.task == "auto" else data.task, data.num_labels)
+                             training.seed, None if data.task == "auto" else data.task, data.num_labels,
+                             data.validation)
     train_items, eval_items = encode_job_data(examples, backbone.tokenizer, backbone.family, training.seq_len)
+    validation_items = encode_validation(examples, backbone.tokenizer, backbone.family, training.seq_len)
     if not train_items:
         raise ConfigError(f"{job.source}: data.train {data.train} holds no examples")
     task, tokenizer = examples.task, backbone.tokenizer
@@ -49,7 +52,7 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
     log_line(f"{backbone.name}: {task}, {len(train_items)} training / {len(eval_items)} evaluation examples, "
              f"{sum(p.numel() for p in model.side.parameters()) + sum(p.numel() for p in model.head.parameters() if p.requires_grad):,} trainable parameters")
     return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
-                    tokenizer.pad_token_id)
+                    tokenizer.pad_token_id, validation_items)
 
 
 def lengths_of(item: Encoded) -> list[int]:

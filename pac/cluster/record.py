@@ -24,6 +24,7 @@ class History:
     resumes: list[dict] = field(default_factory=list)
     faults: list[dict] = field(default_factory=list)  # each lost device: pac.cluster.faults.Fault
     joins: list[dict] = field(default_factory=list)  # each device taken back: {"device", "address", "step", ...}
+    evaluations: list[dict] = field(default_factory=list)  # after each epoch: {"epoch", "step", metric: value, ...}
 
 
 class JobRecord:
@@ -56,7 +57,8 @@ class JobRecord:
                                      self.identity, holders, assigned,
                                      {"steps": self.history.steps, "epochs": self.history.epochs,
                                       "resumes": self.history.resumes, "faults": self.history.faults,
-                                      "joins": self.history.joins}, replicas)
+                                      "joins": self.history.joins, "evaluations": self.history.evaluations},
+                                     replicas)
         self.last_commit = Commit(position, state, dict(holders or {}), dict(assigned or {}), dict(replicas or {}))
         self.checkpoint = directory
         self.update(checkpoint=str(directory), checkpoint_epoch=position.epoch, checkpoint_step=position.step)
@@ -94,6 +96,17 @@ class JobRecord:
         self.history.faults.append(entry)
         self._recovering = (entry, noticed)
         self.update(faults=self.history.faults)
+
+    def add_evaluation(self, entry: dict) -> None:
+        """{"epoch", "step", "eval": metrics, "validation": metrics} after an epoch (a redone epoch replaces it)."""
+        from pac.metrics import main_metric
+
+        self.history.evaluations = [e for e in self.history.evaluations if e["epoch"] != entry["epoch"]]
+        self.history.evaluations.append(entry)
+        self.update(evaluations=self.history.evaluations)
+        said = [f"{which} {metric} {entry[which][metric]:.4f}" for which in ("validation", "eval")
+                if which in entry and (metric := main_metric(entry[which]))]
+        self.message(f"after epoch {entry['epoch']}: " + ", ".join(said))
 
     def end_epoch(self, epoch: int, phase: int, seconds: float, samples: int) -> None:
         self.history.epochs.append({"epoch": epoch + 1, "phase": phase, "seconds": seconds,

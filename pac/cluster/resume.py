@@ -74,6 +74,7 @@ def resume_point(output_dir: Path, source: str, record: JobRecord, previous: dic
     record.history.steps = list(history.get("steps", []))
     record.history.epochs = list(history.get("epochs", []))
     record.history.faults = list(history.get("faults", []))
+    record.history.evaluations = list(history.get("evaluations", []))
     at = checkpoint.position
     stopped_at = previous.get("step") if isinstance(previous.get("step"), int) else None
     record.history.resumes = list(history.get("resumes", [])) + [{

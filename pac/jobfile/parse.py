@@ -79,7 +79,15 @@ def _data(table: Table, base: Path) -> DataSection:
     return DataSection(train=table.data_file("train", base, required=True), eval=eval_file, task=task,
                        num_labels=num_labels, columns=tuple(sorted(columns.items())), header=header,
                        quoting=table.choice("quoting", "auto", QUOTINGS),
-                       train_limit=table.integer("train_limit", None, 1), eval_limit=eval_limit)
+                       train_limit=table.integer("train_limit", None, 1), eval_limit=eval_limit,
+                       validation=_validation(table))
+
+
+def _validation(table: Table) -> float:
+    value = table.number("validation", 0, 0.0)
+    if value >= 1 and value != int(value):
+        raise table.fail("validation", "must be a count of examples (a whole number) or a fraction below 1", value)
+    return value
 
 
 def _training(table: Table) -> TrainingSection:
@@ -110,6 +118,7 @@ def _training(table: Table) -> TrainingSection:
         activation_checkpointing=table.boolean("activation_checkpointing", False),
         side_precision=table.choice("side_precision", "fp32", SIDE_PRECISIONS),
         checkpoint_steps=table.integer("checkpoint_steps", 50, 0),
+        patience=table.integer("patience", 0, 0),
     )
 
 
@@ -217,7 +226,11 @@ def parse_job(mapping: dict[str, Any], source: str = "job.toml", base_dir: str |
               for name, section in SECTIONS.items()}
     model = _model(tables["model"], base)
     training = _training(tables["training"])
-    job = Job(model=model, data=_data(tables["data"], base), training=training,
+    data = _data(tables["data"], base)
+    if training.patience and not data.validation:
+        raise tables["training"].fail("patience", "stops on a validation score: set data.validation too (a count "
+                                      "of training examples to hold out, or a fraction below 1)", training.patience)
+    job = Job(model=model, data=data, training=training,
               cache=_cache(tables["cache"], base), devices=_devices(tables["devices"]),
               output=_output(tables["output"], base), plan=PlanSection(), source=source, version=version)
     planned = _plan(tables["plan"], base, job.to_training_job(1))

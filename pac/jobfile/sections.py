@@ -38,6 +38,7 @@ class DataSection:
     quoting: str = "auto"  # CSV/TSV: auto | csv (RFC 4180 quoted fields) | none (quotes are text)
     train_limit: int | None = None  # use a seeded random subset of N training examples
     eval_limit: int | None = None  # likewise for evaluation
+    validation: float = 0  # training examples held out to score each epoch: a count, or a fraction below 1
 
     def table_format(self) -> TableFormat:
         """How pac.data.readers reads the CSV/TSV files."""
@@ -62,6 +63,7 @@ class TrainingSection:
     activation_checkpointing: bool = False  # recompute side blocks in backward: less memory, ~1.5x side time
     side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
     checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
+    patience: int = 0  # with data.validation: stop after N epochs without a better validation score (0: never)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Job:
             output_dir=str(self.output.directory), quantization=self.model.quantization,
             cache_precision=None if cache.precision == "none" else cache.precision,
             cache_dir=str(cache.directory) if cache.directory else None, keep_cache=cache.keep,
+            validation=self.data.validation,
             table=self.data.table_format(),
         )
 
@@ -134,7 +137,7 @@ class Job:
         return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                            weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
                            max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing,
-                           side_precision=t.side_precision)
+                           side_precision=t.side_precision, patience=t.patience)
 
     def to_training_job(self, samples: int, use_cache: bool | None = None) -> TrainingJob:
         """What the planner plans. `samples`: examples in the training file (train_limit applied here);

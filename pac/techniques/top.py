@@ -104,7 +104,7 @@ class TopLayers(nn.Module):
         """The backbone's forward with autograd through the tuned layers only: (StageStates)."""
         if self._whole is None:
             raise ConfigError("the backbone was released: run the tuned layers from cached states")
-        return self._whole.run(batch, {}, grad=True)
+        return self._whole.run(batch, {}, grad=torch.is_grad_enabled())
 
     def run_from(self, batch, hidden: torch.Tensor, encoder_final: torch.Tensor | None = None):
         """The tuned layers from their cached input (and, encoder-decoder, the cached encoder output)."""
@@ -112,7 +112,7 @@ class TopLayers(nn.Module):
 
         stage = self._top or self._stage_of_whole()
         inbound = {HIDDEN: hidden} | ({ENCODER_HIDDEN: encoder_final} if encoder_final is not None else {})
-        return stage.run(batch, inbound, grad=True)
+        return stage.run(batch, inbound, grad=torch.is_grad_enabled())
 
     def _stage_of_whole(self):
         """Before the release: the same layers, run from a cached input by the whole backbone's modules."""

@@ -12,7 +12,7 @@ import torch
 from pac.adapter import save_adapter
 from pac.cache import ActivationCache
 from pac.cache.codec import check_precision
-from pac.data.prepare import encode_job_data, read_job_data
+from pac.data.prepare import encode_job_data, encode_validation, read_job_data
 from pac.data.readers import TableFormat
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
@@ -41,6 +41,7 @@ class FinetuneJob:
     cache_dir: str | None = None  # default: $PAC_CACHE_DIR or ~/.cache/pac/activations
     keep_cache: bool = False  # keep the cache after the job (a later job on the same data reuses it)
     table: TableFormat = TableFormat()  # how CSV/TSV data files are read (quoting, names of header-less columns)
+    validation: float = 0  # examples of the training file held out to score each epoch (a count, or a fraction < 1)
 
     def __post_init__(self) -> None:
         if self.seq_len < 4:
@@ -53,6 +54,9 @@ class FinetuneJob:
         if self.quantization != "none" and self.technique.name != "parallel":
             raise ConfigError(f"quantization {self.quantization!r} needs technique 'parallel': it holds the frozen "
                               f"backbone in fewer bits, and {self.technique.name!r} trains inside the backbone")
+        if self.train.patience and not self.validation:
+            raise ConfigError(f"patience {self.train.patience} stops on a validation score: hold out a validation "
+                              "split of the training data too (validation = a count, or a fraction below 1)")
         if self.quantization != "none" and self.technique.top_layers:
             raise ConfigError(f"quantization {self.quantization!r} with top_layers {self.technique.top_layers}: the "
                               "tuned top layers train in float32; use quantization \"none\" or top_layers 0")
@@ -77,9 +81,10 @@ def run_finetune(job: FinetuneJob, log=print, on_step=None) -> dict:
     torch.manual_seed(job.train.seed)
     backbone = _load(job)
     data = read_job_data(job.train_file, job.eval_file, job.table, job.train_limit, job.eval_limit, job.train.seed,
-                         job.task, job.num_labels)
+                         job.task, job.num_labels, job.validation)
     task, tokenizer = data.task, backbone.tokenizer
     train_items, eval_items = encode_job_data(data, tokenizer, backbone.family, job.seq_len)
+    validation_items = encode_validation(data, tokenizer, backbone.family, job.seq_len)
     model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=data.num_labels))
     n_trainable = sum(p.numel() for p in trainable_parameters(model))
     log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
@@ -102,7 +107,10 @@ def run_finetune(job: FinetuneJob, log=print, on_step=None) -> dict:
     del backbone  # the model holds it while it is needed; from the cache it is released
     try:
         result = train(model, train_items, task, pad_id, job.train, evaluate_on=eval_items or None,
-                       on_step=step_done, states=states)
+                       on_step=step_done, states=states, validate_on=validation_items or None)
+        if validation_items:
+            log(f"best epoch {result.best_epoch} of {len(result.epoch_times_s)} on the {len(validation_items)}-example "
+                f"validation split" + (" (stopped early)" if result.stopped_early else ""))
         final = evaluate(model, eval_items, task, pad_id, states=states) if eval_items else {}
         cache_info = None if cache is None else {**cache.manifest(), "backbone_runs": states.backbone_runs,
                                                  "cache_batches": states.cache_reads,
@@ -115,6 +123,8 @@ def run_finetune(job: FinetuneJob, log=print, on_step=None) -> dict:
         "task": task, "trainable_params": n_trainable, "train_examples": len(train_items),
         "eval_examples": len(eval_items), "epoch_times_s": result.epoch_times_s,
         "final_loss": result.losses[-1], "eval_history": result.eval_history, "eval": final,
+        "validation_examples": len(validation_items), "validation_history": result.validation_history,
+        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "cache": cache_info,
     }
     if job.output_dir:

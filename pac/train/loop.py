@@ -27,11 +27,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     activation_checkpointing: bool = False  # Parallel Adapters: recompute side blocks in backward (less memory)
     side_precision: str = "fp32"  # Parallel Adapters' arithmetic: fp32, or bf16 autocast (mixed precision)
+    patience: int = 0  # with a validation split: stop after this many epochs without a better score (0: never)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.side_precision not in SIDE_PRECISIONS:
@@ -67,6 +70,10 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     epoch_times_s: list[float] = field(default_factory=list)
     eval_history: list[dict] = field(default_factory=list)
+    validation_history: list[dict] = field(default_factory=list)  # {"epoch", metric: value} per epoch
+    best_epoch: int | None = None  # with a validation split: the epoch whose weights the model ends with
+    stopped_early: bool = False
+    best_state: dict | None = None  # the best epoch's trainable weights, while training
 
 
 def batches(items: list[Encoded], batch_size: int, generator: torch.Generator | None) -> list[list[Encoded]]:
@@ -91,12 +98,16 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
 def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConfig,
           evaluate_on: list[Encoded] | None = None,
           on_step: Callable[[StepInfo], None] | None = None, states=None,
-          batch_order: Callable[[int], list[list[Encoded]]] | None = None) -> TrainResult:
+          batch_order: Callable[[int], list[list[Encoded]]] | None = None,
+          validate_on: list[Encoded] | None = None) -> TrainResult:
     """Train `model`; with `states` (a pac.train.cached.CachedStates) Parallel Adapters read the
     activation cache, and the backbone is released once every training sample is cached.
 
     `batch_order(epoch)` gives an epoch's mini-batches instead of the seeded shuffle (the order a
-    distributed job's phase 2 follows, so a single process can reproduce it)."""
+    distributed job's phase 2 follows, so a single process can reproduce it). With `validate_on` (a
+    validation split) the model is scored after every epoch, training stops after `config.patience`
+    epochs without a better score (0: it runs every epoch), and the model ends with the best epoch's
+    weights."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
@@ -130,7 +141,29 @@ def train(model, items: list[Encoded], task: str, pad_id: int, config: TrainConf
         if evaluate_on:
             result.eval_history.append({"epoch": epoch + 1, **evaluate(model, evaluate_on, task, pad_id,
                                                                        states=states)})
+        if validate_on and _validated(model, validate_on, task, pad_id, states, epoch, config, result):
+            break
+    if validate_on and result.best_epoch != len(result.epoch_times_s):
+        model.load_state_dict(result.best_state, strict=False)  # the best epoch's trained weights
+    result.best_state = None
     return result
+
+
+def _validated(model, items, task: str, pad_id: int, states, epoch: int, config: TrainConfig,
+               result: TrainResult) -> bool:
+    """Score the validation split after `epoch`; keep the weights if they are the best yet. True: stop."""
+    from pac.metrics import better
+
+    score = evaluate(model, items, task, pad_id, states=states)
+    best = next((v for v in result.validation_history if v["epoch"] == result.best_epoch), None)
+    result.validation_history.append({"epoch": epoch + 1, **score})
+    if better(score, best):
+        result.best_epoch = epoch + 1
+        result.best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    if config.patience and epoch + 1 - result.best_epoch >= config.patience and epoch + 1 < config.epochs:
+        result.stopped_early = True
+        return True
+    return False
 
 
 @torch.no_grad()

@@ -38,6 +38,11 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
                    "epochs run N layers instead of none; 0: the side network alone).")
 @click.option("--top-tuning", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="How --top-layers are tuned: LoRA factors, or every weight.")
+@click.option("--validation", type=float, default=0, show_default=True,
+              help="Hold out this many training examples (or this fraction, below 1) as a validation split, "
+                   "scored after every epoch; the model ends with the best epoch's weights.")
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="With --validation: stop after N epochs without a better validation score (0: run every epoch).")
 @click.option("--train-limit", type=int, help="Use a seeded random subset of N training examples.")
 @click.option("--eval-limit", type=int, help="Use a seeded random subset of N evaluation examples.")
 @click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none",
@@ -59,8 +64,8 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, quoting, header, technique, task, epochs, batch_size, seq_len, learning_rate,
-            reduction_factor, top_layers, top_tuning, train_limit, eval_limit, quantization, cache_precision,
-            cache_dir, keep_cache, seed, checkpointing, side_precision, output_dir) -> None:
+            reduction_factor, top_layers, top_tuning, validation, patience, train_limit, eval_limit, quantization,
+            cache_precision, cache_dir, keep_cache, seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.data.readers import TableFormat
     from pac.techniques.build import TechniqueConfig
@@ -76,16 +81,20 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
                                       top_tuning=top_tuning),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique],
-                              activation_checkpointing=checkpointing, side_precision=side_precision),
+                              activation_checkpointing=checkpointing, side_precision=side_precision,
+                              patience=patience),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
             quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
-            table=TableFormat(quoting=quoting, names=names),
+            table=TableFormat(quoting=quoting, names=names), validation=validation,
         )
         metrics = run_finetune(job, log=lambda line: click.echo(line, err=True))
     except PacError as error:
         raise click.ClickException(str(error)) from error
     metrics.pop("model")
     summary = {"eval": metrics["eval"], "epoch_times_s": metrics["epoch_times_s"]}
+    if metrics["validation_history"]:
+        summary |= {"best_epoch": metrics["best_epoch"], "stopped_early": metrics["stopped_early"],
+                    "validation_history": metrics["validation_history"]}
     if metrics["cache"]:
         summary["cache"] = {k: metrics["cache"][k] for k in ("records", "record_bytes", "backbone_runs",
                                                              "cache_batches", "corrupt_records")}

@@ -27,6 +27,8 @@ task = "lm"                          # classification | regression | lm | auto (
 # num_labels = 2                     # classification only; default: from the training labels
 # train_limit = 1000                 # optional: a seeded random subset of N training examples
 # eval_limit = 200                   # optional: likewise for evaluation
+# validation = 0.1                   # optional: training examples held out, scored after each epoch (a count,
+                                     # or a fraction below 1); the adapter is the best epoch's
 # quoting = "auto"                   # CSV/TSV: auto | csv (quoted fields, as spreadsheets write) | none
 # header = ["label", "text"]         # CSV/TSV without a header row: its columns, in order
 
@@ -50,6 +52,7 @@ max_grad_norm = 1.0                  # gradient clipping (global L2 norm)
 activation_checkpointing = false     # true: less memory in epochs from the cache, ~1.5x their time
 side_precision = "fp32"              # fp32 | bf16: side network arithmetic (bf16: mixed precision, faster on CPUs with bf16)
 checkpoint_steps = 50                # a checkpoint every N steps within an epoch too (0: after each epoch only)
+# patience = 2                       # with data.validation: stop after N epochs without a better score
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none

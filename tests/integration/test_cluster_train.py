@@ -39,11 +39,14 @@ def write_data(path: Path, task: str, count: int) -> Path:
 
 
 def make_job(tmp_path: Path, model: str, task: str, count: int, epochs: int, batch_size: int,
-             precision: str = "fp32", quantization: str = "none", **training):
+             precision: str = "fp32", quantization: str = "none", eval_count: int = 0, validation: float = 0,
+             **training):
     data = write_data(tmp_path / f"{task}.jsonl", task, count)
+    evaluation = {"eval": str(write_data(tmp_path / f"{task}-eval.jsonl", task, eval_count))} if eval_count else {}
+    evaluation |= {"validation": validation} if validation else {}
     mapping = {
         "model": {"name_or_path": model, "quantization": quantization},
-        "data": {"train": str(data), "task": task},
+        "data": {"train": str(data), "task": task, **evaluation},
         "training": {"epochs": epochs, "batch_size": batch_size, "seq_len": 32, "learning_rate": LEARNING_RATE,
                      "seed": 3, **training},
         "cache": {"precision": precision, "directory": str(tmp_path / "cache")},
@@ -396,3 +399,34 @@ def test_pacctl_train_deploys_the_adapter_where_the_job_says(tmp_path, four):
 
     (model,) = asyncio.run(served())
     assert (model.name, model.task, model.backbone) == ("out", "classification", "tiny-bert")
+
+
+def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, four):
+    """Epoch 1 (phase 1) and each phase-2 epoch end with a score of the evaluation data and of the
+    validation split, recorded in metrics.json and status.json and drawn on the loss plot; the adapter is
+    the best validation epoch's, its evaluation the job's final score, and a fresh evaluation of the saved
+    adapter gives that score (the later ones come from the controller's cache of the data's states)."""
+    from pac.adapter import load_adapter
+    from pac.cluster.prepare import prepare
+    from pac.train.loop import evaluate
+
+    ids = [d.node_id for d in devices_of(four)]
+    job = make_job(tmp_path, "tiny-bert", "classification", count=16, epochs=3, batch_size=4, eval_count=10,
+                   validation=4)
+    prepared = prepare(job, lambda line: None)
+    assert len(prepared.train_items) == 12 and len(prepared.validation_items) == 4
+    plan = fixed_plan("tiny-bert", TrainingJob(samples=12, batch_size=4, epochs=3),
+                      [(0, 3, [ids[0]], [1])], micro_batches=1, phase2_shares={ids[0]: 2, ids[1]: 2})
+    out = tmp_path / "out"
+    metrics, _ = run_training(job, devices_of(four), None, out, RunOptions(), log_line=lambda line: None, plan=plan)
+    evaluations = metrics["evaluations"]
+    assert [(e["epoch"], e["step"]) for e in evaluations] == [(1, 3), (2, 6), (3, 9)]
+    assert all("eval" in e and "validation" in e for e in evaluations)
+    best = metrics["best_epoch"]
+    assert best == max(evaluations, key=lambda e: (e["validation"]["accuracy"], -e["epoch"]))["epoch"]
+    assert metrics["eval"] == evaluations[best - 1]["eval"] and not metrics["stopped_early"]
+    assert json.loads((out / "status.json").read_text())["evaluations"] == evaluations
+    assert not (out / ".evaluation-cache").exists() and not (out / "best.safetensors").exists()
+    fresh = load_adapter(out / "adapter.safetensors", prepared.backbone)
+    assert evaluate(fresh, prepared.eval_items, "classification", prepared.pad_id) == metrics["eval"]
+    assert (out / "loss.png").stat().st_size > 0

@@ -1,0 +1,124 @@
+"""Scores after every epoch, on the controller: the evaluation data (metrics.json, status.json, the loss
+plot) and the validation split carved from the training file (the best epoch, early stopping).
+
+The controller holds the backbone (it evaluates at the end too), so after each epoch's checkpoint it loads
+the trained side network and head into its own model and scores the job's evaluation data and validation
+split. Epoch 1 runs the backbone over their samples and keeps their states in an activation cache of the
+job's precision under the output directory (removed at the end); later epochs score from it, running the
+side network and head alone. The last epoch's score is the job's final one (not computed twice).
+
+With a validation split the best epoch's weights are kept (OUT/best.safetensors, written whole, so a
+resumed job still has them) and end in the adapter; `training.patience` stops the job after that many
+epochs without a better validation score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import torch
+
+from pac.metrics import better
+from pac.train.loop import evaluate
+
+BEST = "best.safetensors"
+
+
+class StopEarly(Exception):
+    """No better validation score for `training.patience` epochs: the job ends with the best epoch."""
+
+
+class EpochEvaluation:
+    def __init__(self, prepared, precision: str, quantization: str, output_dir: Path, patience: int = 0) -> None:
+        self.prepared, self.output_dir, self.patience = prepared, output_dir, patience
+        self.directory = output_dir / ".evaluation-cache"
+        self.precision, self.quantization = precision, quantization
+        self.states = None
+        self.last: tuple[int, dict] | None = None  # (step, entry) of the newest evaluation
+        self.best: dict | None = None  # the entry of the best validation score so far
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.prepared.eval_items or self.prepared.validation_items)
+
+    def _states(self):
+        if self.states is None and self.precision != "none":
+            from pac.cache import ActivationCache
+            from pac.train.cached import CachedStates, cache_key_for
+
+            p = self.prepared
+            key = cache_key_for(p.backbone, p.model.side.spec, self.quantization, p.fingerprint)
+            self.states = CachedStates(ActivationCache(self.directory, key, self.precision))
+        return self.states
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        self.prepared.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))},
+                                            strict=False)
+
+    def score(self, state: dict[str, torch.Tensor], which: str = "eval") -> dict[str, float]:
+        """The evaluation data (or the validation split) scored with `state` (side network and head)."""
+        p = self.prepared
+        self._load(state)
+        items = p.eval_items if which == "eval" else p.validation_items
+        return evaluate(p.model, items, p.task, p.pad_id, states=self._states())
+
+    def _entry(self, epoch: int, step: int, state: dict[str, torch.Tensor]) -> dict:
+        entry = {"epoch": epoch, "step": step}
+        for which in ("eval", "validation"):
+            if (self.prepared.eval_items if which == "eval" else self.prepared.validation_items):
+                entry[which] = self.score(state, which)
+        if "validation" in entry and better(entry["validation"], (self.best or {}).get("validation")):
+            self.best = entry
+            self._load(state)
+            self._save_best()
+        return entry
+
+    def _save_best(self) -> None:
+        import os
+
+        from pac.adapter import save_adapter
+
+        partial = self.output_dir / f".{BEST}.partial"
+        save_adapter(self.prepared.model, partial, extra={"task": self.prepared.task, "best": self.best})
+        os.replace(partial, self.output_dir / BEST)
+
+    async def after_epoch(self, epoch: int, step: int, state: dict[str, torch.Tensor]) -> dict:
+        """Score `state` after `epoch`: {"epoch", "step", "eval": metrics, "validation": metrics}."""
+        entry = await asyncio.to_thread(self._entry, epoch, step, state)
+        self.last = (step, entry)
+        return entry
+
+    def should_stop(self, epoch: int, epochs: int) -> bool:
+        return bool(self.patience and self.best and epoch - self.best["epoch"] >= self.patience and epoch < epochs)
+
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The best epoch's side network and head (from OUT/best.safetensors), or None without a validation split."""
+        path = self.output_dir / BEST
+        if self.best is None or not path.exists():
+            return None
+        from safetensors.torch import load_file
+
+        return {k: v for k, v in load_file(str(path)).items() if k.startswith(("side.", "head."))}
+
+    def resumed(self, evaluations: list[dict]) -> None:
+        """A resumed job: the best epoch so far from its history (its weights are in OUT/best.safetensors)."""
+        scored = [e for e in evaluations if "validation" in e]
+        for entry in scored:
+            if better(entry["validation"], (self.best or {}).get("validation")):
+                self.best = entry
+        if self.best is not None and not (self.output_dir / BEST).exists():
+            self.best = None  # the weights are gone: the best is chosen among the epochs still to come
+
+    def final(self, step: int) -> dict[str, float] | None:
+        """The evaluation data's score of the state after `step` if it was computed, else None."""
+        if self.best is not None:
+            return self.best.get("eval")
+        return self.last[1].get("eval") if self.last is not None and self.last[0] == step else None
+
+    def close(self) -> None:
+        if self.states is not None:
+            self.states.cache.close()
+            self.states = None
+        shutil.rmtree(self.directory, ignore_errors=True)
