@@ -69,7 +69,8 @@ def worker_backbone(args) -> dict:
         elapsed = _timed_epoch(backbone.run, groups)
         row.update(technique="quantized-backbone", forward_s=elapsed / len(items))
     else:
-        model = build_model(backbone, TechniqueConfig(args.role), HeadConfig("classification"))
+        top = args.top_layers if args.role == "parallel" else 0
+        model = build_model(backbone, TechniqueConfig(args.role, top_layers=top), HeadConfig("classification"))
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
         states = None
         if args.role == "parallel":
@@ -91,7 +92,7 @@ def worker_backbone(args) -> dict:
         reset_peak_rss()
         elapsed = _timed_epoch(step, range(len(groups)))
         row.update(technique=args.role, precision=args.precision if states else None,
-                   side_precision=args.side_precision)
+                   side_precision=args.side_precision, top_layers=top)
         if states:
             cache.flush()
             row["cache_bytes_per_sample"] = cache.manifest()["record_bytes"] / len(items)
@@ -107,7 +108,8 @@ def worker_backbone(args) -> dict:
 
 
 def worker_cached(args) -> dict:
-    """An epoch from the cache in a process that never imports transformers' model code."""
+    """An epoch from the cache in a process that never imports transformers' model code (with tuned top
+    layers: that loads the backbone, keeps the tuned layers and drops the rest before the measurement)."""
     import torch
 
     from pac.adapter import load_side_model
@@ -116,7 +118,19 @@ def worker_cached(args) -> dict:
     from pac.train.cached import CachedStates
 
     after_imports = rss_bytes()
-    model = load_side_model(Path(args.cache_dir) / "adapter.safetensors")
+    if args.top_layers:
+        import gc
+
+        from bench.common import release_freed_memory
+        from pac.adapter import load_adapter
+        from pac.models.backbone import load_backbone
+
+        model = load_adapter(Path(args.cache_dir) / "adapter.safetensors", load_backbone(args.model))
+        model.release_backbone()  # the tuned layers and the final norm stay
+        gc.collect()
+        release_freed_memory()
+    else:
+        model = load_side_model(Path(args.cache_dir) / "adapter.safetensors")
     model.side.checkpoint_blocks = bool(args.checkpoint)
     model.side.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.side_precision]
     key_dir = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and p.name.endswith(args.precision))
@@ -140,19 +154,20 @@ def worker_cached(args) -> dict:
     reset_peak_rss()
     elapsed = _timed_epoch(step, range(len(groups)))
     peak = peak_rss_bytes()
-    assert states.backbone_runs == 0 and "transformers.models" not in " ".join(sys.modules)
+    assert states.backbone_runs == 0 and (args.top_layers or "transformers.models" not in " ".join(sys.modules))
     return {"technique": "parallel-cached", "model": args.model, "precision": args.precision,
             "quantization": args.quantization, "time_per_sample_s": elapsed / len(items),
             "peak_rss_bytes": peak, "peak_memory_bytes": peak - after_imports,
             "rss_after_imports_bytes": after_imports, "cache_bytes_per_sample": manifest["record_bytes"] / len(items),
             "read_mode": args.read_mode, "samples": len(items), "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "activation_checkpointing": bool(args.checkpoint), "side_precision": args.side_precision}
+            "activation_checkpointing": bool(args.checkpoint), "side_precision": args.side_precision,
+            "top_layers": args.top_layers}
 
 
 def fresh(args, role: str, **extra) -> dict:
     command = [sys.executable, "-m", "bench.cache", "--worker", role, "--model", args.model, "--samples",
                str(args.samples), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-               "--data", args.data, "--read-mode", args.read_mode]
+               "--data", args.data, "--read-mode", args.read_mode, "--top-layers", str(args.top_layers)]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -187,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--side-precisions", default="fp32",
                         help="the side network's arithmetic in epochs from the cache: fp32 and/or bf16 (autocast)")
     parser.add_argument("--side-precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--top-layers", type=int, default=0,
+                        help="Parallel Adapters with the backbone's last N layers tuned too (from the cache)")
     args = parser.parse_args(argv)
     if args.worker:
         args.role = args.worker
@@ -206,11 +223,12 @@ def main(argv=None) -> int:
                 for side_precision in side_precisions:
                     rows.append(fresh(args, "cached", precision=precision, cache_dir=directory, checkpoint=mode,
                                       side_precision=side_precision))
-    for quantization in args.quantizations.split(","):
+    for quantization in filter(None, args.quantizations.split(",")):
         rows.append(fresh(args, "quantized-backbone", quantization=quantization))
     if args.json:
         config = {k: getattr(args, k) for k in ("model", "precisions", "quantizations", "samples", "batch_size",
-                                                "seq_len", "data", "read_mode", "checkpointing", "side_precisions")}
+                                                "seq_len", "data", "read_mode", "checkpointing", "side_precisions",
+                                                "top_layers")}
         write_report(args.json, "cache", config, rows)
     return 0
 

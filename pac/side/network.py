@@ -59,8 +59,15 @@ class SideSpec:
             return (False, True)
         return (False,)
 
+    @property
+    def has_blocks(self) -> bool:
+        """False: no side block at all (`side_layers = []`, with tuned top layers): no side network runs."""
+        return any(self.taps)
+
     def needed_taps(self) -> tuple[tuple[int, ...], ...]:
-        """Per stack, which hidden states h_i the side network reads (always h_0)."""
+        """Per stack, which hidden states h_i the side network reads (always h_0; none without blocks)."""
+        if not self.has_blocks:
+            return tuple(() for _ in self.taps)
         return tuple((0, *stack) for stack in self.taps)
 
     @property

@@ -92,7 +92,7 @@ class ParallelAdaptersModel(nn.Module):
             return self.forward_from_states(out.taps, final, batch), out.taps, final
         states = self.top.run_whole(batch)
         taps = [[states.taps[(s, i)] for i in range(size + 1)] for s, size in enumerate(self.side.spec.stack_sizes)]
-        delta = self.side(taps_with_top(taps, states, self.top.first_local), model_masks(batch, self.side.spec.family))
+        delta = self._side(taps_with_top(taps, states, self.top.first_local), batch)
         return self.head(states.final + delta, batch), taps, states.encoder_final
 
     def forward_from_states(self, taps, final: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> HeadOutput:
@@ -104,8 +104,12 @@ class ParallelAdaptersModel(nn.Module):
 
             states = self.top.run_from(batch, taps[-1][self.top.first_local], final)
             taps, final = taps_with_top(taps, states, self.top.first_local), states.final
-        delta = self.side(taps, model_masks(batch, self.side.spec.family))
-        return self.head(final + delta, batch)
+        return self.head(final + self._side(taps, batch), batch)
+
+    def _side(self, taps, batch: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        if not self.side.spec.has_blocks:
+            return 0.0  # tuned top layers alone (side_layers = []): no side network
+        return self.side(taps, model_masks(batch, self.side.spec.family))
 
 
 class TunedBackboneModel(nn.Module):
@@ -200,7 +204,12 @@ def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -
     head.to(backbone.trainable_dtype)
     if technique.name == "parallel":
         spec = side_spec(backbone, SideConfig(technique.reduction_factor, technique.side_layers, technique.top_layers))
+        if not spec.has_blocks and not technique.top_layers:
+            raise ConfigError("side_layers is empty: with no side block, set top_layers (the backbone's last "
+                              "layers tuned instead), or nothing would train but the head")
         side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)
+        if not spec.has_blocks:
+            side.requires_grad_(False)  # nothing reads it: its entry and Up projections stay as they are
         top = None
         if technique.top_layers:
             from pac.techniques.top import TopLayers

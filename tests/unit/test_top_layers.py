@@ -101,3 +101,21 @@ def test_a_saved_adapter_with_tuned_top_layers_reattaches_to_a_fresh_backbone(tm
         assert torch.equal(trained_state(loaded)[key], value), key
     with torch.no_grad():  # the fresh backbone runs the tuned layers as training from the cache did
         assert torch.allclose(loaded(batch).logits, cached, atol=1e-5)
+
+
+def test_tuned_top_layers_alone_without_a_side_network(tmp_path):
+    backbone = load_backbone("tiny-bert")
+    torch.manual_seed(0)
+    model = build_model(backbone, TechniqueConfig("parallel", side_layers=(), top_layers=1), HeadConfig("classification"))
+    spec = model.side.spec
+    assert not spec.has_blocks and spec.cached_taps() == ((spec.top_input,),) and spec.record_final() is None
+    before = {k: v.clone() for k, v in model.side.state_dict().items()}
+    items = items_for(backbone)
+    states = CachedStates(ActivationCache(tmp_path, cache_key_for(backbone, spec, "none"), "fp32"))
+    result = train(model, items, "classification", 0, TrainConfig(epochs=6, batch_size=4, learning_rate=1e-2),
+                   states=states)
+    assert states.cache_reads > 0 and sum(result.losses[-3:]) < sum(result.losses[:3]) * 0.9
+    assert all(torch.equal(v, before[k]) for k, v in model.side.state_dict().items())  # nothing reads it
+    states.cache.close()
+    with pytest.raises(ConfigError, match="side_layers is empty"):
+        build_model(load_backbone("tiny-bert"), TechniqueConfig("parallel", side_layers=()), HeadConfig("classification"))
