@@ -147,7 +147,8 @@ def _technique(args, technique: str):
 
     top = args.top_layers if technique == "parallel" else 0
     return TechniqueConfig(technique, reduction_factor=args.reduction_factor, top_layers=top,
-                           top_tuning=args.top_tuning, side_layers=() if args.no_side and top else None)
+                           top_tuning=args.top_tuning, top_targets=args.top_targets,
+                           side_layers=() if args.no_side and top else None)
 
 
 def label(args, technique: str) -> str:
@@ -155,7 +156,7 @@ def label(args, technique: str) -> str:
     if technique != "parallel" or not args.top_layers:
         return technique
     return (f"{'top' if args.no_side else 'parallel+top'}{args.top_layers}"
-            + ("-full" if args.top_tuning == "full" else ""))
+            + ("-full" if args.top_tuning == "full" else "-qv" if args.top_targets == "attention" else ""))
 
 
 def _measured(job, test_file: str | None, seq_len: int, eval_limit, seed: int, queue) -> None:
@@ -349,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--top-layers", type=int, default=0,
                         help="parallel: also tune the backbone's last N layers from the cache (pac.techniques.top)")
     parser.add_argument("--top-tuning", choices=["lora", "full"], default="lora")
+    parser.add_argument("--top-targets", choices=["all", "attention"], default="all",
+                        help="LoRA of the top layers on every linear layer, or on the attention's q and v")
     parser.add_argument("--no-side", action="store_true",
                         help="with --top-layers: no side network, the tuned top layers alone (rows `topN`)")
     parser.add_argument("--cache", choices=["fp32", "fp16", "bf16", "int8"],

@@ -41,7 +41,7 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
     if model.top is not None:
         top = model.top
         metadata["top_layers"] = json.dumps({"count": top.count, "tuning": top.tuning, "rank": top.rank,
-                                              "alpha": top.alpha})
+                                              "alpha": top.alpha, "targets": top.targets})
     temporary = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)  # never leave a half-written adapter behind
@@ -100,7 +100,8 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
     if top is not None:  # the tuned layers go into this backbone's own modules: it serves this adapter alone
         from pac.techniques.top import TopLayers
 
-        model.top = TopLayers(backbone, top["count"], top["tuning"], top["rank"], top["alpha"])
+        model.top = TopLayers(backbone, top["count"], top["tuning"], top["rank"], top["alpha"],
+                              top.get("targets", "attention"))
         tensors = {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("top.")}
         missing = set(model.top.trained_state()) - set(tensors)
         if missing:

@@ -24,9 +24,10 @@ class TechniqueConfig:
     lora_alpha: int = 16
     top_layers: int = 0  # parallel: the backbone's last n layers tuned too, from the cache (0: the side network alone)
     top_tuning: str = "lora"  # how the top layers are tuned: lora | full
+    top_targets: str = "all"  # LoRA of the top layers on: all (every linear layer) | attention (q and v)
 
     def __post_init__(self) -> None:
-        from pac.techniques.top import TOP_TUNINGS
+        from pac.techniques.top import TOP_TARGETS, TOP_TUNINGS
 
         if self.name not in TECHNIQUES:
             raise ConfigError(f"technique must be one of {', '.join(TECHNIQUES)}, got {self.name!r}")
@@ -37,6 +38,8 @@ class TechniqueConfig:
         if self.top_layers and self.name != "parallel":
             raise ConfigError(f"top_layers tunes the backbone's last layers beside Parallel Adapters' side network; "
                               f"technique {self.name!r} has none")
+        if self.top_targets not in TOP_TARGETS:
+            raise ConfigError(f"top_targets must be one of {', '.join(TOP_TARGETS)}, got {self.top_targets!r}")
         if self.top_tuning not in TOP_TUNINGS:
             raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {self.top_tuning!r}")
 
@@ -215,7 +218,7 @@ def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -
             from pac.techniques.top import TopLayers
 
             top = TopLayers(backbone, technique.top_layers, technique.top_tuning, technique.lora_rank,
-                            technique.lora_alpha)
+                            technique.lora_alpha, technique.top_targets)
         return ParallelAdaptersModel(backbone, side, head.to(backbone.device), top)
     if technique.name == "probe":
         if head_config.task == "lm":

@@ -31,17 +31,30 @@ def check_top(backbone, top_layers: int) -> None:
                           f"got {top_layers}")
 
 
-def _lora_targets(backbone, first: int) -> str:
-    """A regex naming the LoRA target modules of the last stack's layers first.. (full module names)."""
-    import re
+TOP_TARGETS = ("all", "attention")  # LoRA on every linear layer of the tuned layers, or on q and v only
+
+
+def _lora_targets(backbone, first: int, targets: str) -> list[str]:
+    """The full names of the LoRA target modules in the last stack's layers first..: every linear layer
+    (`all`; GPT-2's Conv1D projections too), or the attention's query and value (`attention`, as the
+    `lora` baseline)."""
+    from transformers.pytorch_utils import Conv1D
 
     from pac.techniques.build import DEFAULT_LORA_TARGETS, LORA_TARGETS
 
     stack = backbone.stacks[-1]
     prefix = next(name for name, module in backbone.model.named_modules() if module is stack)
-    layers = "|".join(str(i) for i in range(first, len(stack)))
-    names = "|".join(LORA_TARGETS.get(backbone.model_type, DEFAULT_LORA_TARGETS))
-    return rf"{re.escape(prefix)}\.({layers})\.(.*\.)?({names})"
+    attention = LORA_TARGETS.get(backbone.model_type, DEFAULT_LORA_TARGETS)
+    names = []
+    for index in range(first, len(stack)):
+        for name, module in stack[index].named_modules():
+            if not isinstance(module, torch.nn.Linear | Conv1D):
+                continue
+            if targets == "all" or name.split(".")[-1] in attention:
+                names.append(f"{prefix}.{index}.{name}")
+    if not names:
+        raise ConfigError(f"no LoRA target in the top layers of {backbone.name} ({targets})")
+    return names
 
 
 class TopLayers(nn.Module):
@@ -50,18 +63,21 @@ class TopLayers(nn.Module):
     The backbone stays whole until `release(backbone)`: then every other weight is dropped and what is
     left runs from the cached input of the first tuned layer."""
 
-    def __init__(self, backbone, count: int, tuning: str = "lora", rank: int = 8, alpha: int = 16) -> None:
+    def __init__(self, backbone, count: int, tuning: str = "lora", rank: int = 8, alpha: int = 16,
+                 targets: str = "all") -> None:
         super().__init__()
         check_top(backbone, count)
         if count < 1:
             raise ConfigError("TopLayers needs at least one layer")
         if tuning not in TOP_TUNINGS:
             raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {tuning!r}")
+        if targets not in TOP_TARGETS:
+            raise ConfigError(f"top_targets must be one of {', '.join(TOP_TARGETS)}, got {targets!r}")
         if backbone.dtype != torch.float32:
             raise ConfigError(f"tuning the top layers needs a float32 backbone (quantization = \"none\"), "
                               f"not {backbone.dtype}")
         backbone.fingerprint()  # of the checkpoint's weights, before any is made trainable
-        self.count, self.tuning, self.rank, self.alpha = count, tuning, rank, alpha
+        self.count, self.tuning, self.rank, self.alpha, self.targets = count, tuning, rank, alpha, targets
         self.stack_sizes = tuple(len(stack) for stack in backbone.stacks)
         self.first_local = self.stack_sizes[-1] - count  # h_{first_local}: the first tuned layer's input
         self.first = sum(self.stack_sizes) - count  # across stacks, as pipeline stages number layers
@@ -69,7 +85,7 @@ class TopLayers(nn.Module):
             from peft import LoraConfig, inject_adapter_in_model
 
             config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                target_modules=_lora_targets(backbone, self.first_local),
+                                target_modules=_lora_targets(backbone, self.first_local, targets),
                                 fan_in_fan_out=backbone.model_type == "gpt2")
             inject_adapter_in_model(config, backbone.model)
         self.layers = nn.ModuleList(backbone.stacks[-1][self.first_local:])  # registered: saved, moved

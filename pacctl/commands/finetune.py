@@ -38,6 +38,8 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
                    "epochs run N layers instead of none; 0: the side network alone).")
 @click.option("--top-tuning", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="How --top-layers are tuned: LoRA factors, or every weight.")
+@click.option("--top-targets", type=click.Choice(["all", "attention"]), default="all", show_default=True,
+              help="LoRA of --top-layers on every linear layer, or on the attention's query and value only.")
 @click.option("--no-side-network", "no_side", is_flag=True,
               help="With --top-layers: no side network, the tuned top layers and the head alone.")
 @click.option("--validation", type=float, default=0, show_default=True,
@@ -66,7 +68,7 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, quoting, header, technique, task, epochs, batch_size, seq_len, learning_rate,
-            reduction_factor, top_layers, top_tuning, no_side, validation, patience, train_limit, eval_limit, quantization,
+            reduction_factor, top_layers, top_tuning, top_targets, no_side, validation, patience, train_limit, eval_limit, quantization,
             cache_precision, cache_dir, keep_cache, seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.data.readers import TableFormat
@@ -80,7 +82,8 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
         job = FinetuneJob(
             model=model, train_file=train_file, eval_file=eval_file, task=task,
             technique=TechniqueConfig(technique, reduction_factor=reduction_factor, top_layers=top_layers,
-                                      top_tuning=top_tuning, side_layers=() if no_side else None),
+                                      top_tuning=top_tuning, top_targets=top_targets,
+                                      side_layers=() if no_side else None),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique],
                               activation_checkpointing=checkpointing, side_precision=side_precision,
