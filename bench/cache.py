@@ -70,7 +70,9 @@ def worker_backbone(args) -> dict:
         row.update(technique="quantized-backbone", forward_s=elapsed / len(items))
     else:
         top = args.top_layers if args.role == "parallel" else 0
-        model = build_model(backbone, TechniqueConfig(args.role, top_layers=top), HeadConfig("classification"))
+        side_layers = () if args.no_side and top else None
+        model = build_model(backbone, TechniqueConfig(args.role, top_layers=top, side_layers=side_layers),
+                            HeadConfig("classification"))
         optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
         states = None
         if args.role == "parallel":
@@ -92,7 +94,7 @@ def worker_backbone(args) -> dict:
         reset_peak_rss()
         elapsed = _timed_epoch(step, range(len(groups)))
         row.update(technique=args.role, precision=args.precision if states else None,
-                   side_precision=args.side_precision, top_layers=top)
+                   side_precision=args.side_precision, top_layers=top, side_network=not (args.no_side and top))
         if states:
             cache.flush()
             row["cache_bytes_per_sample"] = cache.manifest()["record_bytes"] / len(items)
@@ -168,6 +170,7 @@ def fresh(args, role: str, **extra) -> dict:
     command = [sys.executable, "-m", "bench.cache", "--worker", role, "--model", args.model, "--samples",
                str(args.samples), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
                "--data", args.data, "--read-mode", args.read_mode, "--top-layers", str(args.top_layers)]
+    command += ["--no-side"] if args.no_side else []
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -204,6 +207,7 @@ def main(argv=None) -> int:
     parser.add_argument("--side-precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--top-layers", type=int, default=0,
                         help="Parallel Adapters with the backbone's last N layers tuned too (from the cache)")
+    parser.add_argument("--no-side", action="store_true", help="with --top-layers: the tuned layers alone")
     args = parser.parse_args(argv)
     if args.worker:
         args.role = args.worker
@@ -228,7 +232,7 @@ def main(argv=None) -> int:
     if args.json:
         config = {k: getattr(args, k) for k in ("model", "precisions", "quantizations", "samples", "batch_size",
                                                 "seq_len", "data", "read_mode", "checkpointing", "side_precisions",
-                                                "top_layers")}
+                                                "top_layers", "no_side")}
         write_report(args.json, "cache", config, rows)
     return 0
 

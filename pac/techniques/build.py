@@ -87,16 +87,13 @@ class ParallelAdaptersModel(nn.Module):
         if self.top is None:
             out = self.backbone.run(batch)
             return self.forward_from_states(out.taps, out.final, batch), out.taps, out.final
-        from pac.techniques.top import taps_with_top
-
         if self.top.released:  # a fresh frozen backbone (recomputing a corrupt record): it runs below the top
             out = self.backbone.run(batch)
             final = out.encoder_final if self.side.spec.record_final() is not None else None
             return self.forward_from_states(out.taps, final, batch), out.taps, final
-        states = self.top.run_whole(batch)
+        states = self.top.run_whole(batch)  # every tap: the frozen layers' and the tuned layers' own
         taps = [[states.taps[(s, i)] for i in range(size + 1)] for s, size in enumerate(self.side.spec.stack_sizes)]
-        delta = self._side(taps_with_top(taps, states, self.top.first_local), batch)
-        return self.head(states.final + delta, batch), taps, states.encoder_final
+        return self.head(states.final + self._side(taps, batch), batch), taps, states.encoder_final
 
     def forward_from_states(self, taps, final: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> HeadOutput:
         """Side network and head (and tuned top layers) only: what an epoch from the activation cache

@@ -92,7 +92,7 @@ class TopLayers(nn.Module):
         for name, parameter in self.layers.named_parameters():
             parameter.requires_grad_(tuning == "full" or "lora_" in name)
         self._whole = self._stage(backbone, 0, release=False)  # epoch 1: every layer, the top ones trained
-        self._top = None
+        self._top = self._stage(backbone, self.first, release=False)  # from a cached input (a kept cache)
 
     @staticmethod
     def _stage(backbone, first: int, release: bool):
@@ -126,15 +126,9 @@ class TopLayers(nn.Module):
         """The tuned layers from their cached input (and, encoder-decoder, the cached encoder output)."""
         from pac.pipeline.messages import ENCODER_HIDDEN, HIDDEN
 
-        stage = self._top or self._stage_of_whole()
+        stage = self._top
         inbound = {HIDDEN: hidden} | ({ENCODER_HIDDEN: encoder_final} if encoder_final is not None else {})
         return stage.run(batch, inbound, grad=torch.is_grad_enabled())
-
-    def _stage_of_whole(self):
-        """Before the release: the same layers, run from a cached input by the whole backbone's modules."""
-        whole = self._whole
-        return self._stage(whole.backbone, self.first, release=False)
-
 
 def taps_with_top(taps: list[list[torch.Tensor | None]], states, first_local: int) -> list[list]:
     """The side network's taps: the cached ones up to h_{first_local}, the tuned layers' own above it."""
