@@ -11,6 +11,7 @@ from pac.errors import ConfigError
 from pac.heads import Head, HeadConfig, HeadOutput
 from pac.side.network import SideConfig, SideNetwork, side_spec
 from pac.side.pruning import init_by_pruning
+from pac.techniques.targets import DEFAULT_LORA_TARGETS, LORA_TARGETS
 
 TECHNIQUES = ("parallel", "full", "lora", "adapters", "probe")  # probe: the head alone (a baseline's floor)
 
@@ -164,8 +165,6 @@ ADAPTER_SITES = {
     "bart": ("self_attn.out_proj", "encoder_attn.out_proj", "fc2"),
 }
 DEFAULT_ADAPTER_SITES = ("self_attn.o_proj", "mlp.down_proj")
-LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "t5": ["q", "v"]}
-DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
 
 
 def _add_houlsby(backbone, config: TechniqueConfig) -> nn.ModuleList:

@@ -40,7 +40,7 @@ def _lora_targets(backbone, first: int, targets: str) -> list[str]:
     `lora` baseline)."""
     from transformers.pytorch_utils import Conv1D
 
-    from pac.techniques.build import DEFAULT_LORA_TARGETS, LORA_TARGETS
+    from pac.techniques.targets import DEFAULT_LORA_TARGETS, LORA_TARGETS
 
     stack = backbone.stacks[-1]
     prefix = next(name for name, module in backbone.model.named_modules() if module is stack)
