@@ -30,7 +30,7 @@ deviation: fine-tuning on a few thousand examples moves a score by a point or mo
 --top-layers N tunes Parallel Adapters' backbone's last N layers too, from the cache (`--top-tuning`,
 `--top-targets`; `--no-side`: those layers and the head alone, rows `topN`); `--cache PRECISION` trains
 Parallel Adapters' epochs 2.. from an activation cache. With --lr-grid or --seeds every run is a fresh
-process (bench.accuracy.measured_run) and its row records the time per training sample of epoch 1 and of
+process (bench.measured.measured_run) and its row records the time per training sample of epoch 1 and of
 the later epochs and the peak RSS of each (above the process's after-imports RSS, the mark reset at the
 first step of epoch 2): a comparison between rows of one run. bench/cache.py measures epochs from the
 cache in a process that never held the whole backbone.

@@ -135,9 +135,9 @@ def side_spec(backbone, config: SideConfig) -> SideSpec:
     for size in stack_sizes:
         taps.append(tuple(i - offset + 1 for i in range(offset, offset + size) if i in chosen))
         offset += size
-    if not 0 <= config.top_layers <= stack_sizes[-1]:
-        raise ConfigError(f"top_layers must be 0..{stack_sizes[-1]} (the layers of the backbone's last stack), "
-                          f"got {config.top_layers}")
+    from pac.techniques.top import check_top
+
+    check_top(backbone, config.top_layers)
     return SideSpec(
         family=backbone.family, hidden_size=d, width=width, heads=heads, head_dim=head_dim,
         mlp_inner=max(1, first.mlp_in.weight.shape[0] // k), bias=first.self_attention.q.bias is not None,

@@ -22,6 +22,7 @@ from torch import nn
 from pac.errors import ConfigError
 
 TOP_TUNINGS = ("lora", "full")
+TOP_TARGETS = ("all", "attention")  # LoRA on every linear layer of the tuned layers, or on q and v only
 
 
 def check_top(backbone, top_layers: int) -> None:
@@ -29,9 +30,6 @@ def check_top(backbone, top_layers: int) -> None:
     if not 0 <= top_layers <= last:
         raise ConfigError(f"top_layers must be 0..{last} (the layers of {backbone.name}'s last stack), "
                           f"got {top_layers}")
-
-
-TOP_TARGETS = ("all", "attention")  # LoRA on every linear layer of the tuned layers, or on q and v only
 
 
 def _lora_targets(backbone, first: int, targets: str) -> list[str]:
