@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -53,7 +54,8 @@ class Controller(Elastic):
         self.output_dir = output_dir
         self.progress, self.log = progress, log_line
         self.plan = plan
-        self.job_id = f"job-{os.getpid()}-{int(time.time())}"
+        # unique even for two jobs one process starts within a second (a resume right after a stop)
+        self.job_id = f"job-{os.getpid()}-{int(time.time())}-{secrets.token_hex(3)}"
         self.stages = StageClient(self.job_id, {d.address: d.node_id for d in devices}, identity)
         self.loaded: set[str] = set()
         self.record = JobRecord(self.job_id, output_dir, devices, job.training.epochs, progress, log_line)

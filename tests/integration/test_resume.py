@@ -73,6 +73,15 @@ def uninterrupted(tmp_path_factory, four):
     return load_file(str(where / "out" / "adapter.safetensors")), [s["loss"] for s in metrics["steps"]]
 
 
+def test_two_jobs_one_process_starts_within_a_second_have_distinct_ids(tmp_path, monkeypatch):
+    # a resume right after a stop: the daemons remember the stopped job's finished ring operations by job id
+    from pac.cluster import controller
+    monkeypatch.setattr(controller.time, "time", lambda: 1_800_000_000.0)
+    job, devices = job_in(tmp_path), [Device("n0", "127.0.0.1:1", "localhost")]
+    first, second = (controller.Controller(job, devices, None, tmp_path / "out") for _ in range(2))
+    assert first.job_id != second.job_id
+
+
 @pytest.mark.parametrize("stop_at,resumed_from", [
     (3, 2),    # within phase 1 (a checkpoint every 2 steps)
     (5, 4),    # between the phases: phase 1's last checkpoint, phase 2 gathers from the kept shards
