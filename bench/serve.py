@@ -114,7 +114,7 @@ def in_process(backbone, model, prompt: str, messages, tokens: int, repeats: int
 
 async def _crowd(daemon, identity, messages, clients: int, tokens: int) -> tuple[list[float], int, float]:
     """`clients` clients, each connected already, ask at the same moment."""
-    from pac.assistant.decode import Sampling
+    from pac.assistant.messages import Sampling
     from pac.net.assistant_client import AssistantClient, Usage
 
     connected = [AssistantClient(daemon.address, identity, daemon.node_id) for _ in range(clients)]

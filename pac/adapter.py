@@ -10,19 +10,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 from pathlib import Path
-
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from pac.errors import AdapterMismatchError
-from pac.heads import Head, HeadConfig
-from pac.side.network import SideNetwork, SideSpec
-from pac.techniques.build import ParallelAdaptersModel
+
+if TYPE_CHECKING:  # the model code (PyTorch) is imported by what saves or loads weights, not by read_metadata
+    from pac.techniques.build import ParallelAdaptersModel
 
 FORMAT = "pac-parallel-adapter/1"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+class NotSafetensors(ValueError):
+    """The file is not a safetensors file (too short, or its header is not what the format says)."""
 
 
 def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"side.{k}": v.detach().cpu().contiguous() for k, v in model.side.state_dict().items()}
@@ -48,11 +55,35 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
+def _safetensors_metadata(path: str | Path) -> dict:
+    """The string metadata of a safetensors file, read from its header alone (an 8-byte little-endian
+    length, then that much JSON); NotSafetensors naming what is wrong if the file is not one."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        start = handle.read(8)
+        if len(start) < 8:
+            raise NotSafetensors(f"{path}: {size} bytes, too short")
+        (length,) = struct.unpack("<Q", start)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise NotSafetensors(f"{path}: its header would be {length} bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise NotSafetensors(f"{path}: its header is not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise NotSafetensors(f"{path}: its header is not a table")
+    ends = [entry.get("data_offsets", [0, 0])[-1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict)]
+    if max(ends, default=0) > size - 8 - length:
+        raise NotSafetensors(f"{path}: truncated ({size} bytes; its tensors need {8 + length + max(ends)})")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise NotSafetensors(f"{path}: its metadata is not a table of strings")
+    return metadata
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+
+def read_metadata(path: str | Path) -> dict:
+    metadata = _safetensors_metadata(path)
     if metadata.get("format") != FORMAT:
         raise AdapterMismatchError(f"{path}: not a PAC adapter (format {metadata.get('format')!r})")
     return metadata
@@ -62,6 +93,12 @@ def load_side_model(path: str | Path, lm_head=None) -> ParallelAdaptersModel:
     """The side network and head alone, with no backbone: what epochs from the activation cache train.
 
     `lm_head` (the backbone's frozen LM head) is needed only for language-model adapters."""
+    from safetensors.torch import load_file
+
+    from pac.heads import Head, HeadConfig
+    from pac.side.network import SideNetwork, SideSpec
+    from pac.techniques.build import ParallelAdaptersModel
+
     metadata = read_metadata(path)
     spec = SideSpec.from_dict(json.loads(metadata["side_spec"]))
     head_config = HeadConfig(**json.loads(metadata["head_config"]))
@@ -98,6 +135,8 @@ def load_adapter(path: str | Path, backbone) -> ParallelAdaptersModel:
     model.backbone = backbone
     top = tuned_top_layers(path)
     if top is not None:  # the tuned layers go into this backbone's own modules: it serves this adapter alone
+        from safetensors.torch import load_file
+
         from pac.techniques.top import TopLayers
 
         model.top = TopLayers(backbone, top["count"], top["tuning"], top["rank"], top["alpha"],

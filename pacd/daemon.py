@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,7 +28,7 @@ from pac.limits import grpc_size_options
 from pac.security import Identity, is_paired, load_identity, secure_channel
 from pac.security.files import write_private
 from pac.security.revocation import CertificateRefused, RevocationError, Revocations, read_crl
-from pac.worker.device_job import JobSlot
+from pac.worker.slot import JobSlot
 from pacd import notify, server
 from pacd.config import DaemonConfig
 from pacd.pairing import PairingSession
@@ -64,12 +65,12 @@ def warm_up() -> None:
         except Exception:  # a broken optional import shows up, with its cause, when a job needs it
             log.debug("warm-up: importing %s failed", name, exc_info=True)
             return
-    from pac.worker.device_job import trim_heap
+    from pac.worker.heap import trim_heap
 
     trim_heap()  # what the imports allocated and let go goes back to the system
     log.info("warm-up: training code imported in %.1f s; resident %s (the Python runtime, gRPC, PyTorch and the "
              "training code, held for the first job; no model until a job loads one; warm_up = false keeps "
-             "about 150 MB less until then)", time.perf_counter() - started, _resident())
+             "about 340 MB less until then)", time.perf_counter() - started, _resident())
 
 
 class Daemon:
@@ -228,6 +229,10 @@ class Daemon:
                     await advertiser.update(self.record(), self._advertised_host())
                 if self.config.wyoming and wyoming is None:
                     wyoming = await self._start_wyoming(advertiser)
+                if not self.config.warm_up and "torch" not in sys.modules:
+                    log.info("idle: resident %s (Python, gRPC, TLS, mDNS); PyTorch and the training code are "
+                             "imported when a job or a question first needs them (warm_up = true: at start)",
+                             _resident())
                 await self._wake.wait()
                 if self._reason != "restart":
                     break

@@ -11,7 +11,7 @@ import grpc
 from pac.assistant.queue import Occupied, Overloaded
 from pac.errors import AdapterMismatchError, ConfigError, ModelNotFoundError, PacError
 from pac.security.revocation import CertificateRefused
-from pac.worker.device_job import JobStateError
+from pac.worker.errors import JobStateError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, Not
 from wyoming.info import Attribution, Describe, HandleModel, HandleProgram, Info
 from wyoming.server import AsyncEventHandler, AsyncServer
 
-from pac.assistant.batching import Done
-from pac.assistant.decode import Sampling
+from pac.assistant.messages import Done, Sampling
 from pac.assistant.queue import AnswerQueue
 from pac.errors import PacError
 from pacd.sysinfo import software_version

@@ -9,36 +9,10 @@ thread), then `Done`; a request that is cancelled stops being answered at the ne
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
 
-from pac.assistant.decode import Answer, Decoding, Piece, Sampling
-from pac.assistant.store import Deployed
-
-MAX_BATCH = 16
-
-
-@dataclass(frozen=True)
-class Done:
-    """The end of one answer."""
-
-    prompt_tokens: int
-    generated_tokens: int
-    finish_reason: str  # stop (end of answer or a stop string) | length (max_new_tokens) | cancelled
-
-
-@dataclass
-class Ask:
-    """One chat request: what to answer, and where its pieces go."""
-
-    model: Deployed
-    messages: list[dict[str, str]]
-    sampling: Sampling
-    emit: Callable[[Piece | Done | BaseException], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
+from pac.assistant.decode import Answer, Decoding
+from pac.assistant.messages import Ask, Done
 
 
 class _Row:

@@ -10,33 +10,12 @@ token, a stop string or `max_new_tokens`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
+from pac.assistant.messages import Piece, Sampling
 from pac.errors import ConfigError
 from pac.techniques.build import ParallelAdaptersModel, model_masks
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How an answer is drawn."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy (the most likely token every time)
-    top_p: float = 1.0  # nucleus sampling: draw from the fewest tokens holding this much probability
-    seed: int | None = None  # the same seed, prompt and model give the same answer
-    stop: tuple[str, ...] = ()  # the answer ends before the first of these
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(not s for s in self.stop):
-            raise ConfigError("a stop string must not be empty")
 
 
 class Decoding:
@@ -116,15 +95,6 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
         ordered[before >= sampling.top_p] = 0.0  # keep the fewest whose mass reaches top_p
         probabilities = torch.zeros_like(probabilities).scatter_(0, order, ordered)
     return int(torch.multinomial(probabilities.cpu(), 1, generator=generator))
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A piece of the answer: the text it adds and the tokens it took (text may wait for later tokens:
-    a character still incomplete, or what could be the start of a stop string)."""
-
-    text: str
-    tokens: int
 
 
 class _Text:

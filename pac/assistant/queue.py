@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from pac.assistant.batching import MAX_BATCH, Ask, Done, answer_wave
-from pac.assistant.decode import Piece, Sampling
-from pac.assistant.serving import Assistant
-from pac.assistant.store import Deployed
+from pac.assistant.messages import MAX_BATCH, Ask, Done, Piece, Sampling
 from pac.errors import PacError
+
+if TYPE_CHECKING:
+    from pac.assistant.serving import Assistant
+    from pac.assistant.store import Deployed
 
 MAX_WAITING = 32
 GATHER_S = 0.02  # a wave waits this long for the requests sent at the same moment as its first
@@ -109,4 +111,6 @@ class AnswerQueue:
                     for ask in wave:
                         ask.emit(error)
                     continue
+                from pac.assistant.batching import answer_wave  # PyTorch: imported by the first wave
+
                 await asyncio.to_thread(answer_wave, backbone, tuned, wave)

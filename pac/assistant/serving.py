@@ -2,44 +2,17 @@
 was trained at, with the adapter attached; chat answers are decoded in waves (pac/assistant/batching.py),
 classification and regression in batches.
 
-One model is held at a time (the last one asked for); the daemon runs one wave or batch at a time.
+One model is held at a time (the last one asked for); the daemon runs one wave or batch at a time. PyTorch
+and the model code are imported by the first request that loads a model, so an idle daemon holds neither.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from pac.adapter import load_adapter, tuned_top_layers
+from pac.assistant.messages import MAX_TEXTS, Result
 from pac.assistant.store import Deployed, ModelStore
-from pac.data.batching import collate, encode_example
-from pac.data.readers import Example
 from pac.errors import AdapterMismatchError, ConfigError
-from pac.models.backbone import load_backbone
-from pac.quant import quantize_backbone
 
-MAX_TEXTS = 256
 CLASSIFY_SEQ_LEN = 512
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Result:
-    """One text's classification: every label's probability, most probable first; or a regression score."""
-
-    labels: tuple[tuple[str, int, float], ...] = ()  # (label, class index, probability)
-    score: float | None = None
-
-
-def check_messages(messages: list[dict[str, str]]) -> None:
-    if not messages:
-        raise ConfigError("messages: the conversation is empty")
-    for i, message in enumerate(messages):
-        if message["role"] not in ROLES:
-            raise ConfigError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {message['role']!r}")
-    if messages[-1]["role"] != "user":
-        raise ConfigError(f"messages: the last turn must be the user's, got {messages[-1]['role']!r}")
 
 
 class Assistant:
@@ -54,6 +27,9 @@ class Assistant:
     def backbone(self, name: str, quantization: str):
         """The backbone `name` from this device's model store at `quantization`; the one held is reused."""
         if self._backbone is None or self._backbone[0] != (name, quantization):
+            from pac.models.backbone import load_backbone
+            from pac.quant import quantize_backbone
+
             self._backbone = self._loaded = None  # the previous one goes before the next one loads
             backbone = load_backbone(name)  # ModelNotFoundError names it
             self._fingerprints[name] = backbone.fingerprint()  # of the weights as stored, before quantising
@@ -73,6 +49,8 @@ class Assistant:
 
     def model(self, deployed: Deployed):
         """The backbone and the tuned model of `deployed`, loaded (the one held is reused)."""
+        from pac.adapter import load_adapter, tuned_top_layers
+
         if self._loaded is not None and self._loaded[0] != deployed.id and (
                 self._loaded[1].top is not None or tuned_top_layers(self.store.path(deployed))):
             self._backbone = self._loaded = None  # tuned top layers live in the backbone's modules: a fresh one
@@ -81,8 +59,12 @@ class Assistant:
             self._loaded = (deployed.id, load_adapter(self.store.path(deployed), backbone).eval())
         return backbone, self._loaded[1]
 
-    @torch.no_grad()
     def classify(self, deployed: Deployed, texts: list[str], pairs: list[str]) -> list[Result]:
+        import torch
+
+        from pac.data.batching import collate, encode_example
+        from pac.data.readers import Example
+
         if not texts or len(texts) > MAX_TEXTS:
             raise ConfigError(f"texts: send 1 to {MAX_TEXTS} texts, got {len(texts)}")
         if pairs and len(pairs) != len(texts):
@@ -94,7 +76,8 @@ class Assistant:
                  for i, t in enumerate(texts)]
         batch = {k: v.to(backbone.device) for k, v in collate(items, backbone.tokenizer.pad_token_id or 0,
                                                                task).items()}
-        logits = model(batch).logits.float()
+        with torch.no_grad():
+            logits = model(batch).logits.float()
         if task == "regression":
             return [Result(score=float(v)) for v in logits.reshape(-1)]
         results = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pac.adapter import read_metadata
+from pac.adapter import NotSafetensors, read_metadata
 from pac.errors import AdapterMismatchError, ModelNotFoundError, PacError
 from pac.formats import QUANTIZATIONS
 from pac.security.files import ensure_private_dir, write_private
@@ -132,10 +132,10 @@ def _read(path: Path) -> tuple[dict, dict]:
         metadata["backbone_name"], metadata["backbone_fingerprint"]  # noqa: B018 - both must be there
     except AdapterMismatchError as error:
         raise DeployError(str(error)) from None
+    except (OSError, NotSafetensors) as error:
+        raise DeployError(f"not an adapter file (safetensors): {error}") from None
     except (KeyError, ValueError) as error:
         raise DeployError(f"the adapter's metadata is incomplete ({error})") from None
-    except Exception as error:  # safetensors' own errors: not a safetensors file at all
-        raise DeployError(f"not an adapter file (safetensors): {error}") from None
     if head.get("task") not in TASKS:
         raise DeployError(f"the adapter's task {head.get('task')!r} is not one a daemon serves ({', '.join(TASKS)})")
     return metadata, head

@@ -129,7 +129,9 @@ class LocalCluster:
         port_file.unlink(missing_ok=True)
         log_path = self.root / f"device{index}.log"
         host = self.hosts[index]
-        args = [*self.prefixes[index], *pacd_args(state, port_file, self.memory_budget, self.secure, host=host)]
+        # started for a job that follows at once: they import the training code while the controller prepares
+        args = [*self.prefixes[index], *pacd_args(state, port_file, self.memory_budget, self.secure,
+                                                   extra=("--warm-up",), host=host)]
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         # Daemons on one machine share its cores: each gets its share of threads, and OpenMP threads

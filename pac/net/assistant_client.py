@@ -9,8 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from pac.assistant.decode import Sampling
-from pac.assistant.serving import Result
+from pac.assistant.messages import Result, Sampling
 from pac.assistant.store import Deployed, Provenance
 from pac.net.chunks import chunked
 from pac.net.convert import assistant as convert

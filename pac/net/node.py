@@ -1,7 +1,7 @@
 """PeerNode: one daemon's side of tensor streaming and collectives, the API the training stages call.
 
 It owns the receive buffer, the ring inboxes and the channels to peers. The servicers in
-pacd/services/{tensor,collective}.py fill the buffers; stage code calls the methods below (async on the
+pacd/services/{tensor,collective}_servicer.py fill the buffers; stage code calls the methods below (async on the
 daemon's event loop, or through `SyncPeer` from a worker thread).
 """
 

@@ -10,7 +10,7 @@ import torch
 
 from pac.net.node import PeerNode, SyncPeer
 from pac.net.tensor_inbox import TensorNotReceived
-from pac.worker.spec import JobError
+from pac.worker.errors import JobError
 
 POLL_S = 0.5  # a wait for a tensor is cut in slices this long, so that stopping a job is not held up
 

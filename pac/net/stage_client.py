@@ -19,7 +19,8 @@ from pac.net.chunks import ChunkError, chunked, read_chunked, read_one
 from pac.net.convert import stage as convert
 from pac.security import Identity, secure_channel
 from pac.v1 import stage_pb2, stage_pb2_grpc
-from pac.worker.spec import EpochStep, GatherPlan, JobError, MicroIn, Phase2Spec, StageSpec, StepReport
+from pac.worker.errors import JobError
+from pac.worker.spec import EpochStep, GatherPlan, MicroIn, Phase2Spec, StageSpec, StepReport
 from pac.worker.tensors import unpack
 
 CHANNEL_OPTIONS = grpc_size_options(STAGE_MESSAGE_BYTES)

@@ -1,7 +1,7 @@
 """Tensors on the wire: a header, a codec, and chunks of at most 4 MiB.
 
 Pure logic, no grpc: `encode` turns a tensor into a `TensorHeader` and a payload, `chunks` cuts the payload,
-`decode` turns header + payload back into a tensor. The gRPC edges (pac/net, pacd/services/tensor.py) only
+`decode` turns header + payload back into a tensor. The gRPC edges (pac/net, pacd/services/tensor_servicer.py) only
 move these bytes.
 """
 

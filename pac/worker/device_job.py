@@ -1,6 +1,6 @@
 """The job this device holds: its phase-1 stage, its cache shard, its phase-2 member and its lease.
 
-One job per device at a time (`JobSlot`). Requests of the job run one after another (`DeviceJob.lock`),
+One job per device at a time (`pac.worker.slot.JobSlot`). Requests of the job run one after another (`DeviceJob.lock`),
 their compute in a worker thread so the daemon's event loop keeps serving the tensors and AllReduce
 frames the compute waits for. The controller's lease (`pacctl train` renews it) lets a device release a
 job whose controller went away.
@@ -9,8 +9,6 @@ job whose controller went away.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import math
 import threading
@@ -21,8 +19,10 @@ from pathlib import Path
 import torch
 
 from pac.pipeline.stage import clip_coefficient
+from pac.worker.errors import JobStateError
+from pac.worker.heap import trim_heap
 from pac.worker.phase2 import WHOLE, Phase2Member, assemble_records, fetches_for, whole_fetches
-from pac.worker.spec import EpochStep, GatherPlan, JobError, MicroIn, Phase2Spec, StageSpec, StepReport
+from pac.worker.spec import EpochStep, GatherPlan, MicroIn, Phase2Spec, StageSpec, StepReport
 from pac.worker.stage import StageReplica, Transport
 
 log = logging.getLogger(__name__)
@@ -30,19 +30,6 @@ log = logging.getLogger(__name__)
 # (address, stage, keys) -> {key: (record bytes, shapes)}: another device's shard records (stage WHOLE: the
 # whole records its phase-2 cache holds, the ones it lacks left out)
 Fetch = Callable[[str, int, list[str]], Awaitable[dict[str, tuple[bytes, list]]]]
-
-
-class JobStateError(JobError):
-    """The device does not hold what a request of the job needs (no such job, stage or phase)."""
-
-
-def trim_heap() -> None:
-    """Hand freed memory back to the system (a released job's tensors are large)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 async def iterate_in_thread(make: Callable[[], Iterator], name: str) -> AsyncIterator:
@@ -194,78 +181,3 @@ class DeviceJob:
             cache.close()
         self.stage = self.phase2 = None
         trim_heap()
-
-
-class JobSlot:
-    """The one job a device holds, from its first Load to its release (by the controller or its lease)."""
-
-    def __init__(self, spawn: Callable[[Awaitable, str], object]) -> None:
-        self.job: DeviceJob | None = None
-        self._spawn = spawn  # starts a task the daemon cancels at shutdown
-
-    def get(self, job_id: str) -> DeviceJob:
-        job = self.job
-        if job is None or job.job_id != job_id:
-            raise JobStateError(f"this device holds no job {job_id!r}" + (f" (it holds {job.job_id!r})" if job else ""))
-        job.touch()
-        return job
-
-    def holds(self, job_id: str) -> DeviceJob | None:
-        job = self.job
-        return job if job is not None and job.job_id == job_id else None
-
-    def open(self, job_id: str, cache_root: Callable[[], Path], transport: Callable[[], Transport]) -> DeviceJob:
-        job = self.job
-        if job is not None and job.job_id != job_id:
-            raise JobStateError(f"this device is running job {job.job_id!r}; stop it first (pacctl train stops "
-                                f"its job on Ctrl-C)")
-        if job is None:
-            job = self.job = DeviceJob(job_id, cache_root(), transport())
-        job.touch()
-        return job
-
-    async def release(self, job_id: str, keep_cache: bool) -> bool:
-        job = self.holds(job_id)
-        if job is None:
-            return False
-        job.transport.aborted.set()  # a step waiting on a peer gives up within POLL_S
-        async with job.lock:
-            if self.job is job:
-                await asyncio.to_thread(job.close, keep_cache)
-                self.job = None
-        log.info("job %s released%s", job_id, " (cache kept)" if keep_cache else "")
-        return True
-
-    def renew(self, job_id: str, lease_s: float) -> bool:
-        """Hold the job `lease_s` more seconds; False if this device does not hold it."""
-        job = self.holds(job_id)
-        if job is None:
-            return False
-        first = job.lease_s is None
-        job.lease_s = lease_s
-        job.expires = time.monotonic() + lease_s
-        if first:
-            self._spawn(self._expire(job), f"lease of job {job.job_id}")
-        return True
-
-    async def _expire(self, job: DeviceJob) -> None:
-        """Release `job` once its lease runs out while no request of it is in flight."""
-        while self.job is job:
-            await asyncio.sleep(min(1.0, job.lease_s / 4))
-            if self.job is not job or not job.lease_expired():
-                continue
-            async with job.lock:
-                if self.job is not job or time.monotonic() <= job.expires:
-                    continue
-                log.warning("job %s: no word from its controller for %.0f s (its lease); releasing it and "
-                            "keeping its activation cache for `pacctl train --resume`", job.job_id, job.lease_s)
-                job.transport.aborted.set()
-                await asyncio.to_thread(job.close, True)  # the controller died: its job may be resumed
-                self.job = None
-            return
-
-    def shutdown(self) -> None:
-        """The daemon stops: release the job (its cache goes unless the job keeps it)."""
-        job, self.job = self.job, None
-        if job is not None:
-            job.close(keep_cache=False)

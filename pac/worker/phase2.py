@@ -23,7 +23,8 @@ from pac.side.network import SideNetwork
 from pac.techniques.build import ParallelAdaptersModel, trainable_parameters
 from pac.train.cached import CachedStates
 from pac.train.loop import apply_side_options, make_optimizer
-from pac.worker.spec import EpochStep, GatherSample, JobError, Phase2Spec, StepReport, load_model
+from pac.worker.errors import JobError
+from pac.worker.spec import EpochStep, GatherSample, Phase2Spec, StepReport, load_model
 from pac.worker.stage import Transport
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 

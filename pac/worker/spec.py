@@ -12,7 +12,6 @@ import torch
 
 from pac.cache import CacheKey
 from pac.data.batching import Encoded
-from pac.errors import PacError
 from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
 from pac.pipeline.layers import LayerSlice
@@ -21,10 +20,6 @@ from pac.side.network import SideConfig, SideSpec
 from pac.train.loop import TrainConfig
 
 FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with the head's input
-
-
-class JobError(PacError):
-    """A training job on this device cannot go on; the message says why."""
 
 
 def load_model(name: str, quantization: str, seed: int):

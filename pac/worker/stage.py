@@ -27,7 +27,8 @@ from pac.pipeline.build import build_stage
 from pac.pipeline.drive import Piece, ReplicaDrive
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
-from pac.worker.spec import JobError, MicroIn, StageSpec, load_model, shard_key, stage_taps
+from pac.worker.errors import JobError
+from pac.worker.spec import MicroIn, StageSpec, load_model, shard_key, stage_taps
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
 FORWARD_KINDS = {"hidden": "hidden", "encoder_hidden": "encoder_hidden", "side": "side",

@@ -17,7 +17,7 @@ ANSWER_TOKENS = 24
 
 async def _ask_all(daemon, identity, prompts: list[str]) -> list[str]:
     """Each question through the daemon's Assistant.Generate (greedy), as a home-automation client asks."""
-    from pac.assistant.decode import Sampling
+    from pac.assistant.messages import Sampling
     from pac.net.assistant_client import AssistantClient
 
     answers = []

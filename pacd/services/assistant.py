@@ -14,9 +14,8 @@ import time
 
 import grpc
 
-from pac.assistant.batching import Done
+from pac.assistant.messages import Done, check_messages
 from pac.assistant.queue import AnswerQueue
-from pac.assistant.serving import check_messages
 from pac.assistant.store import MAX_ADAPTER_BYTES, DeployError
 from pac.errors import ConfigError, PacError
 from pac.net.chunks import ChunkError, read_one

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -185,3 +186,35 @@ def test_bad_config_is_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pacd", "serve", "--config", str(config)],
                             capture_output=True, text=True, cwd=REPO, timeout=30)
     assert result.returncode == 1 and result.stderr.startswith("pacd: error: port") and "Traceback" not in result.stderr
+
+
+def test_an_idle_daemon_holds_no_pytorch_until_a_job_needs_it(tmp_path):
+    from conftest import start_daemon
+
+    from pac.v1 import stage_pb2, stage_pb2_grpc
+
+    daemon = start_daemon(tmp_path, secure=False, name="idle")
+
+    def holds_torch() -> bool:
+        return "libtorch" in Path(f"/proc/{daemon.process.pid}/maps").read_text()
+
+    async def calls():
+        async with grpc.aio.insecure_channel(daemon.address) as channel:
+            stage = stage_pb2_grpc.StageStub(channel)
+            status = await stage.Status(stage_pb2.StageStatusRequest(), timeout=10)
+            released = await stage.Release(stage_pb2.ReleaseRequest(job_id="job-gone"), timeout=10)
+            renewed = await stage.Renew(stage_pb2.RenewRequest(job_id="job-gone", lease_s=30), timeout=10)
+            before = holds_torch()  # what a controller asks of a device that holds no job imports nothing
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stage.RunStep(stage_pb2.RunStepRequest(job_id="job-gone"), timeout=60)
+            return status, released, renewed, before, refused.value
+
+    try:
+        status, released, renewed, before, refused = asyncio.run(calls())
+        assert (status.job_id, released.released, renewed.held, before) == ("", False, False, False)
+        # a job's own call imports the training code and is answered by it
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "holds no job 'job-gone'" in refused.details()
+        assert holds_torch()
+    finally:
+        daemon.stop()
+    assert "idle: resident" in daemon.log_path.read_text()

@@ -142,7 +142,8 @@ def test_sequences_decoded_together_give_each_one_s_own_logits(name):
 
 
 def test_a_wave_answers_each_request_as_alone_and_ends_each_its_own_way():
-    from pac.assistant.batching import Ask, Done, answer_wave
+    from pac.assistant.batching import answer_wave
+    from pac.assistant.messages import Ask, Done
 
     backbone, model = tuned("tiny-llama")
     tokenizer = backbone.tokenizer

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pac.assistant.decode import Sampling
-from pac.assistant.serving import Result
+from pac.assistant.messages import Result, Sampling
 from pac.assistant.store import Deployed, Provenance
 from pac.errors import ConfigError
 from pac.v1 import assistant_pb2
