@@ -125,6 +125,8 @@ class Controller(Elastic):
         estimates dropped if it was made for other sizes, saying which."""
         where = self.job.plan.file if self.plan is None else "the plan given"
         unusable, estimates = plan.differences(self.job.to_training_job(samples, use_cache))
+        if plan.model != self.job.model.name_or_path:
+            unusable.insert(0, f"model {plan.model!r} (the job: {self.job.model.name_or_path!r})")
         if unusable:
             raise ConfigError(f"{where} was made for another job: {', '.join(unusable)}; plan again for this "
                               f"job (pacctl plan --batch-size {self.job.training.batch_size})")

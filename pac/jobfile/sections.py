@@ -151,7 +151,7 @@ class Job:
                            micro_batches=self.training.micro_batches,
                            weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
-                           cache_copies=1 + self.cache.replicas if use_cache else 1)
+                           cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""

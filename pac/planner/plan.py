@@ -97,12 +97,22 @@ class Plan:
 
     def differences(self, job: TrainingJob) -> tuple[list[str], list[str]]:
         """How `job` differs from the job this plan was made for: (what makes the plan unusable: the
-        mini-batch it splits; what makes only its time estimates wrong: samples, epochs)."""
+        mini-batch it splits, more memory per sample or weight than it was fitted with; what makes only
+        its time estimates wrong: samples, epochs, a shorter sequence, fewer bits per weight)."""
         made, unusable, estimates = self.job, [], []
         if made.batch_size != job.batch_size:
             unusable.append(f"batch_size {made.batch_size} (the job: {job.batch_size})")
         if job.micro_batches is not None and job.micro_batches != self.phase1.micro_batches:
             unusable.append(f"{self.phase1.micro_batches} micro-batches (the job: {job.micro_batches})")
+        fitted = made.seq_len is not None  # planned against a profile (a plan made by hand records no length)
+        if fitted and job.weight_bits != made.weight_bits:  # its memory fit holds for as many bits or fewer
+            (unusable if job.weight_bits > made.weight_bits else estimates).append(
+                f"{made.weight_bits}-bit weights (the job: {job.weight_bits})")
+        if None not in (made.seq_len, job.seq_len) and job.seq_len > made.seq_len:  # its memory fit does not hold
+            unusable.append(f"seq_len {made.seq_len} (the job: {job.seq_len}; profile at the job's: pacctl profile "
+                            f"--seq-len {job.seq_len})")
+        elif None not in (made.seq_len, job.seq_len) and job.seq_len < made.seq_len:
+            estimates.append(f"seq_len {made.seq_len} (the job: {job.seq_len})")
         for name in ("samples", "epochs"):
             if getattr(made, name) != getattr(job, name):
                 estimates.append(f"{name} {getattr(made, name)} (the job: {getattr(job, name)})")

@@ -132,7 +132,8 @@ def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strateg
             moved_bytes=assignment.moved_bytes, redistribution_s=redistribution, epoch_s=epoch2)
         total = epoch1 + redistribution + (job.epochs - 1) * epoch2
     usage = _usage(cost, partition, sim, assignment)
-    return Plan(strategy, home.model.name, tuple(names), job, phase1, phase2, usage, total, reason)
+    costed = dataclasses.replace(job, seq_len=home.model.seq_len)  # the plan's times hold at this length
+    return Plan(strategy, home.model.name, tuple(names), costed, phase1, phase2, usage, total, reason)
 
 
 def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,

@@ -25,6 +25,7 @@ class TrainingJob:
     side_state_bytes_per_param: int = 16  # fp32 parameter + gradient + two Adam moments
     gradient_bytes_per_param: int = 4  # what AllReduce sums (fp32 gradients)
     cache_copies: int = 1  # phase 2: each device's cached states, and copies of other devices' (cache.replicas)
+    seq_len: int | None = None  # tokens per sample; a plan records its profile's (its times were costed at it)
 
     def __post_init__(self) -> None:
         if self.samples < 1:

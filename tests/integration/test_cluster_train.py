@@ -193,7 +193,7 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
     devices = devices_of(running)
     job = make_job(tmp_path, "tiny-llama", "lm", count=12, epochs=2, batch_size=4)
     document = asyncio.run(measure_home(devices, cluster.identity, job, [1, 2, 4], lambda line: None))
-    samples = TrainingJob(samples=12, batch_size=4, epochs=2)
+    samples = job.to_training_job(12)  # the job as the planner sees it (its weight bits, sequence length)
     whole = plan_job(home_from_dict(document), samples, "single-device").plan
     budget = max(use.phase1_peak_bytes for use in whole.usage)
     for _ in range(40):  # shrink every budget until the job no longer fits one device (smaller micro-batches

@@ -270,7 +270,16 @@ def test_phase2_cache_fits_beside_the_phase1_shard() -> None:
 
 def test_a_plan_says_how_another_job_differs_from_the_one_it_was_made_for() -> None:
     plan = plan_job(synthetic_home(12, 3, seed=4), TrainingJob(samples=100, batch_size=4, epochs=3)).plan
+    assert plan.job.seq_len == synthetic_home(12, 3, seed=4).model.seq_len  # what its times were costed at
     assert plan.differences(TrainingJob(samples=100, batch_size=4, epochs=3)) == ([], [])
-    unusable, estimates = plan.differences(TrainingJob(samples=64, batch_size=8, epochs=2))
+    made = plan.job.seq_len
+    unusable, estimates = plan.differences(TrainingJob(samples=64, batch_size=8, epochs=2, seq_len=made // 2,
+                                                       weight_bits=8))
     assert unusable == ["batch_size 4 (the job: 8)"]
-    assert estimates == ["samples 100 (the job: 64)", "epochs 3 (the job: 2)"]
+    assert estimates == ["16-bit weights (the job: 8)", f"seq_len {made} (the job: {made // 2})",
+                         "samples 100 (the job: 64)", "epochs 3 (the job: 2)"]
+    # more memory per sample or per weight than the plan was fitted with: refused
+    unusable, _ = plan.differences(TrainingJob(samples=100, batch_size=4, epochs=3, seq_len=made * 2, weight_bits=32))
+    assert unusable == ["16-bit weights (the job: 32)",
+                        f"seq_len {made} (the job: {made * 2}; profile at the job's: pacctl profile --seq-len {made * 2})"]
+    assert Plan.from_dict(plan.to_dict()) == plan
