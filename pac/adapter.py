@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the model code (PyTorch) is imported by what saves or loads
     from pac.techniques.build import ParallelAdaptersModel
 
 FORMAT = "pac-parallel-adapter/1"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 
 
 class NotSafetensors(ValueError):
@@ -55,9 +55,14 @@ def save_adapter(model: ParallelAdaptersModel, path: str | Path, extra: dict | N
     return path
 
 
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 def _safetensors_metadata(path: str | Path) -> dict:
     """The string metadata of a safetensors file, read from its header alone (an 8-byte little-endian
-    length, then that much JSON); NotSafetensors naming what is wrong if the file is not one."""
+    length, then that much JSON: each tensor's dtype, shape and byte range, which must tile the rest of
+    the file exactly); NotSafetensors naming what is wrong if the file is not one."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         start = handle.read(8)
@@ -68,18 +73,37 @@ def _safetensors_metadata(path: str | Path) -> dict:
             raise NotSafetensors(f"{path}: its header would be {length} bytes, the file has {size}")
         try:
             header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise NotSafetensors(f"{path}: its header is not JSON ({error})") from None
     if not isinstance(header, dict):
         raise NotSafetensors(f"{path}: its header is not a table")
-    ends = [entry.get("data_offsets", [0, 0])[-1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict)]
-    if max(ends, default=0) > size - 8 - length:
-        raise NotSafetensors(f"{path}: truncated ({size} bytes; its tensors need {8 + length + max(ends)})")
-    metadata = header.get("__metadata__") or {}
+    metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise NotSafetensors(f"{path}: its metadata is not a table of strings")
+    end = 0
+    for name, entry in sorted(header.items(), key=lambda item: _offsets(item[1])[0]):
+        begin, stop = _offsets(entry)
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (shape is None or entry.get("dtype") not in DTYPE_BYTES or not isinstance(shape, list)
+                or not all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise NotSafetensors(f"{path}: tensor {name!r} has no valid dtype and shape")
+        count = DTYPE_BYTES[entry["dtype"]]
+        for n in shape:
+            count *= n
+        if begin != end or stop - begin != count:
+            raise NotSafetensors(f"{path}: tensor {name!r} takes bytes {begin}..{stop}, not the {count} bytes "
+                                 f"from {end} its dtype and shape need")
+        end = stop
+    if end != size - 8 - length:
+        raise NotSafetensors(f"{path}: {size} bytes, its tensors need {8 + length + end}")
     return metadata
+
+
+def _offsets(entry) -> tuple[int, int]:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        return (-1, -1)
+    return offsets[0], offsets[1]
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -58,10 +58,13 @@ def warm_up() -> None:
     Imports only: no model is loaded, nothing is held but the modules (they would be imported anyway)."""
     import importlib
 
+    from pacd.services.deferred import IMPORTS
+
     started = time.perf_counter()
     for name in WARM_UP_MODULES:
         try:
-            importlib.import_module(name)
+            with IMPORTS:
+                importlib.import_module(name)
         except Exception:  # a broken optional import shows up, with its cause, when a job needs it
             log.debug("warm-up: importing %s failed", name, exc_info=True)
             return

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 
+_CUDA_NAME = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
 
 def accelerator() -> str:
-    """"cuda:<name>", "mps" or "cpu". torch is imported only where a GPU may exist: it takes seconds."""
+    """"cuda:<name>", "mps" or "cpu". Where a GPU may exist, PyTorch says whether it can use it, in a child
+    process: the daemon itself holds no PyTorch until a job (it takes seconds and ~150 MB)."""
     if Path("/proc/driver/nvidia/gpus").exists() or Path("/dev/nvidia0").exists():
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{torch.cuda.get_device_name(0)}"
+        try:
+            found = subprocess.run([sys.executable, "-c", _CUDA_NAME], capture_output=True, text=True, timeout=120)
+            name = found.stdout.strip() if found.returncode == 0 else ""
+        except (OSError, subprocess.TimeoutExpired):
+            name = ""
+        if name:
+            return f"cuda:{name}"
     if platform.system() == "Darwin" and platform.machine() == "arm64":
         return "mps"
     return "cpu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -61,4 +62,6 @@ def fixed_plan(model: str, job: TrainingJob, stages: list[tuple[int, int, list[s
     if phase2_shares:
         phase2 = Phase2Plan(dict(phase2_shares), {}, (), 0.0, 0.0, 0.0)
     usage = tuple(DeviceUse(d, 0, 0.0, 0.0, 0, 0.0) for d in devices)
-    return Plan(strategy, model, devices, job, phase1, phase2, usage, 0.0, "given by hand")
+    # no sequence length: nothing was costed or fitted, so a job is checked only for the mini-batch it splits
+    return Plan(strategy, model, devices, dataclasses.replace(job, seq_len=None), phase1, phase2, usage, 0.0,
+                "given by hand")

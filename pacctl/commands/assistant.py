@@ -113,9 +113,7 @@ def ask_command(question, device, model, max_new_tokens, temperature, top_p, see
                 timeout, no_mdns, insecure) -> None:
     """Ask the household's tuned model QUESTION; the answer streams as it is decoded."""
     try:
-        from pac.assistant.decode import (
-            Sampling,  # torch: imported when a command needs it, not by every pacctl
-        )
+        from pac.assistant.messages import Sampling
 
         sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     except PacError as error:

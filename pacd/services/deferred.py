@@ -13,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import threading
 import time
 
 import grpc
 
 log = logging.getLogger(__name__)
+
+# One import of the training code at a time in this process (the warm-up thread, the first calls of the
+# training services): transformers' lazy modules are not safe to import from two threads at once.
+IMPORTS = threading.Lock()
 
 
 class Deferred:
@@ -37,7 +42,8 @@ class Deferred:
     def _import(self):
         started = time.perf_counter()
         module, _, name = self._path.partition(":")
-        servicer = getattr(importlib.import_module(module), name)
+        with IMPORTS:
+            servicer = getattr(importlib.import_module(module), name)
         log.info("%s: its code imported on first use in %.1f s", self._name, time.perf_counter() - started)
         return servicer
 
@@ -48,12 +54,11 @@ class Deferred:
             async with self._loading:
                 if self._real is None:
                     try:
-                        servicer = await asyncio.to_thread(self._import)
+                        self._real = (await asyncio.to_thread(self._import))(self.daemon)
                     except Exception as error:  # a broken install: every call says so, the daemon keeps serving
-                        log.exception("%s: importing %s failed", self._name, self._path)
+                        log.exception("%s: starting %s failed", self._name, self._path)
                         await context.abort(grpc.StatusCode.INTERNAL,
                                             f"{self._name} cannot start on this device: {error}")
-                    self._real = servicer(self.daemon)
         return self._real
 
     def _deferred(self, name: str, streaming: bool):

@@ -144,7 +144,9 @@ def test_killing_a_member_mid_allreduce_makes_the_others_raise_within_the_deadli
 
     async def scenario():
         channels = [secure_channel(d.address, cluster.identity, d.node_id) for d in running]
-        try:
+        try:  # a small operation first: the daemons import their collective code on its first call
+            await asyncio.gather(*[collective_pb2_grpc.CollectiveStub(c).AllReduce(q) for c, q in zip(
+                channels, _requests([d.address for d in running], 16, 30.0, op_id=1), strict=True)])
             calls = [collective_pb2_grpc.CollectiveStub(c).AllReduce(q)
                      for c, q in zip(channels, _requests([d.address for d in running], 8_000_000, deadline_s, 50),
                                      strict=True)]
