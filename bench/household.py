@@ -100,19 +100,10 @@ def _run(model: str, variant: str, lr: float, epochs: int, seed: int, validation
 
 
 def measured(model: str, variant: str, lr: float, epochs: int, seed: int, validation: int = 0) -> dict:
-    import multiprocessing
+    from bench.measured import in_fresh_process
 
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_run, args=(model, variant, lr, epochs, seed, validation, queue))
-    process.start()
-    try:
-        out = queue.get()
-    finally:
-        process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"the run of {variant} seed {seed} failed (exit {process.exitcode})")
-    return out
+    return in_fresh_process(_run, model, variant, lr, epochs, seed, validation,
+                            what=f"the run of {variant} seed {seed}")
 
 
 def summary(rows: list[dict]) -> list[dict]:

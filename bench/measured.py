@@ -60,18 +60,24 @@ def _measured(job, test_file: str | None, seq_len: int, eval_limit, seed: int, q
                "cache": result["cache"]})
 
 
-def measured_run(job, test_file: str | None = None, seq_len: int = 128, eval_limit=None, seed: int = 0) -> dict:
-    """`_measured` in a spawned process (every run starts from the same memory, none sees another's)."""
+def in_fresh_process(target, *args, what: str = "the measured run") -> dict:
+    """`target(*args, queue)` in a spawned process, and what it put on the queue (every run starts from the
+    same memory, none sees another's)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measured, args=(job, test_file, seq_len, eval_limit, seed, queue))
+    process = context.Process(target=target, args=(*args, queue))
     process.start()
     try:
         out = queue.get()
     finally:
         process.join()
     if process.exitcode != 0:
-        raise RuntimeError(f"the measured run failed (exit {process.exitcode})")
+        raise RuntimeError(f"{what} failed (exit {process.exitcode})")
     return out
+
+
+def measured_run(job, test_file: str | None = None, seq_len: int = 128, eval_limit=None, seed: int = 0) -> dict:
+    """`_measured` in a spawned process."""
+    return in_fresh_process(_measured, job, test_file, seq_len, eval_limit, seed)
