@@ -94,10 +94,12 @@ class Checkpoint:
         return Commit(self.position, self.tensors(), self.holders, self.assigned, self.replicas)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The trained tensors ("side.*", "head.*") and the optimiser's ("opt.*")."""
+        """The trained tensors ("side.*", "head.*", "top.layers.*") and the optimiser's ("opt.*")."""
         from safetensors.torch import load_file
 
-        out = load_file(str(self.directory / "adapter.safetensors"))
+        from pac.techniques.top import state_from_adapter
+
+        out = state_from_adapter(load_file(str(self.directory / "adapter.safetensors")))
         out.update(load_file(str(self.directory / "optimizer.safetensors")))
         return out
 
@@ -161,13 +163,14 @@ def write_checkpoint(root: Path, model, task: str, state: dict[str, torch.Tensor
     from safetensors.torch import save_file
 
     from pac.adapter import save_adapter
+    from pac.techniques.top import load_trained
 
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{position.step:08d}"
     partial = root / f".partial-{name}-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
+    load_trained(model, state)
     save_adapter(model, partial / "adapter.safetensors", extra={"task": task})
     save_file({k: v.contiguous() for k, v in state.items() if k.startswith("opt.")},
               str(partial / "optimizer.safetensors"))

@@ -41,6 +41,7 @@ from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
 from pac.planner.profile import home_from_dict
 from pac.security import Identity
+from pac.techniques.top import load_trained, trained_tensors
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class Controller(Elastic):
         self.training_s = time.perf_counter() - started  # to the end of the last epoch
         best = self.evaluation.best_state() if self.evaluation is not None else None
         state = best if best is not None else state  # with a validation split: the best epoch's weights
-        p.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))}, strict=False)
+        load_trained(p.model, state)
         return await asyncio.to_thread(self.finish, started)
 
     def _phases(self, plan: Plan, use_cache: bool, steps_per_epoch: int) -> tuple[bool, int]:
@@ -318,8 +319,7 @@ class Controller(Elastic):
         evaluation, best = {}, None
         if self.evaluation is not None:
             last_step = self.record.history.steps[-1]["step"] + 1 if self.record.history.steps else 0
-            trained = {f"side.{k}": v for k, v in p.model.side.state_dict().items()} | \
-                {f"head.{k}": v for k, v in p.model.head.state_dict().items()}
+            trained = trained_tensors(p.model)
             evaluation = self.evaluation.final(last_step) or (self.evaluation.score(trained) if p.eval_items else {})
             best = self.evaluation.best["epoch"] if self.evaluation.best else None
             self.evaluation.close()

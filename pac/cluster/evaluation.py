@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pac.metrics import better
+from pac.techniques.top import TRAINED_PREFIXES, load_trained, state_from_adapter
 from pac.train.loop import evaluate
 
 BEST = "best.safetensors"
@@ -54,8 +55,7 @@ class EpochEvaluation:
         return self.states
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
-        self.prepared.model.load_state_dict({k: v for k, v in state.items() if k.startswith(("side.", "head."))},
-                                            strict=False)
+        load_trained(self.prepared.model, state)
 
     def score(self, state: dict[str, torch.Tensor], which: str = "eval") -> dict[str, float]:
         """The evaluation data (or the validation split) scored with `state` (side network and head)."""
@@ -100,7 +100,7 @@ class EpochEvaluation:
             return None
         from safetensors.torch import load_file
 
-        return {k: v for k, v in load_file(str(path)).items() if k.startswith(("side.", "head."))}
+        return {k: v for k, v in state_from_adapter(load_file(str(path))).items() if k.startswith(TRAINED_PREFIXES)}
 
     def resumed(self, evaluations: list[dict]) -> None:
         """A resumed job: the best epoch so far from its history (its weights are in OUT/best.safetensors)."""

@@ -22,6 +22,7 @@ from pac.pipeline.split import loss_count, row_ranges, select_rows
 from pac.pipeline.stage import clip_coefficient
 from pac.planner.plan import Plan
 from pac.side.network import SideConfig
+from pac.techniques.top import trained_tensors
 from pac.train.loop import batches
 from pac.worker.spec import MicroIn, StageSpec
 from pac.worker.tensors import pack
@@ -98,11 +99,12 @@ class Phase1:
         shares = [list(s.shares) for s in plan.phase1.stages]
         job, training = self.ctx.job, self.ctx.job.training
         if state is None:
-            state = {k: v for k, v in p.model.state_dict().items() if k.startswith(("side.", "head."))}
+            state = trained_tensors(p.model)
         data = pack(state)
         train = job.train_config()
+        top = training.technique_config().top
         side = SideConfig(training.reduction_factor,
-                          tuple(training.side_layers) if training.side_layers is not None else None)
+                          tuple(training.side_layers) if training.side_layers is not None else None, top.count)
         calls = []
         for s, stage in enumerate(plan.phase1.stages):
             for r, address in enumerate(addresses[s]):
@@ -113,7 +115,7 @@ class Phase1:
                     pad_id=p.pad_id, codec=self.ctx.options.codec,
                     cache_precision=job.cache.precision if use_cache else None, cache_keep=job.cache.keep,
                     timeout_s=self.ctx.options.step_timeout_s,
-                    cache_directory=str(job.cache.directory) if job.cache.directory else None)
+                    cache_directory=str(job.cache.directory) if job.cache.directory else None, top=top)
                 self.ctx.loaded.add(address)
                 calls.append(self.ctx.stages.load(address, f"loading stage {s} ({stage.first_layer}-"
                                                   f"{stage.end_layer - 1})", spec, data))

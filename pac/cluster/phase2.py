@@ -23,7 +23,7 @@ from pac.errors import TrainingFailed
 from pac.pipeline.layers import LayerSlice
 from pac.pipeline.split import loss_count
 from pac.planner.plan import Plan
-from pac.worker.spec import EpochStep, GatherPlan, GatherSample, Phase2Spec, stage_taps
+from pac.worker.spec import EpochStep, GatherPlan, GatherSample, Phase2Spec, shard_ends_with_final, stage_taps
 from pac.worker.tensors import pack
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class Phase2:
             total_steps=total_steps, steps_done=first_step, members=members, fingerprint=p.fingerprint,
             tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
             cache_precision=job.cache.precision, cache_keep=job.cache.keep, timeout_s=self.ctx.options.step_timeout_s,
-            cache_directory=str(job.cache.directory) if job.cache.directory else None)
+            cache_directory=str(job.cache.directory) if job.cache.directory else None,
+            top=job.training.technique_config().top)
         tensors = dict(state)
         if p.task == "lm":
             head = p.backbone.lm_head()
@@ -224,7 +225,7 @@ class Phase2:
         out = []
         for s, stage in enumerate(stages):
             layers = LayerSlice(stage.first_layer, stage.end_layer, spec.stack_sizes)
-            out.append(len(stage_taps(spec, layers)) + (1 if s == len(stages) - 1 else 0))
+            out.append(len(stage_taps(spec, layers)) + int(shard_ends_with_final(spec, s == len(stages) - 1)))
         return out
 
     def _loss_total(self, group: list[Encoded]) -> int:

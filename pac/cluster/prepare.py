@@ -13,7 +13,7 @@ from pac.data.batching import Encoded
 from pac.data.prepare import encode_job_data, encode_validation, read_job_data
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
-from pac.techniques.build import TechniqueConfig, build_model
+from pac.techniques.build import build_model, trainable_parameters
 from pac.worker.spec import load_model
 
 
@@ -46,11 +46,11 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
         raise ConfigError(f"{job.source}: data.train {data.train} holds no examples")
     task, tokenizer = examples.task, backbone.tokenizer
     head = HeadConfig(task=task, num_labels=examples.num_labels)
-    technique = TechniqueConfig("parallel", training.reduction_factor, training.side_layers)
-    model = build_model(backbone, technique, head)
+    model = build_model(backbone, training.technique_config(), head)
     keys = [sample_key(item.input_ids, item.decoder_ids) for item in train_items]
     log_line(f"{backbone.name}: {task}, {len(train_items)} training / {len(eval_items)} evaluation examples, "
-             f"{sum(p.numel() for p in model.side.parameters()) + sum(p.numel() for p in model.head.parameters() if p.requires_grad):,} trainable parameters")
+             f"{sum(p.numel() for p in trainable_parameters(model)):,} trainable parameters"
+             + (f" ({model.top.count} top layers tuned)" if model.top is not None else ""))
     return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
                     tokenizer.pad_token_id, validation_items)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pac.data.readers import COLUMN_NAMES, QUOTINGS
 from pac.errors import ConfigError
-from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS
+from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS, TOP_TARGETS, TOP_TUNINGS
 from pac.jobfile.sections import (
     CACHE_CHOICES,
     CLUSTER_TECHNIQUES,
@@ -100,12 +100,16 @@ def _training(table: Table) -> TrainingSection:
     side_layers = None
     if table.has("side_layers"):
         side_layers = table.data["side_layers"]
-        if not isinstance(side_layers, list) or not side_layers or not all(
+        if not isinstance(side_layers, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in side_layers):
-            raise table.fail("side_layers", "must be a non-empty list of layer indices >= 0", side_layers)
+            raise table.fail("side_layers", "must be a list of layer indices >= 0 ([]: no side network)", side_layers)
         if len(set(side_layers)) != len(side_layers):
             raise table.fail("side_layers", "lists a layer twice", side_layers)
         side_layers = tuple(sorted(side_layers))
+    top_layers = table.integer("top_layers", 0, 0)
+    if side_layers == () and not top_layers:
+        raise table.fail("side_layers", "is empty (no side network) and top_layers is 0: nothing would train but "
+                         "the head; set top_layers (the backbone's last layers tuned instead)", [])
     return TrainingSection(
         technique=table.choice("technique", "parallel", CLUSTER_TECHNIQUES, why), epochs=table.integer("epochs", 3, 1),
         batch_size=batch_size, micro_batches=micro_batches, seq_len=table.integer("seq_len", 128, 4),
@@ -118,7 +122,9 @@ def _training(table: Table) -> TrainingSection:
         activation_checkpointing=table.boolean("activation_checkpointing", False),
         side_precision=table.choice("side_precision", "fp32", SIDE_PRECISIONS),
         checkpoint_steps=table.integer("checkpoint_steps", 50, 0),
-        patience=table.integer("patience", 0, 0),
+        patience=table.integer("patience", 0, 0), top_layers=top_layers,
+        top_tuning=table.choice("top_tuning", "lora", TOP_TUNINGS),
+        top_targets=table.choice("top_targets", "all", TOP_TARGETS),
     )
 
 
@@ -227,6 +233,10 @@ def parse_job(mapping: dict[str, Any], source: str = "job.toml", base_dir: str |
     model = _model(tables["model"], base)
     training = _training(tables["training"])
     data = _data(tables["data"], base)
+    if training.top_layers and model.quantization != "none":
+        raise tables["training"].fail("top_layers", f"trains the backbone's last layers in float32: set "
+                                      f"model.quantization = \"none\" (not {model.quantization!r}) or top_layers = 0",
+                                      training.top_layers)
     if training.patience and not data.validation:
         raise tables["training"].fail("patience", "stops on a validation score: set data.validation too (a count "
                                       "of training examples to hold out, or a fraction below 1)", training.patience)

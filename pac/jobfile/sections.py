@@ -64,6 +64,16 @@ class TrainingSection:
     side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
     checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
     patience: int = 0  # with data.validation: stop after N epochs without a better validation score (0: never)
+    top_layers: int = 0  # the backbone's last n layers tuned too (the last stage in phase 1; from the cache after)
+    top_tuning: str = "lora"  # how the top layers are tuned: lora | full
+    top_targets: str = "all"  # LoRA of the top layers on: all (every linear layer) | attention (q and v)
+
+    def technique_config(self):
+        """The technique as pac.techniques.build builds it (on one device, or on the controller)."""
+        from pac.techniques.build import TechniqueConfig
+
+        return TechniqueConfig(self.technique, reduction_factor=self.reduction_factor, side_layers=self.side_layers,
+                               top_layers=self.top_layers, top_tuning=self.top_tuning, top_targets=self.top_targets)
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,6 @@ class Job:
 
     def to_finetune_job(self):
         """The same job on this device alone (pac.train.finetune.FinetuneJob)."""
-        from pac.techniques.build import TechniqueConfig
         from pac.train.finetune import FinetuneJob
 
         t, cache = self.training, self.cache
@@ -119,7 +128,7 @@ class Job:
             model=self.model.name_or_path, train_file=str(self.data.train),
             eval_file=str(self.data.eval) if self.data.eval else None,
             task=None if self.data.task == "auto" else self.data.task, num_labels=self.data.num_labels,
-            technique=TechniqueConfig(t.technique, reduction_factor=t.reduction_factor, side_layers=t.side_layers),
+            technique=t.technique_config(),
             train=self.train_config(),
             seq_len=t.seq_len, train_limit=self.data.train_limit, eval_limit=self.data.eval_limit,
             output_dir=str(self.output.directory), quantization=self.model.quantization,
@@ -151,7 +160,8 @@ class Job:
                            micro_batches=self.training.micro_batches,
                            weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
-                           cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len)
+                           cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
+                           top_layers=self.training.top_layers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""

@@ -31,11 +31,20 @@ AllReduce = Callable[[list[torch.Tensor]], None]  # in place: each tensor become
 
 
 class TrainableSlice(nn.Module):
-    """The trained part of a stage, named like `ParallelAdaptersModel` ("side.*", "head.*")."""
+    """The trained part of a stage, named like `ParallelAdaptersModel` ("side.*", "head.*", and on the last
+    stage of a job tuning the backbone's top layers "top.layers.*")."""
 
-    def __init__(self, side: SideSlice, head: Head | None) -> None:
+    def __init__(self, side: SideSlice, head: Head | None, top: nn.Module | None = None) -> None:
         super().__init__()
-        self.side, self.head = side, head
+        self.side, self.head, self.top = side, head, top
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What training changes: the side slice, the head, the tuned layers' LoRA factors (or weights),
+        not the tuned layers' frozen weights."""
+        from pac.techniques.top import trained_top_tensors
+
+        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("top.")}
+        return tensors | trained_top_tensors(self.top)
 
 
 @dataclass
@@ -49,13 +58,14 @@ class _Pending:
 
 class StageWorker:
     def __init__(self, backbone: BackboneStage, side: SideSlice, head: Head | None, task: str,
-                 on_states: Callable[[int, Mapping, StageStates], None] | None = None) -> None:
+                 on_states: Callable[[int, Mapping, StageStates], None] | None = None,
+                 top: nn.Module | None = None) -> None:
         if backbone.layers != side.layers:
             raise PipelineError(f"backbone layers {backbone.layers} and side layers {side.layers} differ")
         if backbone.layers.is_last and head is None:
             raise PipelineError("the last stage needs the head")
         self.backbone, self.task = backbone, task
-        self.module = TrainableSlice(side, head if backbone.layers.is_last else None)
+        self.module = TrainableSlice(side, head if backbone.layers.is_last else None, top)
         self.on_states = on_states  # e.g. write the activation cache: (micro, batch, states)
         self.pending: dict[int, _Pending] = {}
         self.optimizer = self.scheduler = None
@@ -83,11 +93,12 @@ class StageWorker:
         last stage {"loss": the scaled loss}. `loss_total`: samples or answer tokens of the mini-batch."""
         if micro in self.pending:
             raise PipelineError(f"micro-batch {micro} went forward twice before its backward")
-        states = self.backbone.run(batch, inbound)
+        # the tuned top layers (last stage) run with autograd; the frozen layers below them record none
+        states = self.backbone.run(batch, inbound, grad=self.module.top is not None)
         if self.on_states is not None:
             self.on_states(micro, batch, states)
         leaves = {k: v.detach().requires_grad_() for k, v in inbound.items() if k in BACKWARD}
-        side_out = self.module.side(states.taps, model_masks(batch, self.module.side.spec.family), leaves)
+        side_out = self._side(states, batch, leaves)
         if self.layers.is_last:
             loss = self._scaled_loss(states.final + side_out[DELTA], batch, loss_total)
             self.pending[micro] = _Pending(leaves, {}, loss)
@@ -95,6 +106,12 @@ class StageWorker:
         outputs = {k: v.view_as(v) if v.grad_fn is None else v for k, v in side_out.items()}
         self.pending[micro] = _Pending(leaves, outputs, None)
         return {**states.outbound, **{k: v.detach() for k, v in outputs.items()}}
+
+    def _side(self, states: StageStates, batch, leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        side = self.module.side
+        if not side.spec.has_blocks:  # no side network: the last stage adds nothing, the others send nothing
+            return {DELTA: 0.0} if self.layers.is_last else {}
+        return side(states.taps, model_masks(batch, side.spec.family), leaves)
 
     def _scaled_loss(self, hidden: torch.Tensor, batch, loss_total: int) -> torch.Tensor:
         count = loss_count(batch, self.task, self.module.head.family)

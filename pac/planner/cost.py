@@ -63,9 +63,28 @@ class CostModel:
         """Forward and backward seconds of each layer on `device` at `batch` samples."""
         key = (device, batch)
         if key not in self._times:
-            self._times[key] = (self._interpolate(device, batch, "forward_s"),
-                                self._interpolate(device, batch, "backward_s"))
+            forward = self._interpolate(device, batch, "forward_s")
+            backward = self._interpolate(device, batch, "backward_s")
+            if self.top_first < self.num_layers:  # tuned top layers: a backward through them, about their forward
+                backward = backward.copy()
+                backward[self.top_first:] += forward[self.top_first:]
+            self._times[key] = (forward, backward)
         return self._times[key]
+
+    @property
+    def top_first(self) -> int:
+        """The first tuned top layer (num_layers without any): no stage boundary may fall after it."""
+        return self.num_layers - min(self.job.top_layers, self.num_layers)
+
+    def phase2_sample_s(self, device: int) -> float:
+        """Phase 2's compute per sample on `device`: the side network, and the tuned top layers' forward and
+        backward (from their cached input)."""
+        profile = self.home.devices[device]
+        if self.top_first == self.num_layers:
+            return profile.side_sample_s
+        batch = self.job.batch_size
+        forward, backward = self.layer_times(device, batch)
+        return profile.side_sample_s + float(forward[self.top_first:].sum() + backward[self.top_first:].sum()) / batch
 
     def _interpolate(self, device: int, batch: int, table: str) -> np.ndarray:
         """`profile.interpolate` for every layer at once (all layers share the measured batch sizes)."""
@@ -288,6 +307,9 @@ class CostModel:
             time = t if time is None else np.maximum(time, t)
             flights = f if flights is None else np.minimum(flights, f)
         assert time is not None and flights is not None
+        if self.top_first + 1 < self.num_layers:  # the tuned top layers stay in the last stage: no cut among them
+            time = time.copy()
+            time[:, self.top_first + 1:self.num_layers] = INF
         self._groups[key] = (time, flights)
         return time, flights
 

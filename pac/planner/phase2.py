@@ -53,7 +53,7 @@ def step_shares(cost: CostModel, batch: int, per_step_cap: list[int],
                 f"phase 2 cannot place a mini-batch of {batch}: the devices' memory and disk hold only "
                 f"{sum(per_step_cap[i] for i in active)} samples per step; use a smaller --batch-size or more "
                 f"devices")
-        best = min(options, key=lambda i: ((counts[i] + 1) * devices[i].side_sample_s * slow[i], i))
+        best = min(options, key=lambda i: ((counts[i] + 1) * cost.phase2_sample_s(i) * slow[i], i))
         counts[best] += 1
     return tuple(counts)
 

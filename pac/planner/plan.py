@@ -113,7 +113,11 @@ class Plan:
                             f"--seq-len {job.seq_len})")
         elif None not in (made.seq_len, job.seq_len) and job.seq_len < made.seq_len:
             estimates.append(f"seq_len {made.seq_len} (the job: {job.seq_len})")
-        for name in ("samples", "epochs"):
+        last = self.phase1.stages[-1]
+        if job.top_layers and last.first_layer > last.end_layer - job.top_layers:
+            unusable.append(f"a last stage from layer {last.first_layer}, which cuts the {job.top_layers} tuned top "
+                            f"layers (the job's top_layers: they must all be in the last stage)")
+        for name in ("samples", "epochs", "top_layers"):
             if getattr(made, name) != getattr(job, name):
                 estimates.append(f"{name} {getattr(made, name)} (the job: {getattr(job, name)})")
         return unusable, estimates

@@ -173,7 +173,7 @@ def _phase2_busy(cost: CostModel, devices: Sequence[int], shares: Sequence[int])
     for device, share in zip(devices, shares, strict=True):
         if share:
             profile = cost.home.devices[device]
-            out[device] = share * slow[device] * (profile.side_sample_s
+            out[device] = share * slow[device] * (cost.phase2_sample_s(device)
                                                   + per_sample_read / profile.cache_read_bytes_per_s)
     return out
 

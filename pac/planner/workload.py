@@ -26,6 +26,7 @@ class TrainingJob:
     gradient_bytes_per_param: int = 4  # what AllReduce sums (fp32 gradients)
     cache_copies: int = 1  # phase 2: each device's cached states, and copies of other devices' (cache.replicas)
     seq_len: int | None = None  # tokens per sample; a plan records its profile's (its times were costed at it)
+    top_layers: int = 0  # the backbone's last n layers tuned too: all in the last stage, run in phase 2 as well
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -40,6 +41,8 @@ class TrainingJob:
                                    f"batch_size={self.batch_size} (micro-batches are equal)")
         if self.weight_bits not in WEIGHT_BYTES:
             raise ProfileError(f"job.weight_bits must be one of {sorted(WEIGHT_BYTES)}, got {self.weight_bits}")
+        if self.top_layers < 0:
+            raise ProfileError(f"job.top_layers must be >= 0, got {self.top_layers}")
         for key in ("wire_bytes", "cache_bytes", "side_state_bytes_per_param", "gradient_bytes_per_param",
                     "cache_copies"):
             if getattr(self, key) < 1:

@@ -44,6 +44,13 @@ class TechniqueConfig:
         if self.top_tuning not in TOP_TUNINGS:
             raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {self.top_tuning!r}")
 
+    @property
+    def top(self):
+        """The tuned top layers' choices (pac.techniques.top.TopConfig)."""
+        from pac.techniques.top import TopConfig
+
+        return TopConfig(self.top_layers, self.top_tuning, self.top_targets, self.lora_rank, self.lora_alpha)
+
 
 def model_masks(batch: dict[str, torch.Tensor], family: str) -> list[torch.Tensor]:
     if family == "encoder-decoder":
@@ -209,12 +216,7 @@ def build_model(backbone, technique: TechniqueConfig, head_config: HeadConfig) -
         side = init_by_pruning(SideNetwork(spec).to(backbone.device), backbone)
         if not spec.has_blocks:
             side.requires_grad_(False)  # nothing reads it: its entry and Up projections stay as they are
-        top = None
-        if technique.top_layers:
-            from pac.techniques.top import TopLayers
-
-            top = TopLayers(backbone, technique.top_layers, technique.top_tuning, technique.lora_rank,
-                            technique.lora_alpha, technique.top_targets)
+        top = technique.top.build(backbone)
         return ParallelAdaptersModel(backbone, side, head.to(backbone.device), top)
     if technique.name == "probe":
         if head_config.task == "lm":

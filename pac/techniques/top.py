@@ -16,13 +16,82 @@ runs them (pac.pipeline.backbone_stage), so every family keeps its masks, rotary
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pac.errors import ConfigError
+from pac.formats import TOP_TARGETS, TOP_TUNINGS
 
-TOP_TUNINGS = ("lora", "full")
-TOP_TARGETS = ("all", "attention")  # LoRA on every linear layer of the tuned layers, or on q and v only
+
+@dataclass(frozen=True)
+class TopConfig:
+    """How the backbone's last layers are tuned beside the side network (what a stage device or a phase-2
+    member is told; pac.techniques.build.TechniqueConfig holds the same choices for one device)."""
+
+    count: int = 0  # the last stack's last n layers; 0: none
+    tuning: str = "lora"  # lora | full
+    targets: str = "all"  # LoRA on: all (every linear layer) | attention (q and v)
+    rank: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA alpha
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ConfigError(f"top_layers must be >= 0, got {self.count}")
+        if self.tuning not in TOP_TUNINGS:
+            raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {self.tuning!r}")
+        if self.targets not in TOP_TARGETS:
+            raise ConfigError(f"top_targets must be one of {', '.join(TOP_TARGETS)}, got {self.targets!r}")
+        if self.rank < 1 or self.alpha < 1:
+            raise ConfigError(f"the top layers' LoRA rank and alpha must be >= 1, got {self.rank}, {self.alpha}")
+
+    def build(self, backbone) -> TopLayers | None:
+        """The tuned layers in `backbone` (LoRA injected into its own modules), or None for count 0."""
+        if not self.count:
+            return None
+        return TopLayers(backbone, self.count, self.tuning, self.rank, self.alpha, self.targets)
+
+
+TOP_PREFIX = "top.layers."  # the trained tensors' names in a job's state: as ParallelAdaptersModel names them
+
+
+def trained_top_tensors(top: TopLayers | None) -> dict[str, torch.Tensor]:
+    """The tuned layers' trained tensors as a job's state names them ("top.layers.<i>...")."""
+    if top is None:
+        return {}
+    return {TOP_PREFIX + k: v for k, v in top.trained_state().items()}
+
+
+def state_from_adapter(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved adapter's tensors as a job's state names them: its "top.<i>..." as "top.layers.<i>..."."""
+    return {(TOP_PREFIX + k[4:] if k.startswith("top.") and not k.startswith(TOP_PREFIX) else k): v
+            for k, v in tensors.items()}
+
+
+TRAINED_PREFIXES = ("side.", "head.", TOP_PREFIX)  # what a job's state holds of the model (besides "opt.*")
+
+
+def trained_tensors(model) -> dict[str, torch.Tensor]:
+    """A ParallelAdaptersModel's trained tensors as a job's state names them."""
+    return ({f"side.{k}": v for k, v in model.side.state_dict().items()}
+            | {f"head.{k}": v for k, v in model.head.state_dict().items()} | trained_top_tensors(model.top))
+
+
+def load_trained(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a job's state (side network, head, tuned top layers) into a ParallelAdaptersModel."""
+    model.load_state_dict({k: v for k, v in state.items() if k.startswith(TRAINED_PREFIXES)}, strict=False)
+
+
+def load_top_tensors(top: TopLayers | None, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load the trained tensors of `state` ("top.layers.*") into `top`; every one must be there."""
+    if top is None:
+        return
+    tensors = {k[len(TOP_PREFIX):]: v for k, v in state.items() if k.startswith(TOP_PREFIX)}
+    missing = sorted(set(top.trained_state()) - set(tensors))
+    if missing:
+        raise ConfigError(f"{where}: the tuned top layers' state lacks {len(missing)} tensors, e.g. {missing[0]}")
+    top.layers.load_state_dict(tensors, strict=False)
 
 
 def check_top(backbone, top_layers: int) -> None:
@@ -100,6 +169,14 @@ class TopLayers(nn.Module):
         sizes = tuple(len(stack) for stack in backbone.stacks)
         return BackboneStage(backbone, LayerSlice(first, sum(sizes), sizes), release=release,
                              lm_head=False)
+
+    def train(self, mode: bool = True) -> TopLayers:
+        """The tuned layers run without dropout, in training too: what they compute is then a function of
+        their input and weights alone, so a pipeline stage, a phase-2 member and one process compute the
+        same step, and a resumed job the same adapter (no random stream to carry across devices)."""
+        super().train(mode)
+        self.layers.eval()
+        return self
 
     def release(self, backbone) -> None:
         """Drop every weight but the tuned layers (and the final norm): epochs from the cache."""

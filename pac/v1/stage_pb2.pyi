@@ -77,7 +77,7 @@ class BlockStyle(_message.Message):
     def __init__(self, norm: _Optional[str] = ..., norm_eps: _Optional[float] = ..., activation: _Optional[str] = ..., gated_mlp: _Optional[bool] = ..., pre_norm: _Optional[bool] = ..., causal: _Optional[bool] = ..., rope_theta: _Optional[float] = ..., num_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ...) -> None: ...
 
 class SideSpec(_message.Message):
-    __slots__ = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "style", "stack_sizes", "taps")
+    __slots__ = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "style", "stack_sizes", "taps", "top_layers")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class SideSpec(_message.Message):
     STYLE_FIELD_NUMBER: _ClassVar[int]
     STACK_SIZES_FIELD_NUMBER: _ClassVar[int]
     TAPS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LAYERS_FIELD_NUMBER: _ClassVar[int]
     family: str
     hidden_size: int
     width: int
@@ -98,7 +99,22 @@ class SideSpec(_message.Message):
     style: BlockStyle
     stack_sizes: _containers.RepeatedScalarFieldContainer[int]
     taps: _containers.RepeatedCompositeFieldContainer[LayerList]
-    def __init__(self, family: _Optional[str] = ..., hidden_size: _Optional[int] = ..., width: _Optional[int] = ..., heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., mlp_inner: _Optional[int] = ..., bias: _Optional[bool] = ..., style: _Optional[_Union[BlockStyle, _Mapping]] = ..., stack_sizes: _Optional[_Iterable[int]] = ..., taps: _Optional[_Iterable[_Union[LayerList, _Mapping]]] = ...) -> None: ...
+    top_layers: int
+    def __init__(self, family: _Optional[str] = ..., hidden_size: _Optional[int] = ..., width: _Optional[int] = ..., heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., mlp_inner: _Optional[int] = ..., bias: _Optional[bool] = ..., style: _Optional[_Union[BlockStyle, _Mapping]] = ..., stack_sizes: _Optional[_Iterable[int]] = ..., taps: _Optional[_Iterable[_Union[LayerList, _Mapping]]] = ..., top_layers: _Optional[int] = ...) -> None: ...
+
+class TopLayers(_message.Message):
+    __slots__ = ("count", "tuning", "targets", "rank", "alpha")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TUNING_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    tuning: str
+    targets: str
+    rank: int
+    alpha: int
+    def __init__(self, count: _Optional[int] = ..., tuning: _Optional[str] = ..., targets: _Optional[str] = ..., rank: _Optional[int] = ..., alpha: _Optional[int] = ...) -> None: ...
 
 class StageReplicas(_message.Message):
     __slots__ = ("shares", "addresses")
@@ -135,7 +151,7 @@ class JobBasics(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., total_steps: _Optional[int] = ..., pad_id: _Optional[int] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision", "steps_done")
+    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision", "steps_done", "top")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +162,7 @@ class StageSpec(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
     job: JobBasics
     stage: int
     replica: int
@@ -156,10 +173,11 @@ class StageSpec(_message.Message):
     codec: str
     cache_precision: str
     steps_done: int
-    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ...) -> None: ...
+    top: TopLayers
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ..., top: _Optional[_Union[TopLayers, _Mapping]] = ...) -> None: ...
 
 class Phase2Spec(_message.Message):
-    __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision", "holds_only")
+    __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision", "holds_only", "top")
     JOB_FIELD_NUMBER: _ClassVar[int]
     SIDE_SPEC_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +188,7 @@ class Phase2Spec(_message.Message):
     LM_HEAD_SCALE_FIELD_NUMBER: _ClassVar[int]
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     HOLDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
     job: JobBasics
     side_spec: SideSpec
     steps_done: int
@@ -180,7 +199,8 @@ class Phase2Spec(_message.Message):
     lm_head_scale: float
     cache_precision: str
     holds_only: bool
-    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ..., holds_only: _Optional[bool] = ...) -> None: ...
+    top: TopLayers
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., side_spec: _Optional[_Union[SideSpec, _Mapping]] = ..., steps_done: _Optional[int] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., lm_head_scale: _Optional[float] = ..., cache_precision: _Optional[str] = ..., holds_only: _Optional[bool] = ..., top: _Optional[_Union[TopLayers, _Mapping]] = ...) -> None: ...
 
 class LoadStageChunk(_message.Message):
     __slots__ = ("spec", "tensors")

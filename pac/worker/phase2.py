@@ -7,6 +7,7 @@ summing gradients over all devices each step.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,11 +17,13 @@ import torch
 from pac.cache import ActivationCache, CacheKey
 from pac.collective import RingGroup
 from pac.data.batching import Encoded, collate
+from pac.errors import ConfigError
 from pac.heads import Head
 from pac.models.backbone import FrozenLMHead
 from pac.pipeline.split import loss_count
 from pac.side.network import SideNetwork
 from pac.techniques.build import ParallelAdaptersModel, trainable_parameters
+from pac.techniques.top import load_top_tensors, trained_top_tensors
 from pac.train.cached import CachedStates
 from pac.train.loop import apply_side_options, make_optimizer
 from pac.worker.errors import JobError
@@ -36,7 +39,7 @@ class Phase2Member:
                  transport: Transport) -> None:
         self.spec, self.transport = spec, transport
         side, head_config = spec.side_spec, spec.head
-        key = CacheKey(spec.fingerprint, side.needed_taps(), spec.quantization, spec.tokenizer_fingerprint)
+        key = CacheKey(spec.fingerprint, side.cached_taps(), spec.quantization, spec.tokenizer_fingerprint)
         self.cache = ActivationCache(cache_root, key, spec.cache_precision, keep=spec.cache_keep)
         self.items: dict[str, Encoded] = {}
         self.steps_done = spec.steps_done
@@ -56,6 +59,13 @@ class Phase2Member:
         trained_missing = [k for k in missing if k.startswith(("side.", "head."))]
         if trained_missing:
             raise JobError(f"phase 2 was not sent {len(trained_missing)} trained tensors, e.g. {trained_missing[:3]}")
+        if side.top_layers != spec.top.count:
+            raise JobError(f"the side network is shaped for {side.top_layers} tuned top layers, phase 2 was asked "
+                           f"to tune {spec.top.count}")
+        if spec.top.count:
+            self._load_top(tensors)
+        if not side.has_blocks:
+            self.model.side.requires_grad_(False)  # no side network (`side_layers = []`): nothing reads it
         self.config = spec.train
         apply_side_options(self.model.side, self.config)
         torch.manual_seed(self.config.seed)
@@ -63,6 +73,23 @@ class Phase2Member:
         load_optimizer_tensors(self.model, self.optimizer, tensors)
         advance_schedule(self.scheduler, spec.steps_done)
         self.states = CachedStates(self.cache, load_backbone=self._load_backbone)
+
+    def _load_top(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The tuned top layers from this device's model store, with the job's trained tensors; every other
+        weight of the backbone is dropped again (an epoch from the cache runs only these layers)."""
+        backbone, fingerprint = load_model(self.spec.model, self.spec.quantization, self.spec.seed)
+        if fingerprint != self.spec.fingerprint:
+            raise JobError(f"this device's {self.spec.model} has other weights (fingerprint {fingerprint[:12]}, "
+                           f"the job's {self.spec.fingerprint[:12]}): every device must have the same model")
+        self.model.backbone = backbone
+        self.model.top = self.spec.top.build(backbone)
+        self.model.top.to(next(self.model.side.parameters()).device)
+        try:
+            load_top_tensors(self.model.top, tensors, "phase 2")
+        except ConfigError as error:
+            raise JobError(str(error)) from None
+        self.model.release_backbone()
+        gc.collect()
 
     def _load_backbone(self):
         backbone, _ = load_model(self.spec.model, self.spec.quantization, self.spec.seed)
@@ -123,6 +150,7 @@ class Phase2Member:
         if self.model is None:
             raise JobError("this device only holds cached states for phase 2; it trains nothing")
         tensors = {k: v for k, v in self.model.state_dict().items() if k.startswith(("side.", "head."))}
+        tensors |= trained_top_tensors(self.model.top)
         if optimizer:
             tensors.update(optimizer_tensors(self.model, self.optimizer))
         return tensors, self.steps_done

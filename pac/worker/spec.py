@@ -17,6 +17,7 @@ from pac.models.backbone import load_backbone
 from pac.pipeline.layers import LayerSlice
 from pac.quant import quantize_backbone
 from pac.side.network import SideConfig, SideSpec
+from pac.techniques.top import TopConfig
 from pac.train.loop import TrainConfig
 
 FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with the head's input
@@ -55,6 +56,11 @@ class StageSpec:
     timeout_s: float = 120.0
     cache_directory: str | None = None  # None: the daemon's state directory
     steps_done: int = 0  # optimiser steps the state sent has taken (a resumed job); its optimiser state comes too
+    top: TopConfig = TopConfig()  # the backbone's last layers tuned too (all in the last stage); count 0: none
+
+    def __post_init__(self) -> None:
+        if self.side.top_layers != self.top.count:
+            raise ValueError(f"side.top_layers {self.side.top_layers} and top.count {self.top.count} differ")
 
     @property
     def num_stages(self) -> int:
@@ -77,13 +83,19 @@ class MicroIn:
 
 
 def stage_taps(spec: SideSpec, layers: LayerSlice) -> list[tuple[int, int]]:
-    """The (stack, i) hidden states this stage computes that the side network reads, in record order."""
-    needed = spec.needed_taps()
+    """The (stack, i) hidden states this stage computes that a cache record keeps (the side network's
+    taps, and with tuned top layers their input instead of the states above it), in record order."""
+    needed = spec.cached_taps()
     taps = []
     for segment in layers.segments():
         computed = ([0] if segment.starts_stack else []) + list(range(segment.first + 1, segment.end + 1))
         taps += [(segment.stack, i) for i in computed if i in needed[segment.stack]]
     return taps
+
+
+def shard_ends_with_final(spec: SideSpec, last: bool) -> bool:
+    """Whether a stage's shard records end with a final state (SideSpec.record_final): the last stage's."""
+    return last and spec.record_final() is not None
 
 
 def shard_key(fingerprint: str, taps: list[tuple[int, int]], stacks: int, last: bool, quantization: str,
@@ -116,6 +128,7 @@ class Phase2Spec:
     timeout_s: float = 120.0
     cache_directory: str | None = None
     holds_only: bool = False  # not a member: serves the whole records of its kept cache, trains nothing
+    top: TopConfig = TopConfig()  # the backbone's last layers tuned too: the member loads them (count 0: none)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pac.pipeline.drive import Piece, ReplicaDrive
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
 from pac.worker.errors import JobError
-from pac.worker.spec import MicroIn, StageSpec, load_model, shard_key, stage_taps
+from pac.worker.spec import MicroIn, StageSpec, load_model, shard_ends_with_final, shard_key, stage_taps
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
 FORWARD_KINDS = {"hidden": "hidden", "encoder_hidden": "encoder_hidden", "side": "side",
@@ -101,13 +101,15 @@ class StageReplica:
                            f"{'ends' if self.layers.is_last else 'does not end'} the model, but it is stage "
                            f"{spec.stage} of {spec.num_stages}")
         self.taps = stage_taps(self.side_spec, self.layers)
+        self.final_stack = self.side_spec.record_final() if shard_ends_with_final(self.side_spec, spec.is_last) \
+            else None  # the stack whose final state ends this shard's records (the last stage's)
         self.shard: ActivationCache | None = None
         if spec.cache_precision:
-            key = shard_key(self.fingerprint, self.taps, len(self.side_spec.stack_sizes), spec.is_last,
-                            spec.quantization, backbone.tokenizer.fingerprint())
+            key = shard_key(self.fingerprint, self.taps, len(self.side_spec.stack_sizes),
+                            self.final_stack is not None, spec.quantization, backbone.tokenizer.fingerprint())
             self.shard = ActivationCache(cache_root / "shards", key, spec.cache_precision, keep=spec.cache_keep)
         self.worker = build_stage(backbone, self.layers, spec.side, spec.head, state=state or None,
-                                  on_states=self._on_states)
+                                  on_states=self._on_states, top=spec.top)
         del backbone
         gc.collect()
         self.worker.start(spec.train, spec.total_steps)
@@ -131,7 +133,7 @@ class StageReplica:
         from pac.pipeline.backbone_stage import held_bytes
 
         return held_bytes(self.worker.backbone.backbone) + sum(
-            t.numel() * t.element_size() for t in self.worker.module.state_dict().values())
+            t.numel() * t.element_size() for t in self.worker.module.trained_state().values())
 
     # ---- the activation cache shard ----------------------------------------------------------------
     def _on_states(self, micro: int, batch, states) -> None:
@@ -146,8 +148,10 @@ class StageReplica:
                 continue
             lengths = info.lengths[row]
             tensors = [states.taps[(s, i)][row, : lengths[s]] for s, i in self.taps]
-            if self.spec.is_last:
-                tensors.append(states.final[row, : lengths[-1]])
+            if self.final_stack is not None:  # the head's input, or (tuned top layers) the encoder's output
+                last = self.final_stack == len(self.side_spec.stack_sizes) - 1
+                final = states.final if last else states.encoder_final
+                tensors.append(final[row, : lengths[self.final_stack]].detach())
             self.shard.put(key, tensors)
             self.records_written += 1
 
@@ -196,7 +200,7 @@ class StageReplica:
 
     def state(self, optimizer: bool) -> tuple[dict[str, torch.Tensor], int]:
         """The trained tensors (and the optimiser's), and the optimiser steps they have taken."""
-        tensors = dict(self.worker.module.state_dict())
+        tensors = self.worker.module.trained_state()
         if optimizer:
             tensors.update(optimizer_tensors(self.worker.module, self.worker.optimizer))
         return tensors, self.steps_done

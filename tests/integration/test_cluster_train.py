@@ -21,6 +21,7 @@ from pac.cluster.controller import RunOptions, run_training
 from pac.cluster.measure import fixed_plan
 from pac.jobfile import parse_job
 from pac.planner.workload import TrainingJob
+from pac.techniques.top import state_from_adapter, trained_tensors
 from pac.train.loop import TrainConfig, batches, train
 from tests.tolerance import ADAM_ROUNDING_SHARE, adam_movement_bound, assert_trained_close
 
@@ -71,13 +72,13 @@ def single_process(job, metrics_order) -> tuple[dict, list[float]]:
                          max_grad_norm=training.max_grad_norm)
     result = train(prepared.model, prepared.train_items, prepared.task, prepared.pad_id, config,
                    batch_order=metrics_order(prepared))
-    state = {k: v for k, v in prepared.model.state_dict().items() if k.startswith(("side.", "head."))}
-    return state, result.losses
+    return trained_tensors(prepared.model), result.losses
 
 
 def assert_same(expected: dict, path: Path, steps: int, share: float = ADAM_ROUNDING_SHARE) -> None:
     """The adapter at `path` is `expected` up to rounding after `steps` AdamW steps (tests/tolerance.py)."""
-    assert_trained_close(load_file(str(path)), expected, adam_movement_bound(LEARNING_RATE, steps), share)
+    assert_trained_close(state_from_adapter(load_file(str(path))), expected, adam_movement_bound(LEARNING_RATE, steps),
+                         share)
 
 
 def run_and_compare(tmp_path, four, model, task, layout, micro_batches, phase2, count=14, epochs=2,
@@ -138,6 +139,18 @@ def test_two_stages_two_replicas_equal_single_process(tmp_path, four, model, tas
 ])
 def test_families_both_phases(tmp_path, four, model, task, layout, phase2):
     run_and_compare(tmp_path, four, model, task, layout, 3, phase2, count=10, batch_size=5)
+
+
+@pytest.mark.parametrize("model,task,side_layers", [("tiny-bert", "classification", None), ("tiny-llama", "lm", [])])
+def test_tuned_top_layers_both_phases_equal_single_process(tmp_path, four, model, task, side_layers):
+    """`training.top_layers = 1`: the last stage's replicas train the tuned layer (LoRA) in phase 1, every
+    phase-2 member loads it and trains it from the cached input of the layer below; with `side_layers = []`
+    no side network runs at all. The same adapter as one process."""
+    training = {"top_layers": 1} | ({"side_layers": side_layers} if side_layers is not None else {})
+    metrics, out = run_and_compare(tmp_path, four, model, task, [(0, 2, [0, 1], [1, 1]), (2, 3, [2, 3], [2, 1])],
+                                   2, {0: 1, 1: 2, 2: 2, 3: 1}, **training)
+    tuned = [k for k in load_file(str(out / "adapter.safetensors")) if k.startswith("top.") and "lora_B" in k]
+    assert tuned and metrics["phase2"]["moved_bytes"] > 0
 
 
 def test_one_stage_steps_inside_run_step_and_equals_single_process(tmp_path, four):

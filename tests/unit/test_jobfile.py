@@ -116,7 +116,7 @@ def test_unknown_keys_are_named_with_a_suggestion(home, mapping, message):
     ("training", "epochs", 2.0, "training.epochs must be an integer >= 1, got 2.0"),
     ("training", "learning_rate", "1e-3", 'training.learning_rate must be a number > 0, got "1e-3"'),
     ("training", "learning_rate", False, "training.learning_rate must be a number > 0, got false"),
-    ("training", "side_layers", [0, True], "training.side_layers must be a non-empty list"),
+    ("training", "side_layers", [0, True], "training.side_layers must be a list of layer indices"),
     ("cache", "keep", 1, "cache.keep must be true or false, got 1"),
     ("devices", "addresses", "10.0.0.2", 'devices.addresses must be a list of non-empty strings, got "10.0.0.2"'),
     ("model", "quantization", 8, "model.quantization must be a non-empty string, got 8"),

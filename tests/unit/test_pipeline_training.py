@@ -18,6 +18,7 @@ from pac.pipeline.layers import even_slices
 from pac.pipeline.transport import LocalGroup, run_members
 from pac.side.network import SideConfig
 from pac.techniques.build import TechniqueConfig, build_model
+from pac.techniques.top import TopConfig, trained_tensors
 from pac.train.loop import TrainConfig, train
 from tests.tolerance import adam_movement_bound, assert_trained_close
 
@@ -32,19 +33,20 @@ def training_items(backbone, task, count):
 
 
 def trained(model) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("side.", "head."))}
+    return trained_tensors(model)
 
 
 def compare(name, task, stages, shares, config, count, micro_batches=2, side_layers=None, moved_within=None,
-            loss_rtol=1e-5):
+            loss_rtol=1e-5, top=0):
     backbone = load_backbone(name)
     items = training_items(backbone, task, count)
-    model = build_model(backbone, TechniqueConfig("parallel", side_layers=side_layers), HeadConfig(task))
+    model = build_model(backbone, TechniqueConfig("parallel", side_layers=side_layers, top_layers=top),
+                        HeadConfig(task))
     initial = copy.deepcopy(trained(model))
     expected_losses = train(model, items, task, 0, config).losses
     slices = even_slices(tuple(len(s) for s in backbone.stacks), stages)
-    side = SideConfig(layers=side_layers)
-    workers = [[build_stage(load_backbone(name), piece, side, HeadConfig(task), state=initial)
+    side = SideConfig(layers=side_layers, top_layers=top)
+    workers = [[build_stage(load_backbone(name), piece, side, HeadConfig(task), state=initial, top=TopConfig(top))
                 for _ in stage_shares] for piece, stage_shares in zip(slices, shares, strict=True)]
     pipeline = InProcessPipeline(workers, PipelineConfig(micro_batches, shares, 0, task))
     losses = train_pipeline(pipeline, items, config)
@@ -56,7 +58,7 @@ def compare(name, task, stages, shares, config, count, micro_batches=2, side_lay
     movement = adam_movement_bound(config.learning_rate, steps)
     for stage in workers:
         for worker in stage:
-            held = worker.module.state_dict()
+            held = worker.module.trained_state()
             if moved_within is None:
                 assert_trained_close(held, {key: expected[key] for key in held}, movement)
             else:  # the difference is a small fraction of how far training moved the tensor
@@ -90,6 +92,21 @@ def test_three_stages_one_replica(name, task):
 
 def test_stage_without_side_blocks_passes_the_side_state_through():
     compare("tiny-llama", "lm", 3, ((1,), (1, 1), (1,)), ONE_STEP, count=6, side_layers=(0, 2))
+
+
+@pytest.mark.parametrize("name,task,side_layers", [("tiny-bert", "classification", None), ("tiny-llama", "lm", ()),
+                                                   ("tiny-t5", "classification", None)])
+def test_tuned_top_layers_train_in_the_last_stage_as_in_one_process(name, task, side_layers):
+    """The last stage trains the tuned top layers (LoRA) beside its side blocks; with no side network
+    (side_layers = []) the first stage only runs the frozen backbone forward."""
+    compare(name, task, 2, ((1, 1), (1, 2)), SMALL_EPOCH, count=10, side_layers=side_layers, top=1)
+
+
+def test_a_stage_cutting_the_tuned_top_layers_is_refused():
+    backbone = load_backbone("tiny-llama")
+    first, last = even_slices(tuple(len(s) for s in backbone.stacks), 2)
+    with pytest.raises(PipelineError, match="cuts the tuned top layers"):
+        build_stage(backbone, first, SideConfig(top_layers=2), HeadConfig("lm"), top=TopConfig(2))
 
 
 def test_uneven_replicas_and_shares_reroute_rows():

@@ -11,6 +11,7 @@ from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.side.network import SideConfig, SideSpec
 from pac.side.weights import BlockStyle
+from pac.techniques.top import TopConfig
 from pac.train.loop import TrainConfig
 from pac.v1 import stage_pb2
 from pac.worker.device_job import DeviceJob
@@ -21,7 +22,8 @@ _TRAIN_FIELDS = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmu
                  "max_grad_norm", "activation_checkpointing", "side_precision")
 _STYLE_FIELDS = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "causal", "num_heads", "num_kv_heads",
                  "head_dim")
-_SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias")
+_SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "top_layers")
+_TOP_FIELDS = ("count", "tuning", "targets", "rank", "alpha")
 _BASIC_FIELDS = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "cache_keep", "timeout_s")
 _STAGE_FIELDS = ("stage", "replica", "codec", "steps_done")  # carried as they are
 _PHASE2_FIELDS = ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision", "holds_only")
@@ -47,6 +49,16 @@ def side_config_to_proto(config: SideConfig) -> stage_pb2.SideConfig:
 def side_config_from_proto(message: stage_pb2.SideConfig) -> SideConfig:
     layers = tuple(message.layers.indices) if message.HasField("layers") else None
     return _checked(SideConfig, "side", reduction_factor=message.reduction_factor, layers=layers)
+
+
+def top_to_proto(config: TopConfig) -> stage_pb2.TopLayers | None:
+    return stage_pb2.TopLayers(**{name: getattr(config, name) for name in _TOP_FIELDS}) if config.count else None
+
+
+def top_from_proto(message: stage_pb2.StageSpec | stage_pb2.Phase2Spec) -> TopConfig:
+    if not message.HasField("top"):
+        return TopConfig()
+    return _checked(TopConfig, "top", **{name: getattr(message.top, name) for name in _TOP_FIELDS})
 
 
 def head_to_proto(config: HeadConfig) -> stage_pb2.HeadConfig:
@@ -98,7 +110,7 @@ def basics_from_proto(message: stage_pb2.JobBasics) -> dict:
 def stage_spec_to_proto(spec: StageSpec) -> stage_pb2.StageSpec:
     return stage_pb2.StageSpec(
         job=basics_to_proto(spec), **{name: getattr(spec, name) for name in _STAGE_FIELDS}, first_layer=spec.first,
-        end_layer=spec.end, side=side_config_to_proto(spec.side),
+        end_layer=spec.end, side=side_config_to_proto(spec.side), top=top_to_proto(spec.top),
         stages=[stage_pb2.StageReplicas(shares=list(shares), addresses=list(addresses))
                 for shares, addresses in zip(spec.shares, spec.addresses, strict=True)],
         cache_precision=spec.cache_precision or "")
@@ -117,16 +129,21 @@ def stage_spec_from_proto(message: stage_pb2.StageSpec) -> StageSpec:
                           f"{len(stages[message.stage].addresses)} replicas")
     if message.first_layer >= message.end_layer:
         raise ConfigError(f"stage spec: layers [{message.first_layer}, {message.end_layer}) are empty")
+    top = top_from_proto(message)
+    side = side_config_from_proto(message.side)
     return StageSpec(
         **basics_from_proto(message.job), **{name: getattr(message, name) for name in _STAGE_FIELDS},
-        first=message.first_layer, end=message.end_layer, side=side_config_from_proto(message.side),
+        first=message.first_layer, end=message.end_layer, top=top,
+        side=_checked(SideConfig, "side", reduction_factor=side.reduction_factor, layers=side.layers,
+                      top_layers=top.count),
         shares=[list(g.shares) for g in stages], addresses=[list(g.addresses) for g in stages],
         cache_precision=message.cache_precision or None)
 
 
 def phase2_spec_to_proto(spec: Phase2Spec) -> stage_pb2.Phase2Spec:
     message = stage_pb2.Phase2Spec(job=basics_to_proto(spec), **{name: getattr(spec, name) for name in _PHASE2_FIELDS},
-                                   side_spec=side_spec_to_proto(spec.side_spec), members=list(spec.members))
+                                   side_spec=side_spec_to_proto(spec.side_spec), members=list(spec.members),
+                                   top=top_to_proto(spec.top))
     if spec.lm_head_scale is not None:
         message.lm_head_scale = spec.lm_head_scale
     return message
@@ -137,7 +154,7 @@ def phase2_spec_from_proto(message: stage_pb2.Phase2Spec) -> Phase2Spec:
         raise ConfigError(f"phase-2 spec: rank {message.rank} of {len(message.members)} members")
     return Phase2Spec(
         **basics_from_proto(message.job), **{name: getattr(message, name) for name in _PHASE2_FIELDS},
-        side_spec=side_spec_from_proto(message.side_spec), members=list(message.members),
+        side_spec=side_spec_from_proto(message.side_spec), members=list(message.members), top=top_from_proto(message),
         lm_head_scale=message.lm_head_scale if message.HasField("lm_head_scale") else None)
 
 
