@@ -13,3 +13,12 @@ SIDE_PRECISIONS = ("fp32", "bf16")  # of the side network's arithmetic (pac.trai
 # The backbone's last layers tuned beside the side network (pac.techniques.top): how, and on which layers.
 TOP_TUNINGS = ("lora", "full")  # LoRA factors, or every weight of the tuned layers
 TOP_TARGETS = ("all", "attention")  # LoRA on every linear layer of the tuned layers, or on q and v only
+# What `pacctl finetune` and `pacctl train` do unless told otherwise (docs/accuracy.md): tune the backbone's
+# last 3 layers (LoRA on every linear layer) with no side network, from the activation cache after epoch 1;
+# a quantised backbone (its layers cannot train) keeps the side network alone. A model whose last stack has
+# fewer layers tunes all of them.
+DEFAULT_TOP_LAYERS = 3
+
+
+def default_top_layers(quantization: str) -> int:
+    return DEFAULT_TOP_LAYERS if quantization == "none" else 0

@@ -102,7 +102,7 @@ class Phase1:
             state = trained_tensors(p.model)
         data = pack(state)
         train = job.train_config()
-        top = training.technique_config().top
+        top = p.technique.top
         side = SideConfig(training.reduction_factor,
                           tuple(training.side_layers) if training.side_layers is not None else None, top.count)
         calls = []

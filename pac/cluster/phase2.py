@@ -101,7 +101,7 @@ class Phase2:
             tokenizer_fingerprint=p.backbone.tokenizer.fingerprint(), pad_id=p.pad_id,
             cache_precision=job.cache.precision, cache_keep=job.cache.keep, timeout_s=self.ctx.options.step_timeout_s,
             cache_directory=str(job.cache.directory) if job.cache.directory else None,
-            top=job.training.technique_config().top)
+            top=p.technique.top)
         tensors = dict(state)
         if p.task == "lm":
             head = p.backbone.lm_head()

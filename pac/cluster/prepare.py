@@ -14,6 +14,7 @@ from pac.data.prepare import encode_job_data, encode_validation, read_job_data
 from pac.errors import ConfigError
 from pac.heads import HeadConfig
 from pac.techniques.build import build_model, trainable_parameters
+from pac.techniques.top import fit_top
 from pac.worker.spec import load_model
 
 
@@ -29,6 +30,7 @@ class Prepared:
     keys: list[str]
     pad_id: int
     validation_items: list[Encoded] = field(default_factory=list)  # carved out of the training file
+    technique: Any = None  # TechniqueConfig as built (tuned top layers at most the model's last stack)
 
 
 def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
@@ -46,13 +48,14 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
         raise ConfigError(f"{job.source}: data.train {data.train} holds no examples")
     task, tokenizer = examples.task, backbone.tokenizer
     head = HeadConfig(task=task, num_labels=examples.num_labels)
-    model = build_model(backbone, training.technique_config(), head)
+    technique = fit_top(training.technique_config(), backbone, log_line)
+    model = build_model(backbone, technique, head)
     keys = [sample_key(item.input_ids, item.decoder_ids) for item in train_items]
     log_line(f"{backbone.name}: {task}, {len(train_items)} training / {len(eval_items)} evaluation examples, "
              f"{sum(p.numel() for p in trainable_parameters(model)):,} trainable parameters"
              + (f" ({model.top.count} top layers tuned)" if model.top is not None else ""))
     return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
-                    tokenizer.pad_token_id, validation_items)
+                    tokenizer.pad_token_id, validation_items, technique)
 
 
 def lengths_of(item: Encoded) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pac.data.readers import COLUMN_NAMES, QUOTINGS
 from pac.errors import ConfigError
-from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS, TOP_TARGETS, TOP_TUNINGS
+from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS, TOP_TARGETS, TOP_TUNINGS, default_top_layers
 from pac.jobfile.sections import (
     CACHE_CHOICES,
     CLUSTER_TECHNIQUES,
@@ -90,14 +90,15 @@ def _validation(table: Table) -> float:
     return value
 
 
-def _training(table: Table) -> TrainingSection:
+def _training(table: Table, quantization: str) -> TrainingSection:
     why = " (the only technique trained across devices; use `pacctl finetune` for the others)"
     batch_size = table.integer("batch_size", 16, 1)
     micro_batches = table.integer("micro_batches", None, 1)
     if micro_batches is not None and batch_size % micro_batches:
         raise table.fail("micro_batches", f"must divide training.batch_size ({batch_size}) into equal "
                          "micro-batches", micro_batches)
-    side_layers = None
+    top_layers = table.integer("top_layers", default_top_layers(quantization), 0)
+    side_layers = () if top_layers else None  # default: beside tuned top layers no side network (docs/accuracy.md)
     if table.has("side_layers"):
         side_layers = table.data["side_layers"]
         if not isinstance(side_layers, list) or not all(
@@ -106,7 +107,6 @@ def _training(table: Table) -> TrainingSection:
         if len(set(side_layers)) != len(side_layers):
             raise table.fail("side_layers", "lists a layer twice", side_layers)
         side_layers = tuple(sorted(side_layers))
-    top_layers = table.integer("top_layers", 0, 0)
     if side_layers == () and not top_layers:
         raise table.fail("side_layers", "is empty (no side network) and top_layers is 0: nothing would train but "
                          "the head; set top_layers (the backbone's last layers tuned instead)", [])
@@ -114,7 +114,7 @@ def _training(table: Table) -> TrainingSection:
         technique=table.choice("technique", "parallel", CLUSTER_TECHNIQUES, why), epochs=table.integer("epochs", 3, 1),
         batch_size=batch_size, micro_batches=micro_batches, seq_len=table.integer("seq_len", 128, 4),
         reduction_factor=table.integer("reduction_factor", 8, 1), side_layers=side_layers,
-        learning_rate=table.number("learning_rate", 1e-3, 0.0, low_open=True),
+        learning_rate=table.number("learning_rate", 2e-3 if top_layers else 1e-3, 0.0, low_open=True),
         weight_decay=table.number("weight_decay", 0.0, 0.0),
         warmup_fraction=table.number("warmup_fraction", 0.06, 0.0, 1.0),
         optimizer=table.choice("optimizer", "adamw", OPTIMIZERS), seed=table.integer("seed", 0, 0),
@@ -231,7 +231,7 @@ def parse_job(mapping: dict[str, Any], source: str = "job.toml", base_dir: str |
     tables = {name: Table(source, name, mapping.get(name, {}), section_keys(section))
               for name, section in SECTIONS.items()}
     model = _model(tables["model"], base)
-    training = _training(tables["training"])
+    training = _training(tables["training"], model.quantization)
     data = _data(tables["data"], base)
     if training.top_layers and model.quantization != "none":
         raise tables["training"].fail("top_layers", f"trains the backbone's last layers in float32: set "

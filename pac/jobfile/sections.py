@@ -53,8 +53,8 @@ class TrainingSection:
     micro_batches: int | None = None  # per mini-batch in the pipeline; must divide batch_size; None: planned
     seq_len: int = 128  # tokens per sample (longer samples are cut)
     reduction_factor: int = 8  # k: the side network's widths are the backbone's divided by k
-    side_layers: tuple[int, ...] | None = None  # backbone layers followed by a side block; None: all
-    learning_rate: float = 1e-3
+    side_layers: tuple[int, ...] | None = ()  # backbone layers followed by a side block; None: all; (): none
+    learning_rate: float = 2e-3  # 1e-3 is a job file's default for the side network alone (top_layers = 0)
     weight_decay: float = 0.0
     warmup_fraction: float = 0.06  # of all steps: linear warm-up, then linear decay to zero
     optimizer: str = "adamw"
@@ -64,7 +64,9 @@ class TrainingSection:
     side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
     checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
     patience: int = 0  # with data.validation: stop after N epochs without a better validation score (0: never)
-    top_layers: int = 0  # the backbone's last n layers tuned too (the last stage in phase 1; from the cache after)
+    # The backbone's last n layers tuned too (the last stage in phase 1; from the cache after): 3 with no side
+    # network (pac.formats.DEFAULT_TOP_LAYERS); a job file's default for a quantised backbone is 0, all side layers.
+    top_layers: int = 3
     top_tuning: str = "lora"  # how the top layers are tuned: lora | full
     top_targets: str = "all"  # LoRA of the top layers on: all (every linear layer) | attention (q and v)
 

@@ -110,7 +110,9 @@ class ParallelAdaptersModel(nn.Module):
         if self.top is not None:
             from pac.techniques.top import taps_with_top
 
-            states = self.top.run_from(batch, taps[-1][self.top.first_local], final)
+            dtype = next(self.top.parameters()).dtype  # a 16-bit cache's states widen to the tuned layers' own
+            hidden = taps[-1][self.top.first_local].to(dtype)
+            states = self.top.run_from(batch, hidden, None if final is None else final.to(dtype))
             taps, final = taps_with_top(taps, states, self.top.first_local), states.final
         return self.head(final + self._side(taps, batch), batch)
 

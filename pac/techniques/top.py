@@ -94,6 +94,18 @@ def load_top_tensors(top: TopLayers | None, state: dict[str, torch.Tensor], wher
     top.layers.load_state_dict(tensors, strict=False)
 
 
+def fit_top(technique, backbone, log=print):
+    """`technique` (TechniqueConfig) with at most as many tuned top layers as `backbone`'s last stack has:
+    the product's default of 3 on a smaller model tunes every layer of it."""
+    import dataclasses
+
+    last = len(backbone.stacks[-1])
+    if technique.top_layers <= last:
+        return technique
+    log(f"top_layers {technique.top_layers}: {backbone.name}'s last stack has {last} layers; tuning all {last}")
+    return dataclasses.replace(technique, top_layers=last)
+
+
 def check_top(backbone, top_layers: int) -> None:
     last = len(backbone.stacks[-1])
     if not 0 <= top_layers <= last:

@@ -19,6 +19,7 @@ from pac.heads import HeadConfig
 from pac.models.backbone import load_backbone
 from pac.quant import QUANTIZATIONS, quantize_backbone
 from pac.techniques.build import ParallelAdaptersModel, TechniqueConfig, build_model, trainable_parameters
+from pac.techniques.top import fit_top
 from pac.train.cached import CachedStates, cache_key_for
 from pac.train.loop import TrainConfig, evaluate, train
 
@@ -85,7 +86,8 @@ def run_finetune(job: FinetuneJob, log=print, on_step=None) -> dict:
     task, tokenizer = data.task, backbone.tokenizer
     train_items, eval_items = encode_job_data(data, tokenizer, backbone.family, job.seq_len)
     validation_items = encode_validation(data, tokenizer, backbone.family, job.seq_len)
-    model = build_model(backbone, job.technique, HeadConfig(task=task, num_labels=data.num_labels))
+    technique = fit_top(job.technique, backbone, log) if job.technique.name == "parallel" else job.technique
+    model = build_model(backbone, technique, HeadConfig(task=task, num_labels=data.num_labels))
     n_trainable = sum(p.numel() for p in trainable_parameters(model))
     log(f"{job.technique.name}: {backbone.name}, {task}, {len(train_items)} train / {len(eval_items)} eval "
         f"examples, {n_trainable:,} trainable parameters")

@@ -20,7 +20,7 @@ discovery_options = [
                  "for networks where multicast does not pass"),
     click.option("--interface", "interfaces", multiple=True, help="address of the interface to browse on"),
     click.option("--timeout", type=float, default=2.0, show_default=True, help="seconds to listen on mDNS"),
-    click.option("--no-mdns", is_flag=True, help="only ask the --peer devices"),
+    click.option("--no-mdns", is_flag=True, help="do not browse mDNS: ask only the --peer devices and the remembered ones"),
     click.option("--insecure", is_flag=True, help="talk plaintext to loopback development daemons"),
 ]
 

@@ -7,7 +7,7 @@ import json
 import click
 
 from pac.errors import PacError
-from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
+from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS, default_top_layers
 
 
 @click.command("finetune")
@@ -31,17 +31,20 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per optimiser step.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sample (longer ones are cut).")
 @click.option("--lr", "learning_rate", type=float, default=None,
-              help="Learning rate [default: 1e-3 parallel, 5e-4 lora/adapters, 3e-5 full].")
+              help="Learning rate [default: 2e-3 parallel with tuned top layers, 1e-3 the side network alone, "
+                   "5e-4 lora/adapters, 3e-5 full].")
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
-@click.option("--top-layers", type=int, default=0, show_default=True,
-              help="Parallel Adapters: also tune the backbone's last N layers, from the activation cache (later "
-                   "epochs run N layers instead of none; 0: the side network alone).")
+@click.option("--top-layers", type=click.IntRange(min=0), default=None,
+              help="Parallel Adapters: tune the backbone's last N layers (from the activation cache after epoch 1, "
+                   "later epochs run N layers instead of all; 0: the side network alone) [default: 3, or every "
+                   "layer of a smaller model; 0 with --quantization].")
 @click.option("--top-tuning", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="How --top-layers are tuned: LoRA factors, or every weight.")
 @click.option("--top-targets", type=click.Choice(["all", "attention"]), default="all", show_default=True,
               help="LoRA of --top-layers on every linear layer, or on the attention's query and value only.")
-@click.option("--no-side-network", "no_side", is_flag=True,
-              help="With --top-layers: no side network, the tuned top layers and the head alone.")
+@click.option("--side-network/--no-side-network", "side_network", default=None,
+              help="Parallel Adapters: train the side network too [default: only without tuned top layers; beside "
+                   "them it adds nothing (docs/accuracy.md)].")
 @click.option("--validation", type=float, default=0, show_default=True,
               help="Hold out this many training examples (or this fraction, below 1) as a validation split, "
                    "scored after every epoch; the model ends with the best epoch's weights.")
@@ -52,8 +55,9 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none",
               show_default=True, help="The frozen backbone in 16 bits (bf16, fp16: weights and forward pass) or "
               "its linear weights in 8 or 4 bits (parallel only).")
-@click.option("--cache", "cache_precision", type=click.Choice(CACHE_PRECISIONS),
-              help="Activation cache precision (parallel only): epochs after the first skip the backbone.")
+@click.option("--cache", "cache_precision", type=click.Choice([*CACHE_PRECISIONS, "none"]), default=None,
+              help="Activation cache precision (parallel only): epochs after the first skip the backbone "
+                   "[default: fp32 for parallel; none: every epoch runs it].")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Where the cache lives [default: $PAC_CACHE_DIR or ~/.cache/pac/activations].")
 @click.option("--keep-cache", is_flag=True, help="Keep the cache after the job, for later jobs on the same data.")
@@ -68,7 +72,7 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS
 @click.option("--out", "output_dir", type=click.Path(file_okay=False),
               help="Write adapter.safetensors (parallel) and metrics.json here.")
 def command(model, train_file, eval_file, quoting, header, technique, task, epochs, batch_size, seq_len, learning_rate,
-            reduction_factor, top_layers, top_tuning, top_targets, no_side, validation, patience, train_limit, eval_limit, quantization,
+            reduction_factor, top_layers, top_tuning, top_targets, side_network, validation, patience, train_limit, eval_limit, quantization,
             cache_precision, cache_dir, keep_cache, seed, checkpointing, side_precision, output_dir) -> None:
     """Fine-tune on this device and report the evaluation metrics."""
     from pac.data.readers import TableFormat
@@ -76,20 +80,28 @@ def command(model, train_file, eval_file, quoting, header, technique, task, epoc
     from pac.train.finetune import FinetuneJob, run_finetune
     from pac.train.loop import TrainConfig
 
-    defaults = {"parallel": 1e-3, "lora": 5e-4, "adapters": 5e-4, "full": 3e-5}
+    parallel = technique == "parallel"
+    if top_layers is None:
+        top_layers = default_top_layers(quantization) if parallel else 0
+    if side_network is None:
+        side_network = not top_layers
+    if cache_precision is None:
+        cache_precision = "fp32" if parallel else "none"
+    defaults = {"parallel": 2e-3 if top_layers else 1e-3, "lora": 5e-4, "adapters": 5e-4, "full": 3e-5}
     try:
         names = tuple(name.strip() for name in header.split(",")) if header else ()
         job = FinetuneJob(
             model=model, train_file=train_file, eval_file=eval_file, task=task,
             technique=TechniqueConfig(technique, reduction_factor=reduction_factor, top_layers=top_layers,
                                       top_tuning=top_tuning, top_targets=top_targets,
-                                      side_layers=() if no_side else None),
+                                      side_layers=None if side_network else ()),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               learning_rate=learning_rate or defaults[technique],
                               activation_checkpointing=checkpointing, side_precision=side_precision,
                               patience=patience),
             seq_len=seq_len, train_limit=train_limit, eval_limit=eval_limit, output_dir=output_dir,
-            quantization=quantization, cache_precision=cache_precision, cache_dir=cache_dir, keep_cache=keep_cache,
+            quantization=quantization, cache_precision=None if cache_precision == "none" else cache_precision,
+            cache_dir=cache_dir, keep_cache=keep_cache,
             table=TableFormat(quoting=quoting, names=names), validation=validation,
         )
         metrics = run_finetune(job, log=lambda line: click.echo(line, err=True))

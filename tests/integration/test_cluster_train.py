@@ -49,7 +49,7 @@ def make_job(tmp_path: Path, model: str, task: str, count: int, epochs: int, bat
         "model": {"name_or_path": model, "quantization": quantization},
         "data": {"train": str(data), "task": task, **evaluation},
         "training": {"epochs": epochs, "batch_size": batch_size, "seq_len": 32, "learning_rate": LEARNING_RATE,
-                     "seed": 3, **training},
+                     "seed": 3, "top_layers": 0, **training},  # the side network's pipeline, unless a test tunes top layers
         "cache": {"precision": precision, "directory": str(tmp_path / "cache")},
         "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
         "output": {"directory": str(tmp_path / "out")},
@@ -244,6 +244,7 @@ task = "classification"
 epochs = {epochs}
 batch_size = 4
 seq_len = 32
+top_layers = 0
 [cache]
 precision = "fp16"
 directory = "{tmp_path / 'cache'}"

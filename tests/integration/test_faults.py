@@ -43,7 +43,7 @@ def job_in(where, replicas: int = 0):
     return parse_job({
         "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(where / "data.jsonl"), "task": "classification"},
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
-                     "checkpoint_steps": 2},
+                     "checkpoint_steps": 2, "top_layers": 0},
         "cache": {"precision": "fp16", "directory": str(where / "cache"), "replicas": replicas},
         "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
         "output": {"directory": str(where / "out")},

@@ -38,7 +38,7 @@ def job_in(where, model="tiny-bert", task="classification", **training):
     return parse_job({
         "model": {"name_or_path": model}, "data": {"train": str(data), "task": task},
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
-                     "checkpoint_steps": 2, **training},
+                     "checkpoint_steps": 2, "top_layers": 0, **training},
         "cache": {"precision": "fp16", "directory": str(where / "cache")},
         "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
         "output": {"directory": str(where / "out")},
@@ -135,7 +135,7 @@ def test_a_killed_controller_resumes_with_pacctl_train_resume(tmp_path, four, un
     (tmp_path / "job.toml").write_text(job_toml({
         "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(tmp_path / "data.jsonl"), "task": "classification"},
         "training": {"epochs": EPOCHS, "batch_size": BATCH, "seq_len": 32, "learning_rate": 1e-2, "seed": 5,
-                     "checkpoint_steps": 2},
+                     "checkpoint_steps": 2, "top_layers": 0},
         "cache": {"precision": "fp16", "directory": str(tmp_path / "cache")},
         "devices": {"mode": "list", "addresses": [d.address for d in four], "insecure": True},
         "output": {"directory": str(tmp_path / "out")}}))
@@ -166,3 +166,25 @@ def test_a_killed_controller_resumes_with_pacctl_train_resume(tmp_path, four, un
     expected, _ = uninterrupted
     got = load_file(str(tmp_path / "out" / "adapter.safetensors"))
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_tuned_top_layers_resume_within_phase_2_to_the_same_adapter(tmp_path, four, monkeypatch):
+    """`training.top_layers = 1`: a job stopped in phase 2 resumes with the tuned layer's LoRA factors and
+    their AdamW state from the checkpoint, to the uninterrupted job's adapter bit for bit."""
+    devices = [Device(d.node_id, d.address, "localhost") for d in four]
+    plan = plan_for("tiny-bert", devices)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_training(job_in(whole, top_layers=1), devices, None, whole / "out", RunOptions(), log_line=lambda line: None,
+                 plan=plan)
+    expected = load_file(str(whole / "out" / "adapter.safetensors"))
+    assert any(k.startswith("top.") and "lora_B" in k for k in expected)
+    job, out = job_in(tmp_path, top_layers=1), tmp_path / "out"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 7)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(job, devices, None, out, RunOptions(), log_line=lambda line: None, plan=plan)
+    run_training(job, devices, None, out, RunOptions(resume=True), log_line=lambda line: None, plan=plan)
+    got = load_file(str(out / "adapter.safetensors"))
+    assert sorted(got) == sorted(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected), [k for k in expected if not torch.equal(got[k], expected[k])]

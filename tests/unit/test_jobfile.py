@@ -349,3 +349,17 @@ def test_every_option_has_help_and_docs_cli_md_is_the_commands_own_help():
     made = subprocess.run([sys.executable, "-m", "pacctl.clidoc"], capture_output=True, text=True, timeout=60,
                           check=True, cwd=ROOT)
     assert (ROOT / "docs" / "cli.md").read_text() == made.stdout, "docs/cli.md is stale: run `make cli-docs`"
+
+
+def test_defaults_tune_the_top_layers_unless_the_backbone_is_quantised(home):
+    job = parse(home, minimal())
+    assert (job.training.top_layers, job.training.side_layers, job.training.learning_rate) == (3, (), 2e-3)
+    assert job.to_training_job(10).top_layers == 3 and job.to_finetune_job().technique.top_layers == 3
+    quantised = parse(home, minimal(model={"name_or_path": "tiny-bert", "quantization": "int8"}))
+    assert (quantised.training.top_layers, quantised.training.side_layers, quantised.training.learning_rate) == \
+        (0, None, 1e-3)
+    side = parse(home, minimal(training={"top_layers": 0}))
+    assert side.training.side_layers is None  # the side network on every layer
+    assert "model.quantization" in error_of(home, minimal(model={"name_or_path": "tiny-bert", "quantization": "bf16"},
+                                                           training={"top_layers": 2}))
+    assert "nothing would train" in error_of(home, minimal(training={"top_layers": 0, "side_layers": []}))

@@ -119,3 +119,14 @@ def test_tuned_top_layers_alone_without_a_side_network(tmp_path):
     states.cache.close()
     with pytest.raises(ConfigError, match="side_layers is empty"):
         build_model(load_backbone("tiny-bert"), TechniqueConfig("parallel", side_layers=()), HeadConfig("classification"))
+
+
+def test_tuned_top_layers_train_from_a_16_bit_cache(tmp_path):
+    """A 16-bit cache hands its states over in their own format; the tuned layers widen them to float32."""
+    backbone, model = build("tiny-bert", "classification")
+    items = items_for(backbone)
+    states = CachedStates(ActivationCache(tmp_path, cache_key_for(backbone, model.side.spec, "none"), "fp16"))
+    result = train(model, items, "classification", 0, TrainConfig(epochs=3, batch_size=4, learning_rate=3e-3),
+                   states=states)
+    assert states.cache_reads > 0 and all(torch.isfinite(torch.tensor(result.losses)))
+    states.cache.close()
