@@ -56,7 +56,8 @@ def job_mapping(args, cluster, out: Path, seed: int, replicas: int = 0) -> dict:
         "data": {"train": str(Path(train).resolve()), "eval": str(Path(evaluation).resolve()),
                  "task": "classification", "train_limit": args.samples, "eval_limit": args.eval_samples},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                     "learning_rate": lr, "seed": seed, "checkpoint_steps": args.checkpoint_steps},
+                     "learning_rate": lr, "seed": seed, "checkpoint_steps": args.checkpoint_steps,
+                     "top_layers": 0},  # the side network, as bench/results/faults-*.json were measured
         "cache": {"precision": "fp16", "directory": str(out / "cache"), "replicas": replicas},
         "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
         "output": {"directory": str(out / "run")},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pac.errors import PacError
@@ -28,6 +28,7 @@ class KnownDevice:
     serial: int = 0  # of the certificate this home issued it at pairing (0: not known)
     paired_unix: float = 0.0
     seen_unix: float = 0.0
+    earlier_serials: list[int] = field(default_factory=list)  # certificates `pacctl renew` replaced (still valid)
 
 
 def _path(home: Path) -> Path:

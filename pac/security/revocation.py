@@ -70,14 +70,16 @@ def load_revocations(home: Path) -> Revocations:
     return found
 
 
-def revoke(home: Path, ca_key, ca_cert: x509.Certificate, node_id: str, serial: int) -> Revocations:
-    """Add `serial` (device `node_id`'s certificate) to the home's list; returns the new list."""
+def revoke(home: Path, ca_key, ca_cert: x509.Certificate, node_id: str, serial: int,
+           earlier: tuple[int, ...] = ()) -> Revocations:
+    """Add `serial` (device `node_id`'s certificate) and the `earlier` certificates it was issued (renewed
+    ones, valid until they expire) to the home's list; returns the new list."""
     held = load_revocations(home)
     now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
                .next_update(now + datetime.timedelta(days=CRL_DAYS))
                .add_extension(x509.CRLNumber(held.number + 1), critical=False))
-    for number in sorted(held.serials | {serial}):
+    for number in sorted(held.serials | {serial, *earlier}):
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(number).revocation_date(now).build())
     pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(_pem())

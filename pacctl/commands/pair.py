@@ -69,7 +69,7 @@ def unpair_command(device: str, home: Path | None, peers: tuple[str, ...]) -> No
                                        f"answering (remembered: {names}); its certificate is revoked by its serial "
                                        "number, which the device serves: run this while it answers")
         ca_key, ca_cert, _ = load_authority(home)
-        revoke(home, ca_key, ca_cert, entry.node_id, entry.serial)
+        revoke(home, ca_key, ca_cert, entry.node_id, entry.serial, tuple(entry.earlier_serials))
         forget(home, entry.node_id)
         _, problems = asyncio.run(find_home(home, identity, peers=peers))  # sends the new list to all it finds
     except PacError as error:
@@ -134,7 +134,9 @@ def renew_command(devices: tuple[str, ...], home: Path | None) -> None:
             until = await client.renew_certificate(authority.cert_pem(fresh))
         known = load_known(home)
         if record.node_id in known:
-            known[record.node_id].serial = fresh.serial_number
+            entry = known[record.node_id]
+            entry.earlier_serials = sorted({*entry.earlier_serials, entry.serial, served.serial_number} - {0})
+            entry.serial = fresh.serial_number
             save_known(home, known)
         return f"{record.node_id} ({record.address}): renewed until {until}"
 

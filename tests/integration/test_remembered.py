@@ -108,3 +108,10 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
         time.sleep(0.1)
     assert served == stored.serial_number
     assert wait_mutual_tls(nas, load_identity(cluster.home))["node_id"] == nas.node_id
+
+    # unpairing a renewed device revokes the certificate it was issued before too (valid until it expires)
+    from pac.security.revocation import load_revocations
+
+    unpaired = pacctl(cluster.home, "unpair", nas.node_id)
+    assert unpaired.returncode == 0 and f"unpaired {nas.node_id}" in unpaired.stdout, unpaired.stderr
+    assert {before, stored.serial_number} <= load_revocations(cluster.home).serials
