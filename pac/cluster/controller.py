@@ -34,7 +34,13 @@ from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
 from pac.cluster.prepare import Prepared, prepare
 from pac.cluster.record import JobRecord
-from pac.cluster.resume import previous_run, refuse_stopped_job, release_stopped, resume_point
+from pac.cluster.resume import (
+    previous_run,
+    refuse_stopped_job,
+    release_stopped,
+    resume_point,
+    set_aside_outputs,
+)
 from pac.errors import ConfigError, TrainingFailed
 from pac.net.stage_client import StageClient
 from pac.planner.plan import Plan
@@ -157,6 +163,9 @@ class Controller(Elastic):
         previous = previous_run(self.output_dir)
         if not self.options.resume:
             refuse_stopped_job(self.output_dir)
+            aside = set_aside_outputs(self.output_dir, previous)
+            if aside is not None:
+                self.log(f"the outputs of the job before in {self.output_dir} moved to {aside}")
         self.record.update(state="preparing")
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
         self.record.identity = job_identity(job, p.fingerprint)

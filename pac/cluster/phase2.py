@@ -134,7 +134,7 @@ class Phase2:
                      "moved_bytes": moved, "kept_bytes": kept, "recomputed_samples": missing,
                      "redistribution_s": seconds}
         self.ctx.record.message(f"phase 2: {len(members)} device(s); moved {moved / 1e6:.1f} MB of cached states "
-                                f"(kept {kept / 1e6:.1f} MB in place) and the side network in {seconds:.1f} s"
+                                f"(kept {kept / 1e6:.1f} MB in place) and the trained state in {seconds:.1f} s"
                                 + (f"; {missing} sample(s) held nowhere are recomputed" if missing else ""))
 
     async def _replicate(self, members: list[str], assigned: dict[str, list[str]], stage_count: int) -> None:

@@ -31,6 +31,29 @@ def refuse_stopped_job(output_dir: Path) -> None:
                           f"--resume, or give this job another output directory")
 
 
+OUTPUTS = ("adapter.safetensors", "best.safetensors", "metrics.json", "plan.json", "profile.json", "loss.png",
+           "timeline.png")  # what a job writes to its output directory (checkpoints and status.json aside)
+
+
+def set_aside_outputs(output_dir: Path, previous: dict) -> Path | None:
+    """A new job into a directory holding an earlier job's outputs: they move, whole, into
+    OUT/previous/<its job id>/, so nothing of that job is ever read or reported as this one's.
+    Returns where they went (None: there were none)."""
+    found = [output_dir / name for name in OUTPUTS if (output_dir / name).exists()]
+    if not found:
+        return None
+    name = str(previous.get("job_id") or f"run-{int(time.time())}")
+    target = output_dir / "previous" / name
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = output_dir / "previous" / f"{name}-{suffix}"
+    target.mkdir(parents=True)
+    for path in found:
+        os.replace(path, target / path.name)
+    return target
+
+
 def previous_run(output_dir: Path) -> dict:
     """status.json of the run before this one in the output directory; refused if it is still running."""
     try:

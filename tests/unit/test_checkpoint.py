@@ -132,3 +132,19 @@ def test_when_the_devices_left_cannot_hold_the_job_it_stops_with_the_checkpoint_
     assert "add devices with at least" in said  # the planner says what would make it fit
     found, _ = latest_checkpoint(tmp_path / "checkpoint")
     assert found is not None and found.position == Position(1, 0, 5, 5)
+
+
+def test_a_new_job_sets_the_outputs_of_the_one_before_aside(tmp_path):
+    from pac.cluster.resume import set_aside_outputs
+
+    out = tmp_path / "out"
+    assert set_aside_outputs(out, {}) is None  # a fresh directory: nothing to move
+    out.mkdir()
+    for name in ("adapter.safetensors", "metrics.json", "loss.png", "status.json"):
+        (out / name).write_text(name)
+    moved = set_aside_outputs(out, {"job_id": "j1"})
+    assert moved == out / "previous" / "j1"
+    assert sorted(p.name for p in moved.iterdir()) == ["adapter.safetensors", "loss.png", "metrics.json"]
+    assert not (out / "adapter.safetensors").exists() and (out / "status.json").exists()  # the new job rewrites it
+    (out / "adapter.safetensors").write_text("again")
+    assert set_aside_outputs(out, {"job_id": "j1"}) == out / "previous" / "j1-2"  # never overwrites
