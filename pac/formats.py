@@ -9,6 +9,7 @@ WEIGHT_BITS = {"none": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}  # as t
 CACHE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # of the activation cache (pac.cache.codec)
 CACHE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}  # per element of a cached hidden state
 SIDE_PRECISIONS = ("fp32", "bf16")  # of the side network's arithmetic (pac.train.loop)
+ALLREDUCE_PRECISIONS = ("fp32", "bf16", "fp16")  # gradients on the AllReduce's wire, summed in fp32 (pac.collective)
 
 # The backbone's last layers tuned beside the side network (pac.techniques.top): how, and on which layers.
 TOP_TUNINGS = ("lora", "full")  # LoRA factors, or every weight of the tuned layers

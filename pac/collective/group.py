@@ -8,6 +8,7 @@ from pac.collective.errors import InvalidGroup
 from pac.limits import MAX_CHUNK_BYTES
 
 MAX_SEGMENT_BYTES = MAX_CHUNK_BYTES  # a ring segment is one message
+WIRE_DTYPES = ("fp32", "bf16", "fp16")  # what float32 tensors travel as on the ring
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class RingGroup:
     segment_bytes: int = MAX_SEGMENT_BYTES  # most bytes per ring message (schedule.segment_elements picks the size)
     bucket_bytes: int = 32 * 1024 * 1024  # small tensors are packed into flat buckets of at most this size
     streams: int = 2  # parallel streams per ring link: gRPC's asyncio writes wait a round trip each
+    wire: str = "fp32"  # float32 tensors travel as: fp32 | bf16 | fp16 (summed in float32 all the same)
 
     def __post_init__(self) -> None:
         if not self.group_id:
@@ -39,6 +41,9 @@ class RingGroup:
             raise InvalidGroup(f"AllReduce group {self.group_id}: segment_bytes must be in 1..{MAX_SEGMENT_BYTES}")
         if not 1 <= self.streams <= 16:
             raise InvalidGroup(f"AllReduce group {self.group_id}: streams must be in 1..16")
+        if self.wire not in WIRE_DTYPES:
+            raise InvalidGroup(f"AllReduce group {self.group_id}: wire must be one of {', '.join(WIRE_DTYPES)}, "
+                               f"got {self.wire!r}")
         if self.bucket_bytes < 1:
             raise InvalidGroup(f"AllReduce group {self.group_id}: bucket_bytes must be >= 1")
 

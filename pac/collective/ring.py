@@ -75,6 +75,42 @@ def _overwrite(target: torch.Tensor, payload) -> None:
     raw[:] = np.frombuffer(payload, dtype=np.uint8, count=raw.size)
 
 
+_WIRE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Codec:
+    """How a flat buffer's values travel: as they are, or (a 16-bit wire) rounded to bf16 / fp16 on the
+    way out and widened to the buffer's dtype on the way in, so every sum is still taken in float32."""
+
+    def __init__(self, flat: torch.Tensor, wire: str) -> None:
+        self.flat = flat
+        self.dtype = _WIRE[wire] if wire != "fp32" and flat.dtype == torch.float32 else None
+        self.itemsize = torch.empty(0, dtype=self.dtype).element_size() if self.dtype else flat.element_size()
+
+    def encode(self, a: int, b: int) -> memoryview:
+        if self.dtype is None:
+            return _bytes_of(self.flat[a:b])
+        return _bytes_of(self.flat[a:b].to(self.dtype))
+
+    def accumulate(self, a: int, b: int, payload) -> None:
+        if self.dtype is None:
+            _accumulate(self.flat[a:b], payload)
+        elif b > a:
+            self.flat[a:b].add_(_tensor_of(payload, self.dtype, b - a).to(self.flat.dtype))
+
+    def overwrite(self, a: int, b: int, payload) -> None:
+        if self.dtype is None:
+            _overwrite(self.flat[a:b], payload)
+        elif b > a:
+            self.flat[a:b].copy_(_tensor_of(payload, self.dtype, b - a))
+
+    def round(self, a: int, b: int) -> None:
+        """The reduced chunk this rank owns, as the others will receive it: every rank ends with the same
+        values (the replicas of a stage must step alike)."""
+        if self.dtype is not None:
+            self.flat[a:b].copy_(self.flat[a:b].to(self.dtype))
+
+
 async def ring_allreduce_flat(
     flat: torch.Tensor, group: RingGroup, link: RingLink, bucket: int, progress: Progress
 ) -> None:
@@ -82,17 +118,18 @@ async def ring_allreduce_flat(
     n = group.world_size
     if n == 1:
         return
-    itemsize = flat.element_size()
-    per_segment = segment_elements(flat.numel(), n, itemsize, group.segment_bytes)
+    codec = _Codec(flat, group.wire)
+    per_segment = segment_elements(flat.numel(), n, flat.element_size(), group.segment_bytes)
     chunks = partition(flat.numel(), n)
     steps = ring_steps(group.rank, n)
     last = steps[-1].index
+    last_reduce = max(step.index for step in steps if step.reduce)
     ready: asyncio.Queue[bytes] = asyncio.Queue()  # payloads to forward, in the order the sender needs
 
     async def sender() -> None:
         first = steps[0]
         for k, (a, b) in enumerate(segments(*chunks[first.send_chunk], per_segment)):
-            await link.send(RingMessage(bucket, first.index, k, _bytes_of(flat[a:b])))
+            await link.send(RingMessage(bucket, first.index, k, codec.encode(a, b)))
         for step in steps[1:]:
             for k in range(len(segments(*chunks[step.send_chunk], per_segment))):
                 payload = await ready.get()
@@ -111,17 +148,19 @@ async def ring_allreduce_flat(
                         f"{group.describe(group.prev_rank)}, got bucket {message.bucket} step {message.step} "
                         f"segment {message.segment}; members disagree on the tensors or segment size"
                     )
-                if len(message.payload) != (b - a) * itemsize:
+                if len(message.payload) != (b - a) * codec.itemsize:
                     raise GroupMismatch(
                         f"{group.describe()}: segment of {len(message.payload)} bytes from "
-                        f"{group.describe(group.prev_rank)}, expected {(b - a) * itemsize}"
+                        f"{group.describe(group.prev_rank)}, expected {(b - a) * codec.itemsize}"
                     )
                 if step.reduce:
-                    _accumulate(flat[a:b], message.payload)
+                    codec.accumulate(a, b, message.payload)
+                    if step.index == last_reduce:
+                        codec.round(a, b)
                     if step.index < last:
-                        ready.put_nowait(_bytes_of(flat[a:b]))
+                        ready.put_nowait(codec.encode(a, b))
                 else:
-                    _overwrite(flat[a:b], message.payload)
+                    codec.overwrite(a, b, message.payload)
                     if step.index < last:
                         ready.put_nowait(message.payload)
 
@@ -130,9 +169,9 @@ async def ring_allreduce_flat(
         tasks.create_task(receiver())
 
 
-def layout_fingerprint(plans: list[BucketPlan]) -> str:
+def layout_fingerprint(plans: list[BucketPlan], wire: str = "fp32") -> str:
     """Short digest of the bucket layout; members compare it before exchanging any value."""
-    text = ";".join(f"{plan.dtype}:{plan.numel}:{len(plan.slots)}" for plan in plans)
+    text = ";".join(f"{plan.dtype}:{plan.numel}:{len(plan.slots)}" for plan in plans) + (f";{wire}" if wire != "fp32" else "")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -172,7 +211,7 @@ async def allreduce_(tensors: list[torch.Tensor], group: RingGroup, op_id: int, 
     link: RingLink | None = None
     try:
         async with asyncio.timeout(group.step_timeout_s):
-            link = await transport.open(group, op_id, layout_fingerprint(plans))
+            link = await transport.open(group, op_id, layout_fingerprint(plans, group.wire))
             for index, plan in enumerate(plans):
                 progress.bucket = index
                 flat = _direct_view(tensors, plan)

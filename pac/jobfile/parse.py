@@ -11,7 +11,14 @@ from typing import Any
 
 from pac.data.readers import COLUMN_NAMES, QUOTINGS
 from pac.errors import ConfigError
-from pac.formats import QUANTIZATIONS, SIDE_PRECISIONS, TOP_TARGETS, TOP_TUNINGS, default_top_layers
+from pac.formats import (
+    ALLREDUCE_PRECISIONS,
+    QUANTIZATIONS,
+    SIDE_PRECISIONS,
+    TOP_TARGETS,
+    TOP_TUNINGS,
+    default_top_layers,
+)
 from pac.jobfile.sections import (
     CACHE_CHOICES,
     CLUSTER_TECHNIQUES,
@@ -125,6 +132,7 @@ def _training(table: Table, quantization: str) -> TrainingSection:
         patience=table.integer("patience", 0, 0), top_layers=top_layers,
         top_tuning=table.choice("top_tuning", "lora", TOP_TUNINGS),
         top_targets=table.choice("top_targets", "all", TOP_TARGETS),
+        allreduce_precision=table.choice("allreduce_precision", "fp32", ALLREDUCE_PRECISIONS),
     )
 
 

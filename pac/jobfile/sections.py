@@ -64,6 +64,7 @@ class TrainingSection:
     side_precision: str = "fp32"  # the side network's arithmetic: fp32, or bf16 autocast (mixed precision)
     checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
     patience: int = 0  # with data.validation: stop after N epochs without a better validation score (0: never)
+    allreduce_precision: str = "fp32"  # gradients between devices travel as fp32 | bf16 | fp16 (summed in fp32)
     # The backbone's last n layers tuned too (the last stage in phase 1; from the cache after): 3 with no side
     # network (pac.formats.DEFAULT_TOP_LAYERS); a job file's default for a quantised backbone is 0, all side layers.
     top_layers: int = 3
@@ -148,7 +149,8 @@ class Job:
         return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                            weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction, seed=t.seed,
                            max_grad_norm=t.max_grad_norm, activation_checkpointing=t.activation_checkpointing,
-                           side_precision=t.side_precision, patience=t.patience)
+                           side_precision=t.side_precision, patience=t.patience,
+                           allreduce_precision=t.allreduce_precision)
 
     def to_training_job(self, samples: int, use_cache: bool | None = None) -> TrainingJob:
         """What the planner plans. `samples`: examples in the training file (train_limit applied here);

@@ -11,7 +11,7 @@ import torch
 
 from pac.data.batching import Encoded, collate, to_device
 from pac.errors import ConfigError
-from pac.formats import SIDE_PRECISIONS
+from pac.formats import ALLREDUCE_PRECISIONS, SIDE_PRECISIONS
 from pac.metrics import classification_metrics, regression_metrics
 from pac.techniques.build import trainable_parameters
 
@@ -28,6 +28,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # Parallel Adapters: recompute side blocks in backward (less memory)
     side_precision: str = "fp32"  # Parallel Adapters' arithmetic: fp32, or bf16 autocast (mixed precision)
     patience: int = 0  # with a validation split: stop after this many epochs without a better score (0: never)
+    allreduce_precision: str = "fp32"  # across devices: gradients travel as fp32, bf16 or fp16 (summed in fp32)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -37,6 +38,9 @@ class TrainConfig:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.allreduce_precision not in ALLREDUCE_PRECISIONS:
+            raise ConfigError(f"allreduce_precision must be one of {', '.join(ALLREDUCE_PRECISIONS)}, "
+                              f"got {self.allreduce_precision!r}")
         if self.side_precision not in SIDE_PRECISIONS:
             raise ConfigError(f"side_precision must be one of {', '.join(SIDE_PRECISIONS)}, got {self.side_precision!r}")
 

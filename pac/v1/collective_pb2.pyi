@@ -53,7 +53,7 @@ class RingAck(_message.Message):
     def __init__(self, frames: _Optional[int] = ...) -> None: ...
 
 class GroupSpec(_message.Message):
-    __slots__ = ("group_id", "rank", "members", "step_timeout_s", "segment_bytes", "bucket_bytes", "streams")
+    __slots__ = ("group_id", "rank", "members", "step_timeout_s", "segment_bytes", "bucket_bytes", "streams", "wire")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class GroupSpec(_message.Message):
     SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     rank: int
     members: _containers.RepeatedScalarFieldContainer[str]
@@ -68,7 +69,8 @@ class GroupSpec(_message.Message):
     segment_bytes: int
     bucket_bytes: int
     streams: int
-    def __init__(self, group_id: _Optional[str] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., step_timeout_s: _Optional[float] = ..., segment_bytes: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., streams: _Optional[int] = ...) -> None: ...
+    wire: str
+    def __init__(self, group_id: _Optional[str] = ..., rank: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., step_timeout_s: _Optional[float] = ..., segment_bytes: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., streams: _Optional[int] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class InlineTensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")

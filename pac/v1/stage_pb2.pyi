@@ -31,7 +31,7 @@ class HeadConfig(_message.Message):
     def __init__(self, task: _Optional[str] = ..., num_labels: _Optional[int] = ..., pooling: _Optional[str] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "seed", "max_grad_norm", "activation_checkpointing", "side_precision")
+    __slots__ = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "seed", "max_grad_norm", "activation_checkpointing", "side_precision", "allreduce_precision")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class TrainConfig(_message.Message):
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     SIDE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ALLREDUCE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     learning_rate: float
@@ -50,7 +51,8 @@ class TrainConfig(_message.Message):
     max_grad_norm: float
     activation_checkpointing: bool
     side_precision: str
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., activation_checkpointing: _Optional[bool] = ..., side_precision: _Optional[str] = ...) -> None: ...
+    allreduce_precision: str
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., activation_checkpointing: _Optional[bool] = ..., side_precision: _Optional[str] = ..., allreduce_precision: _Optional[str] = ...) -> None: ...
 
 class BlockStyle(_message.Message):
     __slots__ = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "causal", "rope_theta", "num_heads", "num_kv_heads", "head_dim")

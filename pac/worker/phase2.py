@@ -100,7 +100,7 @@ class Phase2Member:
         if len(self.spec.members) < 2:
             return None
         return RingGroup(f"{self.spec.job_id}/phase2", self.spec.rank, tuple(self.spec.members),
-                         step_timeout_s=self.spec.timeout_s)
+                         step_timeout_s=self.spec.timeout_s, wire=self.spec.train.allreduce_precision)
 
     def add_samples(self, samples: Iterable[GatherSample]) -> None:
         for sample in samples:

@@ -127,7 +127,7 @@ class StageReplica:
         if len(members) < 2:
             return None
         return RingGroup(f"{self.spec.job_id}/stage{self.spec.stage}", self.spec.replica, tuple(members),
-                         step_timeout_s=self.spec.timeout_s)
+                         step_timeout_s=self.spec.timeout_s, wire=self.spec.train.allreduce_precision)
 
     def held_bytes(self) -> int:
         from pac.pipeline.backbone_stage import held_bytes

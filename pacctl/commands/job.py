@@ -56,6 +56,7 @@ activation_checkpointing = false     # true: less memory in epochs from the cach
 side_precision = "fp32"              # fp32 | bf16: side network arithmetic (bf16: mixed precision, faster on CPUs with bf16)
 checkpoint_steps = 50                # a checkpoint every N steps within an epoch too (0: after each epoch only)
 # patience = 2                       # with data.validation: stop after N epochs without a better score
+allreduce_precision = "fp32"         # gradients between devices travel as fp32 | bf16 | fp16 (summed in fp32)
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none

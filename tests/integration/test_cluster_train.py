@@ -153,6 +153,32 @@ def test_tuned_top_layers_both_phases_equal_single_process(tmp_path, four, model
     assert tuned and metrics["phase2"]["moved_bytes"] > 0
 
 
+def test_bf16_gradient_allreduce_both_phases(tmp_path, four):
+    """`training.allreduce_precision = "bf16"`: the replicas' and members' gradients travel in 16 bits and
+    are summed in float32; the job trains as one process does, to bf16's rounding of the gradients."""
+    devices = devices_of(four)
+    ids = [d.node_id for d in devices]
+    job = make_job(tmp_path, "tiny-bert", "classification", count=14, epochs=2, batch_size=6,
+                   allreduce_precision="bf16")
+    assert job.train_config().allreduce_precision == "bf16"
+    plan = fixed_plan("tiny-bert", TrainingJob(samples=14, batch_size=6, epochs=2),
+                      [(0, 2, ids[:2], [1, 1]), (2, 3, ids[2:], [2, 1])], micro_batches=2,
+                      phase2_shares={ids[0]: 1, ids[1]: 2, ids[2]: 2, ids[3]: 1})
+    metrics, controller = run_training(job, devices, None, tmp_path / "out", RunOptions(), log_line=lambda line: None,
+                                       plan=plan)
+
+    def order(prepared):
+        first = batches(prepared.train_items, 6, torch.Generator().manual_seed(3))
+        later = phase2_order(dict(zip(prepared.keys, prepared.train_items, strict=True)), controller.assigned_by_node,
+                             controller.step_counts_by_node, 3, range(1, 2))
+        return lambda epoch: first if epoch == 0 else later[epoch]
+
+    expected, losses = single_process(job, order)
+    got = [s["loss"] for s in metrics["steps"]]
+    assert got == pytest.approx(losses, rel=2e-2) and got != pytest.approx(losses, rel=1e-7, abs=0)
+    assert set(state_from_adapter(load_file(str(tmp_path / "out" / "adapter.safetensors")))) == set(expected)
+
+
 def test_one_stage_steps_inside_run_step_and_equals_single_process(tmp_path, four):
     """Data parallel only (one stage of three replicas, uneven shares): each replica clips by its own norm
     and takes its optimiser step inside RunStep (no ApplyStep); the same adapter as one process, with the

@@ -67,6 +67,40 @@ def test_allreduce_equals_the_elementwise_sum(n, dtype):
             assert torch.equal(out, results[0][index])  # every rank holds the very same bits
 
 
+@pytest.mark.parametrize("wire", ["bf16", "fp16"])
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_a_16_bit_wire_sums_float32_in_float32_and_every_rank_ends_alike(n, wire):
+    """Float32 gradients travel rounded to 16 bits and are summed in float32: each of the n - 1 hops of a
+    partial sum and the final all-gather round once (at most n units of 16-bit rounding of the summed
+    magnitudes), and every rank holds the very same bits."""
+    generator = torch.Generator().manual_seed(n)
+    shapes = [(1,), (7,), (13, 3), (0,), (101,)]
+    inputs = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(n)]
+    results = asyncio.run(_run_all(inputs, n, wire=wire))
+    unit = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}[wire]  # relative rounding of one 16-bit conversion
+    for index in range(len(shapes)):
+        expected = sum(inputs[rank][index].double() for rank in range(n))
+        scale = sum(inputs[rank][index].double().abs() for rank in range(n))
+        for rank in range(n):
+            out = results[rank][index]
+            assert out.dtype == torch.float32
+            assert torch.all((out.double() - expected).abs() <= n * unit * scale + 1e-6)
+            assert torch.equal(out, results[0][index])
+    exact = asyncio.run(_run_all(inputs, n))
+    assert any(not torch.equal(a, b) for a, b in zip(results[0], exact[0], strict=True))  # it did round
+
+
+def test_members_with_different_wires_fail_with_a_mismatch():
+    async def run():
+        hub = MemoryHub()
+        tensors = [[torch.ones(8)], [torch.ones(8)]]
+        return await asyncio.gather(*[allreduce(tensors[r], _group(r, 2, wire="bf16" if r else "fp32"), 1,
+                                                hub.transport()) for r in range(2)], return_exceptions=True)
+
+    errors = asyncio.run(run())
+    assert all(isinstance(e, GroupMismatch) for e in errors), errors
+
+
 def test_inputs_stay_untouched_and_in_place_variant_overwrites():
     inputs = [[torch.full((5,), float(rank + 1))] for rank in range(3)]
     before = [t[0].clone() for t in inputs]

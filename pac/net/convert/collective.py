@@ -24,6 +24,7 @@ def group_to_proto(group: RingGroup) -> collective_pb2.GroupSpec:
         segment_bytes=group.segment_bytes,
         bucket_bytes=group.bucket_bytes,
         streams=group.streams,
+        wire=group.wire,
     )
 
 
@@ -36,6 +37,7 @@ def group_from_proto(message: collective_pb2.GroupSpec) -> RingGroup:
         segment_bytes=message.segment_bytes or MAX_SEGMENT_BYTES,
         bucket_bytes=message.bucket_bytes or DEFAULT_BUCKET_BYTES,
         streams=message.streams or 2,
+        wire=message.wire or "fp32",
     )
 
 

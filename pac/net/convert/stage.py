@@ -19,7 +19,7 @@ from pac.worker.spec import EpochStep, GatherPlan, GatherSample, MicroIn, Phase2
 from pac.worker.tensors import pack, unpack
 
 _TRAIN_FIELDS = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "seed",
-                 "max_grad_norm", "activation_checkpointing", "side_precision")
+                 "max_grad_norm", "activation_checkpointing", "side_precision", "allreduce_precision")
 _STYLE_FIELDS = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "causal", "num_heads", "num_kv_heads",
                  "head_dim")
 _SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "top_layers")
