@@ -65,7 +65,8 @@ def pac_job(cluster, args, system: str, train: str, evaluation: str, task: str, 
         "data": {"train": str(Path(train).resolve()), "eval": str(Path(evaluation).resolve()), "task": task,
                  "train_limit": args.samples, **({"eval_limit": args.eval_samples} if args.eval_samples else {})},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                     "learning_rate": lr, "seed": args.seed, "top_layers": args.top_layers},
+                     "learning_rate": lr, "seed": args.seed, "top_layers": args.top_layers,
+                     "allreduce_precision": args.allreduce_precision},
         "cache": {"precision": args.cache_precision, "directory": str(out / "cache")},
         "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
         "output": {"directory": str(out / system)},
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-layers", type=int, default=0,
                         help="the PAC systems' tuned top layers (training.top_layers; 0: the side network alone, as "
                              "bench/results/cluster-*.json were measured; a quantised backbone needs 0)")
+    parser.add_argument("--allreduce-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the PAC systems' gradients on the AllReduce's wire (training.allreduce_precision)")
     parser.add_argument("--threads", type=int, help="torch threads per daemon / rank")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--work", default="runs/bench-cluster", help="scratch directory")
