@@ -10,10 +10,11 @@ layers). Every home is planned at each mini-batch size of --batch-sizes: "n" is 
 experiments use 16). Epoch times are phase 1 (epoch 1, no cache) for every strategy, simulated by
 pac/planner/simulator.py; the modelled numbers are not measurements of real boards.
 
-`--what-if` replays the same homes under a change the runtime does NOT have, to show what it would be
-worth (a diagnostic; such runs must write elsewhere than the default report): `fp16-allreduce` sums 16-bit
-side gradients (2 bytes per parameter instead of 4), `free-allreduce` makes every AllReduce cost nothing
-(an upper bound for any scheme that hides it, e.g. behind the next mini-batch's backbone forward).
+`--what-if` replays the same homes under a change, to show what it is worth (a diagnostic; such runs must
+write elsewhere than the default report): `fp16-allreduce` sums 16-bit side gradients on the wire (2 bytes
+per parameter instead of 4: the runtime's `training.allreduce_precision = "bf16"` or `"fp16"`, which the
+planner then costs), `free-allreduce` makes every AllReduce cost nothing (an upper bound for any scheme
+that hides it, e.g. behind the next mini-batch's backbone forward; not in the runtime).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pac.planner.workload import TrainingJob
 
 PAPER_SPEEDUP = 1.4  # the paper's smallest throughput gain over Eco-FL (§6.4: 1.40x to 1.85x)
 DEFAULT_JSON = Path("bench/results/planner.json")
-WHAT_IFS = ("fp16-allreduce", "free-allreduce")  # not in the runtime: diagnostics only
+WHAT_IFS = ("fp16-allreduce", "free-allreduce")  # diagnostics: the first a job option, the second not in the runtime
 
 
 @contextlib.contextmanager

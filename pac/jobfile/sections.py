@@ -165,7 +165,8 @@ class Job:
                            weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
                            cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
-                           top_layers=self.training.top_layers)
+                           top_layers=self.training.top_layers,
+                           gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""
