@@ -67,7 +67,12 @@ def test_paired_once_found_without_peer_and_unpaired_refused_by_the_others(daemo
     assert phone.node_id not in listed.stdout and nas.node_id in listed.stdout, listed.stdout
 
     # a device paired before the home remembered devices: unpaired by the certificate it serves
-    legacy = daemons.start(name="legacy")  # paired, not remembered
+    legacy = daemons.start(name="legacy")  # paired, not remembered; it was away when the phone was unpaired
+    refreshed = pacctl(cluster.home, "devices", "--no-mdns", "--peer", legacy.address)  # any command sends the list
+    assert refreshed.returncode == 0, refreshed.stderr
+    with pytest.raises(DaemonError) as refused:
+        info_as(load_identity(phone.state_dir), legacy)
+    assert refused.value.code.name == "UNAUTHENTICATED" and "revoked" in str(refused.value)
     unpaired = pacctl(cluster.home, "unpair", legacy.node_id, "--peer", legacy.address)
     assert unpaired.returncode == 0 and f"unpaired {legacy.node_id}" in unpaired.stdout, unpaired.stderr
 
