@@ -278,6 +278,13 @@ def _model_class(config):
 def load_backbone(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                   seed: int = 0) -> Backbone:
     """Load a backbone by name ("minilm", "smollm2-135m", "tiny-llama", ...) or local path."""
+    from pac.models.imports import MODEL_CODE
+
+    with MODEL_CODE:  # the model code imports lazily: never from two threads at once (pac/models/imports.py)
+        return _load_backbone(spec, dtype, device, seed)
+
+
+def _load_backbone(spec: str, dtype: torch.dtype, device: str | torch.device, seed: int) -> Backbone:
     import transformers  # here, not at import: a daemon that serves no model never loads it
 
     source = resolve_model(spec)

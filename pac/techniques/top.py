@@ -16,6 +16,8 @@ runs them (pac.pipeline.backbone_stage), so every family keeps its masks, rotary
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -189,6 +191,24 @@ class TopLayers(nn.Module):
         super().train(mode)
         self.layers.eval()
         return self
+
+    @contextlib.contextmanager
+    def untuned(self) -> Iterator[None]:
+        """Inside: the backbone's own modules compute as before tuning (the LoRA factors switched off), so
+        the same backbone answers as the untuned model. Full tuning changed the weights themselves: refused."""
+        if self.tuning != "lora":
+            raise ConfigError("fully tuned top layers replaced the backbone's weights: load it again for the "
+                              "untuned model")
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        tuners = [m for m in self.layers.modules() if isinstance(m, BaseTunerLayer)]
+        for module in tuners:
+            module.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for module in tuners:
+                module.enable_adapters(True)
 
     def release(self, backbone) -> None:
         """Drop every weight but the tuned layers (and the final norm): epochs from the cache."""

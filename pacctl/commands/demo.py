@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -95,11 +96,12 @@ def _report(controller, metrics: dict, asked, tuned: list[str], count: int, star
     from pac.train.generate import generate
     from pac.train.household import answer_is_right
 
-    backbone = controller.prepared.backbone
+    backbone, top = controller.prepared.backbone, controller.prepared.model.top
     scores = {"untuned": 0, "tuned": 0}
     rows = []
     for question, after in zip(asked, tuned, strict=True):
-        before = generate(backbone, question.prompt, None, max_new_tokens=ANSWER_TOKENS)
+        with top.untuned() if top is not None else contextlib.nullcontext():  # its LoRA is in the backbone
+            before = generate(backbone, question.prompt, None, max_new_tokens=ANSWER_TOKENS)
         scores["untuned"] += answer_is_right(before, question)
         scores["tuned"] += answer_is_right(after, question)
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})

@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import threading
 import time
 
 import grpc
 
+from pac.models.imports import MODEL_CODE
+
 log = logging.getLogger(__name__)
 
 # One import of the training code at a time in this process (the warm-up thread, the first calls of the
-# training services): transformers' lazy modules are not safe to import from two threads at once.
-IMPORTS = threading.Lock()
+# training services, loading a model): transformers' lazy modules are not safe to import from two threads
+# at once.
+IMPORTS = MODEL_CODE
 
 
 class Deferred:

@@ -110,3 +110,18 @@ def test_smollm2_by_name_generates(smollm2):
     assert (backbone.family, backbone.num_layers, backbone.hidden_size) == ("decoder", 30, 576)
     answer = generate(backbone, "What is the capital of France?", max_new_tokens=8)
     assert "Paris" in answer
+
+
+def test_a_backbone_loads_under_the_one_model_code_lock(monkeypatch):
+    """transformers' lazy modules are not safe to import from two threads at once (a daemon's warm-up and
+    a Profile loading a backbone saw "module 'transformers' has no attribute 'AutoConfig'"): loading holds
+    the lock the daemon's imports take too."""
+    from pac.models import backbone
+    from pac.models.imports import MODEL_CODE
+    from pacd.services.deferred import IMPORTS
+
+    held = []
+    real = backbone._load_backbone
+    monkeypatch.setattr(backbone, "_load_backbone", lambda *args: held.append(MODEL_CODE._is_owned()) or real(*args))
+    backbone.load_backbone("tiny-bert")
+    assert held == [True] and IMPORTS is MODEL_CODE

@@ -130,3 +130,24 @@ def test_tuned_top_layers_train_from_a_16_bit_cache(tmp_path):
                    states=states)
     assert states.cache_reads > 0 and all(torch.isfinite(torch.tensor(result.losses)))
     states.cache.close()
+
+
+def test_untuned_switches_the_lora_factors_off_in_the_backbone_itself():
+    """Tuned LoRA top layers live in the backbone's own modules: `untuned()` makes that backbone compute
+    as the untuned one (the demo's "untuned" answers), and tuned again after."""
+    from pac.data.batching import collate
+
+    model, _, _, items, pad = run("tiny-llama", "lm", epochs=2, lr=1e-2)
+    batch = collate(items[:3], pad, "lm")
+    fresh = load_backbone("tiny-llama")
+    with torch.no_grad():
+        untouched = fresh._forward(batch)[0]
+        tuned = model.backbone._forward(batch)[0]
+        with model.top.untuned():
+            untuned = model.backbone._forward(batch)[0]
+        again = model.backbone._forward(batch)[0]
+    assert torch.allclose(untuned, untouched, atol=1e-6) and not torch.allclose(tuned, untouched, atol=1e-4)
+    assert torch.equal(again, tuned)
+    _, full = build("tiny-bert", "classification", tuning="full")
+    with pytest.raises(ConfigError, match="load it again"), full.top.untuned():
+        pass
