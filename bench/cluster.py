@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {"devices": args.devices, "model": args.model, "task": args.task, "samples": args.samples,
               "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "seed": args.seed, "parallel_lr": lr, "lora_lr": args.lora_lr,
-              "cache_precision": args.cache_precision, "quantization": args.quantization,
+              "cache_precision": args.cache_precision, "quantization": args.quantization, "top_layers": args.top_layers,
+              "allreduce_precision": args.allreduce_precision,
               "threads_per_device": threads,
               "profile_time_s": profile_s, "command": " ".join(["python -m bench.cluster", *(argv or sys.argv[1:])])}
     write_report(args.json, "cluster", config, rows)
