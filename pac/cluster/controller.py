@@ -124,14 +124,15 @@ class Controller(Elastic):
         (self.output_dir / "profile.json").write_text(json.dumps(document, indent=1) + "\n")
         home = home_from_dict(document)
         strategy = self.options.strategy
-        result = plan_job(home, self.job.to_training_job(samples, use_cache), strategy)
+        result = plan_job(home, self.job.to_training_job(samples, use_cache, self.prepared.padded_tokens), strategy)
         return result.plan
 
     def _given(self, plan: Plan, samples: int, use_cache: bool) -> Plan:
         """A plan made before (`--plan`, [plan] file): refused if it splits another mini-batch; its time
         estimates dropped if it was made for other sizes, saying which."""
         where = self.job.plan.file if self.plan is None else "the plan given"
-        unusable, estimates = plan.differences(self.job.to_training_job(samples, use_cache))
+        unusable, estimates = plan.differences(self.job.to_training_job(samples, use_cache,
+                                                                        self.prepared.padded_tokens))
         if plan.model != self.job.model.name_or_path:
             unusable.insert(0, f"model {plan.model!r} (the job: {self.job.model.name_or_path!r})")
         if unusable:

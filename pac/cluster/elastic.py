@@ -125,7 +125,8 @@ class Elastic:
                 self.document = await measure_home(self.devices, self.identity, self.job, self._profile_sizes(),
                                                    self.log)
             document = restricted(self.document, {d.node_id for d in self.devices})
-            result = plan_job(home_from_dict(document), self.job.to_training_job(len(p.train_items), use_cache),
+            result = plan_job(home_from_dict(document),
+                              self.job.to_training_job(len(p.train_items), use_cache, p.padded_tokens),
                               self.options.strategy)
         except InfeasibleError as error:
             if commit.state is not None:

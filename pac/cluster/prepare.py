@@ -31,6 +31,7 @@ class Prepared:
     pad_id: int
     validation_items: list[Encoded] = field(default_factory=list)  # carved out of the training file
     technique: Any = None  # TechniqueConfig as built (tuned top layers at most the model's last stack)
+    padded_tokens: float | None = None  # what the seeded mini-batches pad to, on average (the planner's times)
 
 
 def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
@@ -55,7 +56,18 @@ def prepare(job, log_line: Callable[[str], None] = print) -> Prepared:
              f"{sum(p.numel() for p in trainable_parameters(model)):,} trainable parameters"
              + (f" ({model.top.count} top layers tuned)" if model.top is not None else ""))
     return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
-                    tokenizer.pad_token_id, validation_items, technique)
+                    tokenizer.pad_token_id, validation_items, technique,
+                    padded_tokens(train_items, training.batch_size, training.seed))
+
+
+def padded_tokens(items: list[Encoded], batch_size: int, seed: int) -> float:
+    """Tokens a sample's mini-batch pads to, on average over the first epoch's seeded mini-batches (the
+    longer stack's for an encoder-decoder model)."""
+    from pac.train.loop import batches
+
+    groups = batches(items, batch_size, torch.Generator().manual_seed(seed))
+    longest = [max(max(lengths_of(item)) for item in group) for group in groups]
+    return sum(n * len(g) for n, g in zip(longest, groups, strict=True)) / max(1, len(items))
 
 
 def lengths_of(item: Encoded) -> list[int]:

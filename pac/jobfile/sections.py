@@ -152,9 +152,11 @@ class Job:
                            side_precision=t.side_precision, patience=t.patience,
                            allreduce_precision=t.allreduce_precision)
 
-    def to_training_job(self, samples: int, use_cache: bool | None = None) -> TrainingJob:
+    def to_training_job(self, samples: int, use_cache: bool | None = None,
+                        padded_tokens: float | None = None) -> TrainingJob:
         """What the planner plans. `samples`: examples in the training file (train_limit applied here);
-        `use_cache` None: as cache.precision says. Activations travel as fp32 (the default codec); without
+        `use_cache` None: as cache.precision says; `padded_tokens`: what the job's own mini-batches pad to
+        on average (its times are costed at that, its memory at seq_len). Activations travel as fp32 (the default codec); without
         a cache, hidden states are sized at 2 bytes."""
         if self.data.train_limit is not None:
             samples = min(samples, self.data.train_limit)
@@ -165,7 +167,7 @@ class Job:
                            weight_bits=WEIGHT_BITS[self.model.quantization], wire_bytes=4,
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
                            cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
-                           top_layers=self.training.top_layers,
+                           top_layers=self.training.top_layers, padded_tokens=padded_tokens,
                            gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2)
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,8 +63,9 @@ class CostModel:
         """Forward and backward seconds of each layer on `device` at `batch` samples."""
         key = (device, batch)
         if key not in self._times:
-            forward = self._interpolate(device, batch, "forward_s")
-            backward = self._interpolate(device, batch, "backward_s")
+            tokens = batch * self.job.token_fraction  # as samples of the profile's length (docs/planner.md)
+            forward = self._interpolate(device, tokens, "forward_s")
+            backward = self._interpolate(device, tokens, "backward_s")
             if self.top_first < self.num_layers:  # tuned top layers: a backward through them, about their forward
                 backward = backward.copy()
                 backward[self.top_first:] += forward[self.top_first:]
@@ -79,12 +80,12 @@ class CostModel:
     def phase2_sample_s(self, device: int) -> float:
         """Phase 2's compute per sample on `device`: the side network, and the tuned top layers' forward and
         backward (from their cached input)."""
-        profile = self.home.devices[device]
+        side = self.home.devices[device].side_sample_s * self.job.token_fraction
         if self.top_first == self.num_layers:
-            return profile.side_sample_s
+            return side
         batch = self.job.batch_size
         forward, backward = self.layer_times(device, batch)
-        return profile.side_sample_s + float(forward[self.top_first:].sum() + backward[self.top_first:].sum()) / batch
+        return side + float(forward[self.top_first:].sum() + backward[self.top_first:].sum()) / batch
 
     def _interpolate(self, device: int, batch: int, table: str) -> np.ndarray:
         """`profile.interpolate` for every layer at once (all layers share the measured batch sizes)."""

@@ -166,7 +166,7 @@ def _phase2_busy(cost: CostModel, devices: Sequence[int], shares: Sequence[int])
     from pac.planner.memory import cache_bytes_per_sample
     from pac.planner.profile import host_contention
 
-    per_sample_read = cache_bytes_per_sample(cost.model, cost.job)
+    per_sample_read = cache_bytes_per_sample(cost.model, cost.job) * cost.job.token_fraction
     active = [d for d, n in zip(devices, shares, strict=True) if n > 0]
     slow = host_contention(cost.home.devices, active)
     out = {}

@@ -27,6 +27,7 @@ class TrainingJob:
     cache_copies: int = 1  # phase 2: each device's cached states, and copies of other devices' (cache.replicas)
     seq_len: int | None = None  # tokens per sample; a plan records its profile's (its times were costed at it)
     top_layers: int = 0  # the backbone's last n layers tuned too: all in the last stage, run in phase 2 as well
+    padded_tokens: float | None = None  # tokens a sample's mini-batch pads to, on average (None: seq_len)
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -47,6 +48,14 @@ class TrainingJob:
                     "cache_copies"):
             if getattr(self, key) < 1:
                 raise ProfileError(f"job.{key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def token_fraction(self) -> float:
+        """The job's own batches against the profile's: a mini-batch pads to its longest sample, not to
+        seq_len, so its layers compute (about) this fraction of the tokens the profile timed."""
+        if self.padded_tokens is None or not self.seq_len:
+            return 1.0
+        return min(1.0, max(self.padded_tokens, 1.0) / self.seq_len)
 
     @property
     def weight_bytes_per_param(self) -> float:

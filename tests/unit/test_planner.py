@@ -283,3 +283,31 @@ def test_a_plan_says_how_another_job_differs_from_the_one_it_was_made_for() -> N
     assert unusable == ["16-bit weights (the job: 32)",
                         f"seq_len {made} (the job: {made * 2}; profile at the job's: pacctl profile --seq-len {made * 2})"]
     assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_times_are_costed_at_the_length_the_jobs_batches_pad_to() -> None:
+    """A mini-batch pads to its longest sample, not to seq_len: the layers are timed as that fraction of
+    the profile's samples (interpolated along its batch sizes), the memory fit stays at seq_len."""
+    import dataclasses
+
+    home = synthetic_home(12, 3, seed=4)
+    full = TrainingJob(samples=256, batch_size=8, seq_len=128)
+    short = dataclasses.replace(full, padded_tokens=64.0)
+    assert short.token_fraction == 0.5 and full.token_fraction == 1.0
+    assert dataclasses.replace(full, padded_tokens=500.0).token_fraction == 1.0
+    long_plan, short_plan = plan_job(home, full).plan, plan_job(home, short).plan
+    assert short_plan.phase1.minibatch_s < 0.8 * long_plan.phase1.minibatch_s
+    cost_full, cost_short = CostModel(home, full), CostModel(home, short)
+    forward_full, _ = cost_full.layer_times(0, 8)
+    forward_short, _ = cost_short.layer_times(0, 8)
+    assert (forward_short < forward_full).all()
+    assert cost_short.stage_memory(0, 8, 0, 12, 1).total == cost_full.stage_memory(0, 8, 0, 12, 1).total
+
+
+def test_padded_tokens_follow_the_seeded_mini_batches() -> None:
+    from pac.cluster.prepare import padded_tokens
+    from pac.data.batching import Encoded
+
+    items = [Encoded(tuple(range(n)), 0) for n in (2, 4, 6, 8)]
+    assert padded_tokens(items, 4, 0) == 8.0  # one mini-batch: every sample pads to 8
+    assert padded_tokens(items, 1, 0) == 5.0  # each alone: the mean length
