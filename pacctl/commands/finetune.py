@@ -23,7 +23,8 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS, defaul
               help="For a CSV/TSV file without a header row: its column names in order, comma-separated "
                    "(e.g. label,id1,id2,text,text_pair).")
 @click.option("--technique", type=click.Choice(["parallel", "lora", "adapters", "full"]), default="parallel",
-              show_default=True, help="Parallel Adapters (PAC's), or a baseline: LoRA, bottleneck adapters, all "
+              show_default=True, help="PAC's (the backbone's forward once, then epochs from the activation cache: tuned top layers "
+              "and/or Parallel Adapters' side network), or a baseline: LoRA, bottleneck adapters, all "
               "weights.")
 @click.option("--task", type=click.Choice(["classification", "regression", "lm"]),
               help="Default: inferred from the data's columns.")
@@ -35,7 +36,7 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS, defaul
                    "5e-4 lora/adapters, 3e-5 full].")
 @click.option("--reduction-factor", type=int, default=8, show_default=True, help="k: side width is d/k.")
 @click.option("--top-layers", type=click.IntRange(min=0), default=None,
-              help="Parallel Adapters: tune the backbone's last N layers (from the activation cache after epoch 1, "
+              help="parallel: tune the backbone's last N layers (from the activation cache after epoch 1, "
                    "later epochs run N layers instead of all; 0: the side network alone) [default: 3, or every "
                    "layer of a smaller model; 0 with --quantization].")
 @click.option("--top-tuning", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
@@ -43,7 +44,7 @@ from pac.formats import CACHE_PRECISIONS, QUANTIZATIONS, SIDE_PRECISIONS, defaul
 @click.option("--top-targets", type=click.Choice(["all", "attention"]), default="all", show_default=True,
               help="LoRA of --top-layers on every linear layer, or on the attention's query and value only.")
 @click.option("--side-network/--no-side-network", "side_network", default=None,
-              help="Parallel Adapters: train the side network too [default: only without tuned top layers; beside "
+              help="parallel: train Parallel Adapters' side network too [default: only without tuned top layers; beside "
                    "them it adds nothing (docs/accuracy.md)].")
 @click.option("--validation", type=float, default=0, show_default=True,
               help="Hold out this many training examples (or this fraction, below 1) as a validation split, "

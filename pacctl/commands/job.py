@@ -36,7 +36,7 @@ task = "lm"                          # classification | regression | lm | auto (
 # prompt = "question"                # fields: text, text_pair, label, score, prompt, answer
 
 [training]
-technique = "parallel"               # Parallel Adapters: the technique trained across devices
+technique = "parallel"               # PAC's: tuned top layers and/or a side network, from the activation cache
 epochs = 3                           # epoch 1: pipeline over the devices; later: from the cache
 batch_size = 8                       # samples per optimiser step
 # micro_batches = 4                  # optional: must divide batch_size; default: chosen by the planner
