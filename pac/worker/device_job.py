@@ -123,10 +123,12 @@ class DeviceJob:
     # ---- phase 2 ---------------------------------------------------------------------------------
     async def load_phase2(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor]) -> Phase2Member:
         async with self.lock:
+            kept = None
             if self.stage is not None:
+                kept = self.stage.tuned_top(spec.top) if spec.top.count and not spec.holds_only else None
                 self.stage.release_model()  # phase 1 is over: the backbone slice goes, the shard stays
             trim_heap()
-            self.phase2 = await asyncio.to_thread(Phase2Member, spec, tensors, self.cache_root, self.transport)
+            self.phase2 = await asyncio.to_thread(Phase2Member, spec, tensors, self.cache_root, self.transport, kept)
             return self.phase2
 
     async def gather(self, plan: GatherPlan, fetch: Fetch) -> tuple[int, int, int]:

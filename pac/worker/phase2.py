@@ -8,6 +8,7 @@ summing gradients over all devices each step.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,12 +32,16 @@ from pac.worker.spec import EpochStep, GatherSample, Phase2Spec, StepReport, loa
 from pac.worker.stage import Transport
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
 
+log = logging.getLogger(__name__)
+
 
 class Phase2Member:
     """This device's part of phase 2: the side network and head, from the cache, data parallel."""
 
     def __init__(self, spec: Phase2Spec, tensors: dict[str, torch.Tensor], cache_root: Path,
-                 transport: Transport) -> None:
+                 transport: Transport, kept_top: tuple | None = None) -> None:
+        """`kept_top`: (tuned top layers, their backbone) this device trained in phase 1's last stage, taken
+        over instead of loading the model again."""
         self.spec, self.transport = spec, transport
         side, head_config = spec.side_spec, spec.head
         key = CacheKey(spec.fingerprint, side.cached_taps(), spec.quantization, spec.tokenizer_fingerprint)
@@ -63,7 +68,7 @@ class Phase2Member:
             raise JobError(f"the side network is shaped for {side.top_layers} tuned top layers, phase 2 was asked "
                            f"to tune {spec.top.count}")
         if spec.top.count:
-            self._load_top(tensors)
+            self._load_top(tensors, kept_top)
         if not side.has_blocks:
             self.model.side.requires_grad_(False)  # no side network (`side_layers = []`): nothing reads it
         self.config = spec.train
@@ -74,15 +79,23 @@ class Phase2Member:
         advance_schedule(self.scheduler, spec.steps_done)
         self.states = CachedStates(self.cache, load_backbone=self._load_backbone)
 
-    def _load_top(self, tensors: dict[str, torch.Tensor]) -> None:
-        """The tuned top layers from this device's model store, with the job's trained tensors; every other
-        weight of the backbone is dropped again (an epoch from the cache runs only these layers)."""
-        backbone, fingerprint = load_model(self.spec.model, self.spec.quantization, self.spec.seed)
-        if fingerprint != self.spec.fingerprint:
-            raise JobError(f"this device's {self.spec.model} has other weights (fingerprint {fingerprint[:12]}, "
-                           f"the job's {self.spec.fingerprint[:12]}): every device must have the same model")
+    def _load_top(self, tensors: dict[str, torch.Tensor], kept: tuple | None) -> None:
+        """The tuned top layers (those this device's last stage trained, or from its model store), with the
+        job's trained tensors; every other weight of the backbone is dropped (an epoch from the cache runs
+        only these layers)."""
+        top, backbone = kept if kept is not None else (None, load_model(self.spec.model, self.spec.quantization,
+                                                                        self.spec.seed)[0])
+        if backbone.fingerprint() != self.spec.fingerprint:
+            raise JobError(f"this device's {self.spec.model} has other weights (fingerprint "
+                           f"{backbone.fingerprint()[:12]}, the job's {self.spec.fingerprint[:12]}): every device "
+                           f"must have the same model")
+        if top is None:
+            top = self.spec.top.build(backbone)
+        else:
+            log.info("job %s: phase 2 takes over the tuned top layers its last stage trained here (no model load)",
+                     self.spec.job_id)
         self.model.backbone = backbone
-        self.model.top = self.spec.top.build(backbone)
+        self.model.top = top
         self.model.top.to(next(self.model.side.parameters()).device)
         try:
             load_top_tensors(self.model.top, tensors, "phase 2")

@@ -205,6 +205,13 @@ class StageReplica:
             tensors.update(optimizer_tensors(self.worker.module, self.worker.optimizer))
         return tensors, self.steps_done
 
+    def tuned_top(self, top) -> tuple | None:
+        """(the tuned top layers, their backbone) if this replica trains them as `top` (TopConfig) asks:
+        a phase-2 member on this device takes them over instead of loading the model again."""
+        if self.worker is None or self.worker.module.top is None or self.spec.top != top:
+            return None
+        return self.worker.module.top, self.worker.backbone.backbone
+
     def release_model(self) -> None:
         """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays."""
         self.worker = None
