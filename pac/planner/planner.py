@@ -201,10 +201,12 @@ def explain_infeasible(home: HomeProfile, job: TrainingJob, strategy: str) -> st
             f"and side-network state before activations; the {len(home.devices)} device(s) offer "
             f"{offered / GIB:.2f} GiB (largest {largest.name}: {largest.memory_budget_bytes / GIB:.2f} GiB)")
     fixes = []
-    for bits in (16, 8, 4):
-        if bits < job.weight_bits and _fits(home, dataclasses.replace(job, weight_bits=bits), strategy):
+    for bits in (16, 8, 4):  # a quantised backbone's layers do not train: no tuned top layers then
+        if bits < job.weight_bits and _fits(home, dataclasses.replace(job, weight_bits=bits, top_layers=0), strategy):
             fixes.append(f"--weight-bits {bits} (a job's model.quantization = {QUANTIZATION_OF_BITS[bits]!r})")
             break
+    if job.top_layers and _fits(home, dataclasses.replace(job, top_layers=0), strategy):
+        fixes.append("--top-layers 0 (training.top_layers = 0: the side network alone)")
     batch = job.batch_size // 2
     while batch >= 1 and not fixes:
         smaller = dataclasses.replace(job, batch_size=batch, micro_batches=None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pac.errors import PacError
+from pac.formats import DEFAULT_TOP_LAYERS
 from pac.planner.baselines import STRATEGIES
 from pac.planner.plan import Plan
 from pac.planner.planner import plan_job
@@ -40,7 +41,8 @@ def render(plan: Plan) -> str:
     p1, job = plan.phase1, plan.job
     out = [f"plan ({plan.strategy}) for {plan.model}: {job.samples} samples, {job.epochs} epoch(s), "
            f"mini-batch {job.batch_size} = {p1.micro_batches} micro-batch(es) of {p1.micro_batch_size}, "
-           f"{job.weight_bits}-bit backbone", ""]
+           f"{job.weight_bits}-bit backbone"
+           + (f", its last {job.top_layers} layer(s) tuned (in the last stage)" if job.top_layers else ""), ""]
     rows = [[str(i), f"{s.first_layer}-{s.end_layer - 1}", str(s.end_layer - s.first_layer),
              ", ".join(f"{d} ({n})" for d, n in zip(s.devices, s.shares, strict=True))]
             for i, s in enumerate(p1.stages)]
@@ -82,6 +84,9 @@ def render(plan: Plan) -> str:
 @click.option("--weight-bits", default="32", show_default=True, type=click.Choice(["32", "16", "8", "4"]),
               help="Bits per frozen backbone weight, as the job's model.quantization holds it: 32 (none), "
                    "16 (bf16, fp16), 8 (int8), 4 (int4).")
+@click.option("--top-layers", type=click.IntRange(min=0), default=None,
+              help="The backbone's last N layers tuned (training.top_layers): no stage boundary among them "
+                   "[default: 3 with --weight-bits 32, as a job's; 0 with a quantised backbone].")
 @click.option("--strategy", default="pac", show_default=True, type=click.Choice(list(STRATEGIES)),
               help="pac, or a baseline to compare with.")
 @click.option("--out", "out_path", default="plan.json", show_default=True,
@@ -89,12 +94,14 @@ def render(plan: Plan) -> str:
 @click.option("--gantt", "gantt_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw one simulated mini-batch as a Gantt chart (PNG).")
 def command(profile_path: Path, batch_size: int, micro_batches: int | None, epochs: int, samples: int,
-            weight_bits: str, strategy: str, out_path: Path, gantt_path: Path | None) -> None:
+            weight_bits: str, top_layers: int | None, strategy: str, out_path: Path, gantt_path: Path | None) -> None:
     """Plan a fine-tuning job from device profiles: print it, explain it, write it as JSON."""
+    if top_layers is None:
+        top_layers = DEFAULT_TOP_LAYERS if weight_bits == "32" else 0
     try:
         home = load_home(profile_path)
         job = TrainingJob(samples=samples, batch_size=batch_size, epochs=epochs, micro_batches=micro_batches,
-                          weight_bits=int(weight_bits))
+                          weight_bits=int(weight_bits), top_layers=top_layers)
         result = plan_job(home, job, strategy)
     except PacError as error:
         raise click.ClickException(str(error)) from error

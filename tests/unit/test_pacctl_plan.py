@@ -38,3 +38,29 @@ def test_a_job_that_fits_nowhere_is_one_clear_error(tmp_path):
                                           "--samples", "8", "--out", str(tmp_path / "plan.json")])
     assert result.exit_code != 0 and "--weight-bits 8" in result.output
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_the_tuned_top_layers_stay_in_the_last_stage(tmp_path):
+    """As a job's default, `pacctl plan` keeps the backbone's last 3 layers in one stage, so `pacctl train`
+    takes the plan; --top-layers 0 lets the planner cut anywhere."""
+    home = tiny_home([[1.0] * 6] * 3, [15_000] * 3, latency_s=1e-3)  # 32-bit: 2 layers a device at most
+    profile = _write(tmp_path, home)
+    cut = CliRunner().invoke(command, ["--profile", str(profile), "--batch-size", "6", "--samples", "12",
+                                       "--top-layers", "0", "--out", str(tmp_path / "cut.json")])
+    assert cut.exit_code == 0 and Plan.load(tmp_path / "cut.json").phase1.stages[-1].first_layer == 4  # 2+2+2
+    for extra, tuned in (([], 3), (["--weight-bits", "16"], 0), (["--top-layers", "1"], 1)):
+        out = tmp_path / f"plan{tuned}.json"
+        result = CliRunner().invoke(command, ["--profile", str(profile), "--batch-size", "6", "--samples", "12",
+                                              "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        plan = Plan.load(out)
+        last = plan.phase1.stages[-1]
+        assert plan.job.top_layers == tuned and last.first_layer <= last.end_layer - tuned
+        assert (f"last {tuned} layer(s) tuned" in result.output) == bool(tuned)
+
+
+def test_tuned_top_layers_that_fit_no_last_stage_are_named_as_the_fix(tmp_path):
+    home = tiny_home([[1.0] * 6] * 3, [12_000] * 3, latency_s=1e-3)  # 3 layers fit no device at 32 bits
+    result = CliRunner().invoke(command, ["--profile", str(_write(tmp_path, home)), "--batch-size", "6",
+                                          "--samples", "12", "--out", str(tmp_path / "plan.json")])
+    assert result.exit_code != 0 and "--top-layers 0" in result.output, result.output
