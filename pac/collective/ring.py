@@ -171,7 +171,8 @@ async def ring_allreduce_flat(
 
 def layout_fingerprint(plans: list[BucketPlan], wire: str = "fp32") -> str:
     """Short digest of the bucket layout; members compare it before exchanging any value."""
-    text = ";".join(f"{plan.dtype}:{plan.numel}:{len(plan.slots)}" for plan in plans) + (f";{wire}" if wire != "fp32" else "")
+    text = ";".join(f"{plan.dtype}:{plan.numel}:{len(plan.slots)}" for plan in plans)
+    text += f";{wire}" if wire != "fp32" else ""  # members on other wires must not exchange a value
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -156,8 +156,8 @@ class Job:
                         padded_tokens: float | None = None) -> TrainingJob:
         """What the planner plans. `samples`: examples in the training file (train_limit applied here);
         `use_cache` None: as cache.precision says; `padded_tokens`: what the job's own mini-batches pad to
-        on average (its times are costed at that, its memory at seq_len). Activations travel as fp32 (the default codec); without
-        a cache, hidden states are sized at 2 bytes."""
+        on average (its times are costed at that, its memory at seq_len). Activations travel as fp32 (the
+        default codec); without a cache, hidden states are sized at 2 bytes."""
         if self.data.train_limit is not None:
             samples = min(samples, self.data.train_limit)
         if use_cache is None:
@@ -190,8 +190,11 @@ class Job:
             + (f", columns {columns}" if columns else "")
             + (f", no header row: columns {list(d.header)}" if d.header else "")
             + (f", quoting {d.quoting}" if d.quoting != "auto" else ""),
-            f"  training  {t.technique}, k={t.reduction_factor}, side layers "
-            f"{'all' if t.side_layers is None else list(t.side_layers)}, {t.epochs} epoch(s), batch {t.batch_size}"
+            f"  training  {t.technique}, "
+            + (f"top {t.top_layers} layer(s) tuned ({t.top_tuning}, {t.top_targets}), " if t.top_layers else "")
+            + ("no side network" if t.side_layers == () else f"side network k={t.reduction_factor} on "
+               f"{'all layers' if t.side_layers is None else 'layers ' + str(list(t.side_layers))}")
+            + f", {t.epochs} epoch(s), batch {t.batch_size}"
             f" ({t.micro_batches or 'planned'} micro-batches), seq_len {t.seq_len}",
             f"  optimiser {t.optimizer} lr {t.learning_rate:g}, weight decay {t.weight_decay:g}, warm-up "
             f"{t.warmup_fraction:g}, clip {t.max_grad_norm:g}, seed {t.seed}",

@@ -28,21 +28,14 @@ class TechniqueConfig:
     top_targets: str = "all"  # LoRA of the top layers on: all (every linear layer) | attention (q and v)
 
     def __post_init__(self) -> None:
-        from pac.techniques.top import TOP_TARGETS, TOP_TUNINGS
-
         if self.name not in TECHNIQUES:
             raise ConfigError(f"technique must be one of {', '.join(TECHNIQUES)}, got {self.name!r}")
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.top_layers < 0:
-            raise ConfigError(f"top_layers must be >= 0, got {self.top_layers}")
+        self.top  # noqa: B018 -- TopConfig checks top_layers, top_tuning and top_targets
         if self.top_layers and self.name != "parallel":
-            raise ConfigError(f"top_layers tunes the backbone's last layers beside Parallel Adapters' side network; "
-                              f"technique {self.name!r} has none")
-        if self.top_targets not in TOP_TARGETS:
-            raise ConfigError(f"top_targets must be one of {', '.join(TOP_TARGETS)}, got {self.top_targets!r}")
-        if self.top_tuning not in TOP_TUNINGS:
-            raise ConfigError(f"top_tuning must be one of {', '.join(TOP_TUNINGS)}, got {self.top_tuning!r}")
+            raise ConfigError(f"top_layers tunes the backbone's last layers within PAC's technique; technique "
+                              f"{self.name!r} has none")
 
     @property
     def top(self):
