@@ -170,8 +170,8 @@ def release_outside(backbone: Backbone, layers: LayerSlice, lm_head: bool) -> No
     t5 = backbone.model_type == "t5"
     for index, stack in enumerate(backbone.stacks):
         for layer in range(len(stack)):
-            if layers.holds(index, layer):
-                continue
+            if layers.holds(index, layer) or isinstance(stack[layer], (PassThrough, T5PassThrough)):
+                continue  # held, or released already
             if t5 and layer == 0:
                 stack[0] = T5PassThrough(_bias_only(stack[0].layer[0].SelfAttention))
             else:

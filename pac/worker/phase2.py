@@ -83,8 +83,11 @@ class Phase2Member:
         """The tuned top layers (those this device's last stage trained, or from its model store), with the
         job's trained tensors; every other weight of the backbone is dropped (an epoch from the cache runs
         only these layers)."""
-        top, backbone = kept if kept is not None else (None, load_model(self.spec.model, self.spec.quantization,
-                                                                        self.spec.seed)[0])
+        if kept is None:  # only the tuned layers (and the final norm) are read from the checkpoint
+            layers = sum(self.spec.side_spec.stack_sizes)
+            kept = (None, load_model(self.spec.model, self.spec.quantization, self.spec.seed,
+                                     layers=(layers - self.spec.top.count, layers))[0])
+        top, backbone = kept
         if backbone.fingerprint() != self.spec.fingerprint:
             raise JobError(f"this device's {self.spec.model} has other weights (fingerprint "
                            f"{backbone.fingerprint()[:12]}, the job's {self.spec.fingerprint[:12]}): every device "

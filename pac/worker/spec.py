@@ -23,9 +23,24 @@ from pac.train.loop import TrainConfig
 FINAL_TAP = (-1,)  # marks, in a shard's cache key, that its records end with the head's input
 
 
-def load_model(name: str, quantization: str, seed: int):
-    """The frozen backbone as every device of a job loads it (the cache key is its checkpoint's digest)."""
-    backbone = load_backbone(name, seed=seed)
+def load_model(name: str, quantization: str, seed: int, layers: tuple[int, int] | None = None,
+               lm_head: bool = False):
+    """The frozen backbone as every device of a job loads it (the cache key is its checkpoint's digest).
+
+    `layers` = (first, end): only those layers are read from the checkpoint (pac.models.partial), with the
+    word embeddings if they start a stack and the LM head if `lm_head` and they end the model; the rest of
+    the model is never in memory. None: the whole model."""
+    if layers is None:
+        backbone = load_backbone(name, seed=seed)
+    else:
+        from pac.models.partial import load_partial
+        from pac.pipeline.backbone_stage import release_outside
+
+        def release(whole) -> None:
+            kept = LayerSlice(layers[0], layers[1], tuple(len(stack) for stack in whole.stacks))
+            release_outside(whole, kept, lm_head and kept.is_last and whole.has_lm_head)
+
+        backbone = load_partial(name, release, seed=seed)
     fingerprint = backbone.fingerprint()  # before quantising and before a stage releases layers
     quantize_backbone(backbone, quantization)
     return backbone, fingerprint

@@ -93,7 +93,11 @@ class StageReplica:
                  transport: Transport) -> None:
         started = time.perf_counter()
         self.spec, self.transport = spec, transport
-        backbone, self.fingerprint = load_model(spec.model, spec.quantization, spec.seed)
+        # Only the stage's own layers are read, unless the side network is to be initialised here by
+        # pruning (no state sent), which reads every layer.
+        backbone, self.fingerprint = load_model(spec.model, spec.quantization, spec.seed,
+                                                layers=(spec.first, spec.end) if state else None,
+                                                lm_head=spec.head.task == "lm")
         self.side_spec = side_spec(backbone, spec.side)
         self.layers = LayerSlice(spec.first, spec.end, self.side_spec.stack_sizes)
         if self.layers.is_last != spec.is_last:
