@@ -51,6 +51,14 @@ def family_of(config) -> str:
     return "decoder"
 
 
+@dataclass(frozen=True)
+class LayerShape:
+    """Facts of the backbone's layers the side network is shaped from (the first layer's)."""
+
+    mlp_inner: int  # the MLP's inner width
+    attention_bias: bool  # whether the attention projections have a bias
+
+
 @dataclass
 class BackboneOutput:
     taps: list[list[torch.Tensor]]  # per stack: [h_0, h_1, ..., h_L]
@@ -74,6 +82,12 @@ class Backbone:
         paths = LAYER_PATHS.get(self.model_type, DECODER_DEFAULT_PATH)
         self.stacks: list[nn.ModuleList] = [_get(self.model, path) for path in paths]
         self._fingerprint: str | None = None
+        # What the side network is shaped from, read off the first layer now: a stage may release it.
+        from pac.side.weights import layer_weights
+
+        first = layer_weights(self.model_type, self.stacks[0][0])
+        self.layer_shape = LayerShape(mlp_inner=first.mlp_in.weight.shape[0],
+                                      attention_bias=first.self_attention.q.bias is not None)
 
     # ---- shape facts -------------------------------------------------------------------------
     @property

@@ -117,15 +117,12 @@ def _side_heads(heads: int, head_dim: int, width: int, rope: bool) -> tuple[int,
 
 
 def side_spec(backbone, config: SideConfig) -> SideSpec:
-    from pac.side.weights import layer_weights
-
     k = config.reduction_factor
     d = backbone.hidden_size
     width = max(2, d // k)
     style = block_style(backbone.model_type, backbone.family, backbone.config, backbone.num_heads, d)
     heads, head_dim = _side_heads(style.num_heads, style.head_dim, width, style.rope_theta is not None)
     width = heads * head_dim
-    first = layer_weights(backbone.model_type, backbone.stacks[0][0])
     stack_sizes = tuple(len(stack) for stack in backbone.stacks)
     chosen = set(range(sum(stack_sizes))) if config.layers is None else set(config.layers)
     bad = sorted(i for i in chosen if not 0 <= i < sum(stack_sizes))
@@ -140,7 +137,7 @@ def side_spec(backbone, config: SideConfig) -> SideSpec:
     check_top(backbone, config.top_layers)
     return SideSpec(
         family=backbone.family, hidden_size=d, width=width, heads=heads, head_dim=head_dim,
-        mlp_inner=max(1, first.mlp_in.weight.shape[0] // k), bias=first.self_attention.q.bias is not None,
+        mlp_inner=max(1, backbone.layer_shape.mlp_inner // k), bias=backbone.layer_shape.attention_bias,
         style=style, stack_sizes=stack_sizes, taps=tuple(taps), top_layers=config.top_layers,
     )
 
