@@ -89,11 +89,24 @@ def quantize_backbone(backbone, method: str, group_size: int = 64) -> int:
     replaced = 0
     for stack in backbone.stacks:
         for layer in stack:
-            for parent in list(layer.modules()):
-                for name, child in list(parent.named_children()):
-                    found = _as_linear_weight(child)
-                    if found is not None:
-                        setattr(parent, name, QuantizedLinear(found[0], found[1], bits, group_size))
-                        replaced += 1
+            replaced += len(quantize_layer(layer, bits, group_size))
     backbone.quantization = method
     return replaced
+
+
+def quantize_layer(layer: nn.Module, bits: int, group_size: int = 64) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace every linear layer inside `layer` by its `bits`-bit QuantizedLinear; returns (parent, name,
+    the module replaced) of each, so that `restore_layer` can put them back."""
+    replaced = []
+    for parent in list(layer.modules()):
+        for name, child in list(parent.named_children()):
+            found = _as_linear_weight(child)
+            if found is not None and not getattr(found[0], "is_meta", False):
+                setattr(parent, name, QuantizedLinear(found[0], found[1], bits, group_size))
+                replaced.append((parent, name, child))
+    return replaced
+
+
+def restore_layer(replaced: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, name, child in reversed(replaced):
+        setattr(parent, name, child)

@@ -173,6 +173,7 @@ class Controller(Elastic):
         evaluation = EpochEvaluation(p, job.cache.precision, job.model.quantization, self.output_dir,
                                      job.training.patience)
         self.evaluation = evaluation if self.options.evaluate and evaluation.wanted else None
+        evaluation.log = self.log
         commit = Commit(Position(1, 0, 0))
         if self.options.resume:
             checkpoint = resume_point(self.output_dir, job.source, self.record, previous, self.log)
@@ -246,6 +247,9 @@ class Controller(Elastic):
         if start.phase == 1:  # the stages train phase 1, or serve the cache shards they wrote to phase 2
             phase1 = Phase1(self.ctx, plan, self._on_step)
             addresses = await phase1.load(total, use_cache, state, start.step)
+            if self.evaluation is not None:  # its records, computed by the stages (this machine holds no backbone)
+                await self.evaluation.prefill(lambda items, keys, cache: phase1.evaluation_records(addresses, items,
+                                                                                                  keys, cache))
             if start.epoch < phase1_epochs:
                 state, holders, step = await phase1.run(addresses, phase1_epochs, steps_per_epoch, use_cache,
                                                         start, holders)

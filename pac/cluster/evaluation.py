@@ -1,11 +1,14 @@
 """Scores after every epoch, on the controller: the evaluation data (metrics.json, status.json, the loss
 plot) and the validation split carved from the training file (the best epoch, early stopping).
 
-The controller holds the backbone (it evaluates at the end too), so after each epoch's checkpoint it loads
-the trained side network and head into its own model and scores the job's evaluation data and validation
-split. Epoch 1 runs the backbone over their samples and keeps their states in an activation cache of the
-job's precision under the output directory (removed at the end); later epochs score from it, running the
-side network and head alone. The last epoch's score is the job's final one (not computed twice).
+The controller does not hold the backbone. When the phase-1 stages are loaded, before training, their
+devices run the evaluation data and validation split through the backbone (the forward alone) and the
+controller gathers the samples' cache records into an activation cache under the output directory, at
+the job's cache precision (float32 for a job without a cache; removed at the end). After each epoch's
+checkpoint the controller loads the trained side network and head (and tuned top layers) into its model
+and scores from that cache, running only what trains. A job resumed in phase 2 whose evaluation cache is
+gone loads the whole backbone here once to compute the records (it says so). The last epoch's score is
+the job's final one (not computed twice).
 
 With a validation split the best epoch's weights are kept (OUT/best.safetensors, written whole, so a
 resumed job still has them) and end in the adapter; `training.patience` stops the job after that many
@@ -35,7 +38,9 @@ class EpochEvaluation:
     def __init__(self, prepared, precision: str, quantization: str, output_dir: Path, patience: int = 0) -> None:
         self.prepared, self.output_dir, self.patience = prepared, output_dir, patience
         self.directory = output_dir / ".evaluation-cache"
-        self.precision, self.quantization = precision, quantization
+        self.precision = precision if precision != "none" else "fp32"  # the stages' evaluation shards' too
+        self.quantization = quantization
+        self.log = print
         self.states = None
         self.last: tuple[int, dict] | None = None  # (step, entry) of the newest evaluation
         self.best: dict | None = None  # the entry of the best validation score so far
@@ -45,14 +50,37 @@ class EpochEvaluation:
         return bool(self.prepared.eval_items or self.prepared.validation_items)
 
     def _states(self):
-        if self.states is None and self.precision != "none":
+        if self.states is None:
             from pac.cache import ActivationCache
             from pac.train.cached import CachedStates, cache_key_for
 
             p = self.prepared
             key = cache_key_for(p.backbone, p.model.side.spec, self.quantization, p.fingerprint)
-            self.states = CachedStates(ActivationCache(self.directory, key, self.precision))
+            self.states = CachedStates(ActivationCache(self.directory, key, self.precision),
+                                       load_backbone=self._load_backbone)
         return self.states
+
+    def _load_backbone(self):
+        from pac.worker.spec import load_model
+
+        p = self.prepared
+        self.log(f"the evaluation cache lacks records and no stage is loaded: loading {p.backbone.name} whole "
+                 "on this machine to compute them")
+        return load_model(p.model_name, self.quantization, p.seed)[0]
+
+    def _items(self) -> list:
+        return self.prepared.eval_items + self.prepared.validation_items
+
+    async def prefill(self, run) -> None:
+        """Put the records of every evaluation and validation sample not yet cached in the evaluation cache:
+        `await run(items, keys, cache)` computes them (the phase-1 stages)."""
+        from pac.cache import sample_key
+
+        cache = self._states().cache
+        items = [item for item in self._items() if sample_key(item.input_ids, item.decoder_ids) not in cache]
+        unique = list({sample_key(i.input_ids, i.decoder_ids): i for i in items}.items())
+        if unique:
+            await run([item for _, item in unique], [key for key, _ in unique], cache)
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         load_trained(self.prepared.model, state)

@@ -39,6 +39,7 @@ async def gather_state(stages: StageClient, addresses: list[list[str]]) -> dict[
 class Phase1:
     def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
         self.ctx, self.plan, self.on_step = ctx, plan, on_step
+        self.evaluations = 0  # evaluation mini-batches run through the stages (their stream numbers)
 
     async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int, use_cache: bool,
                   start: Position | None = None, holders: dict[str, list[str]] | None = None,
@@ -129,6 +130,45 @@ class Phase1:
         self.ctx.record.log(f"phase 1: {len(plan.phase1.stages)} stage(s) on {sum(len(a) for a in addresses)} device(s) "
                  f"loaded (largest stage {max(held) / 1e6:.0f} MB, slowest load {max(r.load_s for r in replies):.1f} s)")
         return addresses
+
+    async def evaluation_records(self, addresses: list[list[str]], items: list[Encoded], keys: list[str],
+                                 cache) -> None:
+        """Run `items` (their cache `keys`) through the loaded stages, the backbone's forward alone, and put
+        their whole cache records in `cache`: the controller then scores them from the cache, side network
+        and head only, and never holds the backbone. Mini-batches and micro-batches as the plan's."""
+        from pac.worker.phase2 import join_records
+
+        p, training, plan = self.ctx.prepared, self.ctx.job.training, self.plan
+        timeout = self.ctx.options.step_timeout_s
+        where: dict[tuple[str, int], list[str]] = {}
+        for start in range(0, len(items), training.batch_size):
+            group, group_keys = items[start:start + training.batch_size], keys[start:start + training.batch_size]
+            ranges = row_ranges(len(group), min(plan.phase1.micro_batches, len(group)))
+            micro_items = [list(range(a, b)) for a, b in ranges]
+            micro = [collate(group[a:b], p.pad_id, p.task) for a, b in ranges]
+            self.evaluations += 1
+            calls = []
+            for s, stage_addresses in enumerate(addresses):
+                for r, address in enumerate(stage_addresses):
+                    batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
+                    calls.append(self.ctx.stages.evaluate_step(address, f"evaluation data through stage {s}",
+                                                               self.evaluations, batches, timeout))
+                    for rows in micro_items:
+                        first, stop = row_ranges(len(rows), tuple(plan.phase1.stages[s].shares))[r]
+                        where.setdefault((address, s), []).extend(group_keys[i] for i in rows[first:stop])
+            await asyncio.gather(*calls)
+        found = await asyncio.gather(*(self.ctx.stages.evaluation_records(address, s, wanted, timeout)
+                                       for (address, s), wanted in where.items()))
+        parts: dict[str, list] = {}
+        for (_, s), records in zip(where, found, strict=True):
+            for key, piece in records.items():
+                parts.setdefault(key, [None] * len(addresses))[s] = piece
+        for key in keys:
+            pieces = parts.get(key)
+            if pieces is None or any(piece is None for piece in pieces):
+                raise TrainingFailed(f"the stages returned no evaluation record of sample {key[:12]}")
+            cache.put_raw(key, *join_records(pieces))
+        cache.flush()
 
     def _micro_batches(self, micro: list[dict], micro_items: list[list[int]], group: list[Encoded],
                        group_keys: list[str], stage: int, replica: int) -> list[MicroIn]:

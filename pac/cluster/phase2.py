@@ -104,7 +104,7 @@ class Phase2:
             top=p.technique.top)
         tensors = dict(state)
         if p.task == "lm":
-            head = p.backbone.lm_head()
+            head = p.lm_head
             tensors["lm_head.weight"] = head.weight
             if head.bias is not None:
                 tensors["lm_head.bias"] = head.bias

@@ -51,6 +51,11 @@ def family_of(config) -> str:
     return "decoder"
 
 
+@contextlib.contextmanager
+def _held_already(layer: nn.Module):
+    yield layer
+
+
 @dataclass(frozen=True)
 class LayerShape:
     """Facts of the backbone's layers the side network is shaped from (the first layer's)."""
@@ -82,6 +87,9 @@ class Backbone:
         paths = LAYER_PATHS.get(self.model_type, DECODER_DEFAULT_PATH)
         self.stacks: list[nn.ModuleList] = [_get(self.model, path) for path in paths]
         self._fingerprint: str | None = None
+        # A model whose layers stay on meta (pac.models.partial.load_held) reads one at a time through this:
+        # `with backbone.open_layer(layer):` holds its weights only inside.
+        self.open_layer = _held_already
         # What the side network is shaped from, read off the first layer now: a stage may release it.
         from pac.side.weights import layer_weights
 
@@ -107,14 +115,20 @@ class Backbone:
     def num_layers(self) -> int:
         return sum(len(stack) for stack in self.stacks)
 
+    def _held_parameter(self) -> torch.Tensor | None:
+        """A parameter this process holds (a partly loaded model keeps the others on meta)."""
+        return next((p for p in self.model.parameters() if not p.is_meta), None)
+
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        held = self._held_parameter()
+        return held.device if held is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the backbone's forward pass runs in."""
-        return next(self.model.parameters()).dtype
+        held = self._held_parameter()
+        return (held if held is not None else next(self.model.parameters())).dtype
 
     @property
     def trainable_dtype(self) -> torch.dtype:

@@ -145,15 +145,14 @@ def _gguf_names(identity: tuple, model: nn.Module, config):
     """(tensor processor, GGUF name -> model key) as transformers' GGUF loader makes them (slow to build:
     kept per file). The processor reads the model's config, which holds the GGUF's values."""
     if identity not in _GGUF_NAMES:
+        import functools
+
+        import gguf
         from transformers.modeling_gguf_pytorch_utils import (
             TENSOR_PROCESSORS,
             TensorProcessor,
             get_gguf_hf_weights_map,
         )
-
-        import functools
-
-        import gguf
 
         processor = TENSOR_PROCESSORS.get(config.model_type, TensorProcessor)(config=config.to_dict())
         # The mapping walks every submodule and rebuilds gguf's name table for each (seconds): the table is
@@ -206,8 +205,10 @@ def _names_by_parameter(model: nn.Module) -> dict[int, list[str]]:
 
 
 def materialise(model: nn.Module, checkpoint: Checkpoint, names: dict[int, list[str]], dtype: torch.dtype,
-                where: str) -> None:
-    """Read every parameter still on meta from the checkpoint (tied ones once); empty ones stay empty."""
+                where: str, buffers: bool = True) -> None:
+    """Read every parameter of `model` (a whole model or one of its modules) still on meta from the
+    checkpoint (tied ones once); empty ones stay empty. `buffers`: `model` is the whole model, whose
+    persistent buffers the checkpoint may store too."""
     made: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for leaf, parameter in list(module._parameters.items()):
@@ -215,19 +216,19 @@ def materialise(model: nn.Module, checkpoint: Checkpoint, names: dict[int, list[
                 continue
             if id(parameter) not in made:
                 if parameter.numel() == 0:
-                    value = torch.empty(parameter.shape, dtype=dtype)
+                    value = torch.empty(parameter.shape, dtype=parameter.dtype)
                 else:
                     keys = [k for k in names.get(id(parameter), []) if checkpoint.has(k)]
                     if not keys:
                         raise ModelNotFoundError(f"{where}: the checkpoint holds no "
                                                  f"{' / '.join(names.get(id(parameter), [leaf]))}")
-                    value = checkpoint.read(keys[0]).to(dtype)
+                    value = checkpoint.read(keys[0]).to(parameter.dtype)  # the meta parameter's: the model's
                     if tuple(value.shape) != tuple(parameter.shape):
                         raise ModelNotFoundError(f"{where}: {keys[0]} is {tuple(value.shape)} in the checkpoint, "
                                                  f"the model expects {tuple(parameter.shape)}")
                 made[id(parameter)] = nn.Parameter(value, requires_grad=False)
             module._parameters[leaf] = made[id(parameter)]
-    for name, buffer in model.named_buffers():  # persistent buffers the checkpoint stores (position ids...)
+    for name, buffer in model.named_buffers() if buffers else ():  # persistent ones the checkpoint stores
         if checkpoint.has(name) and not buffer.is_meta:
             buffer.copy_(checkpoint.read(name).to(buffer.dtype))
 
@@ -255,11 +256,62 @@ def load_partial(spec: str, release: Callable[[Backbone], None], dtype: torch.dt
         checkpoint = Checkpoint(source, model, config)
         fingerprint = _fingerprint(checkpoint, model, tokenizer, config)
         names = _names_by_parameter(model)
+        model.to(dtype=dtype)
         backbone = Backbone(source.name, model, tokenizer, source)
         backbone._fingerprint = fingerprint
         release(backbone)
         materialise(model, checkpoint, names, dtype, str(source.directory / (source.gguf_file or "")))
+        return backbone
+
+
+class LayerReader:
+    """`backbone.open_layer` of a model whose layers stay on meta: a layer's weights are read from the
+    checkpoint on entry and dropped (back on meta) on exit."""
+
+    def __init__(self, checkpoint: Checkpoint, names: dict[int, list[str]], dtype: torch.dtype) -> None:
+        self.checkpoint, self.names, self.dtype = checkpoint, names, dtype
+
+    @contextlib.contextmanager
+    def open(self, layer: nn.Module):
+        saved = [(module, leaf, parameter) for module in layer.modules()
+                 for leaf, parameter in module._parameters.items() if parameter is not None and parameter.is_meta]
+        materialise(layer, self.checkpoint, self.names, self.dtype, str(self.checkpoint.files[0]), buffers=False)
+        try:
+            yield layer
+        finally:
+            for module, leaf, parameter in saved:
+                module._parameters[leaf] = parameter
+
+
+def load_held(spec: str, held: Callable[[Backbone], list[nn.Module]], dtype: torch.dtype = torch.float32,
+              seed: int = 0) -> Backbone:
+    """The backbone `spec` with only the modules `held(backbone)` names read from the checkpoint; every
+    other parameter stays on meta, and `backbone.open_layer(layer)` reads a layer for as long as it is
+    used (what the controller needs: the side network is pruned from every layer, one at a time). A tiny
+    random model is built whole."""
+    from pac.models.backbone import load_backbone
+    from pac.models.imports import MODEL_CODE
+
+    source = resolve_model(spec)
+    if source.tiny:
+        backbone = load_backbone(spec, dtype=dtype, seed=seed)
+        backbone.fingerprint()
+        return backbone
+    with MODEL_CODE:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        model, tokenizer, config = skeleton(source)
+        checkpoint = Checkpoint(source, model, config)
+        fingerprint = _fingerprint(checkpoint, model, tokenizer, config)
+        names = _names_by_parameter(model)
         model.to(dtype=dtype)
+        backbone = Backbone(source.name, model, tokenizer, source)
+        backbone._fingerprint = fingerprint
+        where = str(source.directory / (source.gguf_file or ""))
+        for module in held(backbone):
+            materialise(module, checkpoint, names, dtype, where, buffers=False)
+        backbone.open_layer = LayerReader(checkpoint, names, dtype).open
         return backbone
 
 

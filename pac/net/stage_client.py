@@ -48,13 +48,16 @@ class StageClient:
         self.job_id, self.nodes, self.identity = job_id, nodes, identity  # nodes: address -> node id
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _stub(self, address: str) -> stage_pb2_grpc.StageStub:
+    def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) if self.identity is None \
                 else secure_channel(address, self.identity, self.nodes.get(address), CHANNEL_OPTIONS)
             self._channels[address] = channel
-        return stage_pb2_grpc.StageStub(channel)
+        return channel
+
+    def _stub(self, address: str) -> stage_pb2_grpc.StageStub:
+        return stage_pb2_grpc.StageStub(self._channel(address))
 
     async def _call(self, address: str, what: str, coroutine):
         try:
@@ -81,6 +84,21 @@ class StageClient:
                                            micro_batches=[convert.micro_to_proto(m) for m in micro])
         reply = await self._call(address, what, self._stub(address).RunStep(request, timeout=timeout_s * 4))
         return StepResult(reply.loss, reply.grad_square_norm, convert.events_from_proto(reply.events))
+
+    async def evaluate_step(self, address: str, what: str, step: int, micro: list[MicroIn], timeout_s: float) -> None:
+        """Evaluation micro-batches through the stage replica at `address` (RunStep with evaluate)."""
+        request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, timeout_s=timeout_s, evaluate=True,
+                                           micro_batches=[convert.micro_to_proto(m) for m in micro])
+        await self._call(address, what, self._stub(address).RunStep(request, timeout=timeout_s * 4))
+
+    async def evaluation_records(self, address: str, stage: int, keys: list[str], timeout_s: float
+                                 ) -> dict[str, tuple[bytes, list]]:
+        """Records of the evaluation shard of stage `stage` on the device at `address`: key -> (bytes, shapes)."""
+        try:
+            return await fetch_records(self._channel(address), address, self.job_id, stage, keys, timeout_s,
+                                       evaluation=True)
+        except JobError as error:
+            raise TrainingFailed(str(error)) from None
 
     async def apply_step(self, address: str, step: int, clip: float) -> None:
         request = stage_pb2.ApplyStepRequest(job_id=self.job_id, step=step, clip_coefficient=clip)
@@ -149,12 +167,14 @@ class StageClient:
 
 
 async def fetch_records(channel: grpc.aio.Channel, address: str, job_id: str, stage: int, keys: list[str],
-                        timeout_s: float) -> dict[str, tuple[bytes, list]]:
-    """Records of stage `stage`'s cache shard on the device at `address`: key -> (bytes, shapes); stage
-    WHOLE (-1): the whole records of its phase-2 cache, those it lacks left out."""
+                        timeout_s: float, evaluation: bool = False) -> dict[str, tuple[bytes, list]]:
+    """Records of stage `stage`'s cache shard (`evaluation`: its evaluation shard) on the device at
+    `address`: key -> (bytes, shapes); stage WHOLE (-1): the whole records of its phase-2 cache, those it
+    lacks left out."""
     whole = stage < 0
-    what = "whole cache records" if whole else f"cache records of stage {stage}"
-    request = stage_pb2.FetchCacheRequest(job_id=job_id, stage=max(stage, 0), sample_keys=keys, whole=whole)
+    what = "whole cache records" if whole else f"{'evaluation' if evaluation else 'cache'} records of stage {stage}"
+    request = stage_pb2.FetchCacheRequest(job_id=job_id, stage=max(stage, 0), sample_keys=keys, whole=whole,
+                                          evaluation=evaluation)
     try:
         records = await read_chunked(stage_pb2_grpc.StageStub(channel).FetchCache(request, timeout=timeout_s),
                                      "header", "data")

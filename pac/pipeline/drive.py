@@ -66,10 +66,11 @@ class ReplicaDrive:
         return self.rows(rows)[self.replica]
 
     def inbound(self, op: Op, rows: int) -> list[Piece]:
-        """The pieces `op` waits for (none for the first stage's forwards and the last stage's backwards)."""
-        if (op.kind == "F" and self.stage == 0) or (op.kind == "B" and self.is_last):
+        """The pieces `op` waits for (none for the first stage's forwards and the last stage's backwards).
+        Kind "E" is an evaluation forward: it travels like "F", on its own streams."""
+        if (op.kind in "FE" and self.stage == 0) or (op.kind == "B" and self.is_last):
             return []
-        source = self.stage - 1 if op.kind == "F" else self.stage + 1
+        source = self.stage - 1 if op.kind in "FE" else self.stage + 1
         return [Piece(op.kind, self.stage, self.replica, op.micro, start)
                 for _, receiver, start, _ in route(self.rows(rows, source), self.rows(rows))
                 if receiver == self.replica]
@@ -77,7 +78,7 @@ class ReplicaDrive:
     def _gather(self, op: Op, rows: int) -> Tensors:
         pieces = self.inbound(op, rows)
         if not pieces:
-            if (op.kind == "F" and self.stage == 0) or (op.kind == "B" and self.is_last):
+            if (op.kind in "FE" and self.stage == 0) or (op.kind == "B" and self.is_last):
                 return {}
             raise PipelineError(f"stage {self.stage} replica {self.replica}: no rows of micro-batch {op.micro} "
                                 f"come from the neighbouring stage")
@@ -89,12 +90,20 @@ class ReplicaDrive:
         return {name: torch.cat([r[name] for r in received]) for name in received[0]}
 
     def _send(self, op: Op, rows: int, tensors: Tensors) -> None:
-        target = self.stage + 1 if op.kind == "F" else self.stage - 1
+        target = self.stage + 1 if op.kind in "FE" else self.stage - 1
         offset = self.own(rows)[0]
         for sender, receiver, start, stop in route(self.rows(rows), self.rows(rows, target)):
             if sender == self.replica:
                 piece = {name: t[start - offset:stop - offset] for name, t in tensors.items()}
                 self.links.send(Piece(op.kind, target, receiver, op.micro, start), piece)
+
+    def evaluate(self, micro: int, rows: int, batch: Callable[[], Tensors]) -> None:
+        """An evaluation forward of micro-batch `micro` on this replica's rows: the backbone slice alone
+        (its states to the worker's `on_states`), what the next stage needs sent on."""
+        op = Op("E", micro)
+        out = self.worker.forward_states(micro, batch(), self._gather(op, rows))
+        if not self.is_last:
+            self._send(op, rows, out)
 
     def run(self, op: Op, rows: int, batch: Callable[[], Tensors], loss_total: int) -> float:
         """One operation on this replica's rows of a micro-batch of `rows` rows; `batch()` gives those rows

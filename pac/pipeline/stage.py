@@ -107,6 +107,16 @@ class StageWorker:
         self.pending[micro] = _Pending(leaves, outputs, None)
         return {**states.outbound, **{k: v.detach() for k, v in outputs.items()}}
 
+    def forward_states(self, micro: int, batch: Mapping[str, torch.Tensor],
+                       inbound: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The backbone slice alone on micro-batch `micro`, no autograd (evaluation: its states go to
+        `on_states`); returns what the next stage needs (the backbone's hidden states)."""
+        with torch.no_grad():
+            states = self.backbone.run(batch, inbound, grad=False)
+        if self.on_states is not None:
+            self.on_states(micro, batch, states)
+        return dict(states.outbound)
+
     def _side(self, states: StageStates, batch, leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         side = self.module.side
         if not side.spec.has_blocks:  # no side network: the last stage adds nothing, the others send nothing

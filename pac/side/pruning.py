@@ -9,6 +9,8 @@ inner channels. Importance is the L2 norm of the weights that read or write a ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from pac.side.network import SideNetwork
@@ -19,7 +21,7 @@ def _topk_sorted(scores: torch.Tensor, count: int) -> torch.Tensor:
     return scores.topk(count).indices.sort().values
 
 
-def hidden_importance(weights: list[LayerWeights], hidden: int) -> torch.Tensor:
+def hidden_importance(weights: Iterable[LayerWeights], hidden: int) -> torch.Tensor:
     score = torch.zeros(hidden)
     for lw in weights:
         attentions = [lw.self_attention] + ([lw.cross_attention] if lw.cross_attention else [])
@@ -118,15 +120,24 @@ def final_norm_module(backbone):
 
 @torch.no_grad()
 def init_by_pruning(side: SideNetwork, backbone) -> SideNetwork:
+    """Every layer is read in turn through `backbone.open_layer` (a model whose layers stay on meta holds one
+    at a time), twice: once for the channels' importance, once for its side block."""
     spec = side.spec
-    weights = [[layer_weights(backbone.model_type, layer) for layer in stack] for stack in backbone.stacks]
-    channels = _topk_sorted(hidden_importance([w for s in weights for w in s], spec.hidden_size), spec.width)
+
+    def every_layer():
+        for stack in backbone.stacks:
+            for layer in stack:
+                with backbone.open_layer(layer):
+                    yield layer_weights(backbone.model_type, layer)
+
+    channels = _topk_sorted(hidden_importance(every_layer(), spec.hidden_size), spec.width)
     for entry in side.entry:
         entry.weight.zero_()
         entry.weight[torch.arange(spec.width), channels] = 1.0
     for stack_index, blocks in enumerate(side.stacks):
         for layer, block in zip(spec.taps[stack_index], blocks, strict=True):
-            _prune_block(block, weights[stack_index][layer - 1], spec.style, channels)
+            with backbone.open_layer(backbone.stacks[stack_index][layer - 1]) as module:
+                _prune_block(block, layer_weights(backbone.model_type, module), spec.style, channels)
     final = final_norm_module(backbone)
     if final is not None and not isinstance(side.final_norm, torch.nn.Identity):
         _copy_norm(side.final_norm, Norm(getattr(final, "weight", None), getattr(final, "bias", None)), channels)

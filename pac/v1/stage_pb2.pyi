@@ -283,7 +283,7 @@ class MicroBatch(_message.Message):
     def __init__(self, index: _Optional[int] = ..., rows: _Optional[int] = ..., tensors: _Optional[bytes] = ..., sample_keys: _Optional[_Iterable[str]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RunStepRequest(_message.Message):
-    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm")
+    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm", "evaluate")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +291,7 @@ class RunStepRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     APPLY_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     loss_total: int
@@ -298,7 +299,8 @@ class RunStepRequest(_message.Message):
     timeout_s: float
     apply: bool
     max_grad_norm: float
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
+    evaluate: bool
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., evaluate: _Optional[bool] = ...) -> None: ...
 
 class RunStepReply(_message.Message):
     __slots__ = ("loss", "grad_square_norm", "cache_records", "events")
@@ -415,16 +417,18 @@ class GatherCacheReply(_message.Message):
     def __init__(self, records: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., local_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class FetchCacheRequest(_message.Message):
-    __slots__ = ("job_id", "stage", "sample_keys", "whole")
+    __slots__ = ("job_id", "stage", "sample_keys", "whole", "evaluation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
     WHOLE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     stage: int
     sample_keys: _containers.RepeatedScalarFieldContainer[str]
     whole: bool
-    def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ..., whole: _Optional[bool] = ...) -> None: ...
+    evaluation: bool
+    def __init__(self, job_id: _Optional[str] = ..., stage: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ..., whole: _Optional[bool] = ..., evaluation: _Optional[bool] = ...) -> None: ...
 
 class TrainEpochRequest(_message.Message):
     __slots__ = ("job_id", "epoch", "first_step", "steps")

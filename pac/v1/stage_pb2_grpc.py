@@ -135,7 +135,8 @@ class StageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchCache(self, request, context):
-        """Records of this device's phase-1 cache shard, still encoded, for a peer's GatherCache.
+        """Records of this device's phase-1 cache shard, still encoded, for a peer's GatherCache (or of its
+        evaluation shard, for the controller).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

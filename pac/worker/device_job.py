@@ -107,6 +107,12 @@ class DeviceJob:
                 await asyncio.to_thread(stage.apply, clip_coefficient([norm], max_grad_norm))
         return loss, norm, events
 
+    async def evaluate_step(self, step: int, micro: list[MicroIn]) -> list[dict]:
+        """Evaluation micro-batches through the stage replica (StageReplica.evaluate_step)."""
+        stage = self.loaded_stage()
+        async with self.lock:
+            return await asyncio.to_thread(stage.evaluate_step, step, micro)
+
     async def apply_step(self, clip: float) -> float:
         stage = self.loaded_stage()
         async with self.lock:
@@ -177,8 +183,9 @@ class DeviceJob:
 
     def close(self, keep_cache: bool) -> None:
         self.transport.aborted.set()
-        for cache in ([self.stage.shard] if self.stage is not None and self.stage.shard is not None else []) + \
-                ([self.phase2.cache] if self.phase2 is not None else []):
+        stage = self.stage
+        shards = [] if stage is None else [c for c in (stage.shard, stage.evaluation_shard) if c is not None]
+        for cache in shards + ([self.phase2.cache] if self.phase2 is not None else []):
             cache.keep = cache.keep or keep_cache
             cache.close()
         self.stage = self.phase2 = None

@@ -66,20 +66,20 @@ class PeerLinks:
 
     def send(self, piece: Piece, tensors: dict[str, torch.Tensor]) -> None:
         target, stream = self.spec.addresses[piece.stage][piece.replica], self._stream(piece)
-        kinds = FORWARD_KINDS if piece.direction == "F" else BACKWARD_KINDS
+        kinds = FORWARD_KINDS if piece.direction in "FE" else BACKWARD_KINDS
         names = sorted(tensors)
         manifest = torch.frombuffer(bytearray(json.dumps(names).encode()), dtype=torch.uint8)
         self.transport.send(target, manifest, stream=stream, step=self.step, micro=piece.micro, kind="other",
                             codec="none")
         for name in names:
             tensor = tensors[name].contiguous()
-            codec = self.spec.codec if piece.direction == "F" and tensor.is_floating_point() else "none"
+            codec = self.spec.codec if piece.direction in "FE" and tensor.is_floating_point() else "none"
             self.transport.send(target, tensor, stream=stream, step=self.step, micro=piece.micro,
                                 kind=kinds[name], codec=codec)
 
     def receive(self, piece: Piece) -> dict[str, torch.Tensor]:
         stream, timeout_s = self._stream(piece), self.spec.timeout_s
-        kinds = FORWARD_KINDS if piece.direction == "F" else BACKWARD_KINDS
+        kinds = FORWARD_KINDS if piece.direction in "FE" else BACKWARD_KINDS
         manifest = self.transport.receive(stream, self.step, piece.micro, "other", timeout_s)
         names = json.loads(bytes(manifest.numpy()).decode())
         return {name: self.transport.receive(stream, self.step, piece.micro, kinds[name], timeout_s)
@@ -108,10 +108,14 @@ class StageReplica:
         self.final_stack = self.side_spec.record_final() if shard_ends_with_final(self.side_spec, spec.is_last) \
             else None  # the stack whose final state ends this shard's records (the last stage's)
         self.shard: ActivationCache | None = None
+        self.shard_key = shard_key(self.fingerprint, self.taps, len(self.side_spec.stack_sizes),
+                                   self.final_stack is not None, spec.quantization, backbone.tokenizer.fingerprint())
         if spec.cache_precision:
-            key = shard_key(self.fingerprint, self.taps, len(self.side_spec.stack_sizes),
-                            self.final_stack is not None, spec.quantization, backbone.tokenizer.fingerprint())
-            self.shard = ActivationCache(cache_root / "shards", key, spec.cache_precision, keep=spec.cache_keep)
+            self.shard = ActivationCache(cache_root / "shards", self.shard_key, spec.cache_precision,
+                                         keep=spec.cache_keep)
+        self.cache_root = cache_root
+        self.evaluation_shard: ActivationCache | None = None  # the evaluation data's records (evaluate_step)
+        self._writing: ActivationCache | None = self.shard  # where _on_states writes
         self.worker = build_stage(backbone, self.layers, spec.side, spec.head, state=state or None,
                                   on_states=self._on_states, top=spec.top)
         del backbone
@@ -141,14 +145,15 @@ class StageReplica:
 
     # ---- the activation cache shard ----------------------------------------------------------------
     def _on_states(self, micro: int, batch, states) -> None:
-        if self.shard is None:
+        shard = self._writing
+        if shard is None:
             return
         info = self._micro[micro]
         missing = [tap for tap in self.taps if tap not in states.taps]
         if missing:
             raise JobError(f"stage {self.spec.stage}: the backbone slice did not compute taps {missing}")
         for row, key in enumerate(info.keys):
-            if key in self.shard:
+            if key in shard:
                 continue
             lengths = info.lengths[row]
             tensors = [states.taps[(s, i)][row, : lengths[s]] for s, i in self.taps]
@@ -156,8 +161,9 @@ class StageReplica:
                 last = self.final_stack == len(self.side_spec.stack_sizes) - 1
                 final = states.final if last else states.encoder_final
                 tensors.append(final[row, : lengths[self.final_stack]].detach())
-            self.shard.put(key, tensors)
-            self.records_written += 1
+            shard.put(key, tensors)
+            if shard is self.shard:
+                self.records_written += 1
 
     # ---- one mini-batch ----------------------------------------------------------------------------
     def run_step(self, step: int, loss_total: int, micro_batches: list[MicroIn],
@@ -196,6 +202,37 @@ class StageReplica:
             self.shard.flush()
         return loss, worker.grad_square_norm(), events
 
+    def evaluate_step(self, step: int, micro_batches: list[MicroIn]) -> list[dict]:
+        """Evaluation micro-batches: the backbone slice's forward alone (no loss, backward or step), each
+        row's part of its cache record written to the evaluation shard (at the job's cache precision,
+        float32 without a cache), read by the controller with FetchCache. Returns the timeline."""
+        spec, worker = self.spec, self.worker
+        self._micro = {m.index: m for m in micro_batches}
+        if sorted(self._micro) != list(range(len(micro_batches))):
+            raise JobError(f"evaluation {step}: micro-batches must be numbered 0..{len(micro_batches) - 1}")
+        if self.evaluation_shard is None:
+            self.evaluation_shard = ActivationCache(self.cache_root / "evaluation", self.shard_key,
+                                                    spec.cache_precision or "fp32")
+        drive = ReplicaDrive(worker, spec.stage, spec.replica, tuple(map(tuple, spec.shares)),
+                             PeerLinks(spec, self.transport, step))
+        device = worker.backbone.backbone.device
+        events = []
+        self._writing = self.evaluation_shard
+        try:
+            for index in range(len(micro_batches)):
+                micro = self._micro[index]
+                start, stop = drive.own(micro.rows)
+                if start == stop:
+                    continue
+                began = time.time()
+                drive.evaluate(index, micro.rows, lambda m=micro: {k: v.to(device) for k, v in m.batch.items()})
+                events.append({"op": "E", "micro": index, "start_s": began, "end_s": time.time()})
+            self.transport.flush()
+        finally:
+            self._writing = self.shard
+        self.evaluation_shard.flush()
+        return events
+
     def apply(self, clip: float) -> float:
         self.worker.step(clip)
         self.steps_done += 1
@@ -217,6 +254,10 @@ class StageReplica:
         return self.worker.module.top, self.worker.backbone.backbone
 
     def release_model(self) -> None:
-        """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays."""
+        """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays (the
+        evaluation shard goes: the controller fetched its records after each evaluation)."""
         self.worker = None
+        if self.evaluation_shard is not None:
+            self.evaluation_shard.close()
+            self.evaluation_shard = None
         gc.collect()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -93,15 +92,15 @@ def command(count, model, epochs, learning_rate, questions, output_dir, resume) 
 
 def _report(controller, metrics: dict, asked, tuned: list[str], count: int, started: float, out: Path) -> None:
     """Each held-out question's tuned answer (through the API) next to the untuned model's, and the score."""
+    from pac.models.backbone import load_backbone
     from pac.train.generate import generate
     from pac.train.household import answer_is_right
 
-    backbone, top = controller.prepared.backbone, controller.prepared.model.top
+    backbone = load_backbone(controller.job.model.name_or_path)  # the untuned model (the controller holds none)
     scores = {"untuned": 0, "tuned": 0}
     rows = []
     for question, after in zip(asked, tuned, strict=True):
-        with top.untuned() if top is not None else contextlib.nullcontext():  # its LoRA is in the backbone
-            before = generate(backbone, question.prompt, None, max_new_tokens=ANSWER_TOKENS)
+        before = generate(backbone, question.prompt, None, max_new_tokens=ANSWER_TOKENS)
         scores["untuned"] += answer_is_right(before, question)
         scores["tuned"] += answer_is_right(after, question)
         rows.append({"question": question.prompt, "expected": question.answer, "untuned": before, "tuned": after})

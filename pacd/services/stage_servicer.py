@@ -72,6 +72,10 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         job = self.slot.get(request.job_id)
         stacks = len(job.loaded_stage().side_spec.stack_sizes)
         micro = [convert.micro_from_proto(m, stacks) for m in request.micro_batches]
+        if request.evaluate:
+            events = await job.evaluate_step(request.step, micro)
+            return stage_pb2.RunStepReply(events=convert.events_to_proto(events),
+                                          cache_records=job.stage.records_written)
         loss, norm, events = await job.run_step(request.step, request.loss_total, micro, request.apply,
                                                 request.max_grad_norm)
         return stage_pb2.RunStepReply(loss=loss, grad_square_norm=norm, events=convert.events_to_proto(events),
@@ -99,17 +103,19 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             async for chunk in self._whole_records(job, request, context):
                 yield chunk
             return
-        if job is None or job.stage is None or job.stage.shard is None:
+        what = "evaluation shard" if request.evaluation else "cache shard"
+        shard = None if job is None or job.stage is None else \
+            job.stage.evaluation_shard if request.evaluation else job.stage.shard
+        if shard is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"this device holds no cache shard of job {request.job_id!r}")
+                                f"this device holds no {what} of job {request.job_id!r}")
         if job.stage.spec.stage != request.stage:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"this device holds the shard of stage "
                                 f"{job.stage.spec.stage}, not {request.stage}")
-        shard = job.stage.shard
         for key in request.sample_keys:
             if key not in shard:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"cache record {key[:12]} is not in the shard of "
-                                    f"stage {request.stage} on this device")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"cache record {key[:12]} is not in the {what} "
+                                    f"of stage {request.stage} on this device")
             try:
                 record, shapes = await asyncio.to_thread(shard.get_raw, key)
             except PacError as error:  # a corrupt record: the requester reports it

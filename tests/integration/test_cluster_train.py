@@ -65,7 +65,7 @@ def single_process(job, metrics_order) -> tuple[dict, list[float]]:
     """Train the same job in one process: same initialisation (pac.cluster.prepare.prepare), seed and order."""
     from pac.cluster.prepare import prepare
 
-    prepared = prepare(job, lambda line: None)
+    prepared = prepare(job, lambda line: None, whole=True)
     training = job.training
     config = TrainConfig(epochs=training.epochs, batch_size=training.batch_size,
                          learning_rate=training.learning_rate, seed=training.seed,
@@ -453,7 +453,7 @@ def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, f
     ids = [d.node_id for d in devices_of(four)]
     job = make_job(tmp_path, "tiny-bert", "classification", count=16, epochs=3, batch_size=4, eval_count=10,
                    validation=4)
-    prepared = prepare(job, lambda line: None)
+    prepared = prepare(job, lambda line: None, whole=True)
     assert len(prepared.train_items) == 12 and len(prepared.validation_items) == 4
     plan = fixed_plan("tiny-bert", TrainingJob(samples=12, batch_size=4, epochs=3),
                       [(0, 3, [ids[0]], [1])], micro_batches=1, phase2_shares={ids[0]: 2, ids[1]: 2})

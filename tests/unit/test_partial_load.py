@@ -25,7 +25,8 @@ def saved(tmp_path, name: str):
     backbone.model.save_pretrained(directory)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(123)]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(directory)
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), bos_token="[CLS]",
+                      eos_token="[SEP]").save_pretrained(directory)
     return str(directory)
 
 
@@ -158,3 +159,50 @@ def test_minilm_slice():
         if value.numel():
             assert torch.equal(value, reference[key]), key
     assert held_bytes(part) < held_bytes(whole) * 0.75  # the word embeddings (47 MB) and two of six layers
+
+
+def controller_job(tmp_path, directory: str, task: str, quantization: str, top: int):
+    from pac.jobfile import parse_job
+
+    rows = [{"prompt": f"w{i} w{i + 1}?", "answer": f"w{i * 3 % 100}"} if task == "lm" else
+            {"text": f"w{i} w{i % 7} w{i % 5}", "label": i % 2} for i in range(12)]
+    data = tmp_path / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return parse_job({
+        "model": {"name_or_path": directory, "quantization": quantization},
+        "data": {"train": str(data), "task": task},
+        "training": {"epochs": 1, "batch_size": 4, "seq_len": 16, "seed": 5, "top_layers": top},
+        "devices": {"mode": "list", "addresses": ["127.0.0.1:1"], "insecure": True},
+        "output": {"directory": str(tmp_path / "out")},
+    }, source=str(tmp_path / "job.toml"))
+
+
+@pytest.mark.parametrize("name,task,quantization,top", [
+    ("tiny-bert", "classification", "none", 2), ("tiny-llama", "lm", "none", 1), ("tiny-t5", "lm", "none", 1),
+    ("tiny-bert", "classification", "int8", 0), ("tiny-llama", "classification", "bf16", 0),
+    ("tiny-gpt2", "classification", "none", 3)])
+def test_the_controller_prepares_the_same_job_without_the_backbone(tmp_path, name, task, quantization, top):
+    """The side network pruned from layers read one at a time, the head and the tuned top layers: bit for
+    bit what a process holding the whole backbone starts from, while the controller holds no other layer."""
+    from pac.cluster.prepare import prepare
+    from pac.techniques.top import trained_tensors
+
+    job = controller_job(tmp_path, saved(tmp_path, name), task, quantization, top)
+    lean, whole = prepare(job, lambda line: None), prepare(job, lambda line: None, whole=True)
+    assert lean.fingerprint == whole.fingerprint
+    expected = trained_tensors(whole.model)
+    got = trained_tensors(lean.model)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert lean.model.backbone is None  # released: evaluation scores from cached states
+    held = {id(v) for v in lean.backbone.model.parameters() if v.numel() and not v.is_meta}
+    stacks = lean.backbone.stacks
+    for s, stack in enumerate(stacks):  # no layer is held but the tuned ones (and T5's position bias)
+        for index, layer in enumerate(stack):
+            tuned = s == len(stacks) - 1 and index >= len(stack) - top
+            for key, value in layer.named_parameters():
+                if id(value) in held:
+                    assert tuned or "relative_attention_bias" in key, f"stack {s} layer {index}: {key}"
+    if task == "lm":
+        assert lean.lm_head is not None and torch.equal(lean.lm_head.weight, whole.backbone.lm_head().weight)
