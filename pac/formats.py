@@ -23,3 +23,21 @@ DEFAULT_TOP_LAYERS = 3
 
 def default_top_layers(quantization: str) -> int:
     return DEFAULT_TOP_LAYERS if quantization == "none" else 0
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2,
+               "GIB": 1024**3, "TIB": 1024**4}
+
+
+def parse_size(value, key: str = "memory_budget") -> int:
+    """Bytes from an int or a string like "512MiB", "4 GiB", "2GB"."""
+    import re
+
+    from pac.errors import ConfigError
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise ConfigError(f"{key}: cannot read {value!r} as a size (write e.g. 4GiB, 512MiB or bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])

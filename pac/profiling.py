@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from pac.heads import HeadConfig
+from pac.heads import Head, HeadConfig
 from pac.models.backbone import load_backbone
 from pac.techniques.build import TechniqueConfig, build_model, model_masks
 
@@ -41,6 +41,7 @@ class ModelMeasurement:
     transient_bytes_per_sample: float  # a backbone layer's scratch memory during its forward
     threads: int = 0  # torch compute threads the measurement ran with (co-located devices share cores)
     quantization: str = "none"  # how the backbone was held while timed (byte sizes are of its checkpoint)
+    sampled_layers: list[int] | None = None  # a model too large to time whole: the layers timed (the rest alike)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,20 +96,26 @@ def _batch(backbone, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+SAMPLED_LAYERS = 2  # per stack, when the model is too large for this device to profile whole
+
+
 def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: int = 8,
-            repeats: int = 2, quantization: str = "none") -> ModelMeasurement:
+            repeats: int = 2, quantization: str = "none", memory_budget: int | None = None) -> ModelMeasurement:
+    """`memory_budget`: a model whose weights take more than half of it is not loaded whole: the first
+    SAMPLED_LAYERS layers of each stack are read from the checkpoint (pac.models.partial) and timed, and
+    every other layer of the stack is given their mean time (a stack's layers are alike); sizes come from
+    the model's shapes, which need no weights."""
     from pac.quant import quantize_backbone
 
-    backbone = load_backbone(model)
+    sampled = _too_large(model, memory_budget)
+    backbone, sizes = _load(model, sampled)
     layers = [layer for stack in backbone.stacks for layer in stack]
     # Sizes of the checkpoint as loaded (the planner applies the job's weight bits to parameter counts);
     # timings as the job holds the backbone.
-    element = next(backbone.model.parameters()).element_size()
-    param_bytes = [_nbytes(layer) for layer in layers]
-    embedding_bytes = _nbytes(backbone.model.get_input_embeddings())
-    total = _nbytes(backbone.model)
+    element, param_bytes = sizes["element"], sizes["layers"]
+    embedding_bytes, total = sizes["embeddings"], sizes["total"]
     quantize_backbone(backbone, quantization)
-    pa = build_model(backbone, TechniqueConfig("parallel", reduction_factor=reduction_factor), HeadConfig())
+    pa = _parallel_model(backbone, reduction_factor, sampled is not None)
     blocks = [block for stack in pa.side.stacks for block in stack]
     forward, side_forward, side_backward = {}, {}, {}
     for batch_size in sorted(batch_sizes):
@@ -126,6 +133,8 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         runs = runs[1:]  # the first run warms up
         forward[batch_size], side_forward[batch_size], side_backward[batch_size] = (
             _median(runs, 0), _median(runs, 1), _median(runs, 2))
+        if sampled:
+            forward[batch_size] = _spread(forward[batch_size], backbone.stacks, sampled)
     spec = pa.side.spec
     hidden_bytes = seq_len * spec.hidden_size * backbone.dtype.itemsize
     # Side activations kept for backward per block: roughly the inputs of its linear layers,
@@ -148,4 +157,84 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         transient_bytes_per_sample=float(4 * hidden_bytes
                                          + backbone.num_heads * seq_len * seq_len * backbone.dtype.itemsize),
         threads=torch.get_num_threads(), quantization=quantization,
+        sampled_layers=sorted(sampled) if sampled else None,
     )
+
+
+def _load(model: str, sampled: set[int] | None) -> tuple:
+    """(backbone, its whole model's byte sizes): whole, or only the layers of `sampled` read."""
+    sizes: dict = {}
+    if sampled:
+        from pac.models.partial import load_partial
+
+        return load_partial(model, lambda whole: _keep_sample(whole, sizes)), sizes
+    backbone = load_backbone(model)
+    _sizes(backbone, sizes)
+    return backbone, sizes
+
+
+def _parallel_model(backbone, reduction_factor: int, sampled: bool):
+    """The side network and head beside `backbone`, initialised by pruning; a sampled backbone lacks most
+    layers to prune from, so its side network is timed from its random start (the same work)."""
+    if not sampled:
+        return build_model(backbone, TechniqueConfig("parallel", reduction_factor=reduction_factor), HeadConfig())
+    from pac.side.network import SideConfig, SideNetwork, side_spec
+    from pac.techniques.build import ParallelAdaptersModel
+
+    head = Head(HeadConfig(), backbone.hidden_size, backbone.family).to(backbone.trainable_dtype)
+    side = SideNetwork(side_spec(backbone, SideConfig(reduction_factor))).to(backbone.trainable_dtype)
+    return ParallelAdaptersModel(backbone, side, head)
+
+
+def _too_large(model: str, memory_budget: int | None) -> set[int] | None:
+    """The layers to time (numbered across stacks) when `model`'s weights exceed half of `memory_budget`,
+    else None (the whole model is timed). A tiny random model is always timed whole."""
+    from pac.models.registry import resolve_model
+
+    if not memory_budget or resolve_model(model).tiny:
+        return None
+    from pac.models.imports import MODEL_CODE
+    from pac.models.partial import skeleton
+
+    with MODEL_CODE:
+        whole, _, _ = skeleton(resolve_model(model))
+    if _nbytes(whole) <= memory_budget / 2:
+        return None
+    from pac.models.backbone import Backbone
+
+    stacks = Backbone("", whole, None).stacks
+    chosen, offset = set(), 0
+    for stack in stacks:
+        chosen |= set(range(offset, offset + min(SAMPLED_LAYERS, len(stack))))
+        offset += len(stack)
+    return chosen
+
+
+def _sizes(backbone, sizes: dict) -> None:
+    """Byte sizes of the whole model (its parameters may be on meta: sizes need no weights)."""
+    sizes["element"] = next(backbone.model.parameters()).element_size()
+    sizes["layers"] = [_nbytes(layer) for stack in backbone.stacks for layer in stack]
+    sizes["embeddings"] = _nbytes(backbone.model.get_input_embeddings())
+    sizes["total"] = _nbytes(backbone.model)
+
+
+def _keep_sample(backbone, sizes: dict) -> None:
+    """load_partial's release for a sampled profile: the first SAMPLED_LAYERS layers of every stack stay."""
+    from pac.pipeline.backbone_stage import PassThrough, T5PassThrough
+
+    _sizes(backbone, sizes)
+    t5 = backbone.model_type == "t5"
+    for stack in backbone.stacks:
+        for index in range(min(SAMPLED_LAYERS, len(stack)), len(stack)):
+            stack[index] = T5PassThrough() if t5 else PassThrough()
+
+
+def _spread(times: list[float], stacks, sampled: set[int]) -> list[float]:
+    """Per layer: the time measured, or for a layer not read the mean of its stack's measured layers."""
+    out, offset = [], 0
+    for stack in stacks:
+        measured = [times[offset + i] for i in range(len(stack)) if offset + i in sampled]
+        mean = sum(measured) / len(measured)
+        out += [times[offset + i] if offset + i in sampled else mean for i in range(len(stack))]
+        offset += len(stack)
+    return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,12 @@ from typing import Any
 import psutil
 
 from pac.errors import ConfigError
+from pac.formats import parse_size
 from pac.limits import MESSAGE_LIMIT_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/pacd/pacd.toml")
 DEFAULT_PORT = 7443
 MiB = 1024 * 1024
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": MiB,
-          "GIB": 1024**3, "TIB": 1024**4}
 
 
 @dataclass(frozen=True)
@@ -85,16 +83,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def parse_size(value: Any, key: str = "memory_budget") -> int:
-    """Bytes from an int or a string like "512MiB", "4 GiB", "2GB"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ConfigError(f"{key}: cannot read {value!r} as a size (write e.g. 4GiB, 512MiB or bytes)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(DaemonConfig)}

@@ -53,6 +53,8 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
         "forward_s": [[forward[i][layer] + side_f[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "backward_s": [[side_b[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "side_sample_s": max(sum(side_f[top]) + sum(side_b[top]), 1e-9) / sizes[top],
+        # the daemon's memory with the model code loaded and no weights (profiles from before: none)
+        "runtime_overhead_bytes": int(stored.get("runtime_overhead_bytes") or 0),
     }
     if stored.get("host"):  # see with_host
         entry.update(host=str(stored["host"]), host_cores=int(stored.get("host_cores") or 0),

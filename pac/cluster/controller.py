@@ -11,6 +11,7 @@ docs/cluster.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -79,6 +80,7 @@ class Controller(Elastic):
         self.estimates_apply = True  # the plan's time estimates are this job's (not a plan for other sizes)
         self.phase2_runs: list[dict] = []  # each earlier phase-2 run's redistribution (devices lost or back)
         self.evaluation: EpochEvaluation | None = None  # scores the evaluation data after each epoch
+        self.overhead_bytes = 0  # this process before any weight (the planner counts the controller's memory)
         self.stopped_early = False  # training.patience ran out before the last epoch
 
     # ---- Ctrl-C --------------------------------------------------------------------------------------------
@@ -124,7 +126,9 @@ class Controller(Elastic):
         (self.output_dir / "profile.json").write_text(json.dumps(document, indent=1) + "\n")
         home = home_from_dict(document)
         strategy = self.options.strategy
-        result = plan_job(home, self.job.to_training_job(samples, use_cache, self.prepared.padded_tokens), strategy)
+        job = dataclasses.replace(self.job.to_training_job(samples, use_cache, self.prepared.padded_tokens),
+                                  controller_overhead_bytes=self.overhead_bytes)
+        result = plan_job(home, job, strategy)
         return result.plan
 
     def _given(self, plan: Plan, samples: int, use_cache: bool) -> Plan:
@@ -168,6 +172,7 @@ class Controller(Elastic):
             if aside is not None:
                 self.log(f"the outputs of the job before in {self.output_dir} moved to {aside}")
         self.record.update(state="preparing")
+        self.overhead_bytes = await asyncio.to_thread(process_overhead)
         self.prepared = p = await asyncio.to_thread(prepare, job, self.log)
         self.record.identity = job_identity(job, p.fingerprint)
         evaluation = EpochEvaluation(p, job.cache.precision, job.model.quantization, self.output_dir,
@@ -378,3 +383,15 @@ def run_training(job, devices: list[Device], identity: Identity | None, output_d
             controller.record.update(state="stopped", checkpoint=str(checkpoint) if checkpoint else None)
         raise
     return metrics, controller
+
+
+def process_overhead() -> int:
+    """This process's memory with the model code loaded and no weights (what the planner adds to the
+    controller's own use)."""
+    import psutil
+
+    from pac.models.imports import MODEL_CODE
+
+    with MODEL_CODE:
+        import transformers  # noqa: F401
+    return psutil.Process().memory_info().rss

@@ -186,7 +186,24 @@ def _devices(table: Table) -> DevicesSection:
     return DevicesSection(mode=mode, addresses=addresses,
                           mdns_timeout=table.number("mdns_timeout", 2.0, 0.0, 60.0, low_open=True),
                           interfaces=table.strings("interfaces"), insecure=insecure,
-                          rejoin=table.boolean("rejoin", True))
+                          rejoin=table.boolean("rejoin", True),
+                          controller_memory_budget=_size(table, "controller_memory_budget"))
+
+
+def _size(table: Table, key: str) -> int:
+    """A size ("2GiB", "512MiB" or bytes); 0 when absent."""
+    from pac.formats import parse_size
+
+    if not table.has(key):
+        return 0
+    value = table.required(key)
+    try:
+        size = parse_size(value, key)
+    except ConfigError as error:
+        raise table.fail(key, "must be a size such as 2GiB, 512MiB or a number of bytes", value) from error
+    if size <= 0:
+        raise table.fail(key, "must be more than 0", value)
+    return size
 
 
 def _output(table: Table, base: Path) -> OutputSection:

@@ -95,6 +95,7 @@ class DevicesSection:
     interfaces: tuple[str, ...] = ()  # addresses of the interfaces to browse on; empty: all
     insecure: bool = False  # plaintext to loopback development daemons (`pacd serve --insecure`) only
     rejoin: bool = True  # a lost device that answers again is taken back at the next phase-2 epoch
+    controller_memory_budget: int = 0  # bytes the controller (pacctl train) may use; 0: not checked
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ class Job:
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
                            cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
                            top_layers=self.training.top_layers, padded_tokens=padded_tokens,
-                           gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2)
+                           gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2,
+                           controller_budget_bytes=self.devices.controller_memory_budget)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""

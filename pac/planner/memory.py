@@ -13,6 +13,10 @@ end, micro-batches)):
     overhead     the device's measured runtime overhead
 
 Phase 2 holds no backbone: the whole side network, one micro-batch of activations and its cache reads.
+
+The controller holds no backbone either (`controller_memory`): the side network and head (its own and the
+state gathered from the devices at a checkpoint), the tuned top layers and the final norm and LM head
+(which score the evaluation data from its cached states), and one evaluation batch of cached states.
 """
 
 from __future__ import annotations
@@ -100,3 +104,23 @@ def phase2_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, 
 def cache_bytes_per_sample(model: ModelProfile, job: TrainingJob) -> float:
     """Disk for one sample's cached hidden states h_0..h_L."""
     return hidden_bytes_per_sample(model, job.cache_bytes) * (model.num_layers + 1)
+
+
+EVALUATION_BATCH = 64  # pac.train.loop.evaluate's batch: the controller scores this many cached samples at once
+
+
+def controller_memory(model: ModelProfile, job: TrainingJob) -> MemoryUse:
+    """Peak memory of the controller (`pacctl train`): what the module docstring lists. The tuned layers are
+    float32 (they can only be tuned unquantised); the LM head is counted whether or not the task uses it."""
+    top = min(job.top_layers, model.num_layers)
+    tuned = sum(model.layer_params[model.num_layers - top:]) if top else 0
+    return MemoryUse(
+        weights=tuned * 4 + model.head_params * job.weight_bytes_per_param,
+        # its model, a state gathered from the devices, the best epoch's; LoRA factors of rank 8 on the tuned
+        # layers take about 2 * 8 / hidden_size of their weights
+        side_state=3 * 4 * (model.side_params + tuned * 16 / model.hidden_size),
+        activations=0.0,
+        transient=EVALUATION_BATCH * model.transient_bytes_per_sample,
+        buffers=EVALUATION_BATCH * hidden_bytes_per_sample(model, 4) * (model.num_layers + 1),
+        overhead=float(job.controller_overhead_bytes),
+    )

@@ -89,6 +89,7 @@ class Plan:
     total_s: float  # phase 1 + redistribution + the phase-2 epochs (baselines: every epoch as phase 1)
     reason: str  # why this plan, against the runner-up
     version: int = PLAN_FORMAT_VERSION
+    controller_bytes: float = 0.0  # the controller's peak memory (pac.planner.memory.controller_memory)
 
     def used(self) -> set[str]:
         """The devices that take part: a phase-1 stage, or a share of phase 2."""
@@ -155,7 +156,7 @@ class Plan:
                 strategy=data["strategy"], model=data["model"], devices=tuple(data["devices"]),
                 job=TrainingJob(**data["job"]), phase1=Phase1Plan(**p1), phase2=phase2,
                 usage=tuple(DeviceUse(**u) for u in data["usage"]), total_s=data["total_s"],
-                reason=data["reason"], version=version,
+                reason=data["reason"], version=version, controller_bytes=float(data.get("controller_bytes", 0.0)),
             )
         except (KeyError, TypeError) as error:
             raise ProfileError(f"not a plan: missing or bad field ({error})") from error

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pac.planner.baselines import STRATEGIES, candidates
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
-from pac.planner.memory import cache_bytes_per_sample, phase2_memory
+from pac.planner.memory import cache_bytes_per_sample, controller_memory, phase2_memory
 from pac.planner.phase1 import Partition, estimate
 from pac.planner.phase2 import Phase2Assignment, phase1_disk, plan_phase2
 from pac.planner.plan import DeviceUse, Move, Phase1Plan, Phase2Plan, Plan, StagePlan
@@ -54,6 +54,7 @@ def plan_job(home: HomeProfile, job: TrainingJob, strategy: str = "pac") -> Plan
     the plan with the least total time; the baselines use every device."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {STRATEGIES}")
+    check_controller(home, job)
     views = shared_host_views(home)
     results = [r for r in (_plan_view(view, job, strategy) for view in views[:1 if strategy != "pac" else None])
                if r is not None]
@@ -133,7 +134,22 @@ def _build(cost: CostModel, partition: Partition, sim: Phase1Simulation, strateg
         total = epoch1 + redistribution + (job.epochs - 1) * epoch2
     usage = _usage(cost, partition, sim, assignment)
     costed = dataclasses.replace(job, seq_len=home.model.seq_len)  # the plan's times hold at this length
-    return Plan(strategy, home.model.name, tuple(names), costed, phase1, phase2, usage, total, reason)
+    return Plan(strategy, home.model.name, tuple(names), costed, phase1, phase2, usage, total, reason,
+                controller_bytes=controller_memory(home.model, job).total)
+
+
+def check_controller(home: HomeProfile, job: TrainingJob) -> None:
+    """InfeasibleError when the controller's own memory (it holds no backbone) exceeds its budget."""
+    if not job.controller_budget_bytes:
+        return
+    use = controller_memory(home.model, job)
+    if use.total > job.controller_budget_bytes:
+        raise InfeasibleError(
+            f"the controller needs {use.total / 2**30:.2f} GiB (tuned layers and heads {use.weights / 2**30:.2f}, "
+            f"side network {use.side_state / 2**30:.2f}, an evaluation batch "
+            f"{(use.buffers + use.transient) / 2**30:.2f}, its process {use.overhead / 2**30:.2f}) and may use "
+            f"{job.controller_budget_bytes / 2**30:.2f} GiB: tune fewer top layers (training.top_layers) or give "
+            f"it more (controller.memory_budget)")
 
 
 def _usage(cost: CostModel, partition: Partition, sim: Phase1Simulation,

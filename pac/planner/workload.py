@@ -28,6 +28,8 @@ class TrainingJob:
     seq_len: int | None = None  # tokens per sample; a plan records its profile's (its times were costed at it)
     top_layers: int = 0  # the backbone's last n layers tuned too: all in the last stage, run in phase 2 as well
     padded_tokens: float | None = None  # tokens a sample's mini-batch pads to, on average (None: seq_len)
+    controller_budget_bytes: int = 0  # memory the controller may use (0: not checked)
+    controller_overhead_bytes: int = 0  # the controller's process with the model code loaded and no weights
 
     def __post_init__(self) -> None:
         if self.samples < 1:

@@ -71,6 +71,7 @@ mdns_timeout = 2.0                   # seconds to listen for the devices' mDNS a
 interfaces = []                      # addresses of the interfaces to browse on; empty: all
 insecure = false                     # loopback development daemons only
 rejoin = true                        # lost devices that answer again, and new ones, join at a phase-2 epoch's end
+# controller_memory_budget = "2GiB"  # what pacctl train itself may use (it holds no backbone); unset: not checked
 
 [output]
 directory = "runs/household"         # the adapter and metrics.json

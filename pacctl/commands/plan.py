@@ -66,8 +66,19 @@ def render(plan: Plan) -> str:
                      str(p2) if plan.phase2 else "-"])
     out.append(_table(["device", "phase-1 GiB", "phase-2 GiB", "budget GiB", "disk GiB", "phase-2 samples/step"],
                       rows))
-    out += ["", "why: " + plan.reason]
+    out += ["", held(plan), "", "why: " + plan.reason]
     return "\n".join(out)
+
+
+def held(plan: Plan) -> str:
+    """Where the model's weights are: each stage's devices hold its layers alone, the controller none."""
+    stages = "; ".join(f"layers {s.first_layer}-{s.end_layer - 1} on {', '.join(s.devices)}"
+                       for s in plan.phase1.stages)
+    tuned = f", the {plan.job.top_layers} tuned layer(s)" if plan.job.top_layers else ""
+    controller = (f"{_gib(plan.controller_bytes)} GiB" if plan.controller_bytes else "its share") + \
+        (f" of its {_gib(plan.job.controller_budget_bytes)} GiB budget" if plan.job.controller_budget_bytes else "")
+    return (f"where the model is held: each device reads only its stage's layers ({stages}); the controller "
+            f"holds no other layer: {controller} (side network, head{tuned}, an evaluation batch, its process)")
 
 
 @click.command("plan")

@@ -206,3 +206,19 @@ def test_the_controller_prepares_the_same_job_without_the_backbone(tmp_path, nam
                     assert tuned or "relative_attention_bias" in key, f"stack {s} layer {index}: {key}"
     if task == "lm":
         assert lean.lm_head is not None and torch.equal(lean.lm_head.weight, whole.backbone.lm_head().weight)
+
+
+def test_a_model_too_large_for_the_device_is_profiled_from_a_sample_of_its_layers(tmp_path):
+    from pac.profiling import SAMPLED_LAYERS, measure
+
+    directory = saved(tmp_path, "tiny-t5")
+    whole = measure(directory, [1, 2], 8, repeats=1)
+    sampled = measure(directory, [1, 2], 8, repeats=1, memory_budget=1000)  # bytes: far below the model
+    assert whole.sampled_layers is None
+    encoder = len(load_backbone(directory).stacks[0])
+    assert sampled.sampled_layers == sorted({*range(SAMPLED_LAYERS), *range(encoder, encoder + SAMPLED_LAYERS)})
+    assert (sampled.param_bytes, sampled.embedding_param_bytes, sampled.head_param_bytes) == \
+        (whole.param_bytes, whole.embedding_param_bytes, whole.head_param_bytes)
+    for batch in (1, 2):
+        assert len(sampled.forward_s[batch]) == len(whole.forward_s[batch]) and min(sampled.forward_s[batch]) > 0
+        assert len(sampled.side_backward_s[batch]) == len(whole.side_backward_s[batch])

@@ -311,3 +311,28 @@ def test_padded_tokens_follow_the_seeded_mini_batches() -> None:
     items = [Encoded(tuple(range(n)), 0) for n in (2, 4, 6, 8)]
     assert padded_tokens(items, 4, 0) == 8.0  # one mini-batch: every sample pads to 8
     assert padded_tokens(items, 1, 0) == 5.0  # each alone: the mean length
+
+
+def test_the_controller_memory_is_counted_and_its_budget_kept():
+    """The controller holds no backbone: the plan records its peak (side network, heads, tuned layers, an
+    evaluation batch, its process); a budget below that is refused with what it holds."""
+    import dataclasses
+
+    from pac.planner.errors import InfeasibleError
+    from pac.planner.memory import controller_memory
+    from pac.planner.planner import plan_job
+    from pac.planner.synthetic import synthetic_home
+    from pac.planner.workload import TrainingJob
+    from pacctl.commands.plan import render
+
+    home = synthetic_home(24, 4, seed=0)
+    job = TrainingJob(samples=64, batch_size=8, epochs=2, top_layers=2, controller_overhead_bytes=300 << 20)
+    use = controller_memory(home.model, job)
+    assert use.weights >= 4 * sum(home.model.layer_params[-2:]) and use.overhead == 300 << 20
+    assert use.weights + use.side_state < sum(home.model.layer_params) * 2  # the backbone's weights: far more
+    plan = plan_job(home, dataclasses.replace(job, controller_budget_bytes=int(use.total) + 1)).plan
+    assert plan.controller_bytes == pytest.approx(use.total)
+    text = render(plan)
+    assert "where the model is held" in text and "the controller holds no other layer" in text
+    with pytest.raises(InfeasibleError, match=r"the controller needs .* GiB .*controller.memory_budget"):
+        plan_job(home, dataclasses.replace(job, controller_budget_bytes=int(use.total) - 1))
