@@ -161,6 +161,25 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
     )
 
 
+def model_code_bytes(model: str) -> int:
+    """This process's memory with `model`'s code loaded and the model built with no weights (parameters on
+    meta): what running a job costs a device before the weights it holds."""
+    import psutil
+
+    from pac.models.imports import MODEL_CODE
+    from pac.models.registry import resolve_model
+
+    source = resolve_model(model)
+    with MODEL_CODE:
+        import transformers  # noqa: F401
+        if not source.tiny:
+            from pac.models.partial import skeleton
+
+            built = skeleton(source)
+            del built
+    return psutil.Process().memory_info().rss
+
+
 def _load(model: str, sampled: set[int] | None) -> tuple:
     """(backbone, its whole model's byte sizes): whole, or only the layers of `sampled` read."""
     sizes: dict = {}

@@ -11,6 +11,9 @@ from typing import Any
 from pac.planner.profile import PROFILE_FORMAT_VERSION, home_from_dict
 
 FP32 = 4
+# Of a daemon's memory budget the planner plans to all but this share: what the memory model does not count
+# (allocator fragmentation, the tensor being read while a stage loads, gRPC buffers) stays within the budget.
+MEMORY_RESERVE = 0.05
 
 
 def _timings(measurement: dict[str, Any], name: str, batch_sizes: list[int]) -> list[list[float]]:
@@ -48,13 +51,13 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
     layers = len(forward[0])
     top = len(sizes) - 1
     entry = {
-        "name": stored["node_id"], "memory_budget_bytes": int(stored["memory_budget_bytes"]),
+        "name": stored["node_id"], "memory_budget_bytes": int(stored["memory_budget_bytes"] * (1 - MEMORY_RESERVE)),
         "disk_budget_bytes": int(disk_budget_bytes), "batch_sizes": sizes,
         "forward_s": [[forward[i][layer] + side_f[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "backward_s": [[side_b[i][layer] for i in range(len(sizes))] for layer in range(layers)],
         "side_sample_s": max(sum(side_f[top]) + sum(side_b[top]), 1e-9) / sizes[top],
         # the daemon's memory with the model code loaded and no weights (profiles from before: none)
-        "runtime_overhead_bytes": int(stored.get("runtime_overhead_bytes") or 0),
+        "runtime_overhead_bytes": int(m.get("runtime_overhead_bytes") or 0),
     }
     if stored.get("host"):  # see with_host
         entry.update(host=str(stored["host"]), host_cores=int(stored.get("host_cores") or 0),

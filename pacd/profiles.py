@@ -60,22 +60,21 @@ class ProfileStore:
 
 def measure_profile(key: ProfileKey, memory_budget: int, accelerator: str) -> dict[str, Any]:
     """Run the lead's measurement (pac.profiling) and wrap it with where and how it was taken."""
-    import psutil
-
     from pac import profiling
-    from pac.models.imports import MODEL_CODE
 
-    with MODEL_CODE:
-        import transformers  # noqa: F401  the model code a job's process holds, before any weight
-    overhead = psutil.Process().memory_info().rss  # what a job costs before its model: the planner adds it
+    overhead = profiling.model_code_bytes(key.model)  # what a job costs before its weights: the planner adds it
     started = time.perf_counter()
     measurement = profiling.measure(key.model, list(key.batch_sizes), key.seq_len, key.reduction_factor,
-                                    quantization=key.quantization, memory_budget=memory_budget)
+                                    quantization=key.quantization, memory_budget=memory_budget).to_dict()
+    measurement["runtime_overhead_bytes"] = overhead
+    from pac.worker.heap import trim_heap
+
+    trim_heap()  # the timed model's memory goes back to the system before a job's stage is loaded
     return {"node_id": key.node_id, "model": key.model, "seq_len": key.seq_len, "quantization": key.quantization,
             "reduction_factor": key.reduction_factor, "batch_sizes": list(key.batch_sizes),
-            "memory_budget_bytes": memory_budget, "accelerator": accelerator, "runtime_overhead_bytes": overhead,
+            "memory_budget_bytes": memory_budget, "accelerator": accelerator,
             "measured_at_unix": time.time(), "elapsed_s": time.perf_counter() - started,
-            "measurement": measurement.to_dict()}
+            "measurement": measurement}
 
 
 async def in_thread(function, *args):

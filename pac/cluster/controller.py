@@ -18,6 +18,7 @@ import math
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -360,6 +361,7 @@ class Controller(Elastic):
             "resumes": self.record.history.resumes, "faults": self.record.history.faults,
             "joins": self.record.history.joins, "evaluations": self.record.history.evaluations,
             "best_epoch": best, "stopped_early": self.stopped_early,
+            "controller_peak_rss_bytes": peak_rss_bytes(),
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }
@@ -383,6 +385,25 @@ def run_training(job, devices: list[Device], identity: Identity | None, output_d
             controller.record.update(state="stopped", checkpoint=str(checkpoint) if checkpoint else None)
         raise
     return metrics, controller
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far: VmHWM on Linux (getrusage's ru_maxrss would carry the
+    parent's peak across fork and exec), else ru_maxrss; 0 where neither is known."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    except (ImportError, OSError):
+        return 0
 
 
 def process_overhead() -> int:

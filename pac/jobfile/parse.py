@@ -55,13 +55,15 @@ def _model(table: Table, base: Path) -> ModelSection:
             raise table.fail("name_or_path", f"names no model: {path} holds no config.json or .gguf file",
                              show=False)
         return ModelSection(str(path), quantization)
-    from pac.models.registry import ALIASES, known_model_names  # imports transformers: only for names
+    from pac.models.registry import ALIASES, MODEL_STORE_ENV, in_model_store, known_model_names
 
+    if in_model_store(text) is not None:  # a model the household put in its model store, by name
+        return ModelSection(text, quantization)
     name = ALIASES.get(text.lower(), text.lower())
     if name not in known_model_names():
         hint = closest(name, [*known_model_names(), *ALIASES])
-        raise table.fail("name_or_path", "is not a known model or an existing path "
-                         f"(known: {', '.join(known_model_names())}"
+        raise table.fail("name_or_path", f"is not a known model, a model in a model store ({MODEL_STORE_ENV}) or "
+                         f"an existing path (known: {', '.join(known_model_names())}"
                          + (f"; did you mean {described(hint)}?)" if hint else ")"), text)
     return ModelSection(name, quantization)
 

@@ -63,6 +63,23 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+MODEL_STORE_ENV = "PAC_MODELS"  # directories (os.pathsep-separated) of models known by name: <dir>/<name>/
+
+
+def in_model_store(name: str) -> ModelSource | None:
+    """A model the household put in a model store (PAC_MODELS): <dir>/<name>/ holding config.json or a GGUF
+    file. A device's daemon loads models by name only; this is how it finds one that no package ships."""
+    if not name or "/" in name or name.startswith("."):
+        return None
+    for directory in filter(None, os.environ.get(MODEL_STORE_ENV, "").split(os.pathsep)):
+        path = Path(directory).expanduser() / name
+        if path.is_dir() and ((path / "config.json").is_file() or list(path.glob("*.gguf"))):
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            gguf = ggufs[0] if ggufs and not (path / "config.json").is_file() else None
+            return ModelSource(name=name, directory=path, gguf_file=gguf)
+    return None
+
+
 def resolve_model(spec: str) -> ModelSource:
     """Turn a name ("minilm", "smollm2-135m", "tiny-llama") or a local path into a ModelSource."""
     key = ALIASES.get(spec.lower(), spec.lower())
@@ -78,6 +95,9 @@ def resolve_model(spec: str) -> ModelSource:
             )
         directory = package_dir / known.subdirectory if known.subdirectory else package_dir
         return ModelSource(name=key, directory=directory, gguf_file=known.gguf_file)
+    stored = in_model_store(spec)
+    if stored is not None:
+        return stored
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(name=str(path), directory=path.parent, gguf_file=path.name)
@@ -88,5 +108,6 @@ def resolve_model(spec: str) -> ModelSource:
         gguf = ggufs[0] if ggufs and not (path / "config.json").is_file() else None
         return ModelSource(name=str(path), directory=path, gguf_file=gguf)
     raise ModelNotFoundError(
-        f"unknown model {spec!r}: give a local model directory or one of {', '.join(known_model_names())}"
+        f"unknown model {spec!r}: give a local model directory, a model in a model store ({MODEL_STORE_ENV}) "
+        f"or one of {', '.join(known_model_names())}"
     )

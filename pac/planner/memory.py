@@ -12,7 +12,8 @@ end, micro-batches)):
                  micro-batch's hidden states of these layers
     overhead     the device's measured runtime overhead
 
-Phase 2 holds no backbone: the whole side network, one micro-batch of activations and its cache reads.
+Phase 2 holds no backbone but the tuned top layers (float32): the whole side network, one micro-batch of
+activations and its cache reads.
 
 The controller holds no backbone either (`controller_memory`): the side network and head (its own and the
 state gathered from the devices at a checkpoint), the tuned top layers and the final norm and LM head
@@ -91,8 +92,9 @@ def stage_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, s
 def phase2_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, share: int) -> MemoryUse:
     """Peak memory of `device` training the whole side network on `share` cached samples per step."""
     cache = hidden_bytes_per_sample(model, job.cache_bytes) * (model.num_layers + 1)
+    top = min(job.top_layers, model.num_layers)
     return MemoryUse(
-        weights=0.0,
+        weights=4.0 * sum(model.layer_params[model.num_layers - top:]) if top else 0.0,  # tuned layers: fp32
         side_state=model.side_params * job.side_state_bytes_per_param,
         activations=share * sum(model.activation_bytes_per_sample),
         transient=0.0,

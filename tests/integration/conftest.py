@@ -79,14 +79,14 @@ class Cluster:
 
 def start_daemon(tmp_path: Path, secure: bool = True, name: str = "d", mdns: bool = False,
                  extra_args: tuple[str, ...] = (), state_dir: Path | None = None,
-                 env: dict[str, str] | None = None) -> RunningDaemon:
+                 env: dict[str, str] | None = None, memory_budget: str = "1GiB") -> RunningDaemon:
     """Start `pacd serve` on 127.0.0.1:0 and wait until it listens. secure=False: insecure mode.
 
     A secure daemon starts unpaired (pairing mode); pair it with `pair_daemon` (the fixture does)."""
     state_dir = state_dir or tmp_path / f"{name}-state"
     port_file = tmp_path / f"{name}-{time.monotonic_ns()}.port"
     log_path = tmp_path / f"{name}-{time.monotonic_ns()}.log"
-    args = pacd_args(state_dir, port_file, "1GiB", secure, "127.0.0.1" if mdns else None, tuple(extra_args))
+    args = pacd_args(state_dir, port_file, memory_budget, secure, "127.0.0.1" if mdns else None, tuple(extra_args))
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     env.pop("NOTIFY_SOCKET", None)
     with open(log_path, "wb") as log:

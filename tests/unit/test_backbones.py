@@ -17,7 +17,7 @@ from pac.train.loop import TrainConfig, train
 
 
 def test_unknown_and_missing_models_say_how_to_fix(tmp_path, monkeypatch):
-    with pytest.raises(ModelNotFoundError, match="give a local model directory or one of .*minilm"):
+    with pytest.raises(ModelNotFoundError, match="give a local model directory, a model in a model store .* or one of .*minilm"):
         load_backbone("no-such-model")
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         load_backbone(str(tmp_path))
