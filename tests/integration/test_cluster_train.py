@@ -235,8 +235,9 @@ def test_secure_job_that_does_not_fit_one_device(tmp_path, daemons, cluster):
     samples = job.to_training_job(12)  # the job as the planner sees it (its weight bits, sequence length)
     whole = plan_job(home_from_dict(document), samples, "single-device").plan
     budget = max(use.phase1_peak_bytes for use in whole.usage)
+    overhead = max(d.get("runtime_overhead_bytes", 0) for d in document["devices"])  # the daemon's own
     for _ in range(40):  # shrink every budget until the job no longer fits one device (smaller micro-batches
-        budget = int(budget * 0.85)  # and fewer in flight let it fit for a while)
+        budget = overhead + int((budget - overhead) * 0.85)  # and fewer in flight let it fit for a while)
         for device in document["devices"]:
             device["memory_budget_bytes"] = budget
         home = home_from_dict(document)
