@@ -18,7 +18,6 @@ import math
 import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from pac.cluster.elastic import Elastic
 from pac.cluster.evaluation import EpochEvaluation, StopEarly
 from pac.cluster.faults import DeviceLost, DevicesBack
 from pac.cluster.measure import measure_home, profile_sizes
+from pac.cluster.memory import peak_rss_bytes, process_overhead
 from pac.cluster.phase1 import Phase1
 from pac.cluster.phase2 import Phase2
 from pac.cluster.prepare import Prepared, prepare
@@ -385,34 +385,3 @@ def run_training(job, devices: list[Device], identity: Identity | None, output_d
             controller.record.update(state="stopped", checkpoint=str(checkpoint) if checkpoint else None)
         raise
     return metrics, controller
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far: VmHWM on Linux (getrusage's ru_maxrss would carry the
-    parent's peak across fork and exec), else ru_maxrss; 0 where neither is known."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    except (ImportError, OSError):
-        return 0
-
-
-def process_overhead() -> int:
-    """This process's memory with the model code loaded and no weights (what the planner adds to the
-    controller's own use)."""
-    import psutil
-
-    from pac.models.imports import MODEL_CODE
-
-    with MODEL_CODE:
-        import transformers  # noqa: F401
-    return psutil.Process().memory_info().rss

@@ -51,6 +51,9 @@ def hidden_bytes_per_sample(model: ModelProfile, dtype_bytes: int) -> float:
 
 def boundary_bytes_per_sample(model: ModelProfile, job: TrainingJob) -> tuple[float, float]:
     """Bytes per sample crossing a stage boundary: forward (h_y, a_y), backward grad of a_y only."""
+    if model.technique == "lora":  # a LoRA pipeline: h forward, its gradient back
+        return float(model.seq_len * model.hidden_size * job.wire_bytes), \
+            float(model.seq_len * model.hidden_size * job.wire_bytes)
     forward = model.seq_len * (model.hidden_size + model.side_size) * job.wire_bytes
     backward = model.seq_len * model.side_size * job.wire_bytes
     return float(forward), float(backward)

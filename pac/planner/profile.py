@@ -52,6 +52,9 @@ class ModelProfile:
     head_params: int = 0  # final norm + LM/classification head, held by the last stage
     side_extra_params: int = 0  # Down_0, Up and the side head: split between first and last stage
     transient_bytes_per_sample: float = 0.0  # peak scratch of one backbone layer's forward, per sample
+    # "pac": stages send (h, a) forward and the gradient of a back. "lora": the baselines' LoRA pipeline
+    # (like Eco-FL), whose stages send h forward and its gradient back (side_* then describe LoRA's factors)
+    technique: str = "pac"
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
@@ -314,7 +317,7 @@ def home_from_dict(data: Any) -> HomeProfile:
     m = _fields(data["model"], "model",
                 ["name", "hidden_size", "side_size", "seq_len", "layer_params", "side_layer_params",
                  "activation_bytes_per_sample"],
-                ["embedding_params", "head_params", "side_extra_params", "transient_bytes_per_sample"])
+                ["embedding_params", "head_params", "side_extra_params", "transient_bytes_per_sample", "technique"])
     for key in ("layer_params", "side_layer_params", "activation_bytes_per_sample"):
         m[key] = _tuple(m[key], f"model.{key}")
     model = ModelProfile(**m)

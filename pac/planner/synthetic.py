@@ -29,6 +29,17 @@ BATCH_SCALING = {
 }
 
 
+# A LoRA layer (rank 8 on every linear layer, the frozen weights' input gradients through them): its
+# forward(b) and backward(b) over its batch-1 forward, at MEASURED_BATCHES, and the bytes autograd keeps
+# per sample: `bench/lora_layers.py --model minilm` (seq 128, one torch thread; bench/results/lora-layers-minilm.json).
+# Filled in below from that run; the LoRA baselines of bench/planner.py are costed from them.
+LORA_SCALING = {
+    "forward": (1.0, 1.84, 3.57, 7.32, 16.1, 30.0),
+    "backward": (1.0, 1.84, 3.57, 7.32, 16.1, 30.0),
+}
+LORA_RANK = 8
+
+
 @dataclass(frozen=True)
 class DeviceKind:
     """A kind of edge device: its usable memory and its effective throughput."""
@@ -66,9 +77,26 @@ def transformer_model(num_layers: int, hidden: int = 1024, reduction: int = 8, s
     )
 
 
+def lora_model(model: ModelProfile, heads: int = 16) -> ModelProfile:
+    """`model` tuned with LoRA instead (the baselines like Eco-FL and EDDL): rank-8 factors on each layer's
+    six linear layers are what trains, and autograd keeps the layer's activations for the backward through
+    the frozen weights: Korthikanti et al.'s per-layer count (34 s h + 5 a s^2 bytes per sample at 16 bits),
+    doubled for fp32 (bench/lora_layers.py measured a minilm layer against it: docs/benchmarks.md)."""
+    import dataclasses
+
+    hidden, seq = model.hidden_size, model.seq_len
+    lora = LORA_RANK * (4 * 2 * hidden + 2 * 5 * hidden)  # q, k, v, o (d -> d); up (d -> 4d), down (4d -> d)
+    kept = 2.0 * (34 * seq * hidden + 5 * heads * seq * seq)
+    return dataclasses.replace(model, name=f"{model.name}-lora", side_size=1, technique="lora",
+                               side_layer_params=(lora,) * model.num_layers,
+                               activation_bytes_per_sample=(kept,) * model.num_layers, side_extra_params=0)
+
+
 def device_for(model: ModelProfile, kind: DeviceKind, name: str, speed: float = 1.0,
                disk_budget_bytes: int = 32 * GIB) -> DeviceProfile:
-    """Profile of one device of `kind` (times scaled by 1/speed) for `model`."""
+    """Profile of one device of `kind` (times scaled by 1/speed) for `model` (a LoRA model: `lora_model`)."""
+    if model.technique == "lora":
+        return _lora_device(model, kind, name, speed, disk_budget_bytes)
     flops_per_sample = [2.0 * p * model.seq_len for p in model.layer_params]
     side_flops = [2.0 * p * model.seq_len for p in model.side_layer_params]
     rate = kind.tflops * 1e12 * speed
@@ -88,12 +116,32 @@ def device_for(model: ModelProfile, kind: DeviceKind, name: str, speed: float = 
     )
 
 
+def _lora_device(model: ModelProfile, kind: DeviceKind, name: str, speed: float,
+                 disk_budget_bytes: int) -> DeviceProfile:
+    """A device running LoRA layers: the backbone layer's batch-1 time modelled as for PAC, its growth with
+    the batch and its backward measured on real LoRA layers (LORA_SCALING)."""
+    rate = kind.tflops * 1e12 * speed
+    forward, backward = [], []
+    for p in model.layer_params:
+        one = kind.overhead_s + 1.5 * 2.0 * p * model.seq_len / rate
+        forward.append(tuple(one * a for a in LORA_SCALING["forward"]))
+        backward.append(tuple(one * b for b in LORA_SCALING["backward"]))
+    return DeviceProfile(
+        name=name, memory_budget_bytes=kind.memory_budget_bytes, disk_budget_bytes=disk_budget_bytes,
+        batch_sizes=MEASURED_BATCHES, forward_s=tuple(forward), backward_s=tuple(backward),
+        side_sample_s=1.0, runtime_overhead_bytes=300 << 20, cache_read_bytes_per_s=400e6,
+    )
+
+
 def synthetic_home(num_layers: int, num_devices: int, seed: int = 0, *, kinds: Sequence[DeviceKind] = PALETTE,
                    bandwidth_bytes_per_s: float = GBIT_PER_S, latency_s: float = 0.001,
-                   hidden: int = 1024) -> HomeProfile:
-    """A heterogeneous home: each device a random kind with +-15% speed, all pairs on one kind of link."""
+                   hidden: int = 1024, technique: str = "pac") -> HomeProfile:
+    """A heterogeneous home: each device a random kind with +-15% speed, all pairs on one kind of link.
+    `technique` "lora": the same devices and speeds running LoRA (`lora_model`), for the baselines."""
     rng = random.Random(seed)
     model = transformer_model(num_layers, hidden=hidden)
+    if technique == "lora":
+        model = lora_model(model)
     devices = []
     for i in range(num_devices):
         kind = kinds[i % len(kinds)] if i < len(kinds) else rng.choice(list(kinds))

@@ -154,7 +154,7 @@ def test_out_of_range(home, section, key, value, message):
     ("cache", "precision", "fp8", "cache.precision must be one of fp32, fp16, bf16, int8, none"),
     ("model", "quantization", "int2", "model.quantization must be one of none, bf16, fp16, int8, int4"),
     ("devices", "mode", "all", "devices.mode must be one of discover, list, cluster"),
-    ("model", "name_or_path", "minilmm", 'model.name_or_path is not a known model or an existing path'),
+    ("model", "name_or_path", "minilmm", 'model.name_or_path is not a known model, a model in a model store'),
 ])
 def test_bad_enums(home, section, key, value, message):
     assert message in error_of(home, minimal(**{section: {key: value}}))
