@@ -96,6 +96,10 @@ def run_case(layers: int, devices: int, seed: int, batch: str, args: argparse.Na
     pipeline = _epoch(home, job, "pipeline-only")
     best_order = _epoch(home, job, "pipeline-best-order")
     data = _epoch(home, job, "data-only")
+    # The paper's baselines with their own technique: LoRA, backward through the backbone, no cache.
+    lora_home = synthetic_home(layers, devices, seed=seed, latency_s=args.latency_s, technique="lora")
+    ecofl = _epoch(lora_home, job, "pipeline-only")
+    eddl = _epoch(lora_home, job, "data-only")
     row = {
         "layers": layers, "devices": devices, "seed": seed,
         "device_kinds": sorted(d.name.rsplit("-", 1)[0] for d in home.devices),
@@ -112,6 +116,12 @@ def run_case(layers: int, devices: int, seed: int, batch: str, args: argparse.Na
         "speedup_vs_pipeline_only": _ratio(pipeline, plan.phase1.epoch_s),
         "speedup_vs_pipeline_best_order": _ratio(best_order, plan.phase1.epoch_s),
         "speedup_vs_data_only": _ratio(data, plan.phase1.epoch_s),
+        "ecofl_lora_epoch_time_s": ecofl, "eddl_lora_epoch_time_s": eddl,
+        "speedup_vs_ecofl_lora": _ratio(ecofl, plan.phase1.epoch_s),
+        "speedup_vs_eddl_lora": _ratio(eddl, plan.phase1.epoch_s),
+        # the whole job: PAC's later epochs run from the cache, LoRA's every epoch through the backbone
+        "job_speedup_vs_ecofl_lora": _ratio(ecofl * job.epochs if ecofl else None, plan.total_s),
+        "job_speedup_vs_eddl_lora": _ratio(eddl * job.epochs if eddl else None, plan.total_s),
         # Share of our simulated mini-batch spent after the last backward, in side-gradient AllReduce.
         "allreduce_tail_fraction": _allreduce_tail(result),
         "estimated_minibatch_s": plan.phase1.estimated_minibatch_s,
@@ -138,7 +148,8 @@ def summarise(rows: list[dict], batches: list[str]) -> dict:
         mine = [r for r in rows if r["batch_setting"] == batch]
         entry: dict = {"homes": len(mine)}
         for key in ("speedup_vs_pipeline_only", "speedup_vs_pipeline_best_order", "speedup_vs_data_only",
-                    "allreduce_tail_fraction"):
+                    "speedup_vs_ecofl_lora", "speedup_vs_eddl_lora", "job_speedup_vs_ecofl_lora",
+                    "job_speedup_vs_eddl_lora", "allreduce_tail_fraction"):
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
                 entry[key] = {"mean": round(statistics.mean(values), 3), "min": round(min(values), 3),
@@ -182,11 +193,13 @@ def draw(rows: list[dict], batches: list[str], path: Path) -> None:
     left.set_ylabel("planning time, s (worst home and batch)")
     left.set_title("planning time")
     left.legend()
-    width = 0.27
+    width = 0.2
     for k, (key, name, colour) in enumerate([("epoch_time_s", "PAC plan", "#4C72B0"),
                                               ("pipeline_only_epoch_time_s", "pipeline-only", "#DD8452"),
-                                              ("data_only_epoch_time_s", "data-only (0 = OOM)", "#55A868")]):
-        middle.bar([i + (k - 1) * width for i in x], [mean(key, c) / 60 for c in cases], width, label=name,
+                                              ("data_only_epoch_time_s", "data-only (0 = OOM)", "#55A868"),
+                                              ("ecofl_lora_epoch_time_s", "LoRA pipeline (Eco-FL-like)",
+                                               "#8172B3")]):
+        middle.bar([i + (k - 1.5) * width for i in x], [mean(key, c) / 60 for c in cases], width, label=name,
                    color=colour)
     middle.set_xticks(x, labels, rotation=45)
     middle.set_ylabel("simulated epoch-1 time, min (mean over homes)")
@@ -242,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"batch {row['batch_size']:2d} {layers:3d} layers {devices:2d} devices seed {seed}: plan "
                           f"{row['plan_time_s']:.3f} s, epoch {row['epoch_time_s']:.0f} s, "
                           f"x{row['speedup_vs_pipeline_only']:.2f} vs pipeline-only "
-                          f"({row['pipeline_only_epoch_time_s']:.0f} s)", flush=True)
+                          f"({row['pipeline_only_epoch_time_s']:.0f} s), x{row['speedup_vs_ecofl_lora'] or 0:.2f} vs "
+                          f"the LoRA pipeline ({row['ecofl_lora_epoch_time_s'] or 0:.0f} s)", flush=True)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "png")}
     config["home"] = ("pac.planner.synthetic.synthetic_home: nano-4g / tx2-8g / nx-8g mixes, 1 Gbit/s links, "
                       "16-bit backbone, fp32 side-network gradients AllReduced every mini-batch")

@@ -54,3 +54,25 @@ def test_what_if_runs_never_overwrite_the_report_and_leave_the_model_as_it_was(t
     with bench.what_if("free-allreduce"):
         assert CostModel.allreduce is not original
     assert CostModel.allreduce is original
+
+
+def test_the_lora_baselines_pay_for_their_backward_and_activations() -> None:
+    """The paper's baselines with their own technique: a LoRA layer's backward runs through the frozen
+    weights (slower than its forward), autograd keeps its activations, the stages send h and its gradient,
+    and the AllReduce sums LoRA's factors: the same devices plan slower than PAC."""
+    from pac.planner.memory import boundary_bytes_per_sample
+    from pac.planner.planner import plan_job
+    from pac.planner.synthetic import synthetic_home
+    from pac.planner.workload import TrainingJob
+
+    pac, lora = synthetic_home(24, 4, seed=1), synthetic_home(24, 4, seed=1, technique="lora")
+    assert [d.name for d in pac.devices] == [d.name for d in lora.devices]
+    for mine, theirs in zip(pac.devices, lora.devices, strict=True):
+        assert all(b > f for f, b in zip(theirs.forward_s[0], theirs.backward_s[0], strict=True))
+        assert sum(theirs.backward_s[0]) > 3 * sum(mine.backward_s[0])
+    assert lora.model.activation_bytes_per_sample[0] > 3 * pac.model.activation_bytes_per_sample[0]
+    job = TrainingJob(samples=256, batch_size=8, epochs=3)
+    hidden_bytes = lora.model.seq_len * lora.model.hidden_size * job.wire_bytes
+    assert boundary_bytes_per_sample(lora.model, job) == (hidden_bytes, hidden_bytes)
+    ours = plan_job(pac, job).plan.phase1.epoch_s
+    assert plan_job(lora, job, "pipeline-only").plan.phase1.epoch_s > 1.5 * ours
