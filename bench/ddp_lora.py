@@ -69,8 +69,9 @@ def disable_dropout(model) -> None:
 
 
 def prepare(model_name: str, train_file: str, eval_file: str | None, samples: int | None,
-            eval_samples: int | None, seq_len: int, seed: int):
-    """(model, pad_id, task, train_items, eval_items), as pac.train.finetune.run_finetune loads and builds them."""
+            eval_samples: int | None, seq_len: int, seed: int, sharded: tuple[int, int] | None = None):
+    """(model, pad_id, task, train_items, eval_items), as pac.train.finetune.run_finetune loads and builds them.
+    `sharded` (rank, world): the FSDP model of `sharded_lora_model` instead, never held whole."""
     import torch
 
     from pac.data.batching import encode_example
@@ -80,8 +81,6 @@ def prepare(model_name: str, train_file: str, eval_file: str | None, samples: in
     from pac.models.backbone import load_backbone
     from pac.techniques.build import TechniqueConfig, build_model
 
-    torch.manual_seed(seed)
-    backbone = load_backbone(model_name, seed=seed)
     train_examples = subset(read_examples(train_file), samples, seed)
     eval_examples = subset(read_examples(eval_file), eval_samples, seed) if eval_file else []
     task = infer_task(train_examples)
@@ -89,13 +88,77 @@ def prepare(model_name: str, train_file: str, eval_file: str | None, samples: in
         raise SystemExit(f"{train_file}: the ddp-lora baseline trains a classification head, the data are {task}")
     labels = {e.label for e in train_examples if e.label is not None}
     num_labels = max(labels) + 1 if labels else 2
-    tokenizer, family = backbone.tokenizer, backbone.family
+    if sharded is not None:
+        model, tokenizer = sharded_lora_model(model_name, task, num_labels, seed, *sharded)
+        family = model.backbone.family
+    else:
+        torch.manual_seed(seed)
+        backbone = load_backbone(model_name, seed=seed)
+        tokenizer, family = backbone.tokenizer, backbone.family
     train_items, eval_items = (
         [encode_example(e, tokenizer, task, family, seq_len, i) for i, e in enumerate(examples)]
         for examples in (train_examples, eval_examples)
     )
-    model = build_model(backbone, TechniqueConfig("lora"), HeadConfig(task=task, num_labels=num_labels))
+    if sharded is None:
+        model = build_model(backbone, TechniqueConfig("lora"), HeadConfig(task=task, num_labels=num_labels))
     return model, tokenizer.pad_token_id, task, train_items, eval_items
+
+
+def sharded_lora_model(model_name: str, task: str, num_labels: int, seed: int, rank: int, world: int):
+    """The same LoRA model sharded with FSDP2 (`fully_shard`, each layer then the whole) and never held
+    whole: built with its weights on meta (pac.models.partial), sharded, then each rank reads every frozen
+    weight from the checkpoint one tensor at a time and keeps its rows (FSDP's dim-0 chunk). LoRA's A
+    factors are drawn from a generator seeded by the seed and the name (the same on every rank), B is zero,
+    the head as build_model makes it after torch.manual_seed(seed). Returns (model, tokenizer)."""
+    import math
+
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    from pac.heads import HeadConfig
+    from pac.models.backbone import Backbone
+    from pac.models.imports import MODEL_CODE
+    from pac.models.partial import Checkpoint, skeleton
+    from pac.models.registry import resolve_model
+    from pac.techniques.build import TechniqueConfig, build_model
+
+    source = resolve_model(model_name)
+    with MODEL_CODE:
+        meta, tokenizer, config = skeleton(source)
+        checkpoint = Checkpoint(source, meta, config)
+    torch.manual_seed(seed)
+    backbone = Backbone(source.name, meta, tokenizer, source)
+    model = build_model(backbone, TechniqueConfig("lora"), HeadConfig(task=task, num_labels=num_labels))
+    real = {name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if not t.is_meta}  # the head and the buffers the constructor computed
+    for stack in backbone.stacks:
+        for layer in stack:
+            fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name in real:
+                buffer.copy_(real[name])
+        for name, parameter in model.named_parameters():
+            key = name.removeprefix("model.").replace(".base_layer", "")
+            if name in real:
+                full = real[name]
+            elif "lora_A" in name:
+                full = torch.empty(parameter.shape)
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
+                bound = 1 / math.sqrt(parameter.shape[1])  # kaiming_uniform_(a=sqrt(5)), as peft's
+                full.uniform_(-bound, bound, generator=generator)
+            elif "lora_B" in name:
+                full = torch.zeros(parameter.shape)
+            else:
+                full = checkpoint.read(key)
+            local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+            chunks = full.to(local.dtype).chunk(world, dim=0)
+            if rank < len(chunks) and local.numel():
+                local.copy_(chunks[rank])
+            del full
+    return model, tokenizer
 
 
 def trainable_state(model) -> dict:
@@ -122,12 +185,14 @@ def worker(args) -> int:
     torch.set_num_threads(threads)
 
     model, pad_id, task, train_items, eval_items = prepare(
-        args.model, args.train, args.eval or None, args.samples, args.eval_samples, args.seq_len, args.seed)
+        args.model, args.train, args.eval or None, args.samples, args.eval_samples, args.seq_len, args.seed,
+        sharded=(rank, world) if args.sharding == "fsdp" else None)
     if args.no_dropout:
         disable_dropout(model)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     params = trainable_parameters(model)
-    ddp = DistributedDataParallel(model)  # broadcasts rank 0's parameters (all ranks built the same anyway)
+    # DDP broadcasts rank 0's parameters (all ranks built the same anyway); FSDP's model is sharded already
+    ddp = DistributedDataParallel(model) if args.sharding == "ddp" else model
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
     torch.manual_seed(config.seed + rank)  # dropout: a different stream per rank, as different rows would get
@@ -163,6 +228,9 @@ def worker(args) -> int:
     train_end = time.time()
     peaks = [None] * world
     dist.all_gather_object(peaks, peak_rss_bytes())
+    sharded_final = None
+    if args.sharding == "fsdp":  # every rank evaluates: each forward gathers every layer's shards
+        sharded_final = evaluate(model, eval_items, task, pad_id) if eval_items else {}
     # Let DDP's reducer release the process group while the interpreter is alive, then tear the group
     # down together: a gloo group left to interpreter shutdown can abort a rank at exit.
     del ddp
@@ -177,9 +245,12 @@ def worker(args) -> int:
         state = {f"param/{k}": v.contiguous() for k, v in trainable_state(model).items()}
         state.update({f"grad/{k}": v.contiguous() for k, v in (first_grads or {}).items()})
         save_file(state, args.save_state)
-    final = evaluate(model, eval_items, task, pad_id) if eval_items else {}
+    if sharded_final is not None:
+        final = sharded_final
+    else:
+        final = evaluate(model, eval_items, task, pad_id) if eval_items else {}
     row = {
-        "system": SYSTEM, "devices": world, "epoch_times_s": epoch_times,
+        "system": SYSTEM if args.sharding == "ddp" else "fsdp-lora", "sharding": args.sharding, "devices": world, "epoch_times_s": epoch_times,
         "peak_memory_bytes_per_device": peaks, "final_metric": final,
         "train_samples": len(train_items), "eval_samples": len(eval_items),
         "model": args.model, "technique": "lora", "lora_rank": 8, "epochs": config.epochs,
@@ -204,7 +275,7 @@ def free_port() -> int:
 
 def run_ddp_lora(devices: int, model: str, train_file, eval_file, samples, eval_samples, epochs,
                  batch_size, seq_len, lr, seed, threads=None, timeout_s=3600, *,
-                 save_state=None, dropout: bool = True) -> dict:
+                 save_state=None, dropout: bool = True, sharding: str = "ddp") -> dict:
     """Run the baseline with `devices` worker processes on this host; return its row plus
     `total_time_s` (launch to the end of the last epoch) and `wall_time_s` (launch to exit).
 
@@ -234,6 +305,7 @@ def run_ddp_lora(devices: int, model: str, train_file, eval_file, samples, eval_
             command += ["--save-state", str(save_state)]
         if not dropout:
             command += ["--no-dropout"]
+        command += ["--sharding", sharding]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         with log_path.open("w") as log:
@@ -249,9 +321,9 @@ def run_ddp_lora(devices: int, model: str, train_file, eval_file, samples, eval_
             exited = time.time()
         tail = log_path.read_text(errors="replace")[-6000:]
         if code is None:
-            raise RuntimeError(f"ddp-lora with {devices} devices timed out after {timeout_s} s:\n{tail}")
+            raise RuntimeError(f"{sharding}-lora with {devices} devices timed out after {timeout_s} s:\n{tail}")
         if code != 0 or not report_path.is_file():
-            raise RuntimeError(f"ddp-lora with {devices} devices failed (exit {code}):\n{tail}")
+            raise RuntimeError(f"{sharding}-lora with {devices} devices failed (exit {code}):\n{tail}")
         row = json.loads(report_path.read_text())["rows"][0]
     row["total_time_s"] = row.pop("train_end_unix_s") - launched
     row["wall_time_s"] = exited - launched
@@ -275,6 +347,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, help="where to write the report")
     parser.add_argument("--save-state", help="rank 0's trainable parameters and first gradients (safetensors)")
     parser.add_argument("--no-dropout", action="store_true", help="dropout p = 0 (for equivalence tests)")
+    parser.add_argument("--sharding", choices=("ddp", "fsdp"), default="ddp",
+                        help="ddp: every rank holds the whole model; fsdp: FSDP2 shards it, never held whole")
 
 
 def main(argv=None) -> int:
@@ -291,12 +365,12 @@ def main(argv=None) -> int:
     row = run_ddp_lora(args.devices, args.model, args.train, args.eval or None, args.samples,
                        args.eval_samples, args.epochs, args.batch_size, args.seq_len, args.lr, args.seed,
                        threads=args.threads, timeout_s=args.timeout, save_state=args.save_state,
-                       dropout=not args.no_dropout)
+                       dropout=not args.no_dropout, sharding=args.sharding)
     config = {k: getattr(args, k) for k in ("devices", "model", "train", "eval", "samples", "eval_samples",
                                             "epochs", "batch_size", "seq_len", "lr", "seed")}
     config["threads"] = row["threads_per_device"]  # per process, as resolved
     write_report(args.json, BENCH, config, [row])
-    print(f"ddp-lora {args.devices} devices: epochs {', '.join(f'{t:.1f}' for t in row['epoch_times_s'])} s, "
+    print(f"{row['system']} {args.devices} devices: epochs {', '.join(f'{t:.1f}' for t in row['epoch_times_s'])} s, "
           f"total {row['total_time_s']:.1f} s, peak RSS "
           f"{', '.join(f'{b / 2**20:.0f}' for b in row['peak_memory_bytes_per_device'])} MiB, "
           f"eval {row['final_metric']}")

@@ -14,33 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, start_daemon
 
+from bench.large_model import scaled_up_llama
+
 MIB = 1 << 20
 BUDGET_MIB = 1000  # every daemon's and the controller's
-
-
-def scaled_up_llama(directory: Path) -> int:
-    """A Llama of 28 layers 1024 wide (random weights, safetensors, a small word-piece tokenizer) in
-    `directory`; returns the bytes of its weights."""
-    import torch
-    import transformers
-
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                                      num_key_value_heads=4, intermediate_size=2816, max_position_embeddings=64,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.02)
-    model.save_pretrained(directory)
-    del model
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(507)]
-    (directory / "vocab.txt").write_text("\n".join(vocab))
-    transformers.BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), bos_token="[CLS]",
-                                   eos_token="[SEP]").save_pretrained(directory)
-    return (directory / "model.safetensors").stat().st_size
 
 
 def peak_rss_bytes(pid: int) -> int:
