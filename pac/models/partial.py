@@ -249,19 +249,26 @@ def load_partial(spec: str, release: Callable[[Backbone], None], dtype: torch.dt
         release(backbone)
         return backbone
     with MODEL_CODE:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        model, tokenizer, config = skeleton(source)
-        checkpoint = Checkpoint(source, model, config)
-        fingerprint = _fingerprint(checkpoint, model, tokenizer, config)
-        names = _names_by_parameter(model)
-        model.to(dtype=dtype)
-        backbone = Backbone(source.name, model, tokenizer, source)
-        backbone._fingerprint = fingerprint
+        backbone, checkpoint, names = _on_meta(source, dtype)
         release(backbone)
-        materialise(model, checkpoint, names, dtype, str(source.directory / (source.gguf_file or "")))
+        materialise(backbone.model, checkpoint, names, dtype, str(source.directory / (source.gguf_file or "")))
         return backbone
+
+
+def _on_meta(source: ModelSource, dtype: torch.dtype) -> tuple[Backbone, Checkpoint, dict[int, list[str]]]:
+    """(the backbone with every parameter on meta and its fingerprint known, its checkpoint, the names of
+    each parameter). Under MODEL_CODE."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer, config = skeleton(source)
+    checkpoint = Checkpoint(source, model, config)
+    fingerprint = _fingerprint(checkpoint, model, tokenizer, config)
+    names = _names_by_parameter(model)
+    model.to(dtype=dtype)
+    backbone = Backbone(source.name, model, tokenizer, source)
+    backbone._fingerprint = fingerprint
+    return backbone, checkpoint, names
 
 
 class LayerReader:
@@ -298,16 +305,7 @@ def load_held(spec: str, held: Callable[[Backbone], list[nn.Module]], dtype: tor
         backbone.fingerprint()
         return backbone
     with MODEL_CODE:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        model, tokenizer, config = skeleton(source)
-        checkpoint = Checkpoint(source, model, config)
-        fingerprint = _fingerprint(checkpoint, model, tokenizer, config)
-        names = _names_by_parameter(model)
-        model.to(dtype=dtype)
-        backbone = Backbone(source.name, model, tokenizer, source)
-        backbone._fingerprint = fingerprint
+        backbone, checkpoint, names = _on_meta(source, dtype)
         where = str(source.directory / (source.gguf_file or ""))
         for module in held(backbone):
             materialise(module, checkpoint, names, dtype, where, buffers=False)

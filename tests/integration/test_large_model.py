@@ -9,22 +9,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import REPO, start_daemon
 
-from bench.large_model import scaled_up_llama
+from bench.large_model import scaled_up_llama, vmhwm
 
 MIB = 1 << 20
 BUDGET_MIB = 1000  # every daemon's and the controller's
-
-
-def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 @pytest.mark.timeout(600)
@@ -67,7 +59,7 @@ directory = "{tmp_path / 'out'}"
                               capture_output=True, text=True, timeout=540)
         assert done.returncode == 0, done.stdout + done.stderr
         metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-        daemon_peaks = [peak_rss_bytes(d.process.pid) for d in daemons]
+        daemon_peaks = [vmhwm(d.process.pid) for d in daemons]
     finally:
         for daemon in daemons:
             daemon.kill()
