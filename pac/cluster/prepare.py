@@ -85,12 +85,12 @@ def prepare(job, log_line: Callable[[str], None] = print, whole: bool = False) -
 
 def load_controller_model(name: str, quantization: str, seed: int, technique, lm: bool):
     """(backbone, fingerprint) as the controller holds it: every layer's weights on meta (read one at a
-    time through `backbone.open_layer`) but the tuned top layers', the final norm's (they run here from
-    cached states) and, for a language-model task, the LM head's. Quantisation: a 16-bit one casts what is
+    time through `backbone.open_layer`) but the tuned top layers' and what runs around them here from
+    cached states (norms, position embeddings; not the word embeddings), and, for a language-model task,
+    the LM head's. Quantisation: a 16-bit one casts what is
     held; int8 and 4-bit replace the layers' linear weights, of which the controller holds none."""
     from pac.models.partial import load_held
     from pac.quant import HALF_DTYPES
-    from pac.side.pruning import final_norm_module
 
     def held(backbone) -> list:
         top = fit_top(technique, backbone, lambda _: None).top.count
@@ -98,10 +98,17 @@ def load_controller_model(name: str, quantization: str, seed: int, technique, lm
         modules = list(stack[len(stack) - top:]) if top else []
         if backbone.model_type == "t5":  # the relative position bias every layer of a stack reuses
             modules += [s[0].layer[0].SelfAttention.relative_attention_bias for s in backbone.stacks]
-        final = final_norm_module(backbone)
-        modules += [final] if final is not None else []
-        if lm and backbone.has_lm_head:
-            modules.append(backbone.model.get_output_embeddings())
+        # Outside the layers: what runs around the tuned layers here (position and token-type embeddings,
+        # norms), not the word embeddings or, unless the task is a language model's, the LM head.
+        in_layers = {id(p) for s in backbone.stacks for layer in s for p in layer.parameters()}
+        words = backbone.model.get_input_embeddings()
+        head = backbone.model.get_output_embeddings() if backbone.has_lm_head else None
+        for module in backbone.model.modules():
+            direct = [p for p in module.parameters(recurse=False) if id(p) not in in_layers]
+            if direct and module is not words and (module is not head or lm):
+                modules.append(module)
+        if lm and head is not None:
+            modules.append(head)
         return modules
 
     backbone = load_held(name, held, seed=seed)

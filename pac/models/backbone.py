@@ -93,9 +93,12 @@ class Backbone:
         # What the side network is shaped from, read off the first layer now: a stage may release it.
         from pac.side.weights import layer_weights
 
-        first = layer_weights(self.model_type, self.stacks[0][0])
-        self.layer_shape = LayerShape(mlp_inner=first.mlp_in.weight.shape[0],
-                                      attention_bias=first.self_attention.q.bias is not None)
+        try:
+            first = layer_weights(self.model_type, self.stacks[0][0])
+            self.layer_shape: LayerShape | None = LayerShape(mlp_inner=first.mlp_in.weight.shape[0],
+                                                             attention_bias=first.self_attention.q.bias is not None)
+        except AttributeError:  # a layer the side network does not know: other techniques still run
+            self.layer_shape = None
 
     # ---- shape facts -------------------------------------------------------------------------
     @property

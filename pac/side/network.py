@@ -117,6 +117,9 @@ def _side_heads(heads: int, head_dim: int, width: int, rope: bool) -> tuple[int,
 
 
 def side_spec(backbone, config: SideConfig) -> SideSpec:
+    if backbone.layer_shape is None:
+        raise ConfigError(f"the side network cannot be built beside {backbone.model_type} layers: their "
+                          f"projections are not the attention and MLP layout it prunes from")
     k = config.reduction_factor
     d = backbone.hidden_size
     width = max(2, d // k)

@@ -92,11 +92,12 @@ def command(count, model, epochs, learning_rate, questions, output_dir, resume) 
 
 def _report(controller, metrics: dict, asked, tuned: list[str], count: int, started: float, out: Path) -> None:
     """Each held-out question's tuned answer (through the API) next to the untuned model's, and the score."""
-    from pac.models.backbone import load_backbone
+    from pac.models.partial import load_partial
     from pac.train.generate import generate
     from pac.train.household import answer_is_right
 
-    backbone = load_backbone(controller.job.model.name_or_path)  # the untuned model (the controller holds none)
+    # The untuned model, read whole now (the controller held none); its config and tokenizer are parsed already.
+    backbone = load_partial(controller.job.model.name_or_path, lambda whole: None)
     scores = {"untuned": 0, "tuned": 0}
     rows = []
     for question, after in zip(asked, tuned, strict=True):

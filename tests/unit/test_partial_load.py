@@ -222,3 +222,40 @@ def test_a_model_too_large_for_the_device_is_profiled_from_a_sample_of_its_layer
     for batch in (1, 2):
         assert len(sampled.forward_s[batch]) == len(whole.forward_s[batch]) and min(sampled.forward_s[batch]) > 0
         assert len(sampled.side_backward_s[batch]) == len(whole.side_backward_s[batch])
+
+
+def test_a_backbone_whose_layers_the_side_network_does_not_know_still_loads():
+    """DistilBERT's layers name their projections otherwise: the backbone loads (LoRA and the other
+    techniques run), and only the side network is refused, naming why."""
+    import transformers
+
+    from pac.errors import ConfigError
+    from pac.models.backbone import Backbone
+    from pac.side.network import SideConfig, side_spec
+
+    config = transformers.DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    backbone = Backbone("tiny-distilbert", transformers.DistilBertModel(config), None)
+    assert backbone.layer_shape is None and backbone.num_layers == 2
+    with pytest.raises(ConfigError, match="side network cannot be built beside distilbert layers"):
+        side_spec(backbone, SideConfig())
+
+
+@pytest.mark.parametrize("name,task,top", [("tiny-bert", "classification", 2), ("tiny-gpt2", "classification", 1),
+                                           ("tiny-llama", "lm", 1), ("tiny-t5", "lm", 1),
+                                           ("tiny-bart", "classification", 1), ("tiny-bert", "classification", 0)])
+def test_the_controller_scores_from_cached_states_as_the_whole_model_does(tmp_path, name, task, top):
+    """The lean controller model (no backbone) scores the evaluation data from cached records exactly as
+    the whole model scores it: what runs around the tuned layers (position embeddings, norms) is held."""
+    from pac.cache import ActivationCache
+    from pac.cluster.prepare import prepare
+    from pac.train.cached import CachedStates, cache_key_for
+    from pac.train.loop import evaluate
+
+    job = controller_job(tmp_path, saved(tmp_path, name), task, "none", top)
+    lean, whole = prepare(job, lambda line: None), prepare(job, lambda line: None, whole=True)
+    items = whole.train_items[:6]
+    key = cache_key_for(whole.backbone, whole.model.side.spec, "none", whole.fingerprint)
+    cache = ActivationCache(tmp_path / "records", key, "fp32")
+    expected = evaluate(whole.model, items, task, whole.pad_id, states=CachedStates(cache))  # writes the records
+    assert all(CachedStates(cache).all_cached([item]) for item in items)
+    assert evaluate(lean.model, items, task, lean.pad_id, states=CachedStates(cache)) == expected
