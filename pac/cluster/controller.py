@@ -362,6 +362,8 @@ class Controller(Elastic):
             "joins": self.record.history.joins, "evaluations": self.record.history.evaluations,
             "best_epoch": best, "stopped_early": self.stopped_early,
             "controller_peak_rss_bytes": peak_rss_bytes(),
+            # of training_time_s: the evaluation records through the stages and each epoch's scoring
+            "evaluation_s": self.evaluation.seconds if self.evaluation is not None else 0.0,
             "plan": {"stages": [[s.first_layer, s.end_layer, list(s.devices), list(s.shares)]
                                 for s in self.plan.phase1.stages], "micro_batches": self.plan.phase1.micro_batches},
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ class EpochEvaluation:
         self.states = None
         self.last: tuple[int, dict] | None = None  # (step, entry) of the newest evaluation
         self.best: dict | None = None  # the entry of the best validation score so far
+        self.seconds = 0.0  # spent computing the evaluation records and scoring (metrics.json evaluation_s)
 
     @property
     def wanted(self) -> bool:
@@ -74,13 +76,17 @@ class EpochEvaluation:
     async def prefill(self, run) -> None:
         """Put the records of every evaluation and validation sample not yet cached in the evaluation cache:
         `await run(items, keys, cache)` computes them (the phase-1 stages)."""
+        import time
+
         from pac.cache import sample_key
 
+        began = time.perf_counter()
         cache = self._states().cache
         items = [item for item in self._items() if sample_key(item.input_ids, item.decoder_ids) not in cache]
         unique = list({sample_key(i.input_ids, i.decoder_ids): i for i in items}.items())
         if unique:
             await run([item for _, item in unique], [key for key, _ in unique], cache)
+        self.seconds += time.perf_counter() - began
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         load_trained(self.prepared.model, state)
@@ -114,7 +120,9 @@ class EpochEvaluation:
 
     async def after_epoch(self, epoch: int, step: int, state: dict[str, torch.Tensor]) -> dict:
         """Score `state` after `epoch`: {"epoch", "step", "eval": metrics, "validation": metrics}."""
+        began = time.perf_counter()
         entry = await asyncio.to_thread(self._entry, epoch, step, state)
+        self.seconds += time.perf_counter() - began
         self.last = (step, entry)
         return entry
 
