@@ -76,8 +76,6 @@ class EpochEvaluation:
     async def prefill(self, run) -> None:
         """Put the records of every evaluation and validation sample not yet cached in the evaluation cache:
         `await run(items, keys, cache)` computes them (the phase-1 stages)."""
-        import time
-
         from pac.cache import sample_key
 
         began = time.perf_counter()
