@@ -16,13 +16,15 @@ from conftest import REPO, start_daemon
 from bench.large_model import scaled_up_llama, vmhwm
 
 MIB = 1 << 20
-BUDGET_MIB = 1000  # every daemon's and the controller's
+# Every daemon's and the controller's: below the weights (1.45 GB), with room for a daemon's own ~400-500 MiB
+# (measured: it varies with the machine and the run) beside a third of the model.
+BUDGET_MIB = 1300
 
 
 @pytest.mark.timeout(600)
 def test_a_model_larger_than_every_budget_trains_through_both_phases(tmp_path):
     (tmp_path / "models").mkdir()
-    weights = scaled_up_llama(tmp_path / "models" / "big-llama")  # every device's model store holds it
+    weights = scaled_up_llama(tmp_path / "models" / "big-llama", layers=32)  # in every device's model store
     assert weights > BUDGET_MIB * MIB  # the point: no process may hold the model
     store = {"PAC_MODELS": str(tmp_path / "models")}
     daemons = [start_daemon(tmp_path, secure=False, name=f"big{i}", memory_budget=f"{BUDGET_MIB}MiB", env=store)
