@@ -59,6 +59,19 @@ def boundary_bytes_per_sample(model: ModelProfile, job: TrainingJob) -> tuple[fl
     return float(forward), float(backward)
 
 
+# What autograd keeps per sample in a tuned (LoRA) layer, against Korthikanti et al.'s count of a layer's
+# activations (34 s h + 5 a s^2 bytes at 16 bits; doubled for fp32): measured on a minilm layer,
+# bench/results/lora-layers-minilm.json (pac.planner.synthetic.LORA_KEPT_OVER_KORTHIKANTI).
+TUNED_KEPT_OVER_KORTHIKANTI = 0.64
+
+
+def tuned_layer_kept_bytes_per_sample(model: ModelProfile) -> float:
+    """Activations a tuned top layer keeps for its backward, per sample (heads taken as hidden / 64)."""
+    seq, hidden = model.seq_len, model.hidden_size
+    heads = max(1, hidden // 64)
+    return TUNED_KEPT_OVER_KORTHIKANTI * 2.0 * (34 * seq * hidden + 5 * heads * seq * seq)
+
+
 def side_extra_share(model: ModelProfile, start: int, stop: int) -> float:
     """Down_0 lives with the first stage and Up/side head with the last: half of the extras each."""
     share = 0.0
@@ -80,6 +93,9 @@ def stage_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, s
         params += model.head_params
     side = sum(model.side_layer_params[i] for i in layers) + side_extra_share(model, start, stop)
     kept = sum(model.activation_bytes_per_sample[i] for i in layers)
+    top = min(job.top_layers, model.num_layers) if model.technique == "pac" else 0
+    if stop == model.num_layers and top:  # the tuned layers keep their activations for backward
+        kept += top * tuned_layer_kept_bytes_per_sample(model)
     forward, backward = boundary_bytes_per_sample(model, job)
     cache = hidden_bytes_per_sample(model, job.cache_bytes) * (stop - start + (1 if start == 0 else 0))
     return MemoryUse(
@@ -99,7 +115,7 @@ def phase2_memory(model: ModelProfile, device: DeviceProfile, job: TrainingJob, 
     return MemoryUse(
         weights=4.0 * sum(model.layer_params[model.num_layers - top:]) if top else 0.0,  # tuned layers: fp32
         side_state=model.side_params * job.side_state_bytes_per_param,
-        activations=share * sum(model.activation_bytes_per_sample),
+        activations=share * (sum(model.activation_bytes_per_sample) + top * tuned_layer_kept_bytes_per_sample(model)),
         transient=0.0,
         buffers=share * cache,
         overhead=float(device.runtime_overhead_bytes),
