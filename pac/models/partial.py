@@ -166,7 +166,7 @@ def _gguf_names(identity: tuple, model: nn.Module, config):
     return _GGUF_NAMES[identity]
 
 
-_READ: dict[tuple, tuple] = {}  # (directory, file, modification time) -> (config, tokenizer)
+_READ: dict[tuple, tuple] = {}  # (config or GGUF file, its modification time) -> (config, tokenizer)
 
 
 def skeleton(source: ModelSource):
@@ -204,10 +204,10 @@ def _names_by_parameter(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def materialise(model: nn.Module, checkpoint: Checkpoint, names: dict[int, list[str]], dtype: torch.dtype,
-                where: str, buffers: bool = True) -> None:
+def materialise(model: nn.Module, checkpoint: Checkpoint, names: dict[int, list[str]], where: str,
+                buffers: bool = True) -> None:
     """Read every parameter of `model` (a whole model or one of its modules) still on meta from the
-    checkpoint (tied ones once); empty ones stay empty. `buffers`: `model` is the whole model, whose
+    checkpoint (tied ones once), in the meta parameter's dtype; empty ones stay empty. `buffers`: `model` is the whole model, whose
     persistent buffers the checkpoint may store too."""
     made: dict[int, nn.Parameter] = {}
     for module in model.modules():
@@ -251,7 +251,7 @@ def load_partial(spec: str, release: Callable[[Backbone], None], dtype: torch.dt
     with MODEL_CODE:
         backbone, checkpoint, names = _on_meta(source, dtype)
         release(backbone)
-        materialise(backbone.model, checkpoint, names, dtype, str(source.directory / (source.gguf_file or "")))
+        materialise(backbone.model, checkpoint, names, str(source.directory / (source.gguf_file or "")))
         return backbone
 
 
@@ -275,14 +275,14 @@ class LayerReader:
     """`backbone.open_layer` of a model whose layers stay on meta: a layer's weights are read from the
     checkpoint on entry and dropped (back on meta) on exit."""
 
-    def __init__(self, checkpoint: Checkpoint, names: dict[int, list[str]], dtype: torch.dtype) -> None:
-        self.checkpoint, self.names, self.dtype = checkpoint, names, dtype
+    def __init__(self, checkpoint: Checkpoint, names: dict[int, list[str]]) -> None:
+        self.checkpoint, self.names = checkpoint, names
 
     @contextlib.contextmanager
     def open(self, layer: nn.Module):
         saved = [(module, leaf, parameter) for module in layer.modules()
                  for leaf, parameter in module._parameters.items() if parameter is not None and parameter.is_meta]
-        materialise(layer, self.checkpoint, self.names, self.dtype, str(self.checkpoint.files[0]), buffers=False)
+        materialise(layer, self.checkpoint, self.names, str(self.checkpoint.files[0]), buffers=False)
         try:
             yield layer
         finally:
@@ -308,8 +308,8 @@ def load_held(spec: str, held: Callable[[Backbone], list[nn.Module]], dtype: tor
         backbone, checkpoint, names = _on_meta(source, dtype)
         where = str(source.directory / (source.gguf_file or ""))
         for module in held(backbone):
-            materialise(module, checkpoint, names, dtype, where, buffers=False)
-        backbone.open_layer = LayerReader(checkpoint, names, dtype).open
+            materialise(module, checkpoint, names, where, buffers=False)
+        backbone.open_layer = LayerReader(checkpoint, names).open
         return backbone
 
 
