@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_report
+from bench.common import process_peak_bytes, write_report
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported: no handshake noise while pairing
 
@@ -41,14 +41,6 @@ TASKS = {
     "sst2": ("../shared/data/sst2/train.tsv", "../shared/data/sst2/dev.tsv", "classification", 5e-4, 1e-3),
 }
 SYSTEMS = ("pac", "pipeline-only", "data-only", "ddp-lora")
-
-
-def _peak(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _reset_peak(pid: int) -> None:
@@ -95,7 +87,7 @@ def run_pac_system(cluster, args, system: str, train: str, evaluation: str, task
         "total_time_s": metrics["training_time_s"] - metrics.get("evaluation_s", 0.0),
         "evaluation_s": metrics.get("evaluation_s", 0.0), "training_time_with_evaluation_s": metrics["training_time_s"],
         "wall_time_s": wall, "epoch_times_s": metrics["epoch_times_s"],
-        "peak_memory_bytes_per_device": [_peak(d.process.pid) for d in cluster.daemons],
+        "peak_memory_bytes_per_device": [process_peak_bytes(d.process.pid) for d in cluster.daemons],
         "final_metric": metrics["eval"], "plan": metrics["plan"], "phase2": metrics["phase2"],
         "quantization": args.quantization,
         "train_samples": metrics["train_examples"], "eval_samples": metrics["eval_examples"],

@@ -54,6 +54,18 @@ def rss_bytes() -> int:
     return _status_bytes("VmRSS")
 
 
+def process_peak_bytes(pid: int) -> int:
+    """Peak resident set size (VmHWM) of process `pid`; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident set size since start or since the last reset_peak_rss()."""
     return _status_bytes("VmHWM")

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_report
+from bench.common import process_peak_bytes, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "big-llama"
@@ -64,20 +64,13 @@ def write_data(path: Path, count: int, offset: int = 0) -> Path:
     return path
 
 
-def vmhwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def run_pac(args, work: Path, train: Path, evaluation: Path) -> dict:
-    from pac.cluster.local import LocalCluster
-
-    out = work / "pac"
-    with LocalCluster(work / "cluster", args.devices, memory_budget=f"{args.budget_mib}MiB") as cluster:
-        job = work / "job.toml"
-        job.write_text(f"""version = 1
+def write_job(path: Path, addresses: list[str], train: Path, evaluation: Path, work: Path, budget_mib: int,
+              epochs: int, batch_size: int, seq_len: int, training: dict | None = None,
+              insecure: bool = False) -> Path:
+    """The job file of MODEL on `addresses`: classification, an fp32 cache, the controller's budget as a
+    daemon's; its cache and outputs under `work` (`work/pac`). `training`: more [training] keys."""
+    extra = "".join(f"{key} = {value!r}\n" for key, value in (training or {}).items())
+    path.write_text(f"""version = 1
 [model]
 name_or_path = "{MODEL}"
 [data]
@@ -85,28 +78,38 @@ train = "{train}"
 eval = "{evaluation}"
 task = "classification"
 [training]
-epochs = {args.epochs}
-batch_size = {args.batch_size}
-seq_len = {args.seq_len}
-learning_rate = {args.lr}
-seed = {args.seed}
-[cache]
+epochs = {epochs}
+batch_size = {batch_size}
+seq_len = {seq_len}
+{extra}[cache]
 precision = "fp32"
 directory = "{work / 'cache'}"
 [devices]
 mode = "list"
-addresses = {json.dumps([d.address for d in cluster.daemons])}
-controller_memory_budget = "{args.budget_mib}MiB"
+addresses = {json.dumps(addresses)}
+insecure = {"true" if insecure else "false"}
+controller_memory_budget = "{budget_mib}MiB"
 [output]
-directory = "{out}"
+directory = "{work / 'pac'}"
 """)
+    return path
+
+
+def run_pac(args, work: Path, train: Path, evaluation: Path) -> dict:
+    from pac.cluster.local import LocalCluster
+
+    out = work / "pac"
+    with LocalCluster(work / "cluster", args.devices, memory_budget=f"{args.budget_mib}MiB") as cluster:
+        job = write_job(work / "job.toml", [d.address for d in cluster.daemons], train, evaluation, work,
+                        args.budget_mib, args.epochs, args.batch_size, args.seq_len,
+                        {"learning_rate": args.lr, "seed": args.seed})
         began = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "pacctl", "train", str(job), "--home", str(work / "cluster" / "home")],
                               cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
         wall = time.perf_counter() - began
         if done.returncode != 0:
             raise SystemExit(f"pacctl train failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        peaks = [vmhwm(d.process.pid) for d in cluster.daemons]
+        peaks = [process_peak_bytes(d.process.pid) for d in cluster.daemons]
     metrics = json.loads((out / "metrics.json").read_text())
     return {"system": "pac", "wall_time_s": wall, "training_time_s": metrics["training_time_s"],
             "epoch_times_s": metrics["epoch_times_s"], "final_metric": metrics["eval"],

@@ -13,7 +13,8 @@ import sys
 import pytest
 from conftest import REPO, start_daemon
 
-from bench.large_model import scaled_up_llama, vmhwm
+from bench.common import process_peak_bytes
+from bench.large_model import scaled_up_llama, write_data, write_job
 
 MIB = 1 << 20
 # Every daemon's and the controller's: below the weights (1.45 GB), with room for a daemon's own ~400-500 MiB
@@ -30,38 +31,15 @@ def test_a_model_larger_than_every_budget_trains_through_both_phases(tmp_path):
     daemons = [start_daemon(tmp_path, secure=False, name=f"big{i}", memory_budget=f"{BUDGET_MIB}MiB", env=store)
                for i in range(3)]
     try:
-        rows = [{"text": f"w{i} w{i % 7} w{i % 5} w{i % 3}", "label": i % 2} for i in range(16)]
-        (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
-        (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
-        job = tmp_path / "job.toml"
-        job.write_text(f"""version = 1
-[model]
-name_or_path = "big-llama"
-[data]
-train = "{tmp_path / 'train.jsonl'}"
-eval = "{tmp_path / 'eval.jsonl'}"
-task = "classification"
-[training]
-epochs = 2
-batch_size = 4
-seq_len = 16
-[cache]
-precision = "fp32"
-directory = "{tmp_path / 'cache'}"
-[devices]
-mode = "list"
-addresses = {json.dumps([d.address for d in daemons])}
-insecure = true
-controller_memory_budget = "{BUDGET_MIB}MiB"
-[output]
-directory = "{tmp_path / 'out'}"
-""")
+        train, evaluation = write_data(tmp_path / "train.jsonl", 12), write_data(tmp_path / "eval.jsonl", 4, 12)
+        job = write_job(tmp_path / "job.toml", [d.address for d in daemons], train, evaluation, tmp_path, BUDGET_MIB,
+                        epochs=2, batch_size=4, seq_len=16, insecure=True)
         env = {**os.environ, "PAC_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO), **store}
         done = subprocess.run([sys.executable, "-m", "pacctl", "train", str(job)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=540)
         assert done.returncode == 0, done.stdout + done.stderr
-        metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-        daemon_peaks = [vmhwm(d.process.pid) for d in daemons]
+        metrics = json.loads((tmp_path / "pac" / "metrics.json").read_text())
+        daemon_peaks = [process_peak_bytes(d.process.pid) for d in daemons]
     finally:
         for daemon in daemons:
             daemon.kill()
@@ -72,5 +50,5 @@ directory = "{tmp_path / 'out'}"
     assert metrics["controller_peak_rss_bytes"] <= BUDGET_MIB * MIB, metrics["controller_peak_rss_bytes"] / MIB
     for daemon, peak in zip(daemons, daemon_peaks, strict=True):
         assert peak <= BUDGET_MIB * MIB, f"{daemon.address}: peak {peak / MIB:.0f} MiB"
-    profile = json.loads((tmp_path / "out" / "profile.json").read_text())
+    profile = json.loads((tmp_path / "pac" / "profile.json").read_text())
     assert all(d["runtime_overhead_bytes"] > 0 for d in profile["devices"])
