@@ -53,11 +53,13 @@ async def measure_home(devices: list[Device], identity: Identity | None, job, si
 
 
 def fixed_plan(model: str, job: TrainingJob, stages: list[tuple[int, int, list[str], list[int]]],
-               micro_batches: int, phase2_shares: dict[str, int] | None, strategy: str = "fixed") -> Plan:
+               micro_batches: int, phase2_shares: dict[str, int] | None, strategy: str = "fixed",
+               run_ahead: int = 0) -> Plan:
     """A plan given by hand (tests and benchmarks): no simulated times."""
     staged = tuple(StagePlan(first, end, tuple(devices), tuple(shares)) for first, end, devices, shares in stages)
     devices = tuple(dict.fromkeys([d for s in staged for d in s.devices] + list(phase2_shares or {})))
-    phase1 = Phase1Plan(micro_batches, max(1, job.batch_size // micro_batches), staged, 0.0, 0.0, 0.0, 0.0, 0.0)
+    phase1 = Phase1Plan(micro_batches, max(1, job.batch_size // micro_batches), staged, 0.0, 0.0, 0.0, 0.0, 0.0,
+                        run_ahead)
     phase2 = None
     if phase2_shares:
         phase2 = Phase2Plan(dict(phase2_shares), {}, (), 0.0, 0.0, 0.0)

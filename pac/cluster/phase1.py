@@ -59,9 +59,15 @@ class Phase1:
             if epoch < start.epoch:
                 continue
             began, samples = time.perf_counter(), 0
+            first = start.in_epoch if epoch == start.epoch else 0  # before it: taken before the checkpoint
+            queued = first  # the next mini-batch of the epoch to queue for running ahead
             for index, group in enumerate(groups):
-                if epoch == start.epoch and index < start.in_epoch:
-                    continue  # taken before the checkpoint this job resumed from
+                if index < first:
+                    continue
+                while self.plan.phase1.run_ahead and queued < len(groups) and queued <= index + self.plan.phase1.run_ahead:
+                    await self.run_ahead(addresses, step + queued - index, groups[queued],
+                                         [key_of[id(i)] for i in groups[queued]])
+                    queued += 1
                 tick = time.perf_counter()
                 loss, events = await self.step(addresses, step, group, [key_of[id(i)] for i in group],
                                                holders if epoch == 0 and use_cache else None)
@@ -116,7 +122,8 @@ class Phase1:
                     pad_id=p.pad_id, codec=self.ctx.options.codec,
                     cache_precision=job.cache.precision if use_cache else None, cache_keep=job.cache.keep,
                     timeout_s=self.ctx.options.step_timeout_s,
-                    cache_directory=str(job.cache.directory) if job.cache.directory else None, top=top)
+                    cache_directory=str(job.cache.directory) if job.cache.directory else None, top=top,
+                    run_ahead=plan.phase1.run_ahead)
                 self.ctx.loaded.add(address)
                 calls.append(self.ctx.stages.load(address, f"loading stage {s} ({stage.first_layer}-"
                                                   f"{stage.end_layer - 1})", spec, data))
@@ -138,14 +145,12 @@ class Phase1:
         and head only, and never holds the backbone. Mini-batches and micro-batches as the plan's."""
         from pac.worker.phase2 import join_records
 
-        p, training, plan = self.ctx.prepared, self.ctx.job.training, self.plan
+        training, plan = self.ctx.job.training, self.plan
         timeout = self.ctx.options.step_timeout_s
         where: dict[tuple[str, int], list[str]] = {}
         for start in range(0, len(items), training.batch_size):
             group, group_keys = items[start:start + training.batch_size], keys[start:start + training.batch_size]
-            ranges = row_ranges(len(group), min(plan.phase1.micro_batches, len(group)))
-            micro_items = [list(range(a, b)) for a, b in ranges]
-            micro = [collate(group[a:b], p.pad_id, p.task) for a, b in ranges]
+            micro, micro_items = self._split(group)
             self.evaluations += 1
             calls = []
             for s, stage_addresses in enumerate(addresses):
@@ -189,14 +194,27 @@ class Phase1:
                                [lengths_of(group[i]) for i in rows[start:stop]]))
         return out
 
+    def _split(self, group: list[Encoded]) -> tuple[list[dict], list[list[int]]]:
+        """A mini-batch's micro-batches as the plan cuts them: (their tensors, their rows in `group`)."""
+        p = self.ctx.prepared
+        ranges = row_ranges(len(group), min(self.plan.phase1.micro_batches, len(group)))
+        return [collate(group[a:b], p.pad_id, p.task) for a, b in ranges], [list(range(a, b)) for a, b in ranges]
+
+    async def run_ahead(self, addresses: list[list[str]], step: int, group: list[Encoded],
+                        group_keys: list[str]) -> None:
+        """Queue mini-batch `step`'s frozen forwards on every replica (the plan's run-ahead window)."""
+        micro, micro_items = self._split(group)
+        await asyncio.gather(*(
+            self.ctx.stages.run_ahead(address, f"queueing step {step} on stage {s}", step,
+                                      self._micro_batches(micro, micro_items, group, group_keys, s, r),
+                                      self.ctx.options.step_timeout_s)
+            for s, stage_addresses in enumerate(addresses) for r, address in enumerate(stage_addresses)))
+
     async def step(self, addresses: list[list[str]], step: int, group: list[Encoded], group_keys: list[str],
                    holders: dict[str, list[str]] | None) -> tuple[float, list[dict]]:
         p, training = self.ctx.prepared, self.ctx.job.training
         plan = self.plan
-        m = min(plan.phase1.micro_batches, len(group))
-        ranges = row_ranges(len(group), m)
-        micro_items = [list(range(a, b)) for a, b in ranges]
-        micro = [collate(group[a:b], p.pad_id, p.task) for a, b in ranges]
+        micro, micro_items = self._split(group)
         family = p.model.side.spec.family
         loss_total = sum(loss_count(b, p.task, family) for b in micro)
         calls, who = [], []

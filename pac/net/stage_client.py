@@ -85,6 +85,12 @@ class StageClient:
         reply = await self._call(address, what, self._stub(address).RunStep(request, timeout=timeout_s * 4))
         return StepResult(reply.loss, reply.grad_square_norm, convert.events_from_proto(reply.events))
 
+    async def run_ahead(self, address: str, what: str, step: int, micro: list[MicroIn], timeout_s: float) -> None:
+        """Queue `step`'s frozen forwards on the stage replica at `address` (RunStep with ahead)."""
+        request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, timeout_s=timeout_s, ahead=True,
+                                           micro_batches=[convert.micro_to_proto(m) for m in micro])
+        await self._call(address, what, self._stub(address).RunStep(request, timeout=60.0))
+
     async def evaluate_step(self, address: str, what: str, step: int, micro: list[MicroIn], timeout_s: float) -> None:
         """Evaluation micro-batches through the stage replica at `address` (RunStep with evaluate)."""
         request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, timeout_s=timeout_s, evaluate=True,

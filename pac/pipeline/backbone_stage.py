@@ -81,30 +81,33 @@ class BackboneStage:
             release_outside(backbone, layers, lm_head)
 
     def run(self, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
-            grad: bool = False) -> StageStates:
+            grad: bool = False, layers: LayerSlice | None = None) -> StageStates:
         """Run the slice on one micro-batch; `inbound` is what the previous stage sent (empty for stage 0).
 
         `grad=True` records autograd for what requires it (the trainable top layers of a model whose
-        upper layers are tuned from the cache); the frozen stage of a pipeline runs without."""
+        upper layers are tuned from the cache); the frozen stage of a pipeline runs without. `layers`: a
+        part of the slice only (its frozen layers, then its tuned ones from their `outbound`)."""
+        layers = layers or self.layers
         states = StageStates(taps={})
         hidden, encoder_hidden = inbound.get(HIDDEN), inbound.get(ENCODER_HIDDEN)
-        last_stack = len(self.layers.stack_sizes) - 1
+        last_stack = len(layers.stack_sizes) - 1
         with torch.set_grad_enabled(grad):
-            for segment in self.layers.segments():
+            for segment in layers.segments():
                 hidden, stack_final = self._run_segment(segment, batch, hidden, encoder_hidden, states.taps)
                 if segment.ends_stack and segment.stack == last_stack:
                     states.final = stack_final
                 elif segment.ends_stack:
                     hidden, encoder_hidden = None, stack_final
         states.encoder_final = encoder_hidden
-        if not self.layers.is_last:
+        if not layers.is_last:
             states.outbound = {k: v for k, v in ((HIDDEN, hidden), (ENCODER_HIDDEN, encoder_hidden)) if v is not None}
         return states
 
     def _run_segment(self, segment: Segment, batch, hidden, encoder_hidden, taps):
         if not segment.starts_stack and hidden is None:
-            raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) needs the hidden state of "
-                                f"the previous stage ('{HIDDEN}') and was not sent it")
+            raise PipelineError(f"stage [{self.layers.first}, {self.layers.end}) needs the hidden state before "
+                                f"its layer {segment.first} of stack {segment.stack} ('{HIDDEN}') and was not "
+                                f"sent it")
         stack = self.backbone.stacks[segment.stack]
         handles = [_entry_hook(stack[segment.first], segment, hidden, taps)]
         for layer in range(segment.first, segment.end):

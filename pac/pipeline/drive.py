@@ -16,7 +16,9 @@ from typing import Protocol
 
 import torch
 
+from pac.pipeline.backbone_stage import StageStates
 from pac.pipeline.errors import PipelineError
+from pac.pipeline.gate import ComputeGate
 from pac.pipeline.schedule import Op, one_f_one_b
 from pac.pipeline.split import route, row_ranges
 from pac.pipeline.stage import StageWorker
@@ -47,8 +49,9 @@ class ReplicaDrive:
     """Replica `replica` of stage `stage` of a pipeline whose stages split rows by `shares`."""
 
     def __init__(self, worker: StageWorker, stage: int, replica: int, shares: tuple[tuple[int, ...], ...],
-                 links: Links) -> None:
+                 links: Links, gate: ComputeGate | None = None) -> None:
         self.worker, self.stage, self.replica, self.shares, self.links = worker, stage, replica, shares, links
+        self.gate = gate or ComputeGate()  # the device's compute: training operations before run-ahead ones
 
     @property
     def is_last(self) -> bool:
@@ -67,10 +70,11 @@ class ReplicaDrive:
 
     def inbound(self, op: Op, rows: int) -> list[Piece]:
         """The pieces `op` waits for (none for the first stage's forwards and the last stage's backwards).
-        Kind "E" is an evaluation forward: it travels like "F", on its own streams."""
-        if (op.kind in "FE" and self.stage == 0) or (op.kind == "B" and self.is_last):
+        Kinds "E" (an evaluation forward) and "A" (the frozen layers' forward, run ahead) travel like "F",
+        on their own streams."""
+        if (op.kind in "FEA" and self.stage == 0) or (op.kind == "B" and self.is_last):
             return []
-        source = self.stage - 1 if op.kind in "FE" else self.stage + 1
+        source = self.stage - 1 if op.kind in "FEA" else self.stage + 1
         return [Piece(op.kind, self.stage, self.replica, op.micro, start)
                 for _, receiver, start, _ in route(self.rows(rows, source), self.rows(rows))
                 if receiver == self.replica]
@@ -78,7 +82,7 @@ class ReplicaDrive:
     def _gather(self, op: Op, rows: int) -> Tensors:
         pieces = self.inbound(op, rows)
         if not pieces:
-            if (op.kind in "FE" and self.stage == 0) or (op.kind == "B" and self.is_last):
+            if (op.kind in "FEA" and self.stage == 0) or (op.kind == "B" and self.is_last):
                 return {}
             raise PipelineError(f"stage {self.stage} replica {self.replica}: no rows of micro-batch {op.micro} "
                                 f"come from the neighbouring stage")
@@ -90,7 +94,7 @@ class ReplicaDrive:
         return {name: torch.cat([r[name] for r in received]) for name in received[0]}
 
     def _send(self, op: Op, rows: int, tensors: Tensors) -> None:
-        target = self.stage + 1 if op.kind in "FE" else self.stage - 1
+        target = self.stage + 1 if op.kind in "FEA" else self.stage - 1
         offset = self.own(rows)[0]
         for sender, receiver, start, stop in route(self.rows(rows), self.rows(rows, target)):
             if sender == self.replica:
@@ -105,17 +109,35 @@ class ReplicaDrive:
         if not self.is_last:
             self._send(op, rows, out)
 
-    def run(self, op: Op, rows: int, batch: Callable[[], Tensors], loss_total: int) -> float:
+    def ahead(self, micro: int, rows: int, batch: Callable[[], Tensors], info=None) -> StageStates:
+        """The frozen layers' forward of micro-batch `micro` on this replica's rows, ahead of its training
+        forward: their hidden states are sent on to the next stage ("A" pieces) and the states returned
+        for `run(..., frozen=)`; `info` goes to the worker's `on_states`."""
+        op = Op("A", micro)
+        inbound = self._gather(op, rows)
+        with self.gate.background():
+            states = self.worker.frozen(micro, batch(), inbound, info)
+        if not self.is_last:
+            self._send(op, rows, states.outbound)
+            states.outbound = {}
+        return states
+
+    def run(self, op: Op, rows: int, batch: Callable[[], Tensors], loss_total: int,
+            frozen: StageStates | None = None) -> float:
         """One operation on this replica's rows of a micro-batch of `rows` rows; `batch()` gives those rows
-        (a forward reads them). Returns the replica's loss share (the last stage's forwards; else 0)."""
+        (a forward reads them). Returns the replica's loss share (the last stage's forwards; else 0).
+        `frozen`: a forward's frozen-layer states computed ahead (`ahead`); its pieces then carry only
+        the side network's states."""
         inbound = self._gather(op, rows)
         if op.kind == "F":
-            out = self.worker.forward(op.micro, batch(), inbound, loss_total)
+            with self.gate.foreground():
+                out = self.worker.forward(op.micro, batch(), inbound, loss_total, frozen)
             if self.is_last:
                 return out["loss"].item()
             self._send(op, rows, out)
         else:
-            grads = self.worker.backward(op.micro, inbound)
+            with self.gate.foreground():
+                grads = self.worker.backward(op.micro, inbound)
             if self.stage > 0:
                 self._send(op, rows, grads)
         return 0.0

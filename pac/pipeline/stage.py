@@ -21,7 +21,8 @@ from torch import nn
 from pac.heads import Head
 from pac.pipeline.backbone_stage import BackboneStage, StageStates
 from pac.pipeline.errors import PipelineError
-from pac.pipeline.messages import BACKWARD
+from pac.pipeline.layers import LayerSlice
+from pac.pipeline.messages import BACKWARD, ENCODER_HIDDEN, HIDDEN
 from pac.pipeline.side_stage import DELTA, SideSlice
 from pac.pipeline.split import loss_count
 from pac.techniques.build import model_masks
@@ -58,7 +59,7 @@ class _Pending:
 
 class StageWorker:
     def __init__(self, backbone: BackboneStage, side: SideSlice, head: Head | None, task: str,
-                 on_states: Callable[[int, Mapping, StageStates], None] | None = None,
+                 on_states: Callable[[int, Mapping, StageStates, object], None] | None = None,
                  top: nn.Module | None = None) -> None:
         if backbone.layers != side.layers:
             raise PipelineError(f"backbone layers {backbone.layers} and side layers {side.layers} differ")
@@ -66,7 +67,7 @@ class StageWorker:
             raise PipelineError("the last stage needs the head")
         self.backbone, self.task = backbone, task
         self.module = TrainableSlice(side, head if backbone.layers.is_last else None, top)
-        self.on_states = on_states  # e.g. write the activation cache: (micro, batch, states)
+        self.on_states = on_states  # e.g. write the activation cache: (micro, batch, states, info)
         self.pending: dict[int, _Pending] = {}
         self.optimizer = self.scheduler = None
         self.started = False
@@ -87,16 +88,49 @@ class StageWorker:
         self.module.train()
         self.started = True
 
+    @property
+    def frozen_layers(self) -> LayerSlice | None:
+        """The stage's layers below the tuned top ones (all of them without any; None if every layer of
+        the stage is tuned): what depends on the input alone and may run ahead of the training."""
+        top, layers = self.module.top, self.layers
+        if top is None or layers.end <= top.first:
+            return layers
+        return LayerSlice(layers.first, top.first, layers.stack_sizes) if layers.first < top.first else None
+
+    def frozen(self, micro: int, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
+               info=None) -> StageStates:
+        """The frozen layers of the stage on micro-batch `micro`, no autograd; their states go to
+        `on_states` (the cache record is whole: it keeps no state of a tuned layer). Its `outbound` is
+        what the next stage (or the tuned layers) read. `info` is passed on to `on_states`."""
+        layers = self.frozen_layers
+        if layers is None:
+            states = StageStates(taps={}, outbound={k: v for k, v in inbound.items() if k in (HIDDEN, ENCODER_HIDDEN)},
+                                 encoder_final=inbound.get(ENCODER_HIDDEN))
+        else:
+            with torch.no_grad():
+                states = self.backbone.run(batch, inbound, grad=False, layers=layers)
+        if self.on_states is not None:
+            self.on_states(micro, batch, states, info)
+        return states
+
     def forward(self, micro: int, batch: Mapping[str, torch.Tensor], inbound: Mapping[str, torch.Tensor],
-                loss_total: int) -> dict[str, torch.Tensor]:
+                loss_total: int, frozen: StageStates | None = None) -> dict[str, torch.Tensor]:
         """Run micro-batch `micro` (this replica's rows); returns what to send on (detached), or on the
-        last stage {"loss": the scaled loss}. `loss_total`: samples or answer tokens of the mini-batch."""
+        last stage {"loss": the scaled loss}. `loss_total`: samples or answer tokens of the mini-batch.
+
+        `frozen`: the frozen layers' states computed ahead (`frozen()`); their hidden states were sent on
+        then, so only the side network's are returned. Without it they run here first."""
         if micro in self.pending:
             raise PipelineError(f"micro-batch {micro} went forward twice before its backward")
-        # the tuned top layers (last stage) run with autograd; the frozen layers below them record none
-        states = self.backbone.run(batch, inbound, grad=self.module.top is not None)
-        if self.on_states is not None:
-            self.on_states(micro, batch, states)
+        ahead = frozen is not None
+        if frozen is None:
+            frozen = self.frozen(micro, batch, inbound)
+        states = frozen
+        if self.module.top is not None and self.layers.is_last:  # the tuned top layers, with autograd
+            first = max(self.layers.first, self.module.top.first)
+            tuned = self.backbone.run(batch, frozen.outbound, grad=True,
+                                      layers=LayerSlice(first, self.layers.end, self.layers.stack_sizes))
+            states = StageStates({**frozen.taps, **tuned.taps}, final=tuned.final, encoder_final=tuned.encoder_final)
         leaves = {k: v.detach().requires_grad_() for k, v in inbound.items() if k in BACKWARD}
         side_out = self._side(states, batch, leaves)
         if self.layers.is_last:
@@ -105,7 +139,7 @@ class StageWorker:
             return {"loss": loss.detach()}
         outputs = {k: v.view_as(v) if v.grad_fn is None else v for k, v in side_out.items()}
         self.pending[micro] = _Pending(leaves, outputs, None)
-        return {**states.outbound, **{k: v.detach() for k, v in outputs.items()}}
+        return {**({} if ahead else states.outbound), **{k: v.detach() for k, v in outputs.items()}}
 
     def forward_states(self, micro: int, batch: Mapping[str, torch.Tensor],
                        inbound: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,7 +148,7 @@ class StageWorker:
         with torch.no_grad():
             states = self.backbone.run(batch, inbound, grad=False)
         if self.on_states is not None:
-            self.on_states(micro, batch, states)
+            self.on_states(micro, batch, states, None)
         return dict(states.outbound)
 
     def _side(self, states: StageStates, batch, leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

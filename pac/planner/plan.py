@@ -39,6 +39,7 @@ class Phase1Plan:
     minibatch_s: float  # simulated
     epoch_s: float  # simulated mini-batch time * mini-batches per epoch
     bubble_fraction: float  # simulated idle share of the stages
+    run_ahead: int = 0  # mini-batches the frozen layers run ahead of the training one (0: lock-step)
 
 
 @dataclass(frozen=True)

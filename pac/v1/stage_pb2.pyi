@@ -153,7 +153,7 @@ class JobBasics(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., quantization: _Optional[str] = ..., seed: _Optional[int] = ..., total_steps: _Optional[int] = ..., pad_id: _Optional[int] = ..., head: _Optional[_Union[HeadConfig, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., cache_keep: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., cache_directory: _Optional[str] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision", "steps_done", "top")
+    __slots__ = ("job", "stage", "replica", "first_layer", "end_layer", "side", "stages", "codec", "cache_precision", "steps_done", "top", "run_ahead")
     JOB_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class StageSpec(_message.Message):
     CACHE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
+    RUN_AHEAD_FIELD_NUMBER: _ClassVar[int]
     job: JobBasics
     stage: int
     replica: int
@@ -176,7 +177,8 @@ class StageSpec(_message.Message):
     cache_precision: str
     steps_done: int
     top: TopLayers
-    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ..., top: _Optional[_Union[TopLayers, _Mapping]] = ...) -> None: ...
+    run_ahead: int
+    def __init__(self, job: _Optional[_Union[JobBasics, _Mapping]] = ..., stage: _Optional[int] = ..., replica: _Optional[int] = ..., first_layer: _Optional[int] = ..., end_layer: _Optional[int] = ..., side: _Optional[_Union[SideConfig, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageReplicas, _Mapping]]] = ..., codec: _Optional[str] = ..., cache_precision: _Optional[str] = ..., steps_done: _Optional[int] = ..., top: _Optional[_Union[TopLayers, _Mapping]] = ..., run_ahead: _Optional[int] = ...) -> None: ...
 
 class Phase2Spec(_message.Message):
     __slots__ = ("job", "side_spec", "steps_done", "rank", "members", "fingerprint", "tokenizer_fingerprint", "lm_head_scale", "cache_precision", "holds_only", "top")
@@ -283,7 +285,7 @@ class MicroBatch(_message.Message):
     def __init__(self, index: _Optional[int] = ..., rows: _Optional[int] = ..., tensors: _Optional[bytes] = ..., sample_keys: _Optional[_Iterable[str]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RunStepRequest(_message.Message):
-    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm", "evaluate")
+    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm", "evaluate", "ahead")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +294,7 @@ class RunStepRequest(_message.Message):
     APPLY_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     loss_total: int
@@ -300,7 +303,8 @@ class RunStepRequest(_message.Message):
     apply: bool
     max_grad_norm: float
     evaluate: bool
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., evaluate: _Optional[bool] = ...) -> None: ...
+    ahead: bool
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., evaluate: _Optional[bool] = ..., ahead: _Optional[bool] = ...) -> None: ...
 
 class RunStepReply(_message.Message):
     __slots__ = ("loss", "grad_square_norm", "cache_records", "events")

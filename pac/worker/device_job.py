@@ -107,6 +107,11 @@ class DeviceJob:
                 await asyncio.to_thread(stage.apply, clip_coefficient([norm], max_grad_norm))
         return loss, norm, events
 
+    def run_ahead(self, step: int, micro: list[MicroIn]) -> None:
+        """Queue `step`'s frozen forwards on the stage replica (it runs them in a thread of its own, beside
+        the request holding the job now)."""
+        self.loaded_stage().run_ahead(step, micro)
+
     async def evaluate_step(self, step: int, micro: list[MicroIn]) -> list[dict]:
         """Evaluation micro-batches through the stage replica (StageReplica.evaluate_step)."""
         stage = self.loaded_stage()
@@ -184,6 +189,8 @@ class DeviceJob:
     def close(self, keep_cache: bool) -> None:
         self.transport.aborted.set()
         stage = self.stage
+        if stage is not None and stage.ahead is not None:
+            stage.ahead.stop()
         shards = [] if stage is None else [c for c in (stage.shard, stage.evaluation_shard) if c is not None]
         for cache in shards + ([self.phase2.cache] if self.phase2 is not None else []):
             cache.keep = cache.keep or keep_cache

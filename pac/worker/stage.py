@@ -25,8 +25,10 @@ from pac.cache import ActivationCache
 from pac.collective import RingGroup
 from pac.pipeline.build import build_stage
 from pac.pipeline.drive import Piece, ReplicaDrive
+from pac.pipeline.gate import ComputeGate
 from pac.pipeline.layers import LayerSlice
 from pac.side.network import side_spec
+from pac.worker.ahead import RunAhead
 from pac.worker.errors import JobError
 from pac.worker.spec import MicroIn, StageSpec, load_model, shard_ends_with_final, shard_key, stage_taps
 from pac.worker.tensors import advance_schedule, load_optimizer_tensors, optimizer_tensors
@@ -60,26 +62,27 @@ class PeerLinks:
 
     def __init__(self, spec: StageSpec, transport: Transport, step: int) -> None:
         self.spec, self.transport, self.step = spec, transport, step
+        self.forward = "FEA"  # the directions whose pieces carry forward states
 
     def _stream(self, piece: Piece) -> str:
         return f"{self.spec.job_id}/{piece.direction}{piece.start}"
 
     def send(self, piece: Piece, tensors: dict[str, torch.Tensor]) -> None:
         target, stream = self.spec.addresses[piece.stage][piece.replica], self._stream(piece)
-        kinds = FORWARD_KINDS if piece.direction in "FE" else BACKWARD_KINDS
+        kinds = FORWARD_KINDS if piece.direction in self.forward else BACKWARD_KINDS
         names = sorted(tensors)
         manifest = torch.frombuffer(bytearray(json.dumps(names).encode()), dtype=torch.uint8)
         self.transport.send(target, manifest, stream=stream, step=self.step, micro=piece.micro, kind="other",
                             codec="none")
         for name in names:
             tensor = tensors[name].contiguous()
-            codec = self.spec.codec if piece.direction in "FE" and tensor.is_floating_point() else "none"
+            codec = self.spec.codec if piece.direction in self.forward and tensor.is_floating_point() else "none"
             self.transport.send(target, tensor, stream=stream, step=self.step, micro=piece.micro,
                                 kind=kinds[name], codec=codec)
 
     def receive(self, piece: Piece) -> dict[str, torch.Tensor]:
         stream, timeout_s = self._stream(piece), self.spec.timeout_s
-        kinds = FORWARD_KINDS if piece.direction in "FE" else BACKWARD_KINDS
+        kinds = FORWARD_KINDS if piece.direction in self.forward else BACKWARD_KINDS
         manifest = self.transport.receive(stream, self.step, piece.micro, "other", timeout_s)
         names = json.loads(bytes(manifest.numpy()).decode())
         return {name: self.transport.receive(stream, self.step, piece.micro, kinds[name], timeout_s)
@@ -127,7 +130,25 @@ class StageReplica:
         self._micro: dict[int, MicroIn] = {}
         self.records_written = 0
         self.steps_done = spec.steps_done
+        self.gate = ComputeGate()
+        self.ahead: RunAhead | None = None
+        if spec.run_ahead:
+            self.ahead = RunAhead(self._drive, self._device_batch, self._flush_shard, transport, spec.timeout_s,
+                                  f"run-ahead-{spec.job_id}-{spec.stage}.{spec.replica}")
         self.load_s = time.perf_counter() - started
+
+    def _drive(self, step: int, transport: Transport) -> ReplicaDrive:
+        spec = self.spec
+        return ReplicaDrive(self.worker, spec.stage, spec.replica, tuple(map(tuple, spec.shares)),
+                            PeerLinks(spec, transport, step), self.gate)
+
+    def _device_batch(self, micro: MicroIn) -> dict[str, torch.Tensor]:
+        device = self.worker.backbone.backbone.device
+        return {k: v.to(device) for k, v in micro.batch.items()}
+
+    def _flush_shard(self) -> None:
+        if self.shard is not None:
+            self.shard.flush()
 
     @property
     def group(self) -> RingGroup | None:
@@ -144,11 +165,13 @@ class StageReplica:
             t.numel() * t.element_size() for t in self.worker.module.trained_state().values())
 
     # ---- the activation cache shard ----------------------------------------------------------------
-    def _on_states(self, micro: int, batch, states) -> None:
-        shard = self._writing
+    def _on_states(self, micro: int, batch, states, info: MicroIn | None) -> None:
+        """Write a micro-batch's part of its cache records: `info` is the MicroIn of a run-ahead forward
+        (which writes the training shard); None: micro-batch `micro` of the step running now."""
+        shard = self._writing if info is None else self.shard
         if shard is None:
             return
-        info = self._micro[micro]
+        info = info or self._micro[micro]
         missing = [tap for tap in self.taps if tap not in states.taps]
         if missing:
             raise JobError(f"stage {self.spec.stage}: the backbone slice did not compute taps {missing}")
@@ -172,22 +195,20 @@ class StageReplica:
 
         Returns (this replica's share of the mini-batch loss (last stage; else 0), the stage's squared
         gradient norm, the measured timeline)."""
-        spec, worker = self.spec, self.worker
+        worker = self.worker
         self._micro = {m.index: m for m in micro_batches}
         if sorted(self._micro) != list(range(len(micro_batches))):
             raise JobError(f"step {step}: micro-batches must be numbered 0..{len(micro_batches) - 1}")
-        drive = ReplicaDrive(worker, spec.stage, spec.replica, tuple(map(tuple, spec.shares)),
-                             PeerLinks(spec, self.transport, step))
+        drive = self._drive(step, self.transport)
         events, loss = [], 0.0
-        device = worker.backbone.backbone.device
         for op in drive.ops(len(micro_batches)):
             micro = self._micro[op.micro]
             start, stop = drive.own(micro.rows)
             if start == stop:
                 continue
+            frozen = self.ahead.take(step, op.micro) if self.ahead is not None and op.kind == "F" else None
             began = clock()
-            loss += drive.run(op, micro.rows, lambda m=micro: {k: v.to(device) for k, v in m.batch.items()},
-                              loss_total)
+            loss += drive.run(op, micro.rows, lambda m=micro: self._device_batch(m), loss_total, frozen)
             events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
         began = clock()
         self.transport.flush()
@@ -198,9 +219,17 @@ class StageReplica:
             began = clock()
             self.transport.allreduce_(gradients, group, step)
             events.append({"op": "allreduce", "micro": None, "start_s": began, "end_s": clock()})
-        if self.shard is not None:
-            self.shard.flush()
+        if self.ahead is not None:
+            events += self.ahead.wait_flushed(step)  # its cache records, as a lock-step step's
+        else:
+            self._flush_shard()
         return loss, worker.grad_square_norm(), events
+
+    def run_ahead(self, step: int, micro_batches: list[MicroIn]) -> None:
+        """Queue the frozen layers' forward of `step`'s micro-batches (RunStep with ahead)."""
+        if self.ahead is None:
+            raise JobError(f"step {step} was sent to run ahead, but the stage was loaded without run-ahead")
+        self.ahead.submit(step, micro_batches)
 
     def evaluate_step(self, step: int, micro_batches: list[MicroIn]) -> list[dict]:
         """Evaluation micro-batches: the backbone slice's forward alone (no loss, backward or step), each
@@ -256,6 +285,8 @@ class StageReplica:
     def release_model(self) -> None:
         """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays (the
         evaluation shard goes: the controller fetched its records after each evaluation)."""
+        if self.ahead is not None:
+            self.ahead.stop()
         self.worker = None
         if self.evaluation_shard is not None:
             self.evaluation_shard.close()

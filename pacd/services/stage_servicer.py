@@ -72,6 +72,9 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         job = self.slot.get(request.job_id)
         stacks = len(job.loaded_stage().side_spec.stack_sizes)
         micro = [convert.micro_from_proto(m, stacks) for m in request.micro_batches]
+        if request.ahead:
+            job.run_ahead(request.step, micro)
+            return stage_pb2.RunStepReply()
         if request.evaluate:
             events = await job.evaluate_step(request.step, micro)
             return stage_pb2.RunStepReply(events=convert.events_to_proto(events),

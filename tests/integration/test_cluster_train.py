@@ -471,3 +471,33 @@ def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, f
     fresh = load_adapter(out / "adapter.safetensors", prepared.backbone)
     assert evaluate(fresh, prepared.eval_items, "classification", prepared.pad_id) == metrics["eval"]
     assert (out / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("model,training,layout", [
+    # the side network: every stage trains, its side forward waits for the frozen layers run ahead
+    ("tiny-llama", {}, [(0, 2, [0, 1], [2, 1]), (2, 3, [2, 3], [2, 1])]),
+    # tuned top layers and no side network (the default technique's shape): the first stages train nothing
+    ("tiny-bert", {"top_layers": 1, "side_layers": []}, [(0, 1, [0], [1]), (1, 2, [1], [1]), (2, 3, [2, 3], [1, 1])]),
+])
+def test_run_ahead_is_bit_identical_to_lock_step(tmp_path, four, model, training, layout):
+    """The frozen layers run up to two mini-batches ahead of the one training, on the same plan: the same
+    losses, the same adapter and the same cache (phase 2 trains from it), bit for bit."""
+    ids = [d.node_id for d in devices_of(four)]
+    stages = [(first, end, [ids[i] for i in who], shares) for first, end, who, shares in layout]
+    adapters, losses = [], []
+    for run_ahead in (0, 2):
+        out = tmp_path / f"ahead{run_ahead}"
+        out.mkdir()
+        job = make_job(out, model, "classification", count=22, epochs=2, batch_size=6, **training)
+        plan = fixed_plan(model, TrainingJob(samples=22, batch_size=6, epochs=2), stages, micro_batches=3,
+                          phase2_shares={ids[0]: 2, ids[1]: 3, ids[3]: 1}, run_ahead=run_ahead)
+        metrics, controller = run_training(job, devices_of(four), None, out / "out", RunOptions(),
+                                           log_line=lambda line: None, plan=plan)
+        losses.append([s["loss"] for s in metrics["steps"]])
+        adapters.append(load_file(str(out / "out" / "adapter.safetensors")))
+        ops = {e["op"] for e in controller.record.history.events}  # the timeline of the third step
+        assert ("A" in ops) == bool(run_ahead), ops
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        assert torch.equal(adapters[0][key], adapters[1][key]), key

@@ -25,7 +25,7 @@ _STYLE_FIELDS = ("norm", "norm_eps", "activation", "gated_mlp", "pre_norm", "cau
 _SIDE_SPEC_FIELDS = ("family", "hidden_size", "width", "heads", "head_dim", "mlp_inner", "bias", "top_layers")
 _TOP_FIELDS = ("count", "tuning", "targets", "rank", "alpha")
 _BASIC_FIELDS = ("job_id", "model", "quantization", "seed", "total_steps", "pad_id", "cache_keep", "timeout_s")
-_STAGE_FIELDS = ("stage", "replica", "codec", "steps_done")  # carried as they are
+_STAGE_FIELDS = ("stage", "replica", "codec", "steps_done", "run_ahead")  # carried as they are
 _PHASE2_FIELDS = ("steps_done", "rank", "fingerprint", "tokenizer_fingerprint", "cache_precision", "holds_only")
 
 
