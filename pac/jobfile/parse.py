@@ -135,6 +135,7 @@ def _training(table: Table, quantization: str) -> TrainingSection:
         top_tuning=table.choice("top_tuning", "lora", TOP_TUNINGS),
         top_targets=table.choice("top_targets", "all", TOP_TARGETS),
         allreduce_precision=table.choice("allreduce_precision", "fp32", ALLREDUCE_PRECISIONS),
+        run_ahead=table.integer("run_ahead", 2, 0),
     )
 
 

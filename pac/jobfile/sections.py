@@ -65,6 +65,7 @@ class TrainingSection:
     checkpoint_steps: int = 50  # a checkpoint every N steps within an epoch too (0: at the end of each epoch only)
     patience: int = 0  # with data.validation: stop after N epochs without a better validation score (0: never)
     allreduce_precision: str = "fp32"  # gradients between devices travel as fp32 | bf16 | fp16 (summed in fp32)
+    run_ahead: int = 2  # phase 1: the frozen layers run at most N mini-batches ahead (the planner picks; 0: lock-step)
     # The backbone's last n layers tuned too (the last stage in phase 1; from the cache after): 3 with no side
     # network (pac.formats.DEFAULT_TOP_LAYERS); a job file's default for a quantised backbone is 0, all side layers.
     top_layers: int = 3
@@ -170,7 +171,8 @@ class Job:
                            cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
                            top_layers=self.training.top_layers, padded_tokens=padded_tokens,
                            gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2,
-                           controller_budget_bytes=self.devices.controller_memory_budget)
+                           controller_budget_bytes=self.devices.controller_memory_budget,
+                           run_ahead=self.training.run_ahead)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""

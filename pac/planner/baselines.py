@@ -12,7 +12,8 @@ from __future__ import annotations
 from pac.planner.cost import CostModel
 from pac.planner.phase1 import Partition, best_partitions, candidate_orders, estimate, search
 
-STRATEGIES = ("pac", "pipeline-only", "pipeline-best-order", "data-only", "single-device")
+STRATEGIES = ("pac", "pipeline-only", "pipeline-ahead", "pipeline-best-order", "data-only", "single-device")
+RUNS_AHEAD = ("pac", "pipeline-ahead")  # strategies whose frozen layers run ahead (the others: lock-step)
 
 
 def pipeline_only(cost: CostModel, search_orders: bool = False) -> list[Partition]:
@@ -66,7 +67,7 @@ def candidates(cost: CostModel, strategy: str) -> list[Partition]:
     """Feasible phase-1 partitions of `strategy`, best estimate first (empty when nothing fits)."""
     if strategy == "pac":
         return search(cost)
-    if strategy == "pipeline-only":
+    if strategy in ("pipeline-only", "pipeline-ahead"):
         return pipeline_only(cost)
     if strategy == "pipeline-best-order":
         return pipeline_only(cost, search_orders=True)

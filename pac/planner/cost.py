@@ -132,6 +132,25 @@ class CostModel:
             backward_max = max(backward_max, float(backward[start:stop].sum()))
         return forward_max, backward_max
 
+    def stage_parts(self, group: Sequence[int], batch: int, start: int, stop: int) -> tuple[float, float, float]:
+        """(frozen forward, trainable forward, backward) seconds of one micro-batch on the stage, its slowest
+        device deciding each: what a stage running ahead splits its forward into. The trainable forward is
+        the tuned top layers' whole forward and the side blocks' (taken as half their measured backward:
+        a backward computes the gradients of both inputs and weights, two forwards' worth); the rest of
+        a layer's forward is the frozen backbone's, which depends on the mini-batch alone."""
+        frozen_max = trainable_max = backward_max = 0.0
+        top = self.top_first
+        for device, share in zip(group, self.shares(group, batch), strict=True):
+            forward, backward = self.layer_times(device, share)
+            low = min(stop, top)
+            side = 0.5 * float(backward[start:low].sum()) if low > start else 0.0
+            tuned = float(forward[max(start, top):stop].sum()) if stop > top else 0.0
+            trainable = min(side + tuned, float(forward[start:stop].sum()))
+            frozen_max = max(frozen_max, float(forward[start:stop].sum()) - trainable)
+            trainable_max = max(trainable_max, trainable)
+            backward_max = max(backward_max, float(backward[start:stop].sum()))
+        return frozen_max, trainable_max, backward_max
+
     def stage_cost(self, group: Sequence[int], batch: int, start: int, stop: int, in_flight: int) -> float:
         """Eq. 3: max over the group of forward + backward of layers [start, stop); +inf if any device runs
         out of memory (or of disk for its phase-1 cache)."""
@@ -189,6 +208,20 @@ class CostModel:
             forward = max(forward, self.transfer(a, b, samples * self.forward_bytes_per_sample))
             backward = max(backward, self.transfer(b, a, samples * self.backward_bytes_per_sample))
         return forward, backward
+
+    def boundary_parts(self, sender: Sequence[int], receiver: Sequence[int], batch: int
+                       ) -> tuple[float, float, float]:
+        """(hidden states forward, side states forward, side gradients back) seconds across a boundary of a
+        stage running ahead: its frozen layers' hidden states travel on their own, ahead of the side
+        network's states."""
+        hidden_bytes = self.model.seq_len * self.model.hidden_size * self.job.wire_bytes
+        side_bytes = max(self.forward_bytes_per_sample - hidden_bytes, 0.0)
+        hidden = side = backward = 0.0
+        for a, b, samples in self.boundary_pairs(sender, receiver, batch):
+            hidden = max(hidden, self.transfer(a, b, samples * hidden_bytes))
+            side = max(side, self.transfer(a, b, samples * side_bytes))
+            backward = max(backward, self.transfer(b, a, samples * self.backward_bytes_per_sample))
+        return hidden, side, backward
 
     def ring_link(self, group: Sequence[int]) -> tuple[float, float]:
         """(bandwidth, latency) that paces a ring over `group` in its order: the slowest link's bandwidth and

@@ -72,6 +72,18 @@ def tuned_layer_kept_bytes_per_sample(model: ModelProfile) -> float:
     return TUNED_KEPT_OVER_KORTHIKANTI * 2.0 * (34 * seq * hidden + 5 * heads * seq * seq)
 
 
+def run_ahead_bytes_per_sample(model: ModelProfile, job: TrainingJob, start: int, stop: int) -> float:
+    """What a stage running ahead holds per sample between its frozen forward and its training forward
+    (pac.worker.ahead): the hidden states its side blocks read (none without a side network) and, on the
+    last stage, the final state or the tuned layers' input. In the backbone's compute precision."""
+    dtype = 2 if job.weight_bits == 16 else 4
+    tapped = sum(1 for i in range(start, min(stop, model.num_layers - job.top_layers)) if model.side_layer_params[i])
+    if tapped and start == 0:
+        tapped += 1  # h_0
+    last = 1 if stop == model.num_layers else 0
+    return hidden_bytes_per_sample(model, dtype) * (tapped + last)
+
+
 def side_extra_share(model: ModelProfile, start: int, stop: int) -> float:
     """Down_0 lives with the first stage and Up/side head with the last: half of the extras each."""
     share = 0.0

@@ -196,7 +196,15 @@ def estimate(cost: CostModel, partition: Partition) -> Estimate:
     cf = [c[0] for c in comm]
     cb = [c[1] for c in comm]
     ar = [cost.allreduce(g, cost.stage_gradient_bytes(x, y)) for x, y, g in stages]
-    s = len(stages)
+    end = one_f_one_b_time(fwd, bwd, cf, cb, ar, micro)
+    return Estimate(end, tuple(fwd), tuple(bwd), tuple(cf), tuple(cb), tuple(ar))
+
+
+def one_f_one_b_time(fwd: Sequence[float], bwd: Sequence[float], cf: Sequence[float], cb: Sequence[float],
+                     ar: Sequence[float], micro: int) -> float:
+    """`estimate`'s mini-batch from per-stage forward, backward and AllReduce times and per-boundary
+    transfer times."""
+    s = len(fwd)
     finish = 0.0
     for k in range(s):
         fill = sum(fwd[i] + cf[i] for i in range(k))
@@ -206,9 +214,8 @@ def estimate(cost: CostModel, partition: Partition) -> Estimate:
         finish = max(finish, fill + micro * (fwd[k] + bwd[k]) + max(0.0, trip - warm) + drain)
     # Stage i's last backward ends the drain below it before the finish; its AllReduce starts once that
     # backward's gradient is delivered to stage i-1 (the runtime flushes its sends first).
-    end = max(finish - sum(cb[j] + bwd[j] for j in range(i)) + (cb[i - 1] if i > 0 else 0.0) + ar[i]
-              for i in range(s))
-    return Estimate(end, tuple(fwd), tuple(bwd), tuple(cf), tuple(cb), tuple(ar))
+    return max(finish - sum(cb[j] + bwd[j] for j in range(i)) + (cb[i - 1] if i > 0 else 0.0) + ar[i]
+               for i in range(s))
 
 
 def search(cost: CostModel, *, orders: list[tuple[int, ...]] | None = None,

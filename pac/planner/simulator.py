@@ -38,13 +38,22 @@ class Event:
 
 @dataclass(frozen=True)
 class Phase1Simulation:
-    """One simulated phase-1 mini-batch."""
+    """One simulated phase-1 mini-batch (running ahead: the steady state of several)."""
 
     minibatch_s: float
     bubble_fraction: float  # idle share of the stages' time (compute slots not used)
     peak_in_flight: tuple[int, ...]  # per stage: micro-batches forward-done but not yet backward-done
     peak_memory_bytes: dict[str, float]  # per device of the pipeline
     events: tuple[Event, ...]
+    run_ahead: int = 0  # mini-batches the frozen layers ran ahead (0: lock-step)
+    first_minibatch_s: float | None = None  # running ahead: the epoch's first, which nothing ran ahead of
+
+    def epoch_s(self, minibatches: int) -> float:
+        """An epoch of `minibatches` mini-batches (the run-ahead restarts with every epoch)."""
+        if minibatches <= 0:
+            return 0.0
+        first = self.minibatch_s if self.first_minibatch_s is None else self.first_minibatch_s
+        return first + (minibatches - 1) * self.minibatch_s
 
 
 def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, int]]:
@@ -57,8 +66,13 @@ def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, 
     return ops
 
 
-def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
-    """Simulate one mini-batch of `partition` under the shared cost model."""
+def simulate_phase1(cost: CostModel, partition: Partition, run_ahead: int = 0, record: bool = True
+                    ) -> Phase1Simulation:
+    """Simulate one mini-batch of `partition` under the shared cost model; with `run_ahead` > 0, the
+    steady state of mini-batches whose frozen layers run that many mini-batches ahead (`simulate_ahead`;
+    `record=False`: without its events)."""
+    if run_ahead:
+        return simulate_ahead(cost, partition, run_ahead, record)
     stages, micro, batch = partition.stages, partition.micro_batches, partition.micro_batch_size
     s = len(stages)
     times = [cost.stage_times(g, batch, x, y) for x, y, g in stages]
@@ -195,3 +209,200 @@ def simulate_phase2_epoch(cost: CostModel, devices: Sequence[int], step_shares: 
             events.append(Event("all", "AR", step, now, now + allreduce))
         now += allreduce
     return now, events
+
+
+# ---- running ahead --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AheadStage:
+    """One stage's times for `ahead_timeline` (per micro-batch; the boundary to the next stage)."""
+
+    frozen_s: float  # A: the frozen layers' forward
+    forward_s: float  # F: the trainable forward (side blocks, tuned layers, head)
+    backward_s: float  # B
+    allreduce_s: float = 0.0  # the group's AllReduce after its last backward of a mini-batch
+    hidden_s: float = 0.0  # A's hidden states to the next stage
+    side_s: float = 0.0  # F's side states to the next stage
+    gradient_s: float = 0.0  # the next stage's B gradients back to this one
+
+
+def ahead_timeline(stages: Sequence[AheadStage], micro_batches: int, window: int, minibatches: int,
+                   record: bool = True) -> tuple[list[float], list[Event], list[int]]:
+    """Play `minibatches` mini-batches whose frozen forwards run up to `window` mini-batches ahead, as
+    pac.worker.ahead runs them. Returns (when each mini-batch ends, the events, per stage the most
+    micro-batches whose frozen states wait for their training forward).
+
+    Each stage is one compute resource. Its training operations are 1F1B per mini-batch; mini-batch k's
+    start once k-1 has ended (every stage's AllReduce; then the optimiser step). Its frozen forwards A run
+    in (mini-batch, micro-batch) order, A(k, j) once the previous stage's A(k, j) has arrived and mini-batch
+    k - window has started. When the resource frees up it starts the training operation if that is ready
+    by then, else the frozen forward that is (`ComputeGate`: training first, nothing pre-empted). F(k, j)
+    also waits for A(k, j) on its own stage. Forward pieces share one channel per boundary, in the order
+    they are sent; gradients another. The operation that may start first anywhere is committed first, so
+    no later decision can change an earlier one. `record=False` keeps no events (faster)."""
+    s, m = len(stages), micro_batches
+    orders = [one_f_one_b(i, s, m) for i in range(s)]
+    total = minibatches * m
+    finish: list[float | None] = [None] * minibatches
+    free, fwd_link, back_link = [0.0] * s, [0.0] * s, [0.0] * s  # link i: between stage i and i + 1
+    train_k, train_pos = [0] * s, [0] * s  # the next training operation: mini-batch, position in its 1F1B order
+    ahead_n = [0] * s  # the next frozen forward: k * m + j
+    # per stage, per k * m + j: when it happened (None: not yet)
+    a_done = [[None] * total for _ in range(s)]
+    f_done = [[None] * total for _ in range(s)]
+    arrive_a = [[None] * total for _ in range(s)]
+    arrive_f = [[None] * total for _ in range(s)]
+    arrive_b = [[None] * total for _ in range(s)]
+    stage_end = [[None] * s for _ in range(minibatches)]
+    ends_left = [s] * minibatches
+    unfinished = minibatches
+    waiting, peak = [0] * s, [0] * s
+    events: list[Event] = []
+
+    def choice(i: int) -> tuple[float, int, int] | None:
+        """(start, 1 for a frozen forward, stage) of the stage's next operation, None while unknown."""
+        start_t = start_a = None
+        k = train_k[i]
+        if k < minibatches and (k == 0 or finish[k - 1] is not None):
+            kind, j = orders[i][train_pos[i]]
+            n = k * m + j
+            if kind == "F":
+                ready = a_done[i][n]
+                if ready is not None and i > 0:
+                    ready = None if arrive_f[i][n] is None else max(ready, arrive_f[i][n])
+            else:
+                ready = f_done[i][n] if i == s - 1 else arrive_b[i][n]
+            if ready is not None:
+                start_t = max(free[i], ready, finish[k - 1] if k else 0.0)
+        n = ahead_n[i]
+        if n < total:
+            k = n // m
+            begin = 0.0 if k - window <= 0 else finish[k - window - 1]
+            if begin is not None:
+                if i == 0:
+                    start_a = max(free[i], begin)
+                elif arrive_a[i][n] is not None:
+                    start_a = max(free[i], begin, arrive_a[i][n])
+        if start_t is not None and (start_a is None or start_t <= start_a):
+            return start_t, 0, i
+        return None if start_a is None else (start_a, 1, i)
+
+    choices = [choice(i) for i in range(s)]  # recomputed where a commit may change them
+    for _ in range(total * 3 * s):
+        known = [c for c in choices if c is not None]
+        if not known:
+            raise RuntimeError("the run-ahead schedule deadlocked; this is a bug in the simulator")
+        start, is_ahead, i = min(known)
+        st, ended, touched = stages[i], False, i + 1
+        if is_ahead:
+            n = ahead_n[i]
+            end = free[i] = a_done[i][n] = start + st.frozen_s
+            if record:
+                events.append(Event(f"stage {i}", "A", n % m, start, end))
+            waiting[i] += 1
+            peak[i] = max(peak[i], waiting[i])
+            if i < s - 1:
+                begin = max(end, fwd_link[i])
+                fwd_link[i] = arrive_a[i + 1][n] = begin + st.hidden_s
+                if record and st.hidden_s > 0:
+                    events.append(Event(f"link {i}->{i + 1}", "send", n % m, begin, fwd_link[i]))
+            ahead_n[i] = n + 1
+        else:
+            k = train_k[i]
+            kind, j = orders[i][train_pos[i]]
+            n = k * m + j
+            end = free[i] = start + (st.forward_s if kind == "F" else st.backward_s)
+            if record:
+                events.append(Event(f"stage {i}", kind, j, start, end))
+            if kind == "F":
+                f_done[i][n] = end
+                waiting[i] -= 1
+                if i < s - 1:
+                    begin = max(end, fwd_link[i])
+                    fwd_link[i] = arrive_f[i + 1][n] = begin + st.side_s
+            elif i > 0:
+                touched = i - 1
+                begin = max(end, back_link[i - 1])
+                back_link[i - 1] = arrive_b[i - 1][n] = begin + stages[i - 1].gradient_s
+                if record and stages[i - 1].gradient_s > 0:
+                    events.append(Event(f"link {i}->{i - 1}", "send", j, begin, back_link[i - 1]))
+            if train_pos[i] + 1 < len(orders[i]):
+                train_pos[i] += 1
+            else:  # its last backward: sends delivered, then the group's AllReduce
+                train_k[i], train_pos[i] = k + 1, 0
+                ar_start = max(end, back_link[i - 1] if i > 0 else 0.0)
+                stage_end[k][i] = ar_start + st.allreduce_s
+                if record and st.allreduce_s > 0:
+                    events.append(Event(f"stage {i}", "AR", -1, ar_start, stage_end[k][i]))
+                ends_left[k] -= 1
+                if not ends_left[k]:
+                    finish[k] = max(stage_end[k])
+                    ended = True
+                    unfinished -= 1
+        if not unfinished:
+            break
+        if ended:  # a mini-batch ended: every stage may start the next, or run further ahead
+            choices = [choice(x) for x in range(s)]
+        else:
+            choices[i] = choice(i)
+            if 0 <= touched < s:
+                choices[touched] = choice(touched)
+    return [float(f) for f in finish], events, peak
+
+
+AHEAD_STEADY = 2  # mini-batches averaged for the steady state (an even count: it may alternate in pairs)
+
+
+def simulate_ahead(cost: CostModel, partition: Partition, window: int, record: bool = True) -> Phase1Simulation:
+    """Mini-batches of `partition` with the frozen layers running `window` ahead: `minibatch_s` is the
+    steady state (the mean of AHEAD_STEADY mini-batches after the window has filled and before the last
+    ones, which have nothing left to run ahead), `first_minibatch_s` the first."""
+    from pac.planner.memory import run_ahead_bytes_per_sample
+
+    stages = ahead_stages(cost, partition)
+    n = len(stages)
+    count = 2 * window + AHEAD_STEADY + 2
+    finish, events, waiting = ahead_timeline(stages, partition.micro_batches, window, count, record)
+    first = window + 1
+    steady = (finish[first + AHEAD_STEADY - 1] - finish[first - 1]) / AHEAD_STEADY
+    busy = sum(partition.micro_batches * count * (st.frozen_s + st.forward_s + st.backward_s) for st in stages)
+    bubble = 1.0 - busy / (n * finish[-1]) if finish[-1] > 0 else 0.0
+    in_flight = [max_live(one_f_one_b(i, n, partition.micro_batches)) for i in range(n)]
+    memory: dict[str, float] = {}
+    for i, (x, y, group) in enumerate(partition.stages):
+        held = run_ahead_bytes_per_sample(cost.model, cost.job, x, y) * waiting[i]
+        for device, share in zip(group, cost.shares(group, partition.micro_batch_size), strict=True):
+            name = cost.home.devices[device].name
+            memory[name] = cost.stage_memory(device, share, x, y, in_flight[i]).total + share * held
+    events.sort(key=lambda e: (e.start, e.resource, e.end))
+    return Phase1Simulation(steady, bubble, tuple(in_flight), memory, tuple(events), window, finish[0])
+
+
+def ahead_stages(cost: CostModel, partition: Partition) -> list[AheadStage]:
+    """The partition's stages as a run-ahead schedule sees them (CostModel.stage_parts, boundary_parts)."""
+    parts, batch = partition.stages, partition.micro_batch_size
+    out = []
+    for i, (x, y, group) in enumerate(parts):
+        frozen, forward, backward = cost.stage_parts(group, batch, x, y)
+        hidden = side = gradient = 0.0
+        if i < len(parts) - 1:
+            hidden, side, gradient = cost.boundary_parts(group, parts[i + 1][2], batch)
+        out.append(AheadStage(frozen, forward, backward, cost.allreduce(group, cost.stage_gradient_bytes(x, y)),
+                              hidden, side, gradient))
+    return out
+
+
+def ahead_bound(stages: Sequence[AheadStage], micro_batches: int) -> float:
+    """A lower bound of a run-ahead mini-batch: the busiest stage's compute, or boundary's transfers."""
+    m = micro_batches
+    return max(max(m * (st.frozen_s + st.forward_s + st.backward_s) for st in stages),
+               max(m * (st.hidden_s + st.side_s) for st in stages), max(m * st.gradient_s for st in stages))
+
+
+def max_live(ops: list[tuple[str, int]]) -> int:
+    """The most micro-batches between their forward and their backward in a stage's 1F1B order."""
+    live = peak = 0
+    for kind, _ in ops:
+        live += 1 if kind == "F" else -1
+        peak = max(peak, live)
+    return peak

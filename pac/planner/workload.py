@@ -30,6 +30,7 @@ class TrainingJob:
     padded_tokens: float | None = None  # tokens a sample's mini-batch pads to, on average (None: seq_len)
     controller_budget_bytes: int = 0  # memory the controller may use (0: not checked)
     controller_overhead_bytes: int = 0  # the controller's process with the model code loaded and no weights
+    run_ahead: int = 2  # phase 1: the most mini-batches the frozen layers may run ahead (0: lock-step)
 
     def __post_init__(self) -> None:
         if self.samples < 1:

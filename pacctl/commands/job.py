@@ -57,6 +57,7 @@ side_precision = "fp32"              # fp32 | bf16: side network arithmetic (bf1
 checkpoint_steps = 50                # a checkpoint every N steps within an epoch too (0: after each epoch only)
 # patience = 2                       # with data.validation: stop after N epochs without a better score
 allreduce_precision = "fp32"         # gradients between devices travel as fp32 | bf16 | fp16 (summed in fp32)
+run_ahead = 2                        # phase 1: frozen layers run up to N mini-batches ahead (the planner picks; 0: lock-step)
 
 [cache]
 precision = "fp16"                   # fp32 | fp16 | bf16 | int8 | none

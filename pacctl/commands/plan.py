@@ -99,7 +99,8 @@ def held(plan: Plan) -> str:
               help="The backbone's last N layers tuned (training.top_layers): no stage boundary among them "
                    "[default: 3 with --weight-bits 32, as a job's; 0 with a quantised backbone].")
 @click.option("--strategy", default="pac", show_default=True, type=click.Choice(list(STRATEGIES)),
-              help="pac, or a baseline to compare with.")
+              help="pac, or a baseline to compare with (pipeline-ahead: pipeline-only with the frozen layers "
+                   "running ahead; the other baselines run lock-step).")
 @click.option("--out", "out_path", default="plan.json", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Where to write the plan for `pacctl train`.")
 @click.option("--gantt", "gantt_path", default=None, type=click.Path(dir_okay=False, path_type=Path),

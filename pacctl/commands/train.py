@@ -82,8 +82,8 @@ def kept_checkpoint(output: Path, command: str = "pacctl train JOB") -> str:
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this plan (from `pacctl plan`) instead of [plan] file or planning now.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="pac", show_default=True,
-              help="pac, or a baseline plan for comparison (pipeline-only, pipeline-best-order, data-only, "
-                   "single-device).")
+              help="pac, or a baseline plan for comparison (pipeline-only; pipeline-ahead: the same with the "
+                   "frozen layers running ahead; pipeline-best-order, data-only, single-device).")
 @click.option("--no-cache", is_flag=True, help="Run every epoch through the backbone (no phase 2).")
 @click.option("--timeout", "step_timeout", type=float, default=300.0, show_default=True,
               help="Seconds a device may wait for a tensor or an AllReduce before the job fails.")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pac.planner.cost import CostModel
 from pac.planner.phase1 import Partition, estimate
-from pac.planner.simulator import one_f_one_b, simulate_phase1, simulate_transfers
+from pac.planner.simulator import AheadStage, ahead_timeline, one_f_one_b, simulate_phase1, simulate_transfers
 from pac.planner.synthetic import tiny_home
 from pac.planner.workload import TrainingJob
 
@@ -206,3 +208,66 @@ def test_transfers_serialise_per_sender_and_receiver() -> None:
     finish, events = simulate_transfers(cost, [(0, 1, 100.0), (0, 2, 100.0), (1, 2, 100.0)])
     assert [(e.start, e.end) for e in events] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
     assert finish == 3.0
+
+
+# ---- running ahead -------------------------------------------------------------------------------------
+
+def ahead_spans(events, resource: str) -> list[tuple[str, int, float, float]]:
+    return [(e.kind, e.micro_batch, e.start, e.end) for e in events if e.resource == resource]
+
+
+def test_run_ahead_timeline_by_hand() -> None:
+    """Two stages, two micro-batches, window 1, two mini-batches. Stage 0: A (frozen forward) 2, F 1, B 1,
+    AllReduce 0.5, hidden states 1 s and side states 0.5 s to stage 1, gradients 0.5 s back; stage 1: A, F,
+    B 1 each. Worked out by hand: while stage 0 waits for B0's gradient (6 to 6.5) it starts mini-batch 1's
+    first frozen forward (6 to 8), which B0 then waits for (training first, nothing pre-empted); mini-batch
+    1 starts when 0's AllReduce ends (12.5) and finds every frozen forward done on stage 0."""
+    stage0 = AheadStage(frozen_s=2, forward_s=1, backward_s=1, allreduce_s=0.5, hidden_s=1, side_s=0.5,
+                        gradient_s=0.5)
+    stage1 = AheadStage(frozen_s=1, forward_s=1, backward_s=1)
+    finish, events, waiting = ahead_timeline([stage0, stage1], micro_batches=2, window=1, minibatches=2)
+    assert finish == [12.5, 20.0]
+    assert ahead_spans(events, "stage 0") == [
+        ("A", 0, 0, 2), ("F", 0, 2, 3), ("A", 1, 3, 5), ("F", 1, 5, 6), ("A", 0, 6, 8), ("B", 0, 8, 9),
+        ("A", 1, 9, 11), ("B", 1, 11, 12), ("AR", -1, 12, 12.5),  # mini-batch 0; then 1, all frozen done
+        ("F", 0, 12.5, 13.5), ("F", 1, 13.5, 14.5), ("B", 0, 16.5, 17.5), ("B", 1, 18.5, 19.5), ("AR", -1, 19.5, 20)]
+    assert ahead_spans(events, "stage 1") == [
+        ("A", 0, 3, 4), ("F", 0, 4, 5), ("B", 0, 5, 6), ("A", 1, 6, 7), ("F", 1, 7, 8), ("B", 1, 8, 9),
+        ("A", 0, 9, 10), ("A", 1, 12, 13), ("F", 0, 14, 15), ("B", 0, 15, 16), ("F", 1, 16, 17), ("B", 1, 17, 18)]
+    assert ahead_spans(events, "link 0->1") == [("send", 0, 2, 3), ("send", 1, 5, 6), ("send", 0, 8, 9),
+                                                ("send", 1, 11, 12)]
+    assert waiting == [2, 2]  # mini-batch 1's two frozen forwards wait on each stage
+    # Lock-step (each F runs its frozen layers, hidden and side states travel together): 12.5 s a mini-batch.
+    assert 2 * 12.5 > finish[-1]
+
+
+def test_run_ahead_streams_a_stage_that_trains_nothing() -> None:
+    """Stage 0 has only frozen layers (A 2, nothing to train): it streams every mini-batch's frozen forwards,
+    window 1 ahead, and the pipeline's pace becomes the busier stage 1's 3 s per micro-batch (6 per
+    mini-batch) instead of lock-step's 8."""
+    finish, _, waiting = ahead_timeline([AheadStage(2, 0, 0), AheadStage(1, 1, 1)], 2, window=1, minibatches=3)
+    assert finish == [8.0, 14.0, 20.0]
+    assert waiting == [2, 1]
+
+
+def test_simulated_run_ahead_holds_its_window_in_memory() -> None:
+    cost, partition = pipeline([1.0, 3.0], micro=2, latency=0.01)
+    lock = simulate_phase1(cost, partition)
+    ahead = simulate_phase1(cost, partition, run_ahead=1)
+    assert ahead.run_ahead == 1 and ahead.first_minibatch_s is not None
+    assert ahead.minibatch_s < lock.minibatch_s
+    assert all(ahead.peak_memory_bytes[name] > used for name, used in lock.peak_memory_bytes.items())
+    assert ahead.epoch_s(5) == pytest.approx(ahead.first_minibatch_s + 4 * ahead.minibatch_s)
+
+
+def test_the_planner_runs_ahead_within_the_jobs_window() -> None:
+    from pac.planner.planner import plan_job
+    from pac.planner.synthetic import synthetic_home
+
+    home = synthetic_home(24, 4, seed=0, latency_s=0.002)
+    job = TrainingJob(samples=256, batch_size=4, epochs=2)
+    ahead = plan_job(home, job).plan
+    lock = plan_job(home, dataclasses.replace(job, run_ahead=0)).plan
+    assert ahead.phase1.run_ahead in (1, 2) and lock.phase1.run_ahead == 0
+    assert ahead.phase1.epoch_s < lock.phase1.epoch_s
+    assert "ahead" in ahead.reason and "lock-step" in lock.reason
