@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pac.planner.simulator import Phase1Simulation
 
-COLOURS = {"F": "#4C72B0", "B": "#DD8452", "send": "#8C8C8C", "AR": "#C44E52"}
+COLOURS = {"F": "#4C72B0", "B": "#DD8452", "send": "#8C8C8C", "AR": "#C44E52", "A": "#8172B3"}
 
 
 def draw_gantt(simulation: Phase1Simulation, path: str | Path, title: str = "") -> None:
@@ -34,10 +34,13 @@ def draw_gantt(simulation: Phase1Simulation, path: str | Path, title: str = "") 
                     fontsize=7, color="white")
     ax.set_yticks(range(len(rows)), rows)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds into the mini-batch")
+    ahead = simulation.run_ahead
+    ax.set_xlabel("seconds into the epoch" if ahead else "seconds into the mini-batch")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    ax.legend(handles, ["forward", "backward", "transfer", "AllReduce"], loc="upper right", fontsize=8)
-    ax.set_title(title or f"1F1B mini-batch: {simulation.minibatch_s:.3f} s, bubbles "
+    ax.legend(handles, ["forward" + (" (trained part)" if ahead else ""), "backward", "transfer", "AllReduce",
+                        "frozen layers, run ahead"][:len(handles)], loc="upper right", fontsize=8)
+    kind = f"mini-batches, frozen layers {ahead} ahead" if ahead else "1F1B mini-batch"
+    ax.set_title(title or f"{kind}: {simulation.minibatch_s:.3f} s per mini-batch, bubbles "
                           f"{simulation.bubble_fraction:.0%}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

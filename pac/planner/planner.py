@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from pac.planner.ahead import ahead_bound, ahead_stages, simulate_ahead
 from pac.planner.baselines import RUNS_AHEAD, STRATEGIES, candidates
 from pac.planner.cost import CostModel
 from pac.planner.errors import InfeasibleError
@@ -18,8 +19,6 @@ from pac.planner.plan import DeviceUse, Move, Phase1Plan, Phase2Plan, Plan, Stag
 from pac.planner.profile import HomeProfile, shared_host_views
 from pac.planner.simulator import (
     Phase1Simulation,
-    ahead_bound,
-    ahead_stages,
     simulate_phase1,
     simulate_phase2_epoch,
     simulate_transfers,
@@ -82,17 +81,25 @@ def _plan_view(home: HomeProfile, job: TrainingJob, strategy: str) -> PlanResult
         # The baselines' plans are in our search space; simulating their shortlists too (one candidate per
         # micro-batch count each) guarantees that the plan chosen is never slower than theirs, even where
         # the estimate ranks them wrongly.
-        baselines = (candidates(cost, "pipeline-only")[:SIMULATED_CANDIDATES]
-                     + candidates(cost, "data-only")[:SIMULATED_CANDIDATES])
+        pipelines = candidates(cost, "pipeline-only")[:SIMULATED_CANDIDATES]
+        baselines = pipelines + candidates(cost, "data-only")[:SIMULATED_CANDIDATES]
         shortlist += [p for p in baselines if p not in shortlist]
     simulated = [(simulate_phase1(cost, p), i, p) for i, p in enumerate(shortlist)]
     if strategy in RUNS_AHEAD and cost.model.technique == "pac":
-        # Running ahead: the candidates it would speed up most, by a bound, are simulated that way too.
+        # Running ahead: the candidates it would speed up most, by a bound, are simulated that way too;
+        # with PAC also those pipeline-ahead would simulate, so its plan is never slower than that one.
+        estimates = [_ahead_estimate(cost, p) for p in shortlist]
         # (many share the bound, their busiest stage's: the faster in lock-step first)
-        hopeful = sorted(range(len(shortlist)), key=lambda i: (round(_ahead_estimate(cost, shortlist[i]), 3),
-                                                               simulated[i][0].minibatch_s, i))
-        for i in hopeful[:RUN_AHEAD_SIMULATED]:
+        hopeful = sorted(range(len(shortlist)), key=lambda i: (round(estimates[i], 3), simulated[i][0].minibatch_s, i))
+        chosen = hopeful[:RUN_AHEAD_SIMULATED]
+        if strategy == "pac":
+            chosen += [i for i in hopeful if shortlist[i] in pipelines][:RUN_AHEAD_SIMULATED]
+        best_epoch = min(_epoch1(cost, t[0]) for t in simulated)
+        for i in sorted(set(chosen), key=hopeful.index):
+            if estimates[i] * cost.job.minibatches_per_epoch >= best_epoch:
+                continue  # its bound already loses to a simulated plan
             simulated[i] = (_run_ahead(cost, shortlist[i], simulated[i][0]), i, shortlist[i])
+            best_epoch = min(best_epoch, _epoch1(cost, simulated[i][0]))
     simulated.sort(key=lambda t: (_epoch1(cost, t[0]), t[1]))
     sim, _, best = simulated[0]
     # The runner-up is the best plan of a different shape (stage count, group sizes, micro-batches):
@@ -107,7 +114,7 @@ def _plan_view(home: HomeProfile, job: TrainingJob, strategy: str) -> PlanResult
     use_cache = strategy == "pac" and job.epochs > 1
     runner_plan = _build(cost, runner[2], runner[0], strategy, use_cache, "") if runner else None
     if sim.run_ahead:  # its events, for the Gantt chart
-        sim = simulate_phase1(cost, best, sim.run_ahead)
+        sim = simulate_ahead(cost, best, sim.run_ahead)
     plan = _build(cost, best, sim, strategy, use_cache, "")
     plan = dataclasses.replace(plan, reason=_reason(cost, plan, runner_plan, len(found)))
     return PlanResult(plan, runner_plan, len(found), best, sim)
@@ -140,7 +147,7 @@ def _run_ahead(cost: CostModel, partition: Partition, lock_step: Phase1Simulatio
     budgets = {d.name: d.memory_budget_bytes for d in cost.home.devices}
     best = lock_step
     for window in range(1, min(cost.job.run_ahead, RUN_AHEAD_MAX) + 1):
-        sim = simulate_phase1(cost, partition, window, record=False)
+        sim = simulate_ahead(cost, partition, window, record=False)
         if not all(used <= budgets[name] for name, used in sim.peak_memory_bytes.items()):
             break  # a wider window holds more
         if _epoch1(cost, sim) < 0.995 * _epoch1(cost, best):  # the narrower where alike: less memory

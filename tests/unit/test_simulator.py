@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
+from pac.planner.ahead import AheadStage, ahead_timeline, simulate_ahead
 from pac.planner.cost import CostModel
 from pac.planner.phase1 import Partition, estimate
-from pac.planner.simulator import AheadStage, ahead_timeline, one_f_one_b, simulate_phase1, simulate_transfers
+from pac.planner.simulator import one_f_one_b, simulate_phase1, simulate_transfers
 from pac.planner.synthetic import tiny_home
 from pac.planner.workload import TrainingJob
 
@@ -253,7 +254,7 @@ def test_run_ahead_streams_a_stage_that_trains_nothing() -> None:
 def test_simulated_run_ahead_holds_its_window_in_memory() -> None:
     cost, partition = pipeline([1.0, 3.0], micro=2, latency=0.01)
     lock = simulate_phase1(cost, partition)
-    ahead = simulate_phase1(cost, partition, run_ahead=1)
+    ahead = simulate_ahead(cost, partition, 1)
     assert ahead.run_ahead == 1 and ahead.first_minibatch_s is not None
     assert ahead.minibatch_s < lock.minibatch_s
     assert all(ahead.peak_memory_bytes[name] > used for name, used in lock.peak_memory_bytes.items())
