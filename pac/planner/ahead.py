@@ -178,7 +178,7 @@ def simulate_ahead(cost: CostModel, partition: Partition, window: int, record: b
 
     stages = ahead_stages(cost, partition)
     n = len(stages)
-    count = 2 * window + AHEAD_STEADY + 2
+    count = 2 * window + AHEAD_STEADY + 1  # the last steady one sees every frozen forward its window allows
     finish, events, waiting = ahead_timeline(stages, partition.micro_batches, window, count, record)
     first = window + 1
     steady = (finish[first + AHEAD_STEADY - 1] - finish[first - 1]) / AHEAD_STEADY

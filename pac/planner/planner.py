@@ -93,7 +93,7 @@ def _plan_view(home: HomeProfile, job: TrainingJob, strategy: str) -> PlanResult
         hopeful = sorted(range(len(shortlist)), key=lambda i: (round(estimates[i], 3), simulated[i][0].minibatch_s, i))
         chosen = hopeful[:RUN_AHEAD_SIMULATED]
         if strategy == "pac":
-            chosen += [i for i in hopeful if shortlist[i] in pipelines][:RUN_AHEAD_SIMULATED]
+            chosen += [i for i in hopeful if shortlist[i] in pipelines][:RUN_AHEAD_SIMULATED // 2]
         best_epoch = min(_epoch1(cost, t[0]) for t in simulated)
         for i in sorted(set(chosen), key=hopeful.index):
             if estimates[i] * cost.job.minibatches_per_epoch >= best_epoch:
