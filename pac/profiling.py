@@ -42,6 +42,11 @@ class ModelMeasurement:
     threads: int = 0  # torch compute threads the measurement ran with (co-located devices share cores)
     quantization: str = "none"  # how the backbone was held while timed (byte sizes are of its checkpoint)
     sampled_layers: list[int] | None = None  # a model too large to time whole: the layers timed (the rest alike)
+    # Fixed costs beside the layers: one forward or backward call's own time (the model's forward around
+    # its layers, the side network's, autograd's start; the mean of the three, at the smallest batch),
+    # and an AdamW step over the side network and head per trained parameter.
+    call_s: float = 0.0
+    optimizer_s_per_param: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,20 +122,10 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
     quantize_backbone(backbone, quantization)
     pa = _parallel_model(backbone, reduction_factor, sampled is not None)
     blocks = [block for stack in pa.side.stacks for block in stack]
-    forward, side_forward, side_backward = {}, {}, {}
+    forward, side_forward, side_backward, calls = {}, {}, {}, {}
     for batch_size in sorted(batch_sizes):
-        batch = _batch(backbone, batch_size, seq_len)
-        runs = []
-        for _ in range(repeats + 1):
-            backbone_timer, side_timer = _LayerTimer(layers), _LayerTimer(blocks, backward=True)
-            out = backbone.run(batch)
-            delta = pa.side(out.taps, model_masks(batch, backbone.family))
-            pa.head(out.final + delta, batch).loss.backward()
-            backbone_timer.close()
-            side_timer.close()
-            runs.append((backbone_timer.forward, side_timer.forward, side_timer.backward))
-            pa.zero_grad(set_to_none=True)
-        runs = runs[1:]  # the first run warms up
+        runs = _time_runs(backbone, pa, layers, blocks, _batch(backbone, batch_size, seq_len), repeats)
+        calls[batch_size] = _median(runs, 3)[0] / 3  # three calls: backbone, side network, backward
         forward[batch_size], side_forward[batch_size], side_backward[batch_size] = (
             _median(runs, 0), _median(runs, 1), _median(runs, 2))
         if sampled:
@@ -158,7 +153,46 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
                                          + backbone.num_heads * seq_len * seq_len * backbone.dtype.itemsize),
         threads=torch.get_num_threads(), quantization=quantization,
         sampled_layers=sorted(sampled) if sampled else None,
+        call_s=max(calls[min(calls)], 0.0), optimizer_s_per_param=_optimizer_s_per_param(pa),
     )
+
+
+def _time_runs(backbone, pa, layers, blocks, batch, repeats: int) -> list[tuple]:
+    """`repeats` timed runs (after one to warm up) of the backbone's forward, the side network's and the
+    backward: per run (layer forwards, side block forwards, side block backwards, [what the calls took
+    beyond them])."""
+    runs = []
+    for _ in range(repeats + 1):
+        backbone_timer, side_timer = _LayerTimer(layers), _LayerTimer(blocks, backward=True)
+        began = time.perf_counter()
+        out = backbone.run(batch)
+        delta = pa.side(out.taps, model_masks(batch, backbone.family))
+        pa.head(out.final + delta, batch).loss.backward()
+        wall = time.perf_counter() - began
+        backbone_timer.close()
+        side_timer.close()
+        runs.append((backbone_timer.forward, side_timer.forward, side_timer.backward,
+                     [wall - sum(backbone_timer.forward) - sum(side_timer.forward) - sum(side_timer.backward)]))
+        pa.zero_grad(set_to_none=True)
+    return runs[1:]
+
+
+def _optimizer_s_per_param(model: torch.nn.Module, steps: int = 5) -> float:
+    """Seconds of one AdamW step (and clearing the gradients) per trained parameter of `model`."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in trained)
+    if not count:
+        return 0.0
+    optimizer = torch.optim.AdamW(trained, lr=1e-9)
+    times = []
+    for _ in range(steps + 1):
+        for p in trained:
+            p.grad = torch.zeros_like(p)
+        began = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[1:]) / count
 
 
 def model_code_bytes(model: str) -> int:

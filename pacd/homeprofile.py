@@ -58,6 +58,7 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
         "side_sample_s": max(sum(side_f[top]) + sum(side_b[top]), 1e-9) / sizes[top],
         # the daemon's memory with the model code loaded and no weights (profiles from before: none)
         "runtime_overhead_bytes": int(m.get("runtime_overhead_bytes") or 0),
+        "call_s": float(m.get("call_s") or 0.0), "optimizer_s_per_param": float(m.get("optimizer_s_per_param") or 0.0),
     }
     if stored.get("host"):  # see with_host
         entry.update(host=str(stored["host"]), host_cores=int(stored.get("host_cores") or 0),

@@ -49,7 +49,37 @@ async def measure_home(devices: list[Device], identity: Identity | None, job, si
     for a, b in itertools.combinations(devices, 2):
         async with DaemonClient(a.address, identity, a.node_id if identity else None) as client:
             links.append(await client.probe(b.address, b.node_id if identity else "", 1 << 20, 3))
-    return home_document(profiles, disks, links)
+    document = home_document(profiles, disks, links)
+    if len(devices) > 1:
+        document["allreduce_probe"] = await probe_allreduce(devices, identity)
+    return document
+
+
+ALLREDUCE_PROBE_BYTES = 256 * 1024  # small: its time is mostly the ring's steps, not the links' bandwidth
+ALLREDUCE_PROBE_ITERATIONS = 6
+
+
+async def probe_allreduce(devices: list[Device], identity: Identity | None) -> dict:
+    """A ring AllReduce among every device, timed: what the planner needs to cost the ring's own time per
+    step beyond its links (CostModel.ring_step_s). The first of the iterations warms up."""
+    import asyncio
+    import statistics
+    import uuid
+
+    from pac.net.daemon_client import DaemonClient
+
+    members = [d.address for d in devices]
+    group = f"probe/{uuid.uuid4().hex[:12]}"
+
+    async def member(rank: int, device: Device) -> list[float]:
+        async with DaemonClient(device.address, identity, device.node_id if identity else None) as client:
+            return await client.allreduce_seconds(group, members, rank, ALLREDUCE_PROBE_BYTES // 4,
+                                                  ALLREDUCE_PROBE_ITERATIONS)
+
+    seconds = await asyncio.gather(*(member(r, d) for r, d in enumerate(devices)))
+    per_iteration = [max(s[i] for s in seconds) for i in range(1, ALLREDUCE_PROBE_ITERATIONS)]
+    return {"members": [d.node_id for d in devices], "bytes": ALLREDUCE_PROBE_BYTES,
+            "seconds": statistics.median(per_iteration)}
 
 
 def fixed_plan(model: str, job: TrainingJob, stages: list[tuple[int, int, list[str], list[int]]],

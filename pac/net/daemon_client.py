@@ -65,6 +65,21 @@ class DaemonClient:
         except grpc.aio.AioRpcError as error:
             raise DaemonError(self.address, error, self.identity is None) from error
 
+    async def allreduce_seconds(self, group_id: str, members: list[str], rank: int, numel: int,
+                                iterations: int, timeout: float = 30.0) -> list[float]:
+        """Run `iterations` ring AllReduces of `numel` float32 elements as rank `rank` of `members` (every
+        member must be asked alike, at once); the seconds each took on this daemon."""
+        from pac.collective import RingGroup
+        from pac.net.convert.collective import group_to_proto
+        from pac.v1 import collective_pb2, collective_pb2_grpc
+
+        request = collective_pb2.AllReduceRequest(
+            group=group_to_proto(RingGroup(group_id, rank, tuple(members), timeout)), op_id=1, iterations=iterations,
+            synthetic=collective_pb2.SyntheticTensors(numel=numel, dtype="float32", seed=1))
+        reply = await self._call(collective_pb2_grpc.CollectiveStub(self._channel).AllReduce, request,
+                                 timeout * (iterations + 2))
+        return list(reply.seconds)
+
     async def _info(self) -> common_pb2.NodeInfo:
         return await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo, daemon_pb2.GetInfoRequest(),
                                 INFO_TIMEOUT_S)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pac.planner.cost import CostModel
 from pac.planner.phase1 import Partition
-from pac.planner.simulator import Event, Phase1Simulation, one_f_one_b
+from pac.planner.simulator import Event, Phase1Simulation, one_f_one_b, step_gap
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class _Run:
     each thing happened (None: not yet)."""
 
     def __init__(self, stages: Sequence[AheadStage], micro_batches: int, window: int, minibatches: int,
-                 record: bool) -> None:
+                 record: bool, gap_s: float) -> None:
         s, m = len(stages), micro_batches
+        self.gap_s = gap_s
         self.stages, self.s, self.m, self.window, self.minibatches, self.record = stages, s, m, window, minibatches, record
         self.orders = [one_f_one_b(i, s, m) for i in range(s)]
         self.total = total = minibatches * m
@@ -118,7 +119,7 @@ class _Run:
         self.ends_left[k] -= 1
         if self.ends_left[k]:
             return False
-        self.finish[k] = max(self.stage_end[k])
+        self.finish[k] = max(self.stage_end[k]) + self.gap_s
         self.unfinished -= 1
         return True
 
@@ -149,7 +150,7 @@ class _Run:
 
 
 def ahead_timeline(stages: Sequence[AheadStage], micro_batches: int, window: int, minibatches: int,
-                   record: bool = True) -> tuple[list[float], list[Event], list[int]]:
+                   record: bool = True, gap_s: float = 0.0) -> tuple[list[float], list[Event], list[int]]:
     """Play `minibatches` mini-batches whose frozen forwards run up to `window` mini-batches ahead, as
     pac.worker.ahead runs them. Returns (when each mini-batch ends, the events, per stage the most
     micro-batches whose frozen states wait for their training forward).
@@ -161,8 +162,9 @@ def ahead_timeline(stages: Sequence[AheadStage], micro_batches: int, window: int
     by then, else the frozen forward that is (`ComputeGate`: training first, nothing pre-empted). F(k, j)
     also waits for A(k, j) on its own stage. Forward pieces share one channel per boundary, in the order
     they are sent; gradients another. The operation that may start first anywhere is committed first, so
-    no later decision can change an earlier one. `record=False` keeps no events (faster)."""
-    run = _Run(stages, micro_batches, window, minibatches, record)
+    no later decision can change an earlier one. `record=False` keeps no events (faster); `gap_s` separates a
+    mini-batch's end from the next one's start (the optimiser step; frozen forwards go on meanwhile)."""
+    run = _Run(stages, micro_batches, window, minibatches, record, gap_s)
     run.play()
     return [float(f) for f in run.finish], run.events, run.peak
 
@@ -179,7 +181,8 @@ def simulate_ahead(cost: CostModel, partition: Partition, window: int, record: b
     stages = ahead_stages(cost, partition)
     n = len(stages)
     count = 2 * window + AHEAD_STEADY + 1  # the last steady one sees every frozen forward its window allows
-    finish, events, waiting = ahead_timeline(stages, partition.micro_batches, window, count, record)
+    finish, events, waiting = ahead_timeline(stages, partition.micro_batches, window, count, record,
+                                             step_gap(cost, partition))
     first = window + 1
     steady = (finish[first + AHEAD_STEADY - 1] - finish[first - 1]) / AHEAD_STEADY
     busy = sum(partition.micro_batches * count * (st.frozen_s + st.forward_s + st.backward_s) for st in stages)

@@ -54,6 +54,7 @@ class CostModel:
         self._matrices: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._links: dict[tuple[int, int], tuple[float, float]] = {}
         self._rings: dict[tuple[int, ...], tuple[float, float]] = {}
+        self._ring_step_s: float | None = None
         forward, backward = boundary_bytes_per_sample(self.model, job)
         self.forward_bytes_per_sample = forward
         self.backward_bytes_per_sample = backward
@@ -124,13 +125,23 @@ class CostModel:
 
     # ---- one stage ---------------------------------------------------------------------------------
     def stage_times(self, group: Sequence[int], batch: int, start: int, stop: int) -> tuple[float, float]:
-        """(forward, backward) seconds of one micro-batch on the stage: its slowest device decides."""
+        """(forward, backward) seconds of one micro-batch on the stage: its slowest device decides. Each is
+        one call, which costs the device's `call_s` beside its layers."""
         forward_max, backward_max = 0.0, 0.0
         for device, share in zip(group, self.shares(group, batch), strict=True):
             forward, backward = self.layer_times(device, share)
-            forward_max = max(forward_max, float(forward[start:stop].sum()))
-            backward_max = max(backward_max, float(backward[start:stop].sum()))
+            call = self.home.devices[device].call_s
+            forward_max = max(forward_max, float(forward[start:stop].sum()) + call)
+            backward_max = max(backward_max, float(backward[start:stop].sum()) + call)
         return forward_max, backward_max
+
+    def optimizer_s(self, group: Sequence[int], start: int, stop: int) -> float:
+        """The optimiser step of a stage's trained parameters (side blocks and their share of the rest),
+        on its slowest device: what ApplyStep takes."""
+        from pac.planner.memory import side_extra_share
+
+        params = sum(self.model.side_layer_params[start:stop]) + side_extra_share(self.model, start, stop)
+        return params * max(self.home.devices[d].optimizer_s_per_param for d in group)
 
     def stage_parts(self, group: Sequence[int], batch: int, start: int, stop: int) -> tuple[float, float, float]:
         """(frozen forward, trainable forward, backward) seconds of one micro-batch on the stage, its slowest
@@ -142,13 +153,13 @@ class CostModel:
         top = self.top_first
         for device, share in zip(group, self.shares(group, batch), strict=True):
             forward, backward = self.layer_times(device, share)
-            low = min(stop, top)
+            low, call = min(stop, top), self.home.devices[device].call_s  # a call each: A, F and B
             side = 0.5 * float(backward[start:low].sum()) if low > start else 0.0
             tuned = float(forward[max(start, top):stop].sum()) if stop > top else 0.0
             trainable = min(side + tuned, float(forward[start:stop].sum()))
-            frozen_max = max(frozen_max, float(forward[start:stop].sum()) - trainable)
-            trainable_max = max(trainable_max, trainable)
-            backward_max = max(backward_max, float(backward[start:stop].sum()))
+            frozen_max = max(frozen_max, float(forward[start:stop].sum()) - trainable + call)
+            trainable_max = max(trainable_max, trainable + call)
+            backward_max = max(backward_max, float(backward[start:stop].sum()) + call)
         return frozen_max, trainable_max, backward_max
 
     def stage_cost(self, group: Sequence[int], batch: int, start: int, stop: int, in_flight: int) -> float:
@@ -247,11 +258,31 @@ class CostModel:
 
         (g: the segment; bandwidth-bound, the usual 2(n-1)/n * bucket / bw plus one latency; latency-bound,
         every step waits for its first segment). The operation ends when the next rank acknowledges the
-        last data: one latency more. bw and lat are those of the ring's slowest link (`ring_link`).
+        last data: one latency more. bw and lat are those of the ring's slowest link (`ring_link`). Each
+        step also costs the ring's own `ring_step_s`, measured.
         """
         n = len(group)
         if n <= 1 or nbytes <= 0:
             return 0.0
+        return self._ring(group, nbytes) + 2 * (n - 1) * math.ceil(nbytes / RING_BUCKET_BYTES) * self.ring_step_s
+
+    @property
+    def ring_step_s(self) -> float:
+        """The ring's own time per step beyond its links (framing, encryption, the runtime's bookkeeping):
+        what the home's AllReduce probe took beyond `_ring`'s model of it, per step (0: not measured)."""
+        if self._ring_step_s is None:
+            self._ring_step_s = 0.0
+            probe = self.home.allreduce_probe
+            index = {d.name: i for i, d in enumerate(self.home.devices)}
+            if probe is not None and len(probe[0]) > 1 and all(m in index for m in probe[0]):
+                members = [index[m] for m in probe[0]]
+                steps = 2 * (len(members) - 1) * math.ceil(probe[1] / RING_BUCKET_BYTES)
+                self._ring_step_s = max(0.0, (probe[2] - self._ring(members, probe[1])) / steps)
+        return self._ring_step_s
+
+    def _ring(self, group: Sequence[int], nbytes: float) -> float:
+        """`allreduce` from the links alone."""
+        n = len(group)
         bandwidth, latency = self.ring_link(group)
         full, rest = divmod(float(nbytes), RING_BUCKET_BYTES)
         steps = 2 * (n - 1)

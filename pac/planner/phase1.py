@@ -196,7 +196,7 @@ def estimate(cost: CostModel, partition: Partition) -> Estimate:
     cf = [c[0] for c in comm]
     cb = [c[1] for c in comm]
     ar = [cost.allreduce(g, cost.stage_gradient_bytes(x, y)) for x, y, g in stages]
-    end = one_f_one_b_time(fwd, bwd, cf, cb, ar, micro)
+    end = one_f_one_b_time(fwd, bwd, cf, cb, ar, micro) + max(cost.optimizer_s(g, x, y) for x, y, g in stages)
     return Estimate(end, tuple(fwd), tuple(bwd), tuple(cf), tuple(cb), tuple(ar))
 
 

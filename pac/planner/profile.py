@@ -6,7 +6,8 @@ A profile set is one JSON document (see docs/planner.md):
      "model":   {...ModelProfile fields...},
      "devices": [{...DeviceProfile fields...}, ...],
      "links":   [{"a": NAME, "b": NAME, "bandwidth_bytes_per_s": X, "latency_s": Y}, ...],
-     "default_link": {"bandwidth_bytes_per_s": X, "latency_s": Y}}      # optional
+     "default_link": {"bandwidth_bytes_per_s": X, "latency_s": Y},      # optional
+     "allreduce_probe": {"members": [NAME, ...], "bytes": X, "seconds": Y}}  # optional
 
 Times are seconds, sizes bytes, bandwidths bytes per second. Per-layer times are measured at a few batch
 sizes and interpolated linearly in between (and extrapolated along the nearest measured segment).
@@ -101,6 +102,8 @@ class DeviceProfile:
     host: str = ""
     host_cores: int = 0
     threads: int = 0
+    call_s: float = 0.0  # one forward or backward call's own time beside its layers' (0: not measured)
+    optimizer_s_per_param: float = 0.0  # an AdamW step, per trained parameter (0: not measured)
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
@@ -108,8 +111,8 @@ class DeviceProfile:
         _require(self.threads >= 0, f"{where}.threads", "must be >= 0")
         _require(bool(self.name), "device", "name must not be empty")
         _require(self.memory_budget_bytes > 0, f"{where}.memory_budget_bytes", "must be > 0")
-        _finite_nonnegative(self.disk_budget_bytes, f"{where}.disk_budget_bytes")
-        _finite_nonnegative(self.runtime_overhead_bytes, f"{where}.runtime_overhead_bytes")
+        for key in ("disk_budget_bytes", "runtime_overhead_bytes", "call_s", "optimizer_s_per_param"):
+            _finite_nonnegative(getattr(self, key), f"{where}.{key}")
         _require(self.side_sample_s > 0 and math.isfinite(self.side_sample_s), f"{where}.side_sample_s",
                  "must be a finite number > 0")
         _require(self.cache_read_bytes_per_s > 0, f"{where}.cache_read_bytes_per_s", "must be > 0")
@@ -190,10 +193,6 @@ class LinkProfile:
         _require(self.bandwidth_bytes_per_s > 0, f"{where}.bandwidth_bytes_per_s", "must be > 0")
         _finite_nonnegative(self.latency_s, f"{where}.latency_s")
 
-    def transfer_s(self, nbytes: float) -> float:
-        """Time to move `nbytes` over this link (0 bytes cost nothing)."""
-        return 0.0 if nbytes <= 0 else self.latency_s + nbytes / self.bandwidth_bytes_per_s
-
 
 @dataclass(frozen=True)
 class HomeProfile:
@@ -203,6 +202,9 @@ class HomeProfile:
     devices: tuple[DeviceProfile, ...]
     links: tuple[LinkProfile, ...] = ()
     default_link: LinkProfile | None = None  # used for any pair without its own measured link
+    # A ring AllReduce timed among devices: (their names in ring order, bytes, seconds); None: not measured.
+    # The planner takes the ring's own time per step from it (CostModel.ring_step_s).
+    allreduce_probe: tuple[tuple[str, ...], float, float] | None = None
     _link_index: dict[tuple[str, str], LinkProfile] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -310,7 +312,7 @@ def _link_from_dict(data: Any, where: str, a: str | None = None, b: str | None =
 
 def home_from_dict(data: Any) -> HomeProfile:
     """Build a HomeProfile from the profile JSON document (already parsed); errors name the bad field."""
-    data = _fields(data, "profile", ["model", "devices"], ["version", "links", "default_link"])
+    data = _fields(data, "profile", ["model", "devices"], ["version", "links", "default_link", "allreduce_probe"])
     version = data.get("version", PROFILE_FORMAT_VERSION)
     _require(version == PROFILE_FORMAT_VERSION, "profile.version",
              f"is {version!r}; this planner reads version {PROFILE_FORMAT_VERSION}")
@@ -326,7 +328,7 @@ def home_from_dict(data: Any) -> HomeProfile:
         d = _fields(raw, f"devices[{i}]",
                     ["name", "memory_budget_bytes", "disk_budget_bytes", "batch_sizes", "forward_s",
                      "backward_s", "side_sample_s"], ["runtime_overhead_bytes", "cache_read_bytes_per_s", "host",
-                                                      "host_cores", "threads"])
+                                                      "host_cores", "threads", "call_s", "optimizer_s_per_param"])
         d["batch_sizes"] = _tuple(d["batch_sizes"], f"devices[{i}].batch_sizes")
         for key in ("forward_s", "backward_s"):
             d[key] = tuple(_tuple(row, f"devices[{i}].{key}") for row in _tuple(d[key], f"devices[{i}].{key}"))
@@ -336,7 +338,14 @@ def home_from_dict(data: Any) -> HomeProfile:
     default = None
     if data.get("default_link") is not None:
         default = _link_from_dict(data["default_link"], "default_link", "*", "**")
-    return HomeProfile(model=model, devices=tuple(devices), links=links, default_link=default)
+    probe, raw = None, data.get("allreduce_probe")
+    if raw is not None:
+        raw = _fields(raw, "allreduce_probe", ["members", "bytes", "seconds"], [])
+        probe = (tuple(map(str, _tuple(raw["members"], "allreduce_probe.members"))), float(raw["bytes"]),
+                 float(raw["seconds"]))
+        _require(set(probe[0]) <= {d.name for d in devices} and math.isfinite(probe[2]), "allreduce_probe",
+                 "names unknown devices or has no finite seconds")
+    return HomeProfile(model=model, devices=tuple(devices), links=links, default_link=default, allreduce_probe=probe)
 
 
 def load_home(path: str | Path) -> HomeProfile:

@@ -67,8 +67,8 @@ def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, 
 
 
 def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
-    """Simulate one mini-batch of `partition` under the shared cost model, lock-step (running ahead:
-    pac.planner.ahead.simulate_ahead)."""
+    """Simulate one mini-batch of `partition` under the shared cost model, lock-step, then the optimiser
+    step on every stage at once (running ahead: pac.planner.ahead.simulate_ahead)."""
     stages, micro, batch = partition.stages, partition.micro_batches, partition.micro_batch_size
     s = len(stages)
     times = [cost.stage_times(g, batch, x, y) for x, y, g in stages]
@@ -116,7 +116,7 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
                 progressed = True
         if not progressed:
             raise RuntimeError("1F1B schedule deadlocked; this is a bug in the simulator")
-    finish = _end_with_allreduce(stage_free, link_b_free, allreduce, events)
+    finish = _end_with_allreduce(stage_free, link_b_free, allreduce, events) + step_gap(cost, partition)
     busy = sum(micro * (f + b) for f, b in times)
     bubble = 1.0 - busy / (s * finish) if finish > 0 else 0.0
     memory: dict[str, float] = {}
@@ -126,6 +126,11 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
             memory[name] = cost.stage_memory(device, share, x, y, peak[i]).total
     events.sort(key=lambda e: (e.start, e.resource, e.end))
     return Phase1Simulation(finish, bubble, tuple(peak), memory, tuple(events))
+
+
+def step_gap(cost: CostModel, partition: Partition) -> float:
+    """Between one phase-1 mini-batch's end and the next's start: the slowest stage's optimiser step."""
+    return max(cost.optimizer_s(g, x, y) for x, y, g in partition.stages)
 
 
 def _end_with_allreduce(stage_free: list[float], link_b_free: list[float], allreduce: list[float],
@@ -183,8 +188,9 @@ def _phase2_busy(cost: CostModel, devices: Sequence[int], shares: Sequence[int])
     for device, share in zip(devices, shares, strict=True):
         if share:
             profile = cost.home.devices[device]
-            out[device] = share * slow[device] * (cost.phase2_sample_s(device)
-                                                  + per_sample_read / profile.cache_read_bytes_per_s)
+            fixed = 2 * profile.call_s + cost.model.side_params * profile.optimizer_s_per_param  # calls, AdamW
+            out[device] = slow[device] * (fixed + share * (cost.phase2_sample_s(device)
+                                                           + per_sample_read / profile.cache_read_bytes_per_s))
     return out
 
 
