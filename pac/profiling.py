@@ -47,6 +47,10 @@ class ModelMeasurement:
     # and an AdamW step over the side network and head per trained parameter.
     call_s: float = 0.0
     optimizer_s_per_param: float = 0.0
+    # The activation cache as the runtime uses it (fp16 records of every tap of a sample, on this device's
+    # disk): bytes stored per second written (put, flush) and read back (read_into). 0: not measured.
+    cache_write_bytes_per_s: float = 0.0
+    cache_read_bytes_per_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +158,40 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         threads=torch.get_num_threads(), quantization=quantization,
         sampled_layers=sorted(sampled) if sampled else None,
         call_s=max(calls[min(calls)], 0.0), optimizer_s_per_param=_optimizer_s_per_param(pa),
+        **dict(zip(("cache_write_bytes_per_s", "cache_read_bytes_per_s"),
+                   cache_speeds(len(layers) + 1, seq_len, spec.hidden_size), strict=True)),
     )
+
+
+def cache_speeds(taps: int, seq_len: int, hidden: int, samples: int = 32, directory: str | None = None
+                 ) -> tuple[float, float]:
+    """(write, read) bytes per second of fp16 activation-cache records of `taps` hidden states of
+    seq_len x hidden each, through pac.cache.ActivationCache in a scratch directory (`directory`: where;
+    default the system's temporary directory; deleted after)."""
+    import tempfile
+
+    import numpy
+
+    from pac.cache import ActivationCache
+    from pac.cache.store import CacheKey
+
+    generator = torch.Generator().manual_seed(0)
+    record = [torch.randn(seq_len, hidden, generator=generator) for _ in range(taps)]
+    nbytes = samples * taps * seq_len * hidden * 2
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        cache = ActivationCache(scratch, CacheKey("profile", ((0,),), "none", "profile"), "fp16")
+        began = time.perf_counter()
+        for i in range(samples):
+            cache.put(f"s{i}", record)
+        cache.flush()
+        written = time.perf_counter() - began
+        outs = [numpy.empty((seq_len, hidden), dtype=numpy.float32) for _ in range(taps)]  # as phase 2 reads
+        began = time.perf_counter()
+        for i in range(samples):
+            cache.read_into(f"s{i}", outs)
+        read = time.perf_counter() - began
+        cache.close()
+    return nbytes / max(written, 1e-9), nbytes / max(read, 1e-9)
 
 
 def _time_runs(backbone, pa, layers, blocks, batch, repeats: int) -> list[tuple]:

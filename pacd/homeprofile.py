@@ -60,6 +60,8 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
         "runtime_overhead_bytes": int(m.get("runtime_overhead_bytes") or 0),
         "call_s": float(m.get("call_s") or 0.0), "optimizer_s_per_param": float(m.get("optimizer_s_per_param") or 0.0),
     }
+    if m.get("cache_read_bytes_per_s"):  # phase 2 reads every record (profiles from before: free)
+        entry["cache_read_bytes_per_s"] = float(m["cache_read_bytes_per_s"])
     if stored.get("host"):  # see with_host
         entry.update(host=str(stored["host"]), host_cores=int(stored.get("host_cores") or 0),
                      threads=int(m.get("threads") or 0))

@@ -257,6 +257,8 @@ class HomeProfile:
         if self.default_link is not None:
             out["default_link"] = {"bandwidth_bytes_per_s": self.default_link.bandwidth_bytes_per_s,
                                    "latency_s": self.default_link.latency_s}
+        if self.allreduce_probe is not None:
+            out["allreduce_probe"] = dict(zip(("members", "bytes", "seconds"), self.allreduce_probe, strict=True))
         return out
 
 
@@ -341,8 +343,7 @@ def home_from_dict(data: Any) -> HomeProfile:
     probe, raw = None, data.get("allreduce_probe")
     if raw is not None:
         raw = _fields(raw, "allreduce_probe", ["members", "bytes", "seconds"], [])
-        probe = (tuple(map(str, _tuple(raw["members"], "allreduce_probe.members"))), float(raw["bytes"]),
-                 float(raw["seconds"]))
+        probe = (tuple(map(str, _tuple(raw["members"], "allreduce_probe"))), float(raw["bytes"]), float(raw["seconds"]))
         _require(set(probe[0]) <= {d.name for d in devices} and math.isfinite(probe[2]), "allreduce_probe",
                  "names unknown devices or has no finite seconds")
     return HomeProfile(model=model, devices=tuple(devices), links=links, default_link=default, allreduce_probe=probe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -272,3 +273,26 @@ def test_the_planner_runs_ahead_within_the_jobs_window() -> None:
     assert ahead.phase1.run_ahead in (1, 2) and lock.phase1.run_ahead == 0
     assert ahead.phase1.epoch_s < lock.phase1.epoch_s
     assert "ahead" in ahead.reason and "lock-step" in lock.reason
+
+
+def test_measured_fixed_costs_enter_the_simulation() -> None:
+    """A call's own time lengthens every forward and backward, the optimiser step separates mini-batches,
+    and the AllReduce probe's time beyond its links is charged per ring step."""
+    cost, partition = pipeline([1.0, 3.0], micro=2, latency=0.5)
+    plain = simulate_phase1(cost, partition).minibatch_s
+    devices = tuple(dataclasses.replace(d, call_s=0.25, optimizer_s_per_param=0.01) for d in cost.home.devices)
+    home = dataclasses.replace(cost.home, devices=devices)
+    charged = CostModel(home, cost.job)
+    assert charged.stage_times((0,), 1, 0, 1) == pytest.approx((1.25, 1.25))
+    assert charged.optimizer_s((1,), 1, 2) == pytest.approx(0.01 * 10)  # its side block's 10 parameters
+    # 1F1B by hand as in test_two_stages_with_transfers_by_hand, every op 0.25 s longer: 2 F + 2 B on the
+    # critical path of stage 1 and the first forward and last backward of stage 0 (6 ops), then AdamW.
+    assert simulate_phase1(charged, partition).minibatch_s == pytest.approx(plain + 6 * 0.25 + 0.1)
+    probed = CostModel(dataclasses.replace(home, allreduce_probe=(("d0", "d1"), 1024.0, 2.0)), cost.job)
+    links_only = CostModel(home, cost.job).allreduce((0, 1), 1024.0)
+    assert probed.ring_step_s == pytest.approx((2.0 - links_only) / 2)  # two ranks: two ring steps
+    assert probed.allreduce((0, 1), 1024.0) == pytest.approx(2.0)
+    from pac.planner.profile import home_from_dict
+
+    again = home_from_dict(json.loads(json.dumps(probed.home.to_dict())))
+    assert again.allreduce_probe == (("d0", "d1"), 1024.0, 2.0) and again.devices[0].call_s == 0.25
