@@ -36,6 +36,25 @@ async def gather_state(stages: StageClient, addresses: list[list[str]]) -> dict[
     return state
 
 
+class RunAheadQueue:
+    """An epoch's mini-batches queued on the stages to run their frozen layers ahead (RunStep ahead), in
+    order, each at most once: the plan's window past the step training now."""
+
+    def __init__(self, phase1: Phase1, addresses: list[list[str]], groups: list[list[Encoded]],
+                 key_of: dict[int, str], step: int, first: int) -> None:
+        """`step`: the global step of mini-batch `first`, the first one this epoch trains."""
+        self.phase1, self.addresses, self.groups, self.key_of = phase1, addresses, groups, key_of
+        self.first_step, self.next = step - first, first  # the step of the epoch's mini-batch 0; the next to queue
+        self.window = phase1.plan.phase1.run_ahead
+
+    async def up_to(self, index: int) -> None:
+        while self.window and self.next < len(self.groups) and self.next <= index:
+            group = self.groups[self.next]
+            await self.phase1.run_ahead(self.addresses, self.first_step + self.next, group,
+                                        [self.key_of[id(i)] for i in group])
+            self.next += 1
+
+
 class Phase1:
     def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
         self.ctx, self.plan, self.on_step = ctx, plan, on_step
@@ -60,17 +79,19 @@ class Phase1:
                 continue
             began, samples = time.perf_counter(), 0
             first = start.in_epoch if epoch == start.epoch else 0  # before it: taken before the checkpoint
-            queued = first  # the next mini-batch of the epoch to queue for running ahead
+            ahead = RunAheadQueue(self, addresses, groups, key_of, step, first)
             for index, group in enumerate(groups):
                 if index < first:
                     continue
-                while self.plan.phase1.run_ahead and queued < len(groups) and queued <= index + self.plan.phase1.run_ahead:
-                    await self.run_ahead(addresses, step + queued - index, groups[queued],
-                                         [key_of[id(i)] for i in groups[queued]])
-                    queued += 1
                 tick = time.perf_counter()
-                loss, events = await self.step(addresses, step, group, [key_of[id(i)] for i in group],
-                                               holders if epoch == 0 and use_cache else None)
+                await ahead.up_to(index)  # the step's own frozen forwards (queued already but at the start)
+                queueing = asyncio.ensure_future(ahead.up_to(index + self.plan.phase1.run_ahead))
+                try:  # the next ones are queued while this step runs
+                    loss, events = await self.step(addresses, step, group, [key_of[id(i)] for i in group],
+                                                   holders if epoch == 0 and use_cache else None)
+                    await queueing
+                finally:
+                    queueing.cancel()
                 if step == min(2, steps_per_epoch - 1) and epoch == 0:
                     self.ctx.record.history.events = events  # a step after warm-up, for the timeline
                 self.on_step(step, epoch, 1, loss, time.perf_counter() - tick, len(group), index + 1, len(groups))
@@ -221,7 +242,10 @@ class Phase1:
         single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
         for s, stage_addresses in enumerate(addresses):
             for r, address in enumerate(stage_addresses):
-                batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
+                if plan.phase1.run_ahead:  # the replica has the tensors from the step's ahead request
+                    batches = [MicroIn(i, len(rows), None) for i, rows in enumerate(micro_items)]
+                else:
+                    batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
                 calls.append(self.ctx.stages.run_step(address, f"step {step} of stage {s}", step, loss_total,
                                                       batches, single, training.max_grad_norm,
                                                       self.ctx.options.step_timeout_s))

@@ -59,7 +59,7 @@ class RunAhead:
         self.timeout_s = timeout_s
         self._changed = threading.Condition()
         self._queue: dict[int, list[MicroIn]] = {}
-        self._states: dict[tuple[int, int], StageStates | None] = {}
+        self._states: dict[tuple[int, int], tuple[StageStates, MicroIn]] = {}
         self._done: set[int] = set()  # steps whose every micro-batch ran and whose cache records were flushed
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -79,8 +79,9 @@ class RunAhead:
             self._queue[step] = sorted(micro_batches, key=lambda m: m.index)
             self._changed.notify_all()
 
-    def take(self, step: int, micro: int) -> StageStates | None:
-        """The states micro-batch `micro` of `step` computed ahead (None: this replica has no rows of it),
+    def take(self, step: int, micro: int) -> tuple[StageStates, MicroIn]:
+        """The states micro-batch `micro` of `step` computed ahead (on this replica's rows of it) and the
+        micro-batch as queued (its rows' tensors: the step's RunStep does not send them again),
         waiting for them; they are handed out once."""
         key = (step, micro)
         with self._changed:
@@ -136,15 +137,15 @@ class RunAhead:
             if self._stop.is_set():
                 return
             start, stop = drive.own(micro.rows)
-            states = None
-            if start < stop:
-                began = time.time()
-                states = drive.ahead(micro.index, micro.rows, lambda m=micro: self._device_batch(m), micro)
-                if not drive.worker.module.side.spec.has_blocks:
-                    states.taps = {}  # nothing reads them any more: the cache record is written
-                events.append({"op": "A", "micro": micro.index, "start_s": began, "end_s": time.time()})
+            if start == stop:
+                continue  # no rows of it here: the step skips it too
+            began = time.time()
+            states = drive.ahead(micro.index, micro.rows, lambda m=micro: self._device_batch(m), micro)
+            if not drive.worker.module.side.spec.has_blocks:
+                states.taps = {}  # nothing reads them any more: the cache record is written
+            events.append({"op": "A", "micro": micro.index, "start_s": began, "end_s": time.time()})
             with self._changed:
-                self._states[(step, micro.index)] = states
+                self._states[(step, micro.index)] = (states, micro)
                 self._changed.notify_all()
         self._flush()
         with self._changed:

@@ -191,7 +191,8 @@ class StageReplica:
     # ---- one mini-batch ----------------------------------------------------------------------------
     def run_step(self, step: int, loss_total: int, micro_batches: list[MicroIn],
                  clock: Callable[[], float] = time.time) -> tuple[float, float, list[dict]]:
-        """One mini-batch: this replica's 1F1B operations, then the stage group's AllReduce.
+        """One mini-batch: this replica's 1F1B operations, then the stage group's AllReduce. Running ahead,
+        `micro_batches` carry their rows only: the tensors came with the step's ahead request.
 
         Returns (this replica's share of the mini-batch loss (last stage; else 0), the stage's squared
         gradient norm, the measured timeline)."""
@@ -206,7 +207,10 @@ class StageReplica:
             start, stop = drive.own(micro.rows)
             if start == stop:
                 continue
-            frozen = self.ahead.take(step, op.micro) if self.ahead is not None and op.kind == "F" else None
+            frozen = None
+            if self.ahead is not None and op.kind == "F":
+                frozen, micro = self.ahead.take(step, op.micro)
+                self._micro[op.micro] = micro  # RunStep sends no tensors of a micro-batch queued ahead
             began = clock()
             loss += drive.run(op, micro.rows, lambda m=micro: self._device_batch(m), loss_total, frozen)
             events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
