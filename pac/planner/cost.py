@@ -78,15 +78,28 @@ class CostModel:
         """The first tuned top layer (num_layers without any): no stage boundary may fall after it."""
         return self.num_layers - min(self.job.top_layers, self.num_layers)
 
-    def phase2_sample_s(self, device: int) -> float:
+    def phase2_sample_s(self, device: int, share: int | None = None) -> float:
         """Phase 2's compute per sample on `device`: the side network, and the tuned top layers' forward and
-        backward (from their cached input)."""
+        backward (from their cached input). `share`: the samples it trains a step; the side network's time
+        per sample grows at small batches as its measured backward does (`side_scale`)."""
         side = self.home.devices[device].side_sample_s * self.job.token_fraction
+        if share:
+            side *= self.side_scale(device, share)
         if self.top_first == self.num_layers:
             return side
         batch = self.job.batch_size
         forward, backward = self.layer_times(device, batch)
         return side + float(forward[self.top_first:].sum() + backward[self.top_first:].sum()) / batch
+
+    def side_scale(self, device: int, share: int) -> float:
+        """The side network's time per sample at `share` samples against the profile's largest batch (where
+        `side_sample_s` was taken), as its measured backward tables have it (at least 1)."""
+        profile = self.home.devices[device]
+        top = profile.batch_sizes[-1]
+        tokens = share * self.job.token_fraction
+        at_top = sum(row[-1] for row in profile.backward_s) / top
+        here = float(self._interpolate(device, tokens, "backward_s").sum()) / max(tokens, 1e-9)
+        return max(1.0, here / at_top) if at_top > 0 else 1.0
 
     def _interpolate(self, device: int, batch: int, table: str) -> np.ndarray:
         """`profile.interpolate` for every layer at once (all layers share the measured batch sizes)."""

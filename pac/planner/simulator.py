@@ -189,7 +189,7 @@ def _phase2_busy(cost: CostModel, devices: Sequence[int], shares: Sequence[int])
         if share:
             profile = cost.home.devices[device]
             fixed = 2 * profile.call_s + cost.model.side_params * profile.optimizer_s_per_param  # calls, AdamW
-            out[device] = slow[device] * (fixed + share * (cost.phase2_sample_s(device)
+            out[device] = slow[device] * (fixed + share * (cost.phase2_sample_s(device, share)
                                                            + per_sample_read / profile.cache_read_bytes_per_s))
     return out
 

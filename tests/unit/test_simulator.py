@@ -296,3 +296,20 @@ def test_measured_fixed_costs_enter_the_simulation() -> None:
 
     again = home_from_dict(json.loads(json.dumps(probed.home.to_dict())))
     assert again.allreduce_probe == (("d0", "d1"), 1024.0, 2.0) and again.devices[0].call_s == 0.25
+
+
+def test_phase2_side_time_per_sample_grows_at_small_shares_as_measured() -> None:
+    """A device whose side backward takes 2 s at 1 sample and 17 s at 16 (a fixed part): at 4 samples a
+    sample costs 5/4 s against 17/16 at the profile's largest batch, so phase 2 charges 1.18x the side
+    network's time per sample there, and nothing more at 16."""
+    from pac.planner.profile import DeviceProfile, HomeProfile, LinkProfile, ModelProfile
+
+    model = ModelProfile(name="m", hidden_size=8, side_size=1, seq_len=1, layer_params=(10,),
+                         side_layer_params=(10,), activation_bytes_per_sample=(1.0,))
+    device = DeviceProfile(name="d", memory_budget_bytes=1 << 30, disk_budget_bytes=1 << 30, batch_sizes=(1, 16),
+                           forward_s=((1.0, 16.0),), backward_s=((2.0, 17.0),), side_sample_s=1.0)
+    cost = CostModel(HomeProfile(model, (device,), default_link=LinkProfile("*", "**", 1e9, 0.0)),
+                     TrainingJob(samples=16, batch_size=16))
+    assert cost.side_scale(0, 4) == pytest.approx((5 / 4) / (17 / 16))
+    assert cost.side_scale(0, 16) == pytest.approx(1.0)
+    assert cost.phase2_sample_s(0, 4) == pytest.approx(cost.phase2_sample_s(0) * (5 / 4) / (17 / 16))
