@@ -12,8 +12,9 @@ on the same daemons. A row compares:
   one-time costs, left out), and the simulated epoch with the measured epoch 1;
 - phase 2 (plans with a cache): the simulated epoch with the mean measured epoch from the cache.
 
-`error` is (simulated - measured) / measured. The emulated 1 Gbit/s network needs the daemons in network
-namespaces (bench/netns.py, root): not done here.
+`error` is (simulated - measured) / measured. `--network emulated` puts each daemon in its own network
+namespace behind a tc-shaped link (`--link`, default 1gbit; bench/netns.py, needs root); the default is
+loopback.
 """
 
 from __future__ import annotations
@@ -84,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default="none")
     parser.add_argument("--top-layers", type=int, default=0)
     parser.add_argument("--work", default="runs/bench-calibrate", help="scratch directory")
+    parser.add_argument("--network", choices=("loopback", "emulated"), default="loopback")
+    parser.add_argument("--link", default="1gbit", help="the emulated links' rate (tc)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
 
     import asyncio
+    import contextlib
 
     import torch
 
@@ -99,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for count in (int(n) for n in args.devices.split(",")):
         out = Path(args.work).resolve() / f"devices-{count}"
-        with LocalCluster(out / "home", count, threads=1) as cluster:
+        with contextlib.ExitStack() as stack:
+            hosts = prefixes = None
+            if args.network == "emulated":
+                from bench.netns import EmulatedNetwork
+
+                net = stack.enter_context(EmulatedNetwork(count, args.link))
+                hosts, prefixes = net.hosts, [net.prefix(i) for i in range(count)]
+            cluster = stack.enter_context(LocalCluster(out / "home", count, threads=1, hosts=hosts, prefixes=prefixes))
             probe = job_for(cluster, args, out, "profile")
             began = time.perf_counter()
             asyncio.run(measure_home(cluster.devices, cluster.identity, probe,
