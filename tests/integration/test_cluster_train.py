@@ -478,6 +478,9 @@ def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, f
     ("tiny-llama", {}, [(0, 2, [0, 1], [2, 1]), (2, 3, [2, 3], [2, 1])]),
     # tuned top layers and no side network (the default technique's shape): the first stages train nothing
     ("tiny-bert", {"top_layers": 1, "side_layers": []}, [(0, 1, [0], [1]), (1, 2, [1], [1]), (2, 3, [2, 3], [1, 1])]),
+    # one stage of three replicas: each steps inside its RunStep; the next mini-batch's forward overlaps
+    # the AllReduce
+    ("tiny-bert", {"top_layers": 1}, [(0, 3, [0, 1, 2], [1, 1, 1])]),
 ])
 def test_run_ahead_is_bit_identical_to_lock_step(tmp_path, four, model, training, layout):
     """The frozen layers run up to two mini-batches ahead of the one training, on the same plan: the same
