@@ -24,6 +24,13 @@ class PeerTransport:
         self._pending: list = []
         self.send_timeout_s = 120.0
 
+    def branch(self) -> PeerTransport:
+        """The same job's transport for another thread: its own sends to flush, the same stop."""
+        other = PeerTransport.__new__(PeerTransport)
+        other.peer, other.job_id, other.aborted = self.peer, self.job_id, self.aborted
+        other._pending, other.send_timeout_s = [], self.send_timeout_s
+        return other
+
     def send(self, target, tensor, *, stream, step, micro, kind, codec) -> None:
         """Start delivering; `flush()` waits for every delivery (sends overlap with the next compute)."""
         if self.aborted.is_set():
@@ -36,10 +43,17 @@ class PeerTransport:
         pending, self._pending = self._pending, []
         errors = []
         for future in pending:
-            try:
-                future.result()
-            except Exception as error:  # the first one is reported; the rest are waited for
-                errors.append(error)
+            while True:  # in slices, so that stopping the job is not held up by a send to a lost peer
+                if self.aborted.is_set():
+                    raise JobError(f"job {self.job_id} was stopped")
+                try:
+                    future.result(timeout=POLL_S)
+                    break
+                except TimeoutError:
+                    continue
+                except Exception as error:  # the first one is reported; the rest are waited for
+                    errors.append(error)
+                    break
         if errors:
             raise JobError(f"job {self.job_id}: {errors[0]}")
 
@@ -58,6 +72,15 @@ class PeerTransport:
                                    f"sends it still running?") from None
 
     def allreduce_(self, tensors, group, op_id) -> None:
+        """The group's ring AllReduce; waited for in slices, and cancelled once the job is stopped (a
+        member that was lost would hold it until the group's timeout)."""
         if self.aborted.is_set():
             raise JobError(f"job {self.job_id} was stopped")
-        self.peer.allreduce_(tensors, group, op_id)
+        future = asyncio.run_coroutine_threadsafe(self.peer.node.allreduce_(tensors, group, op_id), self.peer.loop)
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except TimeoutError:
+                if self.aborted.is_set():
+                    future.cancel()
+                    raise JobError(f"job {self.job_id} was stopped") from None

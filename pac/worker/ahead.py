@@ -34,7 +34,12 @@ class _Stoppable:
         self.transport, self.stop = transport, stop
 
     def send(self, *args, **kwargs) -> None:
+        if self.stop.is_set():
+            raise JobError("the run-ahead was stopped")
         self.transport.send(*args, **kwargs)
+
+    def flush(self) -> None:
+        self.transport.flush()
 
     def receive(self, stream, step, micro, kind, timeout_s):
         deadline = time.monotonic() + timeout_s
@@ -85,8 +90,7 @@ class RunAhead:
         waiting for them; they are handed out once."""
         key = (step, micro)
         with self._changed:
-            if not self._changed.wait_for(lambda: key in self._states or self._error is not None
-                                          or self._stop.is_set(), self.timeout_s):
+            if not self._wait(lambda: key in self._states or self._error is not None or self._stop.is_set()):
                 queued = step in self._queue or any(s == step for s, _ in self._states)
                 raise JobError(f"the frozen layers of step {step} micro-batch {micro} did not run ahead within "
                                f"{self.timeout_s:g} s" + ("" if queued else " (the step was never queued with "
@@ -100,12 +104,24 @@ class RunAhead:
     def wait_flushed(self, step: int) -> list[dict]:
         """Wait until `step`'s cache records are flushed; its run-ahead timeline."""
         with self._changed:
-            if not self._changed.wait_for(lambda: step in self._done or self._error is not None, self.timeout_s):
+            if not self._wait(lambda: step in self._done or self._error is not None):
                 raise JobError(f"the run-ahead of step {step} did not finish within {self.timeout_s:g} s")
             if step not in self._done:
                 raise JobError(f"the run-ahead failed: {self._error}")
             self._done.discard(step)
             return self.events.pop(step, [])
+
+    def _wait(self, done: Callable[[], bool]) -> bool:
+        """Wait (holding `_changed`) until `done()`, at most timeout_s; JobError once the job is stopped."""
+        deadline = time.monotonic() + self.timeout_s
+        while not done():
+            if self._transport.transport.aborted.is_set():
+                raise JobError("the job was stopped")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.wait(min(POLL_S, left))
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,6 +163,7 @@ class RunAhead:
             with self._changed:
                 self._states[(step, micro.index)] = (states, micro)
                 self._changed.notify_all()
+        self._transport.flush()  # its hidden states delivered (the step's own flush waits only for its sends)
         self._flush()
         with self._changed:
             self._done.add(step)

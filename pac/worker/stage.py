@@ -53,6 +53,8 @@ class Transport(Protocol):
 
     def allreduce_(self, tensors: list[torch.Tensor], group: RingGroup, op_id: int) -> None: ...
 
+    def branch(self) -> Transport: ...  # for another thread: its own sends to flush, the same `aborted`
+
 
 class PeerLinks:
     """Pieces to and from the neighbouring stages' devices through a `Transport`.
@@ -133,7 +135,7 @@ class StageReplica:
         self.gate = ComputeGate()
         self.ahead: RunAhead | None = None
         if spec.run_ahead:
-            self.ahead = RunAhead(self._drive, self._device_batch, self._flush_shard, transport, spec.timeout_s,
+            self.ahead = RunAhead(self._drive, self._device_batch, self._flush_shard, transport.branch(), spec.timeout_s,
                                   f"run-ahead-{spec.job_id}-{spec.stage}.{spec.replica}")
         self.load_s = time.perf_counter() - started
 

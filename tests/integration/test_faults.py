@@ -51,13 +51,13 @@ def job_in(where, replicas: int = 0):
 
 
 def run_with_fault(tmp_path, four, monkeypatch, after_step: int, victim: int, sig: int,
-                   replicas: int = 0, **options) -> tuple[dict, float]:
+                   replicas: int = 0, run_ahead: int = 0, **options) -> tuple[dict, float]:
     """The job, with daemon `victim` sent `sig` once `after_step` steps are recorded; (metrics, when)."""
     devices = [Device(d.node_id, d.address, "localhost") for d in four]
     ids = [d.node_id for d in devices]
     plan = fixed_plan("tiny-bert", TrainingJob(samples=COUNT, batch_size=BATCH, epochs=EPOCHS),
                       [(0, 2, ids[:2], [1, 1]), (2, 3, ids[2:3], [1])], micro_batches=2,
-                      phase2_shares={ids[0]: 1, ids[1]: 2, ids[3]: 1})
+                      phase2_shares={ids[0]: 1, ids[1]: 2, ids[3]: 1}, run_ahead=run_ahead)
     original, sent = JobRecord.step, []
 
     def step(self, *args, **kwargs):
@@ -93,8 +93,12 @@ def assert_completed(metrics: dict, tmp_path, four, victim: int) -> dict:
     return fault
 
 
-def test_a_device_killed_in_phase_1_the_job_finishes_on_the_others(tmp_path, four, monkeypatch):
-    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=3, victim=1, sig=signal.SIGKILL)
+@pytest.mark.parametrize("run_ahead", [0, 2])
+def test_a_device_killed_in_phase_1_the_job_finishes_on_the_others(tmp_path, four, monkeypatch, run_ahead):
+    """Lock-step, and with the frozen layers running two mini-batches ahead (the survivors' run-ahead is
+    stopped with their stages and queued again on the re-planned job)."""
+    metrics, _ = run_with_fault(tmp_path, four, monkeypatch, after_step=3, victim=1, sig=signal.SIGKILL,
+                                run_ahead=run_ahead)
     fault = assert_completed(metrics, tmp_path, four, victim=1)
     assert fault["phase"] == 1 and fault["resumed_from_step"] == 2 and fault["steps_redone"] == 1  # since the commit
 
