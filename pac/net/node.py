@@ -156,5 +156,3 @@ class SyncPeer:
     def allreduce(self, tensors: list[torch.Tensor], group: RingGroup, op_id: int) -> list[torch.Tensor]:
         return self._run(self.node.allreduce(tensors, group, op_id))
 
-    def allreduce_(self, tensors: list[torch.Tensor], group: RingGroup, op_id: int) -> None:
-        self._run(self.node.allreduce_(tensors, group, op_id))

@@ -43,19 +43,25 @@ class PeerTransport:
         pending, self._pending = self._pending, []
         errors = []
         for future in pending:
-            while True:  # in slices, so that stopping the job is not held up by a send to a lost peer
-                if self.aborted.is_set():
-                    raise JobError(f"job {self.job_id} was stopped")
-                try:
-                    future.result(timeout=POLL_S)
-                    break
-                except TimeoutError:
-                    continue
-                except Exception as error:  # the first one is reported; the rest are waited for
-                    errors.append(error)
-                    break
+            try:
+                self._result(future)  # a send to a lost peer does not hold up stopping the job
+            except JobError:
+                raise
+            except Exception as error:  # the first one is reported; the rest are waited for
+                errors.append(error)
         if errors:
             raise JobError(f"job {self.job_id}: {errors[0]}")
+
+    def _result(self, future):
+        """`future`'s result, waited for in slices; JobError (and the future cancelled) once the job is
+        stopped."""
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except TimeoutError:
+                if self.aborted.is_set():
+                    future.cancel()
+                    raise JobError(f"job {self.job_id} was stopped") from None
 
     def receive(self, stream, step, micro, kind, timeout_s) -> torch.Tensor:
         deadline = time.monotonic() + timeout_s
@@ -76,11 +82,4 @@ class PeerTransport:
         member that was lost would hold it until the group's timeout)."""
         if self.aborted.is_set():
             raise JobError(f"job {self.job_id} was stopped")
-        future = asyncio.run_coroutine_threadsafe(self.peer.node.allreduce_(tensors, group, op_id), self.peer.loop)
-        while True:
-            try:
-                return future.result(timeout=POLL_S)
-            except TimeoutError:
-                if self.aborted.is_set():
-                    future.cancel()
-                    raise JobError(f"job {self.job_id} was stopped") from None
+        self._result(asyncio.run_coroutine_threadsafe(self.peer.node.allreduce_(tensors, group, op_id), self.peer.loop))
