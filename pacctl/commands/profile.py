@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from pac.cluster.measure import probe_allreduce
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
 from pac.formats import QUANTIZATIONS
@@ -69,6 +70,8 @@ def command(model, home, peers, interfaces, timeout, no_mdns, insecure, batch_si
                                                           reduction_factor, refresh, profile_timeout,
                                                           quantization))
         document = home_document(profiles, disks, links)
+        if len(devices) > 1:  # the ring's own time per step, beyond its links (the planner costs it)
+            document["allreduce_probe"] = asyncio.run(probe_allreduce(devices, identity))
     except (PacError, ValueError, KeyError) as error:
         raise click.ClickException(str(error)) from error
     for profile in profiles:
@@ -77,6 +80,10 @@ def command(model, home, peers, interfaces, timeout, no_mdns, insecure, batch_si
     for link in links:
         click.echo(f"{link['source']} <-> {link['target']}: rtt {link['rtt_s'] * 1e3:.2f} ms, "
                    f"{link['bandwidth_bytes_per_s'] / 1e6:.1f} MB/s")
+    if "allreduce_probe" in document:
+        probe = document["allreduce_probe"]
+        click.echo(f"ring AllReduce of {probe['bytes'] // 1024} KiB among {len(probe['members'])} devices: "
+                   f"{probe['seconds'] * 1e3:.2f} ms")
     if raw:
         raw.write_text(json.dumps({"profiles": profiles, "links": links}, indent=1))
     if out:

@@ -138,6 +138,7 @@ def test_pacctl_profile_writes_the_planner_format(daemons, cluster, fake_env, tm
     assert home.model.layer_params == (1000, 1000, 1000) and home.model.side_size == 8
     assert home.devices[0].forward_s[0] == pytest.approx((0.0011, 0.0044))
     assert home.link(a.node_id, b.node_id).bandwidth_bytes_per_s > 0
+    assert set(home.allreduce_probe[0]) == {a.node_id, b.node_id} and home.allreduce_probe[2] > 0  # a real ring
     assert len(json.loads(raw.read_text())["profiles"]) == 2
 
 
