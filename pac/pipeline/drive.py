@@ -51,7 +51,7 @@ class ReplicaDrive:
     def __init__(self, worker: StageWorker, stage: int, replica: int, shares: tuple[tuple[int, ...], ...],
                  links: Links, gate: ComputeGate | None = None) -> None:
         self.worker, self.stage, self.replica, self.shares, self.links = worker, stage, replica, shares, links
-        self.gate = gate or ComputeGate()  # the device's compute: training operations before run-ahead ones
+        self.gate = gate or ComputeGate()  # the device's compute: its training step before run-ahead forwards
 
     @property
     def is_last(self) -> bool:
@@ -86,7 +86,8 @@ class ReplicaDrive:
                 return {}
             raise PipelineError(f"stage {self.stage} replica {self.replica}: no rows of micro-batch {op.micro} "
                                 f"come from the neighbouring stage")
-        received = [self.links.receive(piece) for piece in sorted(pieces, key=lambda p: p.start)]
+        with self.gate.waiting():  # a frozen forward may compute meanwhile
+            received = [self.links.receive(piece) for piece in sorted(pieces, key=lambda p: p.start)]
         names = set(received[0])
         if any(set(r) != names for r in received):
             raise PipelineError(f"stage {self.stage} replica {self.replica}, micro-batch {op.micro}: the pieces "
@@ -109,13 +110,13 @@ class ReplicaDrive:
         if not self.is_last:
             self._send(op, rows, out)
 
-    def ahead(self, micro: int, rows: int, batch: Callable[[], Tensors], info=None) -> StageStates:
-        """The frozen layers' forward of micro-batch `micro` on this replica's rows, ahead of its training
-        forward: their hidden states are sent on to the next stage ("A" pieces) and the states returned
-        for `run(..., frozen=)`; `info` goes to the worker's `on_states`."""
+    def ahead(self, step: int, micro: int, rows: int, batch: Callable[[], Tensors], info=None) -> StageStates:
+        """The frozen layers' forward of micro-batch `micro` of mini-batch `step` on this replica's rows,
+        ahead of its training forward: their hidden states are sent on to the next stage ("A" pieces) and
+        the states returned for `run(..., frozen=)`; `info` goes to the worker's `on_states`."""
         op = Op("A", micro)
         inbound = self._gather(op, rows)
-        with self.gate.background():
+        with self.gate.background(step):
             states = self.worker.frozen(micro, batch(), inbound, info)
         if not self.is_last:
             self._send(op, rows, states.outbound)
@@ -127,17 +128,16 @@ class ReplicaDrive:
         """One operation on this replica's rows of a micro-batch of `rows` rows; `batch()` gives those rows
         (a forward reads them). Returns the replica's loss share (the last stage's forwards; else 0).
         `frozen`: a forward's frozen-layer states computed ahead (`ahead`); its pieces then carry only
-        the side network's states."""
+        the side network's states. On a device, the step holds the compute (`ComputeGate.step`) but while
+        it waits for a neighbour's pieces."""
         inbound = self._gather(op, rows)
         if op.kind == "F":
-            with self.gate.foreground():
-                out = self.worker.forward(op.micro, batch(), inbound, loss_total, frozen)
+            out = self.worker.forward(op.micro, batch(), inbound, loss_total, frozen)
             if self.is_last:
                 return out["loss"].item()
             self._send(op, rows, out)
         else:
-            with self.gate.foreground():
-                grads = self.worker.backward(op.micro, inbound)
+            grads = self.worker.backward(op.micro, inbound)
             if self.stage > 0:
                 self._send(op, rows, grads)
         return 0.0

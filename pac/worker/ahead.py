@@ -6,8 +6,9 @@ top layers) depends on the mini-batch alone, never on the side network's or the 
 window past the one training), in a thread of its own and in step order: each micro-batch's hidden
 states go on to the next stage's replicas ("A" pieces, their own streams), its cache record is written,
 and the states its training forward reads wait here until that forward takes them. The device's compute
-is shared through a `ComputeGate`, training operations first, so the frozen forwards fill the time the
-replica would otherwise wait for its neighbours, the AllReduce and the controller's next step.
+is shared through a `ComputeGate`: a training step holds it but while it waits, so the frozen forwards
+fill the time the replica would otherwise wait for its neighbours, the AllReduce and the controller's
+next step.
 
 Every operation computes exactly what it computes in lock-step, on the same inputs: the result is the
 same to the bit. docs/cluster.md, "Run-ahead".
@@ -156,7 +157,7 @@ class RunAhead:
             if start == stop:
                 continue  # no rows of it here: the step skips it too
             began = time.time()
-            states = drive.ahead(micro.index, micro.rows, lambda m=micro: self._device_batch(m), micro)
+            states = drive.ahead(step, micro.index, micro.rows, lambda m=micro: self._device_batch(m), micro)
             if not drive.worker.module.side.spec.has_blocks:
                 states.taps = {}  # nothing reads them any more: the cache record is written
             events.append({"op": "A", "micro": micro.index, "start_s": began, "end_s": time.time()})

@@ -132,7 +132,7 @@ class StageReplica:
         self._micro: dict[int, MicroIn] = {}
         self.records_written = 0
         self.steps_done = spec.steps_done
-        self.gate = ComputeGate()
+        self.gate = ComputeGate(spec.run_ahead)
         self.ahead: RunAhead | None = None
         if spec.run_ahead:
             self.ahead = RunAhead(self._drive, self._device_batch, self._flush_shard, transport.branch(), spec.timeout_s,
@@ -203,28 +203,32 @@ class StageReplica:
         if sorted(self._micro) != list(range(len(micro_batches))):
             raise JobError(f"step {step}: micro-batches must be numbered 0..{len(micro_batches) - 1}")
         drive = self._drive(step, self.transport)
-        events, loss = [], 0.0
-        for op in drive.ops(len(micro_batches)):
-            micro = self._micro[op.micro]
-            start, stop = drive.own(micro.rows)
-            if start == stop:
-                continue
-            frozen = None
-            if self.ahead is not None and op.kind == "F":
-                frozen, micro = self.ahead.take(step, op.micro)
-                self._micro[op.micro] = micro  # RunStep sends no tensors of a micro-batch queued ahead
+        events, loss, gate = [], 0.0, self.gate
+        with gate.step(step):  # the compute is the step's but while it waits (then the frozen layers run ahead)
+            for op in drive.ops(len(micro_batches)):
+                micro = self._micro[op.micro]
+                start, stop = drive.own(micro.rows)
+                if start == stop:
+                    continue
+                frozen = None
+                if self.ahead is not None and op.kind == "F":
+                    with gate.waiting():
+                        frozen, micro = self.ahead.take(step, op.micro)
+                    self._micro[op.micro] = micro  # RunStep sends no tensors of a micro-batch queued ahead
+                began = clock()
+                loss += drive.run(op, micro.rows, lambda m=micro: self._device_batch(m), loss_total, frozen)
+                events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
             began = clock()
-            loss += drive.run(op, micro.rows, lambda m=micro: self._device_batch(m), loss_total, frozen)
-            events.append({"op": op.kind, "micro": op.micro, "start_s": began, "end_s": clock()})
-        began = clock()
-        self.transport.flush()
-        events.append({"op": "send", "micro": None, "start_s": began, "end_s": clock()})
-        group = self.group
-        gradients = worker.gradients()
-        if group is not None and gradients:
-            began = clock()
-            self.transport.allreduce_(gradients, group, step)
-            events.append({"op": "allreduce", "micro": None, "start_s": began, "end_s": clock()})
+            with gate.waiting():
+                self.transport.flush()
+            events.append({"op": "send", "micro": None, "start_s": began, "end_s": clock()})
+            group = self.group
+            gradients = worker.gradients()
+            if group is not None and gradients:
+                began = clock()
+                with gate.waiting():
+                    self.transport.allreduce_(gradients, group, step)
+                events.append({"op": "allreduce", "micro": None, "start_s": began, "end_s": clock()})
         if self.ahead is not None:
             events += self.ahead.wait_flushed(step)  # its cache records, as a lock-step step's
         else:

@@ -24,7 +24,7 @@ class Drive:
     def own(self, rows: int) -> tuple[int, int]:
         return 0, rows
 
-    def ahead(self, micro: int, rows: int, batch, info) -> StageStates:
+    def ahead(self, step: int, micro: int, rows: int, batch, info) -> StageStates:
         if (self.step, micro) == self.fail_at:
             raise RuntimeError("the frozen forward failed")
         self.ran.append((self.step, micro))
