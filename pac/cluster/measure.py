@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -49,17 +50,54 @@ async def measure_home(devices: list[Device], identity: Identity | None, job, si
     for a, b in itertools.combinations(devices, 2):
         async with DaemonClient(a.address, identity, a.node_id if identity else None) as client:
             links.append(await client.probe(b.address, b.node_id if identity else "", 1 << 20, 3))
-    document = home_document(profiles, disks, links)
+    return await probe_home(home_document(profiles, disks, links), devices, identity)
+
+
+async def probe_home(document: dict, devices: list[Device], identity: Identity | None) -> dict:
+    """Add to a home's profile document what a step pays beyond the devices' work: the controller's
+    round trip to each device, and a ring AllReduce of the side network's gradients among them."""
+    trips = await probe_round_trips(devices, identity)
+    for entry in document["devices"]:
+        entry["round_trip_s"] = trips[entry["name"]]
     if len(devices) > 1:
-        document["allreduce_probe"] = await probe_allreduce(devices, identity)
+        model = document["model"]
+        gradient = 4 * (sum(model["side_layer_params"]) + model.get("side_extra_params", 0))
+        document["allreduce_probe"] = await probe_allreduce(devices, identity, max(ALLREDUCE_PROBE_BYTES,
+                                                                                   int(gradient)))
     return document
 
 
-ALLREDUCE_PROBE_BYTES = 256 * 1024  # small: its time is mostly the ring's steps, not the links' bandwidth
-ALLREDUCE_PROBE_ITERATIONS = 6
+ALLREDUCE_PROBE_BYTES = 256 * 1024  # at least; else the side network's fp32 gradients, what phase 2 sums
+ALLREDUCE_PROBE_ITERATIONS = 10
+ROUND_TRIPS = 10
+ROUND_TRIP_REPLY_BYTES = 1024  # about a step's reply (its loss and timeline)
 
 
-async def probe_allreduce(devices: list[Device], identity: Identity | None) -> dict:
+async def probe_round_trips(devices: list[Device], identity: Identity | None) -> dict[str, float]:
+    """Per device, the controller's round trip of an empty call sent to every device at once (as a step's
+    calls are): what each phase-1 step pays per call beyond the devices' work (`step_gap`). The median
+    of ROUND_TRIPS after one that warms up."""
+    import asyncio
+    import statistics
+
+    from pac.net.daemon_client import DaemonClient
+
+    async def one(device: Device, client: DaemonClient) -> float:
+        began = time.perf_counter()
+        await client.echo(ROUND_TRIP_REPLY_BYTES)
+        return time.perf_counter() - began
+
+    clients = [DaemonClient(d.address, identity, d.node_id if identity else None) for d in devices]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        rounds = [await asyncio.gather(*(one(d, c) for d, c in zip(devices, clients, strict=True)))
+                  for _ in range(ROUND_TRIPS + 1)][1:]
+    return {d.node_id: statistics.median(r[i] for r in rounds) for i, d in enumerate(devices)}
+
+
+async def probe_allreduce(devices: list[Device], identity: Identity | None,
+                          nbytes: int = ALLREDUCE_PROBE_BYTES) -> dict:
     """A ring AllReduce among every device, timed: what the planner needs to cost the ring's own time per
     step beyond its links (CostModel.ring_step_s). The first of the iterations warms up."""
     import asyncio
@@ -73,12 +111,12 @@ async def probe_allreduce(devices: list[Device], identity: Identity | None) -> d
 
     async def member(rank: int, device: Device) -> list[float]:
         async with DaemonClient(device.address, identity, device.node_id if identity else None) as client:
-            return await client.allreduce_seconds(group, members, rank, ALLREDUCE_PROBE_BYTES // 4,
+            return await client.allreduce_seconds(group, members, rank, nbytes // 4,
                                                   ALLREDUCE_PROBE_ITERATIONS)
 
     seconds = await asyncio.gather(*(member(r, d) for r, d in enumerate(devices)))
     per_iteration = [max(s[i] for s in seconds) for i in range(1, ALLREDUCE_PROBE_ITERATIONS)]
-    return {"members": [d.node_id for d in devices], "bytes": ALLREDUCE_PROBE_BYTES,
+    return {"members": [d.node_id for d in devices], "bytes": nbytes,
             "seconds": statistics.median(per_iteration)}
 
 

@@ -80,6 +80,11 @@ class DaemonClient:
                                  timeout * (iterations + 2))
         return list(reply.seconds)
 
+    async def echo(self, reply_bytes: int = 0) -> None:
+        """One empty round trip (Link.Echo), `reply_bytes` back."""
+        await self._call(daemon_pb2_grpc.LinkStub(self._channel).Echo,
+                         daemon_pb2.EchoRequest(reply_bytes=reply_bytes), INFO_TIMEOUT_S)
+
     async def _info(self) -> common_pb2.NodeInfo:
         return await self._call(daemon_pb2_grpc.DeviceStub(self._channel).GetInfo, daemon_pb2.GetInfoRequest(),
                                 INFO_TIMEOUT_S)

@@ -104,14 +104,14 @@ class DeviceProfile:
     threads: int = 0
     call_s: float = 0.0  # one forward or backward call's own time beside its layers' (0: not measured)
     optimizer_s_per_param: float = 0.0  # an AdamW step, per trained parameter (0: not measured)
+    round_trip_s: float = 0.0  # an empty call from the controller, sent to every device at once (0: not measured)
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
-        _require(self.host_cores >= 0, f"{where}.host_cores", "must be >= 0")
-        _require(self.threads >= 0, f"{where}.threads", "must be >= 0")
         _require(bool(self.name), "device", "name must not be empty")
         _require(self.memory_budget_bytes > 0, f"{where}.memory_budget_bytes", "must be > 0")
-        for key in ("disk_budget_bytes", "runtime_overhead_bytes", "call_s", "optimizer_s_per_param"):
+        for key in ("disk_budget_bytes", "runtime_overhead_bytes", "call_s", "optimizer_s_per_param", "round_trip_s",
+                    "host_cores", "threads"):
             _finite_nonnegative(getattr(self, key), f"{where}.{key}")
         _require(self.side_sample_s > 0 and math.isfinite(self.side_sample_s), f"{where}.side_sample_s",
                  "must be a finite number > 0")
@@ -264,12 +264,9 @@ class HomeProfile:
 
 def _device_to_dict(device: DeviceProfile) -> dict[str, Any]:
     out = asdict(device)
-    if math.isinf(device.cache_read_bytes_per_s):
-        del out["cache_read_bytes_per_s"]
-    if not device.host:
-        for key in ("host", "host_cores", "threads"):
-            del out[key]
-    return out
+    drop = ["cache_read_bytes_per_s"] if math.isinf(device.cache_read_bytes_per_s) else []
+    drop += [] if device.host else ["host", "host_cores", "threads"]
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 def host_contention(devices: Sequence[DeviceProfile], active: Sequence[int]) -> dict[int, float]:
@@ -330,7 +327,8 @@ def home_from_dict(data: Any) -> HomeProfile:
         d = _fields(raw, f"devices[{i}]",
                     ["name", "memory_budget_bytes", "disk_budget_bytes", "batch_sizes", "forward_s",
                      "backward_s", "side_sample_s"], ["runtime_overhead_bytes", "cache_read_bytes_per_s", "host",
-                                                      "host_cores", "threads", "call_s", "optimizer_s_per_param"])
+                                                      "host_cores", "threads", "call_s", "optimizer_s_per_param",
+                                                      "round_trip_s"])
         d["batch_sizes"] = _tuple(d["batch_sizes"], f"devices[{i}].batch_sizes")
         for key in ("forward_s", "backward_s"):
             d[key] = tuple(_tuple(row, f"devices[{i}].{key}") for row in _tuple(d[key], f"devices[{i}].{key}"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from pac.cluster.measure import probe_allreduce
+from pac.cluster.measure import probe_home
 from pac.discovery.records import DeviceRecord
 from pac.errors import PacError
 from pac.formats import QUANTIZATIONS
@@ -69,9 +69,8 @@ def command(model, home, peers, interfaces, timeout, no_mdns, insecure, batch_si
         profiles, disks, links = asyncio.run(_profile_all(devices, identity, model, sizes, seq_len,
                                                           reduction_factor, refresh, profile_timeout,
                                                           quantization))
-        document = home_document(profiles, disks, links)
-        if len(devices) > 1:  # the ring's own time per step, beyond its links (the planner costs it)
-            document["allreduce_probe"] = asyncio.run(probe_allreduce(devices, identity))
+        # the controller's round trips and the ring's own time per step, beyond the links (the planner costs them)
+        document = asyncio.run(probe_home(home_document(profiles, disks, links), devices, identity))
     except (PacError, ValueError, KeyError) as error:
         raise click.ClickException(str(error)) from error
     for profile in profiles:

@@ -139,6 +139,8 @@ def test_pacctl_profile_writes_the_planner_format(daemons, cluster, fake_env, tm
     assert home.devices[0].forward_s[0] == pytest.approx((0.0011, 0.0044))
     assert home.link(a.node_id, b.node_id).bandwidth_bytes_per_s > 0
     assert set(home.allreduce_probe[0]) == {a.node_id, b.node_id} and home.allreduce_probe[2] > 0  # a real ring
+    assert home.allreduce_probe[1] >= 256 * 1024  # at least the probe's least, else the side network's gradients
+    assert all(0 < d.round_trip_s < 5 for d in home.devices)  # the controller's empty call, measured
     assert len(json.loads(raw.read_text())["profiles"]) == 2
 
 
