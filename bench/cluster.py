@@ -60,7 +60,7 @@ def pac_job(cluster, args, system: str, train: str, evaluation: str, task: str, 
                  "train_limit": args.samples, **({"eval_limit": args.eval_samples} if args.eval_samples else {})},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "seq_len": args.seq_len,
                      "learning_rate": lr, "seed": args.seed, "top_layers": args.top_layers,
-                     "allreduce_precision": args.allreduce_precision},
+                     "allreduce_precision": args.allreduce_precision, "side_precision": args.side_precision},
         "cache": {"precision": args.cache_precision, "directory": str(out / "cache")},
         "devices": {"mode": "list", "addresses": [d.address for d in cluster.daemons]},
         "output": {"directory": str(out / system)},
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                              "bench/results/cluster-*.json were measured; a quantised backbone needs 0)")
     parser.add_argument("--allreduce-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="the PAC systems' gradients on the AllReduce's wire (training.allreduce_precision)")
+    parser.add_argument("--side-precision", default="fp32", choices=["fp32", "bf16"],
+                        help="the PAC systems' side-network arithmetic (training.side_precision; bf16: autocast)")
     parser.add_argument("--threads", type=int, help="torch threads per daemon / rank")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--work", default="runs/bench-cluster", help="scratch directory")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "seed": args.seed, "parallel_lr": lr, "lora_lr": args.lora_lr,
               "cache_precision": args.cache_precision, "quantization": args.quantization, "top_layers": args.top_layers,
-              "allreduce_precision": args.allreduce_precision,
+              "allreduce_precision": args.allreduce_precision, "side_precision": args.side_precision,
               "threads_per_device": threads,
               "profile_time_s": profile_s, "command": " ".join(["python -m bench.cluster", *(argv or sys.argv[1:])])}
     write_report(args.json, "cluster", config, rows)
