@@ -220,7 +220,9 @@ def _optimizer_s_per_param(model: torch.nn.Module, steps: int = 5) -> float:
     count = sum(p.numel() for p in trained)
     if not count:
         return 0.0
-    optimizer = torch.optim.AdamW(trained, lr=1e-9)
+    from pac.train.loop import adamw
+
+    optimizer = adamw(trained, 1e-9)  # as training makes it
     times = []
     for _ in range(steps + 1):
         for p in trained:

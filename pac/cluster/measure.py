@@ -62,12 +62,13 @@ async def probe_home(document: dict, devices: list[Device], identity: Identity |
     if len(devices) > 1:
         model = document["model"]
         gradient = 4 * (sum(model["side_layer_params"]) + model.get("side_extra_params", 0))
-        document["allreduce_probe"] = await probe_allreduce(devices, identity, max(ALLREDUCE_PROBE_BYTES,
-                                                                                   int(gradient)))
+        size = min(max(ALLREDUCE_PROBE_BYTES, int(gradient)), ALLREDUCE_PROBE_MAX_BYTES)
+        document["allreduce_probe"] = await probe_allreduce(devices, identity, size)
     return document
 
 
-ALLREDUCE_PROBE_BYTES = 256 * 1024  # at least; else the side network's fp32 gradients, what phase 2 sums
+ALLREDUCE_PROBE_BYTES = 256 * 1024  # at least; else the side network's fp32 gradients, what phase 2 sums,
+ALLREDUCE_PROBE_MAX_BYTES = 4 << 20  # up to this (the probe's buffers count against a device's memory)
 ALLREDUCE_PROBE_ITERATIONS = 10
 ROUND_TRIPS = 10
 ROUND_TRIP_REPLY_BYTES = 1024  # about a step's reply (its loss and timeline)

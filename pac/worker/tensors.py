@@ -32,7 +32,7 @@ def optimizer_tensors(module: torch.nn.Module, optimizer) -> dict[str, torch.Ten
 def load_optimizer_tensors(module: torch.nn.Module, optimizer, tensors: dict[str, torch.Tensor]) -> int:
     loaded = 0
     for name, parameter in module.named_parameters():
-        state = {key.rsplit(".", 1)[1]: value.clone() for key, value in tensors.items()
+        state = {key.rsplit(".", 1)[1]: value.to(parameter.device, copy=True) for key, value in tensors.items()
                  if key.startswith(f"opt.{name}.") and "." not in key[len(f"opt.{name}."):]}
         if state:
             optimizer.state[parameter] = state
