@@ -26,6 +26,7 @@ class AheadStage:
     hidden_s: float = 0.0  # A's hidden states to the next stage
     side_s: float = 0.0  # F's side states to the next stage
     gradient_s: float = 0.0  # the next stage's B gradients back to this one
+    allreduce_computes: bool = False  # the AllReduce takes the stage's compute (no core of its machine spare)
 
 
 class _Run:
@@ -114,6 +115,8 @@ class _Run:
         self.train_k[i], self.train_pos[i] = k + 1, 0  # its last backward: sends delivered, then the AllReduce
         ar_start = max(end, self.back_link[i - 1] if i > 0 else 0.0)
         self.stage_end[k][i] = ar_start + st.allreduce_s
+        if st.allreduce_computes:  # no frozen forward beside it
+            self.free[i] = max(self.free[i], self.stage_end[k][i])
         if st.allreduce_s > 0:
             self._note(f"stage {i}", "AR", -1, ar_start, self.stage_end[k][i])
         self.ends_left[k] -= 1
@@ -201,6 +204,7 @@ def simulate_ahead(cost: CostModel, partition: Partition, window: int, record: b
 def ahead_stages(cost: CostModel, partition: Partition) -> list[AheadStage]:
     """The partition's stages as a run-ahead schedule sees them (CostModel.stage_parts, boundary_parts)."""
     parts, batch = partition.stages, partition.micro_batch_size
+    busy = busy_hosts(cost, [d for _, _, group in parts for d in group])
     out = []
     for i, (x, y, group) in enumerate(parts):
         frozen, forward, backward = cost.stage_parts(group, batch, x, y)
@@ -208,14 +212,26 @@ def ahead_stages(cost: CostModel, partition: Partition) -> list[AheadStage]:
         if i < len(parts) - 1:
             hidden, side, gradient = cost.boundary_parts(group, parts[i + 1][2], batch)
         out.append(AheadStage(frozen, forward, backward, cost.allreduce(group, cost.stage_gradient_bytes(x, y)),
-                              hidden, side, gradient))
+                              hidden, side, gradient, any(cost.home.devices[d].host in busy for d in group)))
     return out
+
+
+def busy_hosts(cost: CostModel, active: Sequence[int]) -> set[str]:
+    """Machines whose `active` devices' compute threads take every core: there the ring's own work (framing,
+    encryption, copies) runs on a core a frozen forward would use, so the two do not overlap."""
+    wanted: dict[str, int] = {}
+    for i in set(active):
+        d = cost.home.devices[i]
+        if d.host and d.host_cores and d.threads:
+            wanted[d.host] = wanted.get(d.host, 0) + d.threads
+    return {h for h, n in wanted.items() if n >= next(d.host_cores for d in cost.home.devices if d.host == h)}
 
 
 def ahead_bound(stages: Sequence[AheadStage], micro_batches: int) -> float:
     """A lower bound of a run-ahead mini-batch: the busiest stage's compute, or boundary's transfers."""
     m = micro_batches
-    return max(max(m * (st.frozen_s + st.forward_s + st.backward_s) for st in stages),
+    return max(max(m * (st.frozen_s + st.forward_s + st.backward_s) + st.allreduce_s * st.allreduce_computes
+                   for st in stages),
                max(m * (st.hidden_s + st.side_s) for st in stages), max(m * st.gradient_s for st in stages))
 
 

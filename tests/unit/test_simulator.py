@@ -252,6 +252,30 @@ def test_run_ahead_streams_a_stage_that_trains_nothing() -> None:
     assert waiting == [2, 1]
 
 
+def test_an_allreduce_that_takes_the_compute_is_not_overlapped() -> None:
+    """One stage (A 3, F 1, B 2, AllReduce 1, then 0.5 s of optimiser and round trip), window 1. Where the
+    ring's work has a core of its own, A(k+1) runs beside mini-batch k's AllReduce and gap: 6 s a
+    mini-batch after the first (7.5). On a machine with no core to spare it waits for the AllReduce:
+    A(1) from 7 to 10, F(1) 10-11, B(1) 11-13, AllReduce 13-14, +0.5: 7 s, what lock-step takes."""
+    free, _, _ = ahead_timeline([AheadStage(3, 1, 2, 1.0)], 1, window=1, minibatches=3, gap_s=0.5)
+    busy, events, _ = ahead_timeline([AheadStage(3, 1, 2, 1.0, allreduce_computes=True)], 1, window=1,
+                                     minibatches=3, gap_s=0.5)
+    assert free == [7.5, 13.5, 19.5]
+    assert busy == [7.5, 14.5, 21.5]
+    assert [(e.kind, e.start, e.end) for e in events if e.kind == "A"] == [("A", 0.0, 3.0), ("A", 7.0, 10.0),
+                                                                          ("A", 14.0, 17.0)]
+
+
+def test_devices_whose_threads_take_every_core_of_their_machine_are_busy() -> None:
+    from pac.planner.ahead import busy_hosts
+
+    cost, _ = pipeline([1.0, 1.0], micro=1, latency=0.01)
+    devices = [dataclasses.replace(d, host="box", host_cores=2, threads=1) for d in cost.home.devices]
+    cost = CostModel(dataclasses.replace(cost.home, devices=tuple(devices)), cost.job)
+    assert busy_hosts(cost, [0]) == set()  # one thread of two cores: one spare
+    assert busy_hosts(cost, [0, 1]) == {"box"}
+
+
 def test_simulated_run_ahead_holds_its_window_in_memory() -> None:
     cost, partition = pipeline([1.0, 3.0], micro=2, latency=0.01)
     lock = simulate_phase1(cost, partition)
