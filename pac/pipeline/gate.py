@@ -16,6 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class GateClosed(RuntimeError):
+    """The run-ahead was stopped (the stage released or reloaded): no frozen forward starts any more."""
+
+
 class ComputeGate:
     def __init__(self, window: int = 0) -> None:
         """`window`: the most mini-batches the frozen layers run ahead (the plan's run_ahead)."""
@@ -27,6 +31,7 @@ class ComputeGate:
         self._owner: int | None = None  # the thread of the step under way
         self._yielded = False  # the step under way waits, the compute is free meanwhile
         self._next_step: int | None = None  # the step to come (None: the first run-ahead forward's)
+        self._closed = False
 
     def _take(self) -> None:
         """Hold the compute for training (with `_changed` held), once the operation computing ends."""
@@ -84,9 +89,17 @@ class ComputeGate:
             if self._next_step is None:
                 self._next_step = step  # the run-ahead goes in step order: its first is the first trained
             while self._busy or self._waiting or not (self._in_step or step < self._next_step + self.window):
+                if self._closed:
+                    raise GateClosed("the run-ahead was stopped")
                 self._changed.wait()
             self._busy = True
         try:
             yield
         finally:
             self._give()
+
+    def close(self) -> None:
+        """No frozen forward starts from now on; one waiting for the compute gives up (GateClosed)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()

@@ -189,8 +189,8 @@ class DeviceJob:
     def close(self, keep_cache: bool) -> None:
         self.transport.aborted.set()
         stage = self.stage
-        if stage is not None and stage.ahead is not None:
-            stage.ahead.stop()
+        if stage is not None:
+            stage.stop_ahead()
         shards = [] if stage is None else [c for c in (stage.shard, stage.evaluation_shard) if c is not None]
         for cache in shards + ([self.phase2.cache] if self.phase2 is not None else []):
             cache.keep = cache.keep or keep_cache

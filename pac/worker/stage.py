@@ -292,11 +292,16 @@ class StageReplica:
             return None
         return self.worker.module.top, self.worker.backbone.backbone
 
+    def stop_ahead(self) -> None:
+        """Stop the run-ahead: its queued forwards are dropped, one waiting for the compute gives up."""
+        if self.ahead is not None:
+            self.ahead.stop()
+        self.gate.close()
+
     def release_model(self) -> None:
         """Phase 1 is over: drop the backbone slice and the trained tensors; the shard stays (the
         evaluation shard goes: the controller fetched its records after each evaluation)."""
-        if self.ahead is not None:
-            self.ahead.stop()
+        self.stop_ahead()
         self.worker = None
         if self.evaluation_shard is not None:
             self.evaluation_shard.close()

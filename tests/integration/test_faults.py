@@ -131,7 +131,7 @@ def test_a_stalled_device_is_noticed_within_the_deadline_and_taken_back_when_it_
     monkeypatch.setattr(JobRecord, "add_fault", add_fault)
     try:
         metrics, stopped = run_with_fault(tmp_path, four, monkeypatch, after_step=5, victim=0, sig=signal.SIGSTOP,
-                                          find_devices=find_devices, scout_s=0.5)
+                                          find_devices=find_devices, scout_s=0.1)  # seen well before the epoch ends
         assert [s["step"] for s in metrics["steps"]] == list(range(1, 13))
         fault = metrics["faults"][0]
         assert fault["device"] == four[0].node_id and "no answer within" in fault["why"]

@@ -152,3 +152,25 @@ def test_another_threads_wait_does_not_give_away_the_steps_compute() -> None:
         assert ran == []  # the step still holds the compute
     ahead.join(5)
     assert ran == [1]
+
+
+def test_a_forward_waiting_for_the_compute_gives_up_when_the_run_ahead_stops() -> None:
+    from pac.pipeline.gate import GateClosed
+
+    gate, raised = ComputeGate(window=1), []
+    with gate.step(0):
+        pass
+
+    def forward() -> None:
+        try:
+            with gate.background(2):  # beyond the window until step 1 starts, which never comes
+                raised.append("ran")
+        except GateClosed:
+            raised.append("gave up")
+
+    waiter = _start(forward)
+    time.sleep(0.05)
+    assert raised == []
+    gate.close()
+    waiter.join(5)
+    assert raised == ["gave up"]
