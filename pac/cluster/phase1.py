@@ -59,6 +59,7 @@ class Phase1:
     def __init__(self, ctx: JobContext, plan: Plan, on_step: Callable[..., None]) -> None:
         self.ctx, self.plan, self.on_step = ctx, plan, on_step
         self.evaluations = 0  # evaluation mini-batches run through the stages (their stream numbers)
+        self.pending: tuple[int, float] | None = None  # (step, clip): its optimiser step, not yet taken
 
     async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int, use_cache: bool,
                   start: Position | None = None, holders: dict[str, list[str]] | None = None,
@@ -107,17 +108,26 @@ class Phase1:
                          holders: dict[str, list[str]]) -> dict[str, torch.Tensor]:
         """Gather every stage's state and write it as a checkpoint (the cache holders by node id)."""
         p, node = self.ctx.prepared, self.ctx.node_of()
+        await self.apply_pending(addresses)
         state = await gather_state(self.ctx.stages, addresses)
         self.ctx.record.save_checkpoint(p.model, p.task, state, position,
                                         {k: [node.get(a, "") if a else "" for a in v] for k, v in holders.items()})
         return state
 
+    async def apply_pending(self, addresses: list[list[str]]) -> None:
+        """The last step's optimiser step where no RunStep follows to carry it (ApplyStep)."""
+        if self.pending is not None:
+            step, clip = self.pending
+            await asyncio.gather(*(self.ctx.stages.apply_step(a, step, clip)
+                                   for stage_addresses in addresses for a in stage_addresses))
+            self.pending = None
+
     async def load(self, total_steps: int, use_cache: bool, state: dict[str, torch.Tensor] | None = None,
                    steps_done: int = 0) -> list[list[str]]:
         """Load every stage replica: the initial side network and head, or a checkpoint's `state` (with
         the optimiser's) after `steps_done` steps."""
-        plan = self.plan
-        p = self.ctx.prepared
+        plan, p = self.plan, self.ctx.prepared
+        self.pending = None  # fresh stages: a step of the replicas before is not theirs to take
         by_node = {d.node_id: d.address for d in self.ctx.devices}
         missing = sorted({n for s in plan.phase1.stages for n in s.devices} - set(by_node))
         if missing:
@@ -240,6 +250,7 @@ class Phase1:
         loss_total = sum(loss_count(b, p.task, family) for b in micro)
         calls, who = [], []
         single = len(addresses) == 1  # one stage: each replica takes its optimiser step inside RunStep
+        before = None if self.pending is None else self.pending[1]  # else the previous step's comes with it
         for s, stage_addresses in enumerate(addresses):
             for r, address in enumerate(stage_addresses):
                 if plan.phase1.run_ahead:  # the replica has the tensors from the step's ahead request
@@ -248,7 +259,7 @@ class Phase1:
                     batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
                 calls.append(self.ctx.stages.run_step(address, f"step {step} of stage {s}", step, loss_total,
                                                       batches, single, training.max_grad_norm,
-                                                      self.ctx.options.step_timeout_s))
+                                                      self.ctx.options.step_timeout_s, before))
                 who.append((s, r, address))
                 if holders is not None:
                     for rows in micro_items:
@@ -260,10 +271,9 @@ class Phase1:
         norms = {}
         for reply, (s, _, _) in zip(replies, who, strict=True):
             norms.setdefault(s, reply.grad_square_norm)
-        if not single:  # the pipeline-wide norm: every stage clips by the same coefficient
-            clip = clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm)
-            await asyncio.gather(*(self.ctx.stages.apply_step(a, step, clip)
-                                   for stage_addresses in addresses for a in stage_addresses))
+        self.pending = None  # taken at the start of this step
+        if not single:  # the pipeline-wide norm: every stage clips by the same coefficient, at the next RunStep
+            self.pending = (step, clip_coefficient([norms[s] for s in sorted(norms)], training.max_grad_norm))
         events = []
         node = {d.address: d.node_id for d in self.ctx.devices}
         for reply, (s, r, address) in zip(replies, who, strict=True):

@@ -78,10 +78,15 @@ class StageClient:
         return Loaded(reply.held_bytes, reply.load_s, reply.fingerprint)
 
     async def run_step(self, address: str, what: str, step: int, loss_total: int, micro: list[MicroIn],
-                       apply: bool, max_grad_norm: float, timeout_s: float) -> StepResult:
+                       apply: bool, max_grad_norm: float, timeout_s: float,
+                       apply_before: float | None = None) -> StepResult:
+        """One step on the stage replica at `address`; `apply_before`: the previous step's clip coefficient,
+        its optimiser step taken first (a job of several stages)."""
         request = stage_pb2.RunStepRequest(job_id=self.job_id, step=step, loss_total=loss_total,
                                            timeout_s=timeout_s, apply=apply, max_grad_norm=max_grad_norm,
                                            micro_batches=[convert.micro_to_proto(m) for m in micro])
+        if apply_before is not None:
+            request.apply_before = apply_before
         reply = await self._call(address, what, self._stub(address).RunStep(request, timeout=timeout_s * 4))
         return StepResult(reply.loss, reply.grad_square_norm, convert.events_from_proto(reply.events))
 

@@ -150,7 +150,7 @@ class CostModel:
 
     def optimizer_s(self, group: Sequence[int], start: int, stop: int) -> float:
         """The optimiser step of a stage's trained parameters (side blocks and their share of the rest),
-        on its slowest device: what ApplyStep takes."""
+        on its slowest device: what the optimiser step before the next RunStep takes."""
         from pac.planner.memory import side_extra_share
 
         params = sum(self.model.side_layer_params[start:stop]) + side_extra_share(self.model, start, stop)

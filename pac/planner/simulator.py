@@ -130,11 +130,10 @@ def simulate_phase1(cost: CostModel, partition: Partition) -> Phase1Simulation:
 
 def step_gap(cost: CostModel, partition: Partition) -> float:
     """Between one phase-1 mini-batch's end and the next's start: the slowest stage's optimiser step, and
-    the controller's calls: the step's replies and the next RunStep (one round trip), with more than one
-    stage an ApplyStep between them (another); the slowest device's measured round trip each."""
+    the controller's round trip (the step's replies, the next RunStep, which carries the pipeline-wide
+    clip of a plan with more than one stage), the slowest device's as measured."""
     trip = max(cost.home.devices[d].round_trip_s for _, _, group in partition.stages for d in group)
-    calls = 1 if len(partition.stages) == 1 else 2
-    return max(cost.optimizer_s(g, x, y) for x, y, g in partition.stages) + calls * trip
+    return max(cost.optimizer_s(g, x, y) for x, y, g in partition.stages) + trip
 
 
 def _end_with_allreduce(stage_free: list[float], link_b_free: list[float], allreduce: list[float],

@@ -285,7 +285,7 @@ class MicroBatch(_message.Message):
     def __init__(self, index: _Optional[int] = ..., rows: _Optional[int] = ..., tensors: _Optional[bytes] = ..., sample_keys: _Optional[_Iterable[str]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RunStepRequest(_message.Message):
-    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm", "evaluate", "ahead")
+    __slots__ = ("job_id", "step", "loss_total", "micro_batches", "timeout_s", "apply", "max_grad_norm", "evaluate", "ahead", "apply_before")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class RunStepRequest(_message.Message):
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     AHEAD_FIELD_NUMBER: _ClassVar[int]
+    APPLY_BEFORE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     loss_total: int
@@ -304,7 +305,8 @@ class RunStepRequest(_message.Message):
     max_grad_norm: float
     evaluate: bool
     ahead: bool
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., evaluate: _Optional[bool] = ..., ahead: _Optional[bool] = ...) -> None: ...
+    apply_before: float
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., loss_total: _Optional[int] = ..., micro_batches: _Optional[_Iterable[_Union[MicroBatch, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., apply: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., evaluate: _Optional[bool] = ..., ahead: _Optional[bool] = ..., apply_before: _Optional[float] = ...) -> None: ...
 
 class RunStepReply(_message.Message):
     __slots__ = ("loss", "grad_square_norm", "cache_records", "events")

@@ -97,10 +97,13 @@ class DeviceJob:
         return self.stage
 
     async def run_step(self, step: int, loss_total: int, micro: list[MicroIn], apply: bool,
-                       max_grad_norm: float) -> tuple[float, float, list[dict]]:
-        """One mini-batch on the stage replica; a one-stage job (`apply`) also steps the optimiser."""
+                       max_grad_norm: float, apply_before: float | None = None) -> tuple[float, float, list[dict]]:
+        """One mini-batch on the stage replica; a one-stage job (`apply`) also steps the optimiser after it,
+        and with `apply_before` (the previous step's clip coefficient) the previous step's is taken first."""
         stage = self.loaded_stage()
         async with self.lock:
+            if apply_before is not None:
+                await asyncio.to_thread(stage.apply, apply_before)
             self.step = step
             loss, norm, events = await asyncio.to_thread(stage.run_step, step, loss_total, micro)
             if apply:

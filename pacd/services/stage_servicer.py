@@ -80,7 +80,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             return stage_pb2.RunStepReply(events=convert.events_to_proto(events),
                                           cache_records=job.stage.records_written)
         loss, norm, events = await job.run_step(request.step, request.loss_total, micro, request.apply,
-                                                request.max_grad_norm)
+                                                request.max_grad_norm, request.apply_before
+                                                if request.HasField("apply_before") else None)
         return stage_pb2.RunStepReply(loss=loss, grad_square_norm=norm, events=convert.events_to_proto(events),
                                       cache_records=job.stage.records_written)
 
