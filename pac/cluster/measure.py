@@ -67,8 +67,10 @@ async def probe_home(document: dict, devices: list[Device], identity: Identity |
     return document
 
 
-ALLREDUCE_PROBE_BYTES = 256 * 1024  # at least; else the side network's fp32 gradients, what phase 2 sums,
-ALLREDUCE_PROBE_MAX_BYTES = 4 << 20  # up to this (the probe's buffers count against a device's memory)
+# The AllReduce probe sums the side network's fp32 gradients (what phase 2 sums every step), at least
+# ALLREDUCE_PROBE_BYTES and at most ALLREDUCE_PROBE_MAX_BYTES (its buffers count against a device's memory).
+ALLREDUCE_PROBE_BYTES = 256 * 1024
+ALLREDUCE_PROBE_MAX_BYTES = 4 << 20
 ALLREDUCE_PROBE_ITERATIONS = 10
 ROUND_TRIPS = 10
 ROUND_TRIP_REPLY_BYTES = 1024  # about a step's reply (its loss and timeline)
