@@ -79,7 +79,7 @@ def simulated_parts(controller, plan: dict, strategy: str) -> list[dict]:
 
     p = controller.prepared
     home = home_from_dict(controller.document)
-    cost = CostModel(home, controller.job.to_training_job(len(p.train_items), strategy == "pac", p.padded_tokens))
+    cost = CostModel(home, controller.job.to_training_job(len(p.train_items), strategy == "pac", **p.tokens()))
     names = [d.name for d in home.devices]
     batch = cost.job.batch_size // plan["micro_batches"]
     out = []

@@ -127,7 +127,7 @@ class Controller(Elastic):
         (self.output_dir / "profile.json").write_text(json.dumps(document, indent=1) + "\n")
         home = home_from_dict(document)
         strategy = self.options.strategy
-        job = dataclasses.replace(self.job.to_training_job(samples, use_cache, self.prepared.padded_tokens),
+        job = dataclasses.replace(self.job.to_training_job(samples, use_cache, **self.prepared.tokens()),
                                   controller_overhead_bytes=self.overhead_bytes)
         result = plan_job(home, job, strategy)
         return result.plan
@@ -137,7 +137,7 @@ class Controller(Elastic):
         estimates dropped if it was made for other sizes, saying which."""
         where = self.job.plan.file if self.plan is None else "the plan given"
         unusable, estimates = plan.differences(self.job.to_training_job(samples, use_cache,
-                                                                        self.prepared.padded_tokens))
+                                                                        **self.prepared.tokens()))
         if plan.model != self.job.model.name_or_path:
             unusable.insert(0, f"model {plan.model!r} (the job: {self.job.model.name_or_path!r})")
         if unusable:

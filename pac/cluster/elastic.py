@@ -126,7 +126,7 @@ class Elastic:
                                                    self.log)
             document = restricted(self.document, {d.node_id for d in self.devices})
             result = plan_job(home_from_dict(document),
-                              self.job.to_training_job(len(p.train_items), use_cache, p.padded_tokens),
+                              self.job.to_training_job(len(p.train_items), use_cache, **p.tokens()),
                               self.options.strategy)
         except InfeasibleError as error:
             if commit.state is not None:

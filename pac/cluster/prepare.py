@@ -36,6 +36,11 @@ class Prepared:
     model_name: str = ""  # as the job names it (a device loads it by this name)
     seed: int = 0
     lm_head: Any = None  # a language-model job's frozen LM head (FrozenLMHead), sent to phase 2's members
+    computed_tokens: float | None = None  # a sample's real tokens, where the frozen layers skip padding
+
+    def tokens(self) -> dict[str, float | None]:
+        """What `JobConfig.to_training_job` costs a sample's layers at."""
+        return {"padded_tokens": self.padded_tokens, "computed_tokens": self.computed_tokens}
 
 
 def prepare(job, log_line: Callable[[str], None] = print, whole: bool = False) -> Prepared:
@@ -80,7 +85,8 @@ def prepare(job, log_line: Callable[[str], None] = print, whole: bool = False) -
     return Prepared(backbone, model, fingerprint, task, head, train_items, eval_items, keys,
                     tokenizer.pad_token_id, validation_items, technique,
                     padded_tokens(train_items, training.batch_size, training.seed),
-                    job.model.name_or_path, training.seed, lm_head)
+                    job.model.name_or_path, training.seed, lm_head,
+                    real_tokens(train_items) if backbone.unpadded else None)
 
 
 def load_controller_model(name: str, quantization: str, seed: int, technique, lm: bool):
@@ -152,6 +158,11 @@ def padded_tokens(items: list[Encoded], batch_size: int, seed: int) -> float:
     groups = batches(items, batch_size, torch.Generator().manual_seed(seed))
     longest = [max(max(lengths_of(item)) for item in group) for group in groups]
     return sum(n * len(g) for n, g in zip(longest, groups, strict=True)) / max(1, len(items))
+
+
+def real_tokens(items: list[Encoded]) -> float:
+    """A sample's tokens, on average (the longer stack's for an encoder-decoder model)."""
+    return sum(max(lengths_of(item)) for item in items) / max(1, len(items))
 
 
 def lengths_of(item: Encoded) -> list[int]:

@@ -155,10 +155,11 @@ class Job:
                            allreduce_precision=t.allreduce_precision)
 
     def to_training_job(self, samples: int, use_cache: bool | None = None,
-                        padded_tokens: float | None = None) -> TrainingJob:
+                        padded_tokens: float | None = None, computed_tokens: float | None = None) -> TrainingJob:
         """What the planner plans. `samples`: examples in the training file (train_limit applied here);
         `use_cache` None: as cache.precision says; `padded_tokens`: what the job's own mini-batches pad to
-        on average (its times are costed at that, its memory at seq_len). Activations travel as fp32 (the
+        on average (its times are costed at that, its memory at seq_len); `computed_tokens`: the tokens
+        a sample's frozen layers compute where they skip padding. Activations travel as fp32 (the
         default codec); without a cache, hidden states are sized at 2 bytes."""
         if self.data.train_limit is not None:
             samples = min(samples, self.data.train_limit)
@@ -170,6 +171,7 @@ class Job:
                            cache_bytes=CACHE_BYTES.get(self.cache.precision, 2) if use_cache else 2,
                            cache_copies=1 + self.cache.replicas if use_cache else 1, seq_len=self.training.seq_len,
                            top_layers=self.training.top_layers, padded_tokens=padded_tokens,
+                           computed_tokens=computed_tokens,
                            gradient_bytes_per_param=4 if self.training.allreduce_precision == "fp32" else 2,
                            controller_budget_bytes=self.devices.controller_memory_budget,
                            run_ahead=self.training.run_ahead)

@@ -15,12 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pac.limits import MAX_CHUNK_BYTES
-from pac.planner.memory import (
-    MemoryUse,
-    boundary_bytes_per_sample,
-    hidden_bytes_per_sample,
-    stage_memory,
-)
+from pac.planner.memory import MemoryUse, boundary_bytes_per_sample, hidden_bytes_per_sample, stage_memory
 from pac.planner.profile import HomeProfile, interpolation_weights
 from pac.planner.workload import TrainingJob
 
@@ -67,6 +62,10 @@ class CostModel:
             tokens = batch * self.job.token_fraction  # as samples of the profile's length (docs/planner.md)
             forward = self._interpolate(device, tokens, "forward_s")
             backward = self._interpolate(device, tokens, "backward_s")
+            if self.job.layer_token_fraction < self.job.token_fraction:  # frozen layers at real tokens, side at padded
+                real = batch * self.job.layer_token_fraction  # the side's forward: half its backward (stage_parts)
+                forward = self._interpolate(device, real, "forward_s") + (backward - self._interpolate(
+                    device, real, "backward_s")) / 2
             if self.top_first < self.num_layers:  # tuned top layers: a backward through them, about their forward
                 backward = backward.copy()
                 backward[self.top_first:] += forward[self.top_first:]

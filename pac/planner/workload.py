@@ -28,6 +28,7 @@ class TrainingJob:
     seq_len: int | None = None  # tokens per sample; a plan records its profile's (its times were costed at it)
     top_layers: int = 0  # the backbone's last n layers tuned too: all in the last stage, run in phase 2 as well
     padded_tokens: float | None = None  # tokens a sample's mini-batch pads to, on average (None: seq_len)
+    computed_tokens: float | None = None  # tokens a sample's frozen layers compute where they skip padding
     controller_budget_bytes: int = 0  # memory the controller may use (0: not checked)
     controller_overhead_bytes: int = 0  # the controller's process with the model code loaded and no weights
     run_ahead: int = 2  # phase 1: the most mini-batches the frozen layers may run ahead (0: lock-step)
@@ -59,6 +60,14 @@ class TrainingJob:
         if self.padded_tokens is None or not self.seq_len:
             return 1.0
         return min(1.0, max(self.padded_tokens, 1.0) / self.seq_len)
+
+    @property
+    def layer_token_fraction(self) -> float:
+        """As `token_fraction`, for the frozen layers' forward: where they compute a sample's real tokens
+        only (pac.models.unpadded), its real length against the profile's."""
+        if self.computed_tokens is None or not self.seq_len:
+            return self.token_fraction
+        return min(self.token_fraction, max(self.computed_tokens, 1.0) / self.seq_len)
 
     @property
     def weight_bytes_per_param(self) -> float:

@@ -119,9 +119,9 @@ def test_when_the_devices_left_cannot_hold_the_job_it_stops_with_the_checkpoint_
     controller = Elastic()
     controller.devices = [Device(n, f"127.0.0.1:{9000 + i}") for i, n in enumerate(names[1:])]
     controller.document, controller.options = document, RunOptions()
-    controller.job = SimpleNamespace(to_training_job=lambda samples, cache, padded=None: TrainingJob(samples, 8, 3))
+    controller.job = SimpleNamespace(to_training_job=lambda samples, cache, **tokens: TrainingJob(samples, 8, 3))
     controller.prepared = SimpleNamespace(train_items=[None] * 64, model=model, task="classification",
-                                         padded_tokens=None)
+                                         tokens=dict)
     controller.record = JobRecord("job-1", tmp_path, controller.devices, 3, None, lambda line: None)
     controller.record.identity = {"model.name_or_path": "tiny-bert"}
     state = dict(model.initial)
