@@ -51,6 +51,9 @@ class ModelMeasurement:
     # disk): bytes stored per second written (put, flush) and read back (read_into). 0: not measured.
     cache_write_bytes_per_s: float = 0.0
     cache_read_bytes_per_s: float = 0.0
+    # Layers that compute real tokens only (pac.models.unpadded): their forward on the largest batch with the
+    # second half of every sample padded, against none padded (1.0: the layers compute the padding too).
+    half_padded_forward_ratio: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +161,8 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         threads=torch.get_num_threads(), quantization=quantization,
         sampled_layers=sorted(sampled) if sampled else None,
         call_s=max(calls[min(calls)], 0.0), optimizer_s_per_param=_optimizer_s_per_param(pa),
+        half_padded_forward_ratio=_half_padded_ratio(backbone, layers, _batch(backbone, max(batch_sizes), seq_len),
+                                                     repeats),
         **dict(zip(("cache_write_bytes_per_s", "cache_read_bytes_per_s"),
                    cache_speeds(len(layers) + 1, seq_len, spec.hidden_size), strict=True)),
     )
@@ -212,6 +217,25 @@ def _time_runs(backbone, pa, layers, blocks, batch, repeats: int) -> list[tuple]
                      [wall - sum(backbone_timer.forward) - sum(side_timer.forward) - sum(side_timer.backward)]))
         pa.zero_grad(set_to_none=True)
     return runs[1:]
+
+
+def _half_padded_ratio(backbone, layers, batch: dict[str, torch.Tensor], repeats: int) -> float:
+    """The layers' forward with the second half of each sample's positions padded against none padded (the
+    medians of `repeats` alternating runs after a warm-up); 1.0 where the layers compute padding too."""
+    if not backbone.unpadded or batch["input_ids"].shape[1] < 2:
+        return 1.0
+    half = dict(batch, attention_mask=batch["attention_mask"].clone())
+    half["attention_mask"][:, batch["input_ids"].shape[1] // 2:] = 0
+    times: dict[str, list[float]] = {"full": [], "half": []}
+    for run in range(repeats + 1):
+        for kind, inputs in (("full", batch), ("half", half)):
+            timer = _LayerTimer(layers)
+            backbone.run(inputs)
+            timer.close()
+            if run:
+                times[kind].append(sum(timer.forward))
+    full = statistics.median(times["full"])
+    return min(1.0, statistics.median(times["half"]) / full) if full > 0 else 1.0
 
 
 def _optimizer_s_per_param(model: torch.nn.Module, steps: int = 5) -> float:

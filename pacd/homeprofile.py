@@ -59,6 +59,7 @@ def device_entry(stored: dict[str, Any], disk_budget_bytes: int) -> dict[str, An
         # the daemon's memory with the model code loaded and no weights (profiles from before: none)
         "runtime_overhead_bytes": int(m.get("runtime_overhead_bytes") or 0),
         "call_s": float(m.get("call_s") or 0.0), "optimizer_s_per_param": float(m.get("optimizer_s_per_param") or 0.0),
+        "half_padded_forward_ratio": float(m.get("half_padded_forward_ratio") or 1.0),  # before: no skipping
     }
     if m.get("cache_read_bytes_per_s"):  # phase 2 reads every record (profiles from before: free)
         entry["cache_read_bytes_per_s"] = float(m["cache_read_bytes_per_s"])

@@ -88,8 +88,8 @@ class Backbone:
         paths = LAYER_PATHS.get(self.model_type, DECODER_DEFAULT_PATH)
         self.stacks: list[nn.ModuleList] = [_get(self.model, path) for path in paths]
         self._fingerprint: str | None = None
-        # Encoder layers compute real tokens only, not a mini-batch's padding (pac.models.unpadded).
-        self.unpadded = self.family == "encoder" and unpad_layers(self.model_type, list(self.stacks[0]))
+        # The layers compute real tokens only, not a mini-batch's padding, where pac.models.unpadded knows them.
+        self.unpadded = self.family != "encoder-decoder" and unpad_layers(self.model_type, list(self.stacks[0]))
         # A model whose layers stay on meta (pac.models.partial.load_held) reads one at a time through this:
         # `with backbone.open_layer(layer):` holds its weights only inside.
         self.open_layer = _held_already

@@ -62,10 +62,9 @@ class CostModel:
             tokens = batch * self.job.token_fraction  # as samples of the profile's length (docs/planner.md)
             forward = self._interpolate(device, tokens, "forward_s")
             backward = self._interpolate(device, tokens, "backward_s")
-            if self.job.layer_token_fraction < self.job.token_fraction:  # frozen layers at real tokens, side at padded
-                real = batch * self.job.layer_token_fraction  # the side's forward: half its backward (stage_parts)
-                forward = self._interpolate(device, real, "forward_s") + (backward - self._interpolate(
-                    device, real, "backward_s")) / 2
+            if self.job.real_share < 1:  # frozen layers skipping padding: their part (not the side's, half its
+                scale = self.job.padding_scale(self.home.devices[device].half_padded_forward_ratio)  # backward)
+                forward = forward - np.maximum(forward - backward / 2, 0.0) * (1.0 - scale)
             if self.top_first < self.num_layers:  # tuned top layers: a backward through them, about their forward
                 backward = backward.copy()
                 backward[self.top_first:] += forward[self.top_first:]

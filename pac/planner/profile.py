@@ -105,6 +105,7 @@ class DeviceProfile:
     call_s: float = 0.0  # one forward or backward call's own time beside its layers' (0: not measured)
     optimizer_s_per_param: float = 0.0  # an AdamW step, per trained parameter (0: not measured)
     round_trip_s: float = 0.0  # an empty call from the controller, sent to every device at once (0: not measured)
+    half_padded_forward_ratio: float = 1.0  # its frozen layers' forward, half of each sample padded, against none
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
@@ -116,6 +117,7 @@ class DeviceProfile:
         _require(self.side_sample_s > 0 and math.isfinite(self.side_sample_s), f"{where}.side_sample_s",
                  "must be a finite number > 0")
         _require(self.cache_read_bytes_per_s > 0, f"{where}.cache_read_bytes_per_s", "must be > 0")
+        _require(0 < self.half_padded_forward_ratio <= 1, f"{where}.half_padded_forward_ratio", "must be in (0, 1]")
         _require(len(self.batch_sizes) >= 1, f"{where}.batch_sizes", "needs at least one batch size")
         _require(all(b >= 1 for b in self.batch_sizes), f"{where}.batch_sizes", "must all be >= 1")
         _require(all(a < b for a, b in zip(self.batch_sizes, self.batch_sizes[1:], strict=False)),
@@ -328,7 +330,7 @@ def home_from_dict(data: Any) -> HomeProfile:
                     ["name", "memory_budget_bytes", "disk_budget_bytes", "batch_sizes", "forward_s",
                      "backward_s", "side_sample_s"], ["runtime_overhead_bytes", "cache_read_bytes_per_s", "host",
                                                       "host_cores", "threads", "call_s", "optimizer_s_per_param",
-                                                      "round_trip_s"])
+                                                      "round_trip_s", "half_padded_forward_ratio"])
         d["batch_sizes"] = _tuple(d["batch_sizes"], f"devices[{i}].batch_sizes")
         for key in ("forward_s", "backward_s"):
             d[key] = tuple(_tuple(row, f"devices[{i}].{key}") for row in _tuple(d[key], f"devices[{i}].{key}"))

@@ -62,12 +62,19 @@ class TrainingJob:
         return min(1.0, max(self.padded_tokens, 1.0) / self.seq_len)
 
     @property
-    def layer_token_fraction(self) -> float:
-        """As `token_fraction`, for the frozen layers' forward: where they compute a sample's real tokens
-        only (pac.models.unpadded), its real length against the profile's."""
-        if self.computed_tokens is None or not self.seq_len:
-            return self.token_fraction
-        return min(self.token_fraction, max(self.computed_tokens, 1.0) / self.seq_len)
+    def real_share(self) -> float:
+        """Where the frozen layers compute a sample's real tokens only (pac.models.unpadded): those against
+        the padded ones (1: they compute the padding too)."""
+        if self.computed_tokens is None or not self.padded_tokens:
+            return 1.0
+        return min(1.0, max(self.computed_tokens, 1.0) / max(self.padded_tokens, 1.0))
+
+    def padding_scale(self, half_padded_ratio: float) -> float:
+        """The frozen layers' forward at this job's `real_share` against none padded, on a device whose
+        measured forward with half of each sample padded took `half_padded_ratio` of none padded: linear
+        between the two, never below the real share."""
+        share = self.real_share
+        return min(1.0, max(share, 1.0 - 2.0 * (1.0 - share) * (1.0 - half_padded_ratio)))
 
     @property
     def weight_bytes_per_param(self) -> float:

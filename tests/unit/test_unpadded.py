@@ -78,18 +78,61 @@ def test_real_positions_from_bool_and_additive_masks() -> None:
     assert torch.equal(real_positions(additive), allowed)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_decoder_computes_its_real_positions_as_the_models_own_forward(dtype) -> None:
+    skipping, own = load_backbone("tiny-llama", dtype=dtype), load_backbone("tiny-llama", dtype=dtype)
+    assert skipping.unpadded
+    _own_forward(own)
+    batch = _batch([5, 12, 1, 9], 12)
+    out, expected = skipping.run(batch), own.run(batch)
+    real = batch["attention_mask"].bool()
+    tolerance = 1e-5 if dtype == torch.float32 else 0
+    for got, want in zip([*out.taps[0], out.final], [*expected.taps[0], expected.final], strict=True):
+        torch.testing.assert_close(got[real], want[real], rtol=0, atol=tolerance)
+
+
+def test_decoding_with_the_key_value_cache_runs_the_models_own_forward() -> None:
+    """A decoding call (use_cache) never takes the padding-skipping forward: the cache needs every position."""
+    skipping, own = load_backbone("tiny-llama"), load_backbone("tiny-llama")
+    _own_forward(own)
+    batch = _batch([6, 6], 6)
+    batch["attention_mask"][0, :2] = 0  # left padding, as serving lays out a batch of prompts
+    got, _ = skipping.run_cached(batch)
+    want, _ = own.run_cached(batch)
+    for a, b in zip(got.taps[-1], want.taps[-1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_other_families_keep_their_own_forward() -> None:
-    assert not load_backbone("tiny-llama").unpadded
+    assert not load_backbone("tiny-gpt2").unpadded
     assert not load_backbone("tiny-t5").unpadded
 
 
-def test_the_planner_costs_frozen_layers_at_real_tokens_and_side_blocks_at_padded() -> None:
+def test_the_planner_scales_the_frozen_forward_as_the_device_measured_it() -> None:
+    """Linear between none padded and half padded (the profile's `half_padded_forward_ratio`), never below
+    the real share; the side blocks' part of a layer's time (half their backward) and backward untouched."""
     home = synthetic_home(12, 3, seed=4)
     padded = TrainingJob(samples=256, batch_size=8, seq_len=128, padded_tokens=96.0)
-    real = dataclasses.replace(padded, computed_tokens=64.0)
-    assert padded.layer_token_fraction == padded.token_fraction == 0.75 and real.layer_token_fraction == 0.5
-    assert dataclasses.replace(padded, computed_tokens=120.0).layer_token_fraction == 0.75
-    (forward_padded, backward_padded), (forward_real, backward_real) = (
-        CostModel(home, padded).layer_times(0, 8), CostModel(home, real).layer_times(0, 8))
-    assert (forward_real < forward_padded).all()
-    assert (backward_real == backward_padded).all()
+    half, three_quarters = (dataclasses.replace(padded, computed_tokens=n) for n in (48.0, 72.0))
+    assert padded.real_share == 1.0 and half.real_share == 0.5 and three_quarters.real_share == 0.75
+    assert half.padding_scale(0.7) == pytest.approx(0.7) and padded.padding_scale(0.7) == 1.0
+    assert three_quarters.padding_scale(0.7) == pytest.approx(0.85)
+    assert dataclasses.replace(padded, computed_tokens=10.0).padding_scale(0.5) == pytest.approx(10 / 96)
+    skipping = dataclasses.replace(home, devices=tuple(dataclasses.replace(d, half_padded_forward_ratio=0.7)
+                                                        for d in home.devices))
+    forward, backward = CostModel(home, padded).layer_times(0, 8)
+    assert all((a == forward).all() and (b == backward).all()  # devices that measured no gain: as before
+               for a, b in [CostModel(home, half).layer_times(0, 8)])
+    faster, same_backward = CostModel(skipping, half).layer_times(0, 8)
+    frozen = forward - backward / 2
+    assert faster == pytest.approx(backward / 2 + 0.7 * frozen) and (same_backward == backward).all()
+
+
+def test_the_profile_measures_how_the_layers_skip_padding() -> None:
+    from pac.profiling import _half_padded_ratio, _batch
+
+    backbone = load_backbone("tiny-bert")
+    ratio = _half_padded_ratio(backbone, list(backbone.stacks[0]), _batch(backbone, 8, 32), repeats=1)
+    assert 0 < ratio <= 1.0
+    t5 = load_backbone("tiny-t5")
+    assert _half_padded_ratio(t5, [layer for stack in t5.stacks for layer in stack], _batch(t5, 2, 8), 1) == 1.0
