@@ -162,7 +162,7 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         sampled_layers=sorted(sampled) if sampled else None,
         call_s=max(calls[min(calls)], 0.0), optimizer_s_per_param=_optimizer_s_per_param(pa),
         half_padded_forward_ratio=_half_padded_ratio(backbone, layers, _batch(backbone, max(batch_sizes), seq_len),
-                                                     repeats),
+                                                     max(repeats, 5)),
         **dict(zip(("cache_write_bytes_per_s", "cache_read_bytes_per_s"),
                    cache_speeds(len(layers) + 1, seq_len, spec.hidden_size), strict=True)),
     )

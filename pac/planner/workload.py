@@ -71,10 +71,12 @@ class TrainingJob:
 
     def padding_scale(self, half_padded_ratio: float) -> float:
         """The frozen layers' forward at this job's `real_share` against none padded, on a device whose
-        measured forward with half of each sample padded took `half_padded_ratio` of none padded: linear
-        between the two, never below the real share."""
-        share = self.real_share
-        return min(1.0, max(share, 1.0 - 2.0 * (1.0 - share) * (1.0 - half_padded_ratio)))
+        forward with half of each sample padded took `half_padded_ratio` of none padded: the real tokens'
+        share plus what gathering them costs, measured as the half-padded ratio's excess over one half (1
+        where the layers compute the padding)."""
+        if half_padded_ratio >= 1.0:
+            return 1.0
+        return min(1.0, self.real_share + max(0.0, half_padded_ratio - 0.5))
 
     @property
     def weight_bytes_per_param(self) -> float:

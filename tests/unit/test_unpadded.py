@@ -109,14 +109,15 @@ def test_other_families_keep_their_own_forward() -> None:
 
 
 def test_the_planner_scales_the_frozen_forward_as_the_device_measured_it() -> None:
-    """Linear between none padded and half padded (the profile's `half_padded_forward_ratio`), never below
-    the real share; the side blocks' part of a layer's time (half their backward) and backward untouched."""
+    """The real share plus the gathering's cost (the profile's `half_padded_forward_ratio` beyond one half);
+    the side blocks' part of a layer's time (half their backward) and backward untouched."""
     home = synthetic_home(12, 3, seed=4)
     padded = TrainingJob(samples=256, batch_size=8, seq_len=128, padded_tokens=96.0)
     half, three_quarters = (dataclasses.replace(padded, computed_tokens=n) for n in (48.0, 72.0))
     assert padded.real_share == 1.0 and half.real_share == 0.5 and three_quarters.real_share == 0.75
     assert half.padding_scale(0.7) == pytest.approx(0.7) and padded.padding_scale(0.7) == 1.0
-    assert three_quarters.padding_scale(0.7) == pytest.approx(0.85)
+    assert three_quarters.padding_scale(0.7) == pytest.approx(0.95) and three_quarters.padding_scale(0.6) == pytest.approx(0.85)
+    assert half.padding_scale(1.0) == 1.0  # layers that compute the padding
     assert dataclasses.replace(padded, computed_tokens=10.0).padding_scale(0.5) == pytest.approx(10 / 96)
     skipping = dataclasses.replace(home, devices=tuple(dataclasses.replace(d, half_padded_forward_ratio=0.7)
                                                         for d in home.devices))
