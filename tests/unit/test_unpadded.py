@@ -130,7 +130,7 @@ def test_the_planner_scales_the_frozen_forward_as_the_device_measured_it() -> No
 
 
 def test_the_profile_measures_how_the_layers_skip_padding() -> None:
-    from pac.profiling import _half_padded_ratio, _batch
+    from pac.profiling import _batch, _half_padded_ratio
 
     backbone = load_backbone("tiny-bert")
     ratio = _half_padded_ratio(backbone, list(backbone.stacks[0]), _batch(backbone, 8, 32), repeats=1)
