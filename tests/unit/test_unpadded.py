@@ -32,17 +32,19 @@ def _own_forward(backbone) -> None:
         del layer.forward  # the instance's forward: the class's (the model's own) is seen again
 
 
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_real_positions_match_the_models_own_forward(dtype) -> None:
-    skipping, own = load_backbone("tiny-bert", dtype=dtype), load_backbone("tiny-bert", dtype=dtype)
+def test_real_positions_match_the_models_own_forward(model, dtype) -> None:
+    """An encoder's and a decoder's layers: every tapped state and the final one at the real positions."""
+    skipping, own = load_backbone(model, dtype=dtype), load_backbone(model, dtype=dtype)
     assert skipping.unpadded
     _own_forward(own)
     batch = _batch([9, 4, 16, 1], 16)
     out, expected = skipping.run(batch), own.run(batch)
     real = batch["attention_mask"].bool()
-    for got, want in zip(out.taps[0], expected.taps[0], strict=True):
-        torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5 if dtype == torch.float32 else 0)
-    torch.testing.assert_close(out.final[real], expected.final[real], rtol=0, atol=1e-5 if dtype == torch.float32 else 0)
+    tolerance = 1e-5 if dtype == torch.float32 else 0
+    for got, want in zip([*out.taps[0], out.final], [*expected.taps[0], expected.final], strict=True):
+        torch.testing.assert_close(got[real], want[real], rtol=0, atol=tolerance)
     # the padding is handed through: a layer's padded positions keep its input
     pad = ~real
     assert torch.equal(out.taps[0][2][pad], out.taps[0][1][pad])
@@ -76,19 +78,6 @@ def test_real_positions_from_bool_and_additive_masks() -> None:
     additive = torch.zeros(2, 1, 3, 3).masked_fill(~boolean, torch.finfo(torch.float32).min)
     assert torch.equal(real_positions(boolean), allowed)
     assert torch.equal(real_positions(additive), allowed)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_decoder_computes_its_real_positions_as_the_models_own_forward(dtype) -> None:
-    skipping, own = load_backbone("tiny-llama", dtype=dtype), load_backbone("tiny-llama", dtype=dtype)
-    assert skipping.unpadded
-    _own_forward(own)
-    batch = _batch([5, 12, 1, 9], 12)
-    out, expected = skipping.run(batch), own.run(batch)
-    real = batch["attention_mask"].bool()
-    tolerance = 1e-5 if dtype == torch.float32 else 0
-    for got, want in zip([*out.taps[0], out.final], [*expected.taps[0], expected.final], strict=True):
-        torch.testing.assert_close(got[real], want[real], rtol=0, atol=tolerance)
 
 
 def test_decoding_with_the_key_value_cache_runs_the_models_own_forward() -> None:
