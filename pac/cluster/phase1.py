@@ -173,26 +173,38 @@ class Phase1:
                                  cache) -> None:
         """Run `items` (their cache `keys`) through the loaded stages, the backbone's forward alone, and put
         their whole cache records in `cache`: the controller then scores them from the cache, side network
-        and head only, and never holds the backbone. Mini-batches and micro-batches as the plan's."""
+        and head only, and never holds the backbone. Mini-batches and micro-batches as the plan's, one more
+        in flight than there are stages, so that every stage has the next one while the last finishes one
+        (each device takes its job's requests one at a time, in turn)."""
         from pac.worker.phase2 import join_records
 
         training, plan = self.ctx.job.training, self.plan
         timeout = self.ctx.options.step_timeout_s
         where: dict[tuple[str, int], list[str]] = {}
-        for start in range(0, len(items), training.batch_size):
-            group, group_keys = items[start:start + training.batch_size], keys[start:start + training.batch_size]
-            micro, micro_items = self._split(group)
-            self.evaluations += 1
-            calls = []
-            for s, stage_addresses in enumerate(addresses):
-                for r, address in enumerate(stage_addresses):
-                    batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
-                    calls.append(self.ctx.stages.evaluate_step(address, f"evaluation data through stage {s}",
-                                                               self.evaluations, batches, timeout))
-                    for rows in micro_items:
-                        first, stop = row_ranges(len(rows), tuple(plan.phase1.stages[s].shares))[r]
-                        where.setdefault((address, s), []).extend(group_keys[i] for i in rows[first:stop])
-            await asyncio.gather(*calls)
+        in_flight: list[asyncio.Future] = []
+        try:
+            for start in range(0, len(items), training.batch_size):
+                group, group_keys = items[start:start + training.batch_size], keys[start:start + training.batch_size]
+                micro, micro_items = self._split(group)
+                self.evaluations += 1
+                calls = []
+                for s, stage_addresses in enumerate(addresses):
+                    for r, address in enumerate(stage_addresses):
+                        batches = self._micro_batches(micro, micro_items, group, group_keys, s, r)
+                        calls.append(self.ctx.stages.evaluate_step(address, f"evaluation data through stage {s}",
+                                                                   self.evaluations, batches, timeout))
+                        for rows in micro_items:
+                            first, stop = row_ranges(len(rows), tuple(plan.phase1.stages[s].shares))[r]
+                            where.setdefault((address, s), []).extend(group_keys[i] for i in rows[first:stop])
+                in_flight.append(asyncio.gather(*calls))
+                if len(in_flight) > len(addresses):
+                    await in_flight.pop(0)
+            while in_flight:
+                await in_flight.pop(0)
+        finally:
+            for waiting in in_flight:  # a failure, or this was cancelled: the calls still out are cancelled
+                waiting.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
         found = await asyncio.gather(*(self.ctx.stages.evaluation_records(address, s, wanted, timeout)
                                        for (address, s), wanted in where.items()))
         parts: dict[str, list] = {}
