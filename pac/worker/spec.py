@@ -73,6 +73,7 @@ class StageSpec:
     steps_done: int = 0  # optimiser steps the state sent has taken (a resumed job); its optimiser state comes too
     top: TopConfig = TopConfig()  # the backbone's last layers tuned too (all in the last stage); count 0: none
     run_ahead: int = 0  # mini-batches the frozen layers may run ahead (RunStep ahead); 0: lock-step
+    evaluation_precision: str | None = None  # of its evaluation records (the controller's); None: cache_precision's
 
     def __post_init__(self) -> None:
         if self.side.top_layers != self.top.count:

@@ -251,7 +251,7 @@ class StageReplica:
             raise JobError(f"evaluation {step}: micro-batches must be numbered 0..{len(micro_batches) - 1}")
         if self.evaluation_shard is None:
             self.evaluation_shard = ActivationCache(self.cache_root / "evaluation", self.shard_key,
-                                                    spec.cache_precision or "fp32")
+                                                    spec.evaluation_precision or spec.cache_precision or "fp32")
         drive = ReplicaDrive(worker, spec.stage, spec.replica, tuple(map(tuple, spec.shares)),
                              PeerLinks(spec, self.transport, step))
         device = worker.backbone.backbone.device

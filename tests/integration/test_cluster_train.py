@@ -442,27 +442,29 @@ def test_pacctl_train_deploys_the_adapter_where_the_job_says(tmp_path, four):
     assert (model.name, model.task, model.backbone) == ("out", "classification", "tiny-bert")
 
 
-@pytest.mark.parametrize("stages", [1, 2])
-def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, four, stages):
+@pytest.mark.parametrize(("stages", "use_cache", "precision"), [(1, None, "fp32"), (2, None, "fp32"), (2, False, "fp16")])
+def test_the_evaluation_data_is_scored_after_every_epoch_and_plotted(tmp_path, four, stages, use_cache, precision):
     """Epoch 1 (phase 1) and each phase-2 epoch end with a score of the evaluation data and of the
     validation split, recorded in metrics.json and status.json and drawn on the loss plot; the adapter is
     the best validation epoch's, its evaluation the job's final score, and a fresh evaluation of the saved
     adapter gives that score (the later ones come from the controller's cache of the data's states, which
-    the stages computed with several mini-batches in flight)."""
+    the stages computed with several mini-batches in flight, at its precision also where the job trains
+    without a cache)."""
     from pac.adapter import load_adapter
     from pac.cluster.prepare import prepare
     from pac.train.loop import evaluate
 
     ids = [d.node_id for d in devices_of(four)]
     job = make_job(tmp_path, "tiny-bert", "classification", count=16, epochs=3, batch_size=4, eval_count=10,
-                   validation=4)
+                   validation=4, precision=precision)
     prepared = prepare(job, lambda line: None, whole=True)
     assert len(prepared.train_items) == 12 and len(prepared.validation_items) == 4
     layout = [(0, 3, [ids[0]], [1])] if stages == 1 else [(0, 2, [ids[0], ids[2]], [1, 1]), (2, 3, [ids[1]], [1])]
     plan = fixed_plan("tiny-bert", TrainingJob(samples=12, batch_size=4, epochs=3), layout, micro_batches=1,
                       phase2_shares={ids[0]: 2, ids[1]: 2})
     out = tmp_path / "out"
-    metrics, _ = run_training(job, devices_of(four), None, out, RunOptions(), log_line=lambda line: None, plan=plan)
+    metrics, _ = run_training(job, devices_of(four), None, out, RunOptions(use_cache=use_cache),
+                              log_line=lambda line: None, plan=plan)
     evaluations = metrics["evaluations"]
     assert [(e["epoch"], e["step"]) for e in evaluations] == [(1, 3), (2, 6), (3, 9)]
     assert all("eval" in e and "validation" in e for e in evaluations)

@@ -113,7 +113,7 @@ def stage_spec_to_proto(spec: StageSpec) -> stage_pb2.StageSpec:
         end_layer=spec.end, side=side_config_to_proto(spec.side), top=top_to_proto(spec.top),
         stages=[stage_pb2.StageReplicas(shares=list(shares), addresses=list(addresses))
                 for shares, addresses in zip(spec.shares, spec.addresses, strict=True)],
-        cache_precision=spec.cache_precision or "")
+        cache_precision=spec.cache_precision or "", evaluation_precision=spec.evaluation_precision or "")
 
 
 def stage_spec_from_proto(message: stage_pb2.StageSpec) -> StageSpec:
@@ -137,7 +137,7 @@ def stage_spec_from_proto(message: stage_pb2.StageSpec) -> StageSpec:
         side=_checked(SideConfig, "side", reduction_factor=side.reduction_factor, layers=side.layers,
                       top_layers=top.count),
         shares=[list(g.shares) for g in stages], addresses=[list(g.addresses) for g in stages],
-        cache_precision=message.cache_precision or None)
+        cache_precision=message.cache_precision or None, evaluation_precision=message.evaluation_precision or None)
 
 
 def phase2_spec_to_proto(spec: Phase2Spec) -> stage_pb2.Phase2Spec:
