@@ -51,8 +51,8 @@ class ModelMeasurement:
     # disk): bytes stored per second written (put, flush) and read back (read_into). 0: not measured.
     cache_write_bytes_per_s: float = 0.0
     cache_read_bytes_per_s: float = 0.0
-    # Layers that compute real tokens only (pac.models.unpadded): their forward on the largest batch with the
-    # second half of every sample padded, against none padded (1.0: the layers compute the padding too).
+    # Layers that compute real tokens only (pac.models.unpadded): their forward on the middle batch size with
+    # the second half of every sample padded, against none padded (1.0: the layers compute the padding too).
     half_padded_forward_ratio: float = 1.0
 
     def to_dict(self) -> dict:
@@ -129,14 +129,16 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
     quantize_backbone(backbone, quantization)
     pa = _parallel_model(backbone, reduction_factor, sampled is not None)
     blocks = [block for stack in pa.side.stacks for block in stack]
-    forward, side_forward, side_backward, calls = {}, {}, {}, {}
+    forward, side_forward, side_backward, calls, timed = {}, {}, {}, {}, {}
     for batch_size in sorted(batch_sizes):
         runs = _time_runs(backbone, pa, layers, blocks, _batch(backbone, batch_size, seq_len), repeats)
         calls[batch_size] = _median(runs, 3)[0] / 3  # three calls: backbone, side network, backward
         forward[batch_size], side_forward[batch_size], side_backward[batch_size] = (
             _median(runs, 0), _median(runs, 1), _median(runs, 2))
+        timed[batch_size] = sum(forward[batch_size])  # the layers timed (a sampled model's few)
         if sampled:
             forward[batch_size] = _spread(forward[batch_size], backbone.stacks, sampled)
+    middle = sorted(batch_sizes)[len(batch_sizes) // 2]
     spec = pa.side.spec
     hidden_bytes = seq_len * spec.hidden_size * backbone.dtype.itemsize
     # Side activations kept for backward per block: roughly the inputs of its linear layers,
@@ -161,8 +163,8 @@ def measure(model: str, batch_sizes: list[int], seq_len: int, reduction_factor: 
         threads=torch.get_num_threads(), quantization=quantization,
         sampled_layers=sorted(sampled) if sampled else None,
         call_s=max(calls[min(calls)], 0.0), optimizer_s_per_param=_optimizer_s_per_param(pa),
-        half_padded_forward_ratio=_half_padded_ratio(backbone, layers, _batch(backbone, max(batch_sizes), seq_len),
-                                                     max(repeats, 5)),
+        half_padded_forward_ratio=_half_padded_ratio(backbone, layers, _batch(backbone, middle, seq_len), repeats,
+                                                     timed[middle]),
         **dict(zip(("cache_write_bytes_per_s", "cache_read_bytes_per_s"),
                    cache_speeds(len(layers) + 1, seq_len, spec.hidden_size), strict=True)),
     )
@@ -219,23 +221,22 @@ def _time_runs(backbone, pa, layers, blocks, batch, repeats: int) -> list[tuple]
     return runs[1:]
 
 
-def _half_padded_ratio(backbone, layers, batch: dict[str, torch.Tensor], repeats: int) -> float:
-    """The layers' forward with the second half of each sample's positions padded against none padded (the
-    medians of `repeats` alternating runs after a warm-up); 1.0 where the layers compute padding too."""
-    if not backbone.unpadded or batch["input_ids"].shape[1] < 2:
+def _half_padded_ratio(backbone, layers, batch: dict[str, torch.Tensor], repeats: int, full_s: float) -> float:
+    """The layers' forward with the second half of each sample's positions padded (the median of `repeats`
+    runs after a warm-up) against `full_s`, theirs on `batch` as it is; 1.0 where the layers compute
+    padding too. Only the padded runs are extra: the profile timed the others already."""
+    if not backbone.unpadded or batch["input_ids"].shape[1] < 2 or full_s <= 0:
         return 1.0
     half = dict(batch, attention_mask=batch["attention_mask"].clone())
     half["attention_mask"][:, batch["input_ids"].shape[1] // 2:] = 0
-    times: dict[str, list[float]] = {"full": [], "half": []}
+    times = []
     for run in range(repeats + 1):
-        for kind, inputs in (("full", batch), ("half", half)):
-            timer = _LayerTimer(layers)
-            backbone.run(inputs)
-            timer.close()
-            if run:
-                times[kind].append(sum(timer.forward))
-    full = statistics.median(times["full"])
-    return min(1.0, statistics.median(times["half"]) / full) if full > 0 else 1.0
+        timer = _LayerTimer(layers)
+        backbone.run(half)
+        timer.close()
+        if run:
+            times.append(sum(timer.forward))
+    return min(1.0, statistics.median(times) / full_s)
 
 
 def _optimizer_s_per_param(model: torch.nn.Module, steps: int = 5) -> float:

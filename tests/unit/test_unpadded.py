@@ -119,10 +119,12 @@ def test_the_planner_scales_the_frozen_forward_as_the_device_measured_it() -> No
 
 
 def test_the_profile_measures_how_the_layers_skip_padding() -> None:
-    from pac.profiling import _batch, _half_padded_ratio
+    from pac.profiling import _batch, _half_padded_ratio, measure
 
     backbone = load_backbone("tiny-bert")
-    ratio = _half_padded_ratio(backbone, list(backbone.stacks[0]), _batch(backbone, 8, 32), repeats=1)
-    assert 0 < ratio <= 1.0
+    ratio = _half_padded_ratio(backbone, list(backbone.stacks[0]), _batch(backbone, 8, 32), 1, full_s=10.0)
+    assert 0 < ratio < 1.0  # far below the 10 s given for the whole batch
     t5 = load_backbone("tiny-t5")
-    assert _half_padded_ratio(t5, [layer for stack in t5.stacks for layer in stack], _batch(t5, 2, 8), 1) == 1.0
+    assert _half_padded_ratio(t5, [layer for stack in t5.stacks for layer in stack], _batch(t5, 2, 8), 1, 1.0) == 1.0
+    assert 0 < measure("tiny-bert", [1, 2], 16, repeats=1).half_padded_forward_ratio <= 1.0
+    assert measure("tiny-t5", [1, 2], 16, repeats=1).half_padded_forward_ratio == 1.0
