@@ -252,7 +252,6 @@ class Controller(Elastic):
         step, stage_count = start.step, len(plan.phase1.stages)
         if start.phase == 1:  # the stages train phase 1, or serve the cache shards they wrote to phase 2
             phase1 = Phase1(self.ctx, plan, self._on_step)
-            phase1.evaluation_precision = self.evaluation.precision if self.evaluation is not None else None
             addresses = await phase1.load(total, use_cache, state, start.step)
             if self.evaluation is not None:  # its records, computed by the stages (this machine holds no backbone)
                 await self.evaluation.prefill(lambda items, keys, cache: phase1.evaluation_records(addresses, items,

@@ -35,11 +35,17 @@ class StopEarly(Exception):
     """No better validation score for `training.patience` epochs: the job ends with the best epoch."""
 
 
+def evaluation_precision(cache_precision: str) -> str:
+    """The precision of the evaluation cache and of the records the stages write for it: the job's cache
+    precision, whether or not a run caches its training data (float32 for `cache.precision = "none"`)."""
+    return cache_precision if cache_precision != "none" else "fp32"
+
+
 class EpochEvaluation:
     def __init__(self, prepared, precision: str, quantization: str, output_dir: Path, patience: int = 0) -> None:
         self.prepared, self.output_dir, self.patience = prepared, output_dir, patience
         self.directory = output_dir / ".evaluation-cache"
-        self.precision = precision if precision != "none" else "fp32"  # the stages' evaluation shards' too
+        self.precision = evaluation_precision(precision)  # the stages' evaluation shards' too
         self.quantization = quantization
         self.log = print
         self.states = None

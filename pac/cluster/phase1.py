@@ -14,6 +14,7 @@ import torch
 
 from pac.cluster.checkpoint import Position
 from pac.cluster.context import JobContext
+from pac.cluster.evaluation import evaluation_precision
 from pac.cluster.prepare import lengths_of
 from pac.data.batching import Encoded, collate
 from pac.errors import TrainingFailed
@@ -60,7 +61,6 @@ class Phase1:
         self.ctx, self.plan, self.on_step = ctx, plan, on_step
         self.evaluations = 0  # evaluation mini-batches run through the stages (their stream numbers)
         self.pending: tuple[int, float] | None = None  # (step, clip): its optimiser step, not yet taken
-        self.evaluation_precision: str | None = None  # of the evaluation records the stages write (the controller's)
 
     async def run(self, addresses: list[list[str]], epochs: int, steps_per_epoch: int, use_cache: bool,
                   start: Position | None = None, holders: dict[str, list[str]] | None = None,
@@ -155,7 +155,7 @@ class Phase1:
                     cache_precision=job.cache.precision if use_cache else None, cache_keep=job.cache.keep,
                     timeout_s=self.ctx.options.step_timeout_s,
                     cache_directory=str(job.cache.directory) if job.cache.directory else None, top=top,
-                    run_ahead=plan.phase1.run_ahead, evaluation_precision=self.evaluation_precision)
+                    run_ahead=plan.phase1.run_ahead, evaluation_precision=evaluation_precision(job.cache.precision))
                 self.ctx.loaded.add(address)
                 calls.append(self.ctx.stages.load(address, f"loading stage {s} ({stage.first_layer}-"
                                                   f"{stage.end_layer - 1})", spec, data))
