@@ -39,7 +39,7 @@ class Prepared:
     computed_tokens: float | None = None  # a sample's real tokens, where the frozen layers skip padding
 
     def tokens(self) -> dict[str, float | None]:
-        """What `JobConfig.to_training_job` costs a sample's layers at."""
+        """What `Job.to_training_job` costs a sample's layers at."""
         return {"padded_tokens": self.padded_tokens, "computed_tokens": self.computed_tokens}
 
 
